@@ -1,0 +1,233 @@
+"""The `modalsynth` command line (typer): thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Synthesise a missing 3D MRI modality (e.g. T1 from FLAIR) with the paper's 3D conditional GAN.",
+)
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _DEBUG["on"] = debug
+
+
+def _grid_option(grid: Optional[str], small: bool = False, name: str = "--grid"):
+    """Parse `--grid D H W` (joined by `_join_triplets`), `DxHxW` or `auto` into a tuple or the string 'auto'."""
+    from .data.simulate import SMALL_GRID
+
+    if small:
+        return SMALL_GRID
+    if not grid:
+        return None
+    if grid.strip().lower() == "auto" and name == "--grid":
+        return "auto"
+    parts = grid.replace("x", " ").replace(",", " ").split()
+    try:
+        values = tuple(int(g) for g in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        extra = " or 'auto'" if name == "--grid" else ""
+        raise UserError(f"{name} {grid}: give three positive integers D H W (e.g. {name} 48 288 240){extra}")
+    return values
+
+
+_TRIPLET_OPTIONS = ("--grid", "--patch")
+
+
+def _join_triplets(argv: list[str]) -> list[str]:
+    """Let `--grid 48 288 240` work (click takes one value per option): join the three numbers into one value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        values = argv[i + 1 : i + 4]
+        if argv[i] in _TRIPLET_OPTIONS and len(values) == 3 and all(a.isdigit() for a in values):
+            out.append(" ".join(values))
+            i += 4
+            continue
+        i += 1
+    return out
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "--out", help="Folder to write ROOT/<subject>/{flair,t1,labels,lesion}.nii.gz"),
+    subjects: int = typer.Option(4, "--subjects", min=1, help="Number of paired subjects."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Output grid D H W (default the paper's 48 288 240)."),
+    small: bool = typer.Option(False, "--small", help="Small grid for CPU demos and tests."),
+) -> None:
+    """Make paired FLAIR/T1 subjects from the MNI152 anatomy that nilearn ships.
+
+    Example: modalsynth simulate --out data/sim --subjects 8 --small
+    """
+    from .data.simulate import PAPER_GRID, simulate_dataset
+
+    g = _grid_option(grid, small)
+    if g == "auto":
+        raise UserError("--grid auto is not valid for simulate; give D H W or --small")
+    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True)
+    typer.echo(f"wrote {len(paths)} subjects to {out}")
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A NIfTI file or a data folder."),
+    source: str = typer.Option("flair", "--source", help="Source modality name (for folders)."),
+    target: str = typer.Option("t1", "--target", help="Target modality name (for folders)."),
+) -> None:
+    """Describe a NIfTI file or a data folder: grids, orientation, intensities, pairs and problems.
+
+    Example: modalsynth inspect data/sim
+    """
+    from .inspect import inspect_path
+
+    code = inspect_path(path, source=source, target=target)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs, split."),
+    source: str = typer.Option("flair", "--source"),
+    target: str = typer.Option("t1", "--target"),
+    method: str = typer.Option("gan3d", "--method", help="gan3d | pix2pix2d | ddpm | lut"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (default 100, the paper's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimiser steps instead."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
+    patch: Optional[str] = typer.Option(None, "--patch", help="Random training patch D H W."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
+
+    Example: modalsynth train --data data/sim --source flair --target t1 --out runs/gan --steps 200 --grid 32 64 64
+    """
+    from .training import train_from_cli
+
+    train_from_cli(
+        data=data, out=out, source=source, target=target, method=method, epochs=epochs, steps=steps,
+        grid=_grid_option(grid), patch=_grid_option(patch, name="--patch"), device=device, config=config,
+        resume=resume, seed=seed,
+    )
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `modalsynth train`."),
+    input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
+    output: Path = typer.Option(..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
+    subjects_from: Optional[str] = typer.Option(
+        None, "--split", help="Only the subjects of this split (train, val, test) as recorded next to the checkpoint."
+    ),
+) -> None:
+    """Synthesise the target modality for one volume or a folder of subjects.
+
+    Example: modalsynth predict --checkpoint runs/gan/best.pt --input data/sim --output preds
+    """
+    from .inference import predict_path
+
+    predict_path(checkpoint, input, output, device=device, split=subjects_from)
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predictions OUT/<subject>/<target>.nii.gz."),
+    ref: Path = typer.Option(..., "--ref", help="Data folder with the real target volumes."),
+    target: str = typer.Option("t1", "--target"),
+    out: Path = typer.Option(..., "--out", help="Report folder."),
+    source: Optional[str] = typer.Option("flair", "--source", help="Source modality, shown in the figures."),
+    fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID with the offline InceptionV3 weights."),
+    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Another TorchScript feature network."),
+) -> None:
+    """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency.
+
+    Example: modalsynth evaluate --pred preds --ref data/sim --target t1 --out report
+    """
+    from .evaluation import evaluate_folders
+
+    evaluate_folders(pred, ref, target=target, out=out, source=source, fid=fid, fid_weights=fid_weights)
+
+
+@app.command()
+def benchmark(
+    data: Path = typer.Option(..., "--data"),
+    out: Path = typer.Option(..., "--out"),
+    source: str = typer.Option("flair", "--source"),
+    target: str = typer.Option("t1", "--target"),
+    methods: str = typer.Option("lut,gan3d,pix2pix2d,ddpm", "--methods", help="Comma-separated method names."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per method."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
+    device: str = typer.Option("auto", "--device"),
+    resume: bool = typer.Option(False, "--resume", help="Re-use methods already finished in OUT."),
+    fid: bool = typer.Option(True, "--fid/--no-fid"),
+) -> None:
+    """Train every method on one split with one budget, predict, evaluate, and write the paper's Table 1.
+
+    Example: modalsynth benchmark --data data/sim --methods lut,gan3d,pix2pix2d,ddpm --out bench --steps 300
+    """
+    from .benchmark import run_benchmark
+
+    run_benchmark(
+        data=data, out=out, source=source, target=target, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid,
+    )
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder for data, run and report.")) -> None:
+    """The main job on built-in data: simulate, train the 3D GAN briefly on CPU, predict, evaluate.
+
+    Example: modalsynth demo --out demo
+    """
+    from .demo import run_demo
+
+    run_demo(out)
+
+
+def main() -> None:
+    """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
+    try:
+        app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth", standalone_mode=False)
+    except UserError as exc:
+        if _DEBUG["on"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _DEBUG["on"]:
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
