@@ -12,6 +12,7 @@ from .errors import UserError
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Synthesise a missing 3D MRI modality (e.g. T1 from FLAIR) with the paper's 3D conditional GAN.",
 )
@@ -26,9 +27,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _grid_option(grid: Optional[str], small: bool = False, name: str = "--grid"):
     """Parse `--grid D H W` (joined by `_join_triplets`), `DxHxW` or `auto` into a tuple or the string 'auto'."""
-    from .data.simulate import SMALL_GRID
-
     if small:
+        from .data.simulate import SMALL_GRID
+
         return SMALL_GRID
     if not grid:
         return None
@@ -75,7 +76,8 @@ def simulate(
 
     Example: modalsynth simulate --out data/sim --subjects 8 --small
     """
-    from .data.simulate import PAPER_GRID, simulate_dataset
+    from .data.preprocess import PAPER_GRID
+    from .data.simulate import simulate_dataset
 
     g = _grid_option(grid, small)
     if g == "auto":
@@ -206,26 +208,19 @@ def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder
 def main() -> None:
     """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
     try:
-        app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth", standalone_mode=False)
+        app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth")
     except UserError as exc:
         if _DEBUG["on"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
         if _DEBUG["on"]:
             raise
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
 
 

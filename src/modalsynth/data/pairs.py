@@ -1,0 +1,225 @@
+"""Find paired subjects (folder layout, BIDS tree or CSV manifest), check their grids, and split them by subject."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import NIFTI_SUFFIXES, is_nifti, read_header, spatial_shape
+
+#: names a user may give for one modality; BIDS suffixes map onto the short names used in the folder layout
+MODALITY_ALIASES = {"t1w": "t1", "t2w": "t2", "t1ce": "t1ce", "t1gd": "t1ce", "flair": "flair", "ct": "ct", "pd": "pd"}
+MASK_NAMES = ("mask", "brainmask", "brain_mask")
+LESION_NAMES = ("lesion", "lesions", "seg")
+GRID_TOLERANCE_MM = 1e-3
+SPLIT_FILE = "split.json"
+
+
+def canonical_modality(name: str) -> str:
+    """Lower-case a modality name and map BIDS suffixes onto the short names (T1w -> t1, FLAIR -> flair)."""
+    key = name.lower()
+    return MODALITY_ALIASES.get(key, key)
+
+
+def _strip_nifti(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def discover_subjects(root: Path | str) -> dict[str, dict[str, Path]]:
+    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found)."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: no such file or folder; check the data path")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return _from_csv(root)
+        raise UserError(f"{root}: expected a data folder or a .csv manifest (subject,source,target[,mask])")
+    if any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*/anat")):
+        subjects = _from_bids(root)
+    else:
+        subjects = _from_folders(root)
+    if not subjects:
+        raise UserError(
+            f"{root}: no subjects found; expected ROOT/<subject>/<modality>.nii.gz, a BIDS tree or a CSV manifest"
+        )
+    return subjects
+
+
+def _from_folders(root: Path) -> dict[str, dict[str, Path]]:
+    subjects: dict[str, dict[str, Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = {canonical_modality(_strip_nifti(f.name)): f for f in sorted(folder.iterdir()) if is_nifti(f)}
+        if files:
+            subjects[folder.name] = files
+    return subjects
+
+
+_BIDS_NAME = re.compile(r"^(?P<entities>sub-[^_]+(?:_[a-zA-Z]+-[^_]+)*)_(?P<suffix>[A-Za-z0-9]+)$")
+
+
+def _from_bids(root: Path) -> dict[str, dict[str, Path]]:
+    subjects: dict[str, dict[str, Path]] = {}
+    for anat in sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat"))):
+        session = anat.parent.name if anat.parent.name.startswith("ses-") else None
+        subject = anat.parent.parent.name if session else anat.parent.name
+        key = f"{subject}_{session}" if session else subject
+        for f in sorted(anat.iterdir()):
+            if not is_nifti(f):
+                continue
+            match = _BIDS_NAME.match(_strip_nifti(f.name))
+            if match:
+                subjects.setdefault(key, {})[canonical_modality(match["suffix"])] = f
+    return subjects
+
+
+def _from_csv(manifest: Path) -> dict[str, dict[str, Path]]:
+    """A CSV with columns subject, source, target[, mask]; paths relative to the CSV's folder."""
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"subject", "source", "target"} <= set(rows[0]):
+        raise UserError(f"{manifest}: a manifest needs the header 'subject,source,target[,mask]' and at least one row")
+    subjects: dict[str, dict[str, Path]] = {}
+    for row in rows:
+        entry = {}
+        for column in ("source", "target", "mask", "lesion"):
+            value = (row.get(column) or "").strip()
+            if value:
+                path = Path(value)
+                entry[column] = path if path.is_absolute() else manifest.parent / path
+        subjects[row["subject"].strip()] = entry
+    return subjects
+
+
+@dataclass
+class Pair:
+    """One usable subject: source and target files on one grid, plus optional brain and lesion masks."""
+
+    subject: str
+    source: Path
+    target: Path | None
+    mask: Path | None = None
+    lesion: Path | None = None
+    resample_target: bool = False
+
+
+@dataclass
+class PairReport:
+    """Pairs that can be used and, per subject, the problems that make the others unusable."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def _modality_file(files: dict[str, Path], name: str, csv_role: str) -> Path | None:
+    return files.get(canonical_modality(name)) or files.get(csv_role)
+
+
+def _first(files: dict[str, Path], names: tuple[str, ...]) -> Path | None:
+    return next((files[n] for n in names if n in files), None)
+
+
+def grid_of(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of a NIfTI without reading its voxels."""
+    img = read_header(path)
+    return spatial_shape(img, path), np.asarray(img.affine)
+
+
+def grid_mismatch(a: Path, b: Path) -> str | None:
+    """Describe how two files' grids differ (shape, or affine beyond 1e-3 mm), or None when they agree."""
+    shape_a, aff_a = grid_of(a)
+    shape_b, aff_b = grid_of(b)
+    if shape_a != shape_b:
+        return f"grid {shape_a} in {a.name} but {shape_b} in {b.name}"
+    diff = float(np.abs(aff_a - aff_b).max())
+    if diff > GRID_TOLERANCE_MM:
+        return f"affines of {a.name} and {b.name} differ by up to {diff:.3g} mm"
+    return None
+
+
+def find_pairs(
+    root: Path | str, source: str, target: str | None, *, resample_target: bool = False, check_grids: bool = True
+) -> PairReport:
+    """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids."""
+    report = PairReport()
+    for subject, files in discover_subjects(root).items():
+        src = _modality_file(files, source, "source")
+        tgt = _modality_file(files, target, "target") if target else None
+        missing = [name for name, f in ((source, src), (target, tgt)) if name and f is None]
+        if missing:
+            have = ", ".join(sorted(files)) or "nothing"
+            report.problems[subject] = f"missing {' and '.join(missing)} (found: {have})"
+            continue
+        pair = Pair(subject, src, tgt, _first(files, MASK_NAMES), _first(files, LESION_NAMES))
+        if check_grids:
+            try:
+                problem = grid_mismatch(src, tgt) if tgt is not None else None
+                if problem is None:
+                    grid_of(src)
+            except UserError as exc:
+                report.problems[subject] = str(exc)
+                continue
+            if problem and not resample_target:
+                report.problems[subject] = f"{problem}; register them, or pass --resample-target"
+                continue
+            pair.resample_target = problem is not None
+        report.pairs.append(pair)
+    return report
+
+
+def require_pairs(root: Path | str, source: str, target: str | None, **kwargs) -> list[Pair]:
+    """Like `find_pairs`, but a data set with no usable pair is a `UserError`; the unusable ones are named."""
+    report = find_pairs(root, source, target, **kwargs)
+    if not report.pairs:
+        detail = "; ".join(f"{s}: {p}" for s, p in list(report.problems.items())[:3])
+        raise UserError(f"{root}: no usable {source}->{target} pair ({detail or 'no subjects'}); run `modalsynth inspect {root}`")
+    return report.pairs
+
+
+def split_subjects(
+    subjects: list[str], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> dict[str, list[str]]:
+    """Deterministic train/val/test split by subject name: same names and seed, same split, whatever the order given."""
+    names = sorted(set(subjects))
+    random.Random(seed).shuffle(names)
+    n = len(names)
+    if n == 1:
+        return {"train": names, "val": names, "test": names}
+    n_test = max(1, round(n * fractions[2])) if fractions[2] > 0 else 0
+    n_val = max(1, round(n * fractions[1])) if fractions[1] > 0 and n - n_test > 1 else 0
+    n_train = n - n_val - n_test
+    if n_train < 1:  # tiny sets: keep at least one training subject
+        n_test = max(0, n_test - 1)
+        n_train = n - n_val - n_test
+    return {
+        "train": sorted(names[:n_train]),
+        "val": sorted(names[n_train : n_train + n_val]) or sorted(names[:n_train][:1]),
+        "test": sorted(names[n_train + n_val :]) or sorted(names[:n_train][:1]),
+    }
+
+
+def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0) -> dict[str, list[str]]:
+    """Reuse RUN_DIR/split.json when it exists (so later commands see the same split), else make and write one."""
+    path = Path(run_dir) / SPLIT_FILE
+    if path.exists():
+        try:
+            split = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc}); delete it to make a new split") from exc
+        unknown = set(sum(split.values(), [])) - set(subjects)
+        if unknown:
+            raise UserError(f"{path}: names subjects not in the data ({', '.join(sorted(unknown)[:3])}); delete it to re-split")
+        return split
+    split = split_subjects(subjects, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(split, indent=1))
+    return split

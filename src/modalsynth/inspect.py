@@ -1,0 +1,83 @@
+"""`modalsynth inspect`: describe a NIfTI file or a data folder and list every problem before a user trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data.pairs import discover_subjects, find_pairs
+from .errors import UserError
+from .io import is_nifti, load_volume
+
+
+def describe_file(path: Path) -> list[tuple[str, str]]:
+    """Grid, spacing, orientation and an intensity summary of one NIfTI file."""
+    vol = load_volume(path, allow_constant=True)
+    data = vol.data
+    nonzero = data[data != 0]
+    p = np.percentile(data, [0.5, 50, 99.5])
+    rows = [
+        ("file", str(path)),
+        ("grid", " x ".join(str(s) for s in vol.shape)),
+        ("spacing (mm)", " x ".join(f"{s:.3g}" for s in vol.spacing)),
+        ("orientation", vol.orientation),
+        ("field of view (mm)", " x ".join(f"{n * s:.0f}" for n, s in zip(vol.shape, vol.spacing))),
+        ("stored dtype", str(vol.header.get_data_dtype())),
+        ("min / max", f"{data.min():.4g} / {data.max():.4g}"),
+        ("p0.5 / median / p99.5", f"{p[0]:.4g} / {p[1]:.4g} / {p[2]:.4g}"),
+        ("non-zero voxels", f"{nonzero.size / data.size:.1%}"),
+    ]
+    if data.max() == data.min():
+        rows.append(("problem", "every voxel has the same value: the image is empty"))
+    return rows
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def inspect_folder(root: Path, source: str, target: str) -> int:
+    """Print one row per subject (files, grid, problem); return 2 if any pair is unusable, else 0."""
+    subjects = discover_subjects(root)
+    report = find_pairs(root, source, target)
+    usable = {p.subject: p for p in report.pairs}
+    rows = []
+    for subject, files in subjects.items():
+        grid = problem = ""
+        if subject in usable:
+            try:
+                vol = load_volume(usable[subject].source)
+                grid = "x".join(map(str, vol.shape)) + " @ " + "x".join(f"{s:.2g}" for s in vol.spacing) + " " + vol.orientation
+                load_volume(usable[subject].target)
+            except UserError as exc:
+                problem = str(exc)
+                del usable[subject]
+        else:
+            problem = report.problems.get(subject, "")
+        rows.append([subject, ",".join(sorted(files)), grid, problem or "ok"])
+    print(f"{root}: {len(subjects)} subject(s), {len(usable)} usable {source}->{target} pair(s)")
+    _print_table(rows, ["subject", "files", "grid (source)", "status"])
+    bad = len(subjects) - len(usable)
+    if bad:
+        print(f"{bad} subject(s) cannot be used; fix or remove them before training")
+        return 2
+    return 0
+
+
+def inspect_path(path: Path, source: str = "flair", target: str = "t1") -> int:
+    """Describe a file or a folder; the return value is the exit status (0 fine, 2 a problem a user must fix)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() == ".csv":
+        return inspect_folder(path, source, target)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; check the path")
+    if not is_nifti(path) and path.is_file():
+        raise UserError(f"{path}: not a NIfTI file (.nii or .nii.gz) or a data folder")
+    rows = describe_file(path)
+    _print_table([list(r) for r in rows], ["property", "value"])
+    return 2 if any(k == "problem" for k, _ in rows) else 0

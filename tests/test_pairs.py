@@ -1,0 +1,88 @@
+"""Pair discovery (folder, BIDS, CSV), grid checks and the deterministic split."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from modalsynth.data.pairs import discover_subjects, find_pairs, load_or_make_split, require_pairs, split_subjects
+from modalsynth.errors import UserError
+from modalsynth.io import load_volume
+
+from .conftest import blob_volume
+
+
+def _save(path, data=None, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(blob_volume() if data is None else data, np.eye(4) if affine is None else affine), str(path))
+
+
+def test_folder_layout_lists_missing_and_mismatched(tmp_path):
+    _save(tmp_path / "a" / "flair.nii.gz")
+    _save(tmp_path / "a" / "t1.nii.gz")
+    _save(tmp_path / "a" / "lesion.nii.gz")
+    _save(tmp_path / "b" / "FLAIR.nii.gz")  # no target
+    _save(tmp_path / "c" / "flair.nii.gz")
+    _save(tmp_path / "c" / "t1.nii.gz", blob_volume((20, 24, 30)))  # other shape
+    _save(tmp_path / "d" / "flair.nii.gz")
+    _save(tmp_path / "d" / "t1.nii.gz", affine=np.diag([1, 1, 1.01, 1]))  # affine off by 0.01 mm per voxel
+    report = find_pairs(tmp_path, "flair", "t1")
+    assert [p.subject for p in report.pairs] == ["a"]
+    assert report.pairs[0].lesion.name == "lesion.nii.gz"
+    assert "missing t1" in report.problems["b"]
+    assert "(20, 24, 28)" in report.problems["c"] and "--resample-target" in report.problems["c"]
+    assert "affines" in report.problems["d"]
+    resampled = find_pairs(tmp_path, "flair", "t1", resample_target=True)
+    assert {p.subject for p in resampled.pairs} == {"a", "c", "d"}
+    assert [p.resample_target for p in resampled.pairs] == [False, True, True]
+
+
+def test_bids_tree_with_sessions(tmp_path):
+    _save(tmp_path / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz")
+    _save(tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    _save(tmp_path / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_FLAIR.nii.gz")
+    _save(tmp_path / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_run-1_T1w.nii.gz")
+    subjects = discover_subjects(tmp_path)
+    assert set(subjects) == {"sub-01", "sub-02_ses-1"}
+    assert set(subjects["sub-02_ses-1"]) == {"flair", "t1"}
+    assert len(find_pairs(tmp_path, "FLAIR", "T1w").pairs) == 2
+
+
+def test_csv_manifest_relative_paths(tmp_path):
+    _save(tmp_path / "imgs" / "x_src.nii.gz")
+    _save(tmp_path / "imgs" / "x_tgt.nii.gz")
+    (tmp_path / "list.csv").write_text("subject,source,target\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\ny,imgs/nope.nii.gz,imgs/x_tgt.nii.gz\n")
+    report = find_pairs(tmp_path / "list.csv", "flair", "t1")
+    assert [p.subject for p in report.pairs] == ["x"]
+    assert "not found" in report.problems["y"]
+
+
+def test_empty_folder_and_no_pairs_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no subjects found"):
+        discover_subjects(tmp_path)
+    _save(tmp_path / "a" / "flair.nii.gz")
+    with pytest.raises(UserError, match="no usable flair->t1 pair"):
+        require_pairs(tmp_path, "flair", "t1")
+
+
+def test_split_is_deterministic_disjoint_and_reused(tmp_path):
+    names = [f"s{i:02d}" for i in range(20)]
+    split = split_subjects(names, seed=3)
+    assert split == split_subjects(list(reversed(names)), seed=3)
+    assert split != split_subjects(names, seed=4)
+    assert sorted(sum(split.values(), [])) == names and (len(split["train"]), len(split["val"]), len(split["test"])) == (14, 3, 3)
+    written = load_or_make_split(tmp_path, names, seed=3)
+    assert json.loads((tmp_path / "split.json").read_text()) == written == split
+    assert load_or_make_split(tmp_path, names, seed=99) == split  # the file wins over a new seed
+
+
+def test_real_dev_pairs_load_on_matching_grids(real_dev):
+    pairs = require_pairs(real_dev, "flair", "t1")
+    assert len(pairs) == 7
+    for pair in pairs:
+        src, tgt = load_volume(pair.source), load_volume(pair.target)
+        assert src.shape == tgt.shape and np.allclose(src.affine, tgt.affine, atol=1e-3)
+        assert pair.lesion is not None
