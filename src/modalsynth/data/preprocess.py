@@ -86,10 +86,11 @@ class GridRecord:
 
 @dataclass
 class IntensityRecord:
-    """The robust range mapped to [-1, 1]."""
+    """The robust range mapped to [-1, 1], and the value of the empty background (used for predictions)."""
 
     low: float
     high: float
+    background: float | None = None
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _resample(array: np.ndarray, zoom: np.ndarray, shape: tuple[int, ...], order
     return ndimage.affine_transform(array, np.asarray(zoom, dtype=float), output_shape=shape, order=order, mode="nearest")
 
 
-def _window(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], fill: float) -> np.ndarray:
+def crop_window(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], fill: float) -> np.ndarray:
     """Cut a window that may reach outside the array; the outside is filled with `fill`."""
     out = np.full(size, fill, dtype=array.dtype)
     src = tuple(slice(max(0, s), min(n, s + w)) for s, w, n in zip(start, size, array.shape))
@@ -196,7 +197,7 @@ def to_grid(volume: Volume, record: GridRecord, order: int = 1, fill: float | No
     resampled = _resample(zyx.astype(np.float32), zoom, record.resampled_shape, order)
     if fill is None:
         fill = float(resampled.min())
-    return _window(resampled, record.window_start, record.grid, fill)
+    return crop_window(resampled, record.window_start, record.grid, fill)
 
 
 def from_grid(array: np.ndarray, record: GridRecord, fill: float, order: int = 1) -> np.ndarray:

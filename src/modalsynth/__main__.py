@@ -1,0 +1,5 @@
+"""`python -m modalsynth` and `torchrun -m modalsynth`: the command line."""
+
+from .cli import main
+
+main()

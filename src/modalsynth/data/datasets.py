@@ -1,0 +1,120 @@
+"""Preprocessed pairs held in memory, and the stateless per-step sampling of volumes, patches and augmentations.
+
+Every random choice of a training step comes from a generator seeded by (seed, step, rank), so a run that is
+stopped and resumed draws exactly the same batches as one that never stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import nibabel.processing
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..io import Volume, load_volume
+from .pairs import Pair
+from .preprocess import GridRecord, IntensityRecord, PreprocessConfig, crop_window, preprocess
+
+
+@dataclass
+class PreparedSubject:
+    """One subject on the network grid: source and target in [-1, 1], foreground mask, and the source geometry."""
+
+    name: str
+    source: np.ndarray
+    target: np.ndarray | None
+    mask: np.ndarray
+    grid: GridRecord
+    target_intensity: IntensityRecord | None
+
+
+def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
+    """Resample `moving` onto `reference`'s voxel grid using both affines (nibabel does the interpolation)."""
+    img = nib.Nifti1Image(moving.data, moving.affine)
+    ref = nib.Nifti1Image(np.zeros(reference.shape, np.float32), reference.affine)
+    out = nibabel.processing.resample_from_to(img, ref, order=order, mode="nearest")
+    return Volume(np.asarray(out.dataobj, dtype=np.float32), reference.affine.copy(), reference.header.copy(), moving.path)
+
+
+def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
+    """Load and preprocess one pair: the geometry is planned on the source and applied to the target and mask."""
+    source = load_volume(pair.source)
+    mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
+    pre_src = preprocess(source, config, mask=mask)
+    target = pre_tgt = None
+    if pair.target is not None:
+        target = load_volume(pair.target)
+        if pair.resample_target:
+            target = resample_like(target, source)
+        pre_tgt = preprocess(target, config, grid=pre_src.grid, mask=mask)
+        pre_tgt.intensity.background = float(np.percentile(target.data, 1))  # the value of the empty background
+    return PreparedSubject(
+        name=pair.subject,
+        source=pre_src.array,
+        target=pre_tgt.array if pre_tgt else None,
+        mask=pre_src.mask,
+        grid=pre_src.grid,
+        target_intensity=pre_tgt.intensity if pre_tgt else None,
+    )
+
+
+def prepare_pairs(pairs: list[Pair], config: PreprocessConfig, progress: bool = False, desc: str = "loading") -> list[PreparedSubject]:
+    """Preprocess a list of pairs into memory, with a progress bar."""
+    return [prepare_pair(p, config) for p in tqdm(pairs, desc=desc, disable=not progress, unit="subject")]
+
+
+def typical_intensity(subjects: list[PreparedSubject]) -> IntensityRecord:
+    """The median robust range and background of the training targets: what a prediction is mapped back to."""
+    records = [s.target_intensity for s in subjects if s.target_intensity]
+    low, high, background = (float(np.median([getattr(r, k) for r in records])) for k in ("low", "high", "background"))
+    return IntensityRecord(low, high, background)
+
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random generator of one training step (stateless: depends only on seed, step and rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + rank) % (2**63))
+
+
+def sample_item(
+    subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: bool, gen: torch.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training example (source, target, mask) as (D, H, W) arrays: the whole grid or a random patch, augmented."""
+    src, tgt, mask = subject.source, subject.target, subject.mask.astype(np.float32)
+    if patch is not None:
+        start = None
+        for _ in range(10):  # prefer patches that hold some foreground
+            start = tuple(
+                int(torch.randint(min(0, n - p), max(0, n - p) + 1, (1,), generator=gen)) for n, p in zip(src.shape, patch)
+            )
+            if crop_window(mask, start, patch, 0.0).mean() > 0.1:
+                break
+        src, tgt, mask = (crop_window(a, start, patch, f) for a, f in ((src, -1.0), (tgt, -1.0), (mask, 0.0)))
+    if augment:
+        if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)
+            src, tgt, mask = (np.ascontiguousarray(a[..., ::-1]) for a in (src, tgt, mask))
+        scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
+        shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
+        src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
+    return src, tgt, mask
+
+
+def make_batch(
+    subjects: list[PreparedSubject],
+    indices: list[int],
+    patch: tuple[int, int, int] | None,
+    augment: bool,
+    gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Stack sampled items into tensors (N, 1, D, H, W): keys source, target, mask."""
+    items = [sample_item(subjects[i], patch, augment, gen) for i in indices]
+    shapes = {item[0].shape for item in items}
+    if len(shapes) > 1:
+        raise ValueError(f"volumes of different grids {sorted(shapes)} cannot share a batch; set --patch or batch_size 1")
+    return {
+        key: torch.from_numpy(np.stack([item[k] for item in items]))[:, None]
+        for k, key in enumerate(("source", "target", "mask"))
+    }

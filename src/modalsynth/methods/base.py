@@ -1,0 +1,128 @@
+"""What every method is: networks, optimisers, one training step, and volume prediction; plus the name registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: make a method available to `modalsynth train --method NAME`."""
+
+    def add(cls: type["Method"]) -> type["Method"]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def method_names() -> list[str]:
+    """Names of the registered methods."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_method(config: TrainConfig) -> "Method":
+    """Instantiate the method a config names (a `UserError` lists the known names otherwise)."""
+    from ..errors import UserError
+
+    _load_builtin()
+    if config.method not in _REGISTRY:
+        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[config.method](config)
+
+
+def _load_builtin() -> None:
+    from . import gan3d  # noqa: F401  (registers itself)
+
+    for optional in ("pix2pix2d", "ddpm", "lut"):
+        try:
+            __import__(f"{__package__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{optional}":
+                raise
+
+
+class Method(ABC):
+    """A synthesis method. It owns its networks and its training step; data, inference plumbing and checkpoints are shared."""
+
+    name = "base"
+    #: 3 for volumetric networks (sliding-window inference), 2 for slice-wise ones (slice loop)
+    spatial_dims = 3
+    #: False for methods fitted in closed form (no optimiser steps), e.g. the intensity look-up table
+    trainable = True
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.nets: dict[str, nn.Module] = {}
+        self.train_nets: dict[str, nn.Module] = {}  # the same modules, wrapped by DDP when distributed
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> "Method":
+        self.device = device
+        for net in self.nets.values():
+            net.to(device)
+        self.train_nets = dict(self.nets)
+        return self
+
+    def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap every trainable network (e.g. in DistributedDataParallel) for the training step."""
+        self.train_nets = {k: wrapper(v) for k, v in self.nets.items() if any(p.requires_grad for p in v.parameters())}
+
+    def make_optimizers(self) -> None:
+        """Adam for every network, with the config's learning rate and betas (the paper's optimiser)."""
+        self.optimizers = {
+            k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=tuple(self.config.betas)) for k, v in self.nets.items()
+        }
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
+        """One optimiser step on a batch of (N, 1, D, H, W) tensors on `self.device`; returns the losses to log."""
+
+    @abstractmethod
+    def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Synthesise a whole (1, 1, D, H, W) source volume in [-1, 1]; returns the target in [-1, 1]."""
+
+    def fit_closed_form(self, subjects: list[Any]) -> None:
+        """Fit without optimiser steps (only methods with `trainable = False`)."""
+
+    def generator(self) -> nn.Module:
+        """The network whose size and speed the benchmark reports."""
+        return self.nets["generator"]
+
+    def state(self) -> dict[str, Any]:
+        """Weights and optimiser states for a checkpoint."""
+        return {
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        for k, v in state["nets"].items():
+            self.nets[k].load_state_dict(v)
+        if with_optimizers:
+            for k, v in state.get("optimizers", {}).items():
+                if k in self.optimizers:
+                    self.optimizers[k].load_state_dict(v)
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything besides weights a method must keep (e.g. a look-up table); plain types or tensors only."""
+        return {}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        pass
+
+    def train_mode(self, on: bool) -> None:
+        for net in self.nets.values():
+            net.train(on)
