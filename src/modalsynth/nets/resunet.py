@@ -1,0 +1,125 @@
+"""The paper's generator: a UNet whose encoder and decoder are made of residual blocks (2D or 3D)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution, UnetResBlock
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from modalsynth.flops import count_parameters
+
+NORMS = ("instance", "batch")
+MAX_CHANNEL_FACTOR = 8  # channels double per level up to 8 x base_channels
+
+
+class UpBlock(nn.Module):
+    """Decoder level: 2x transposed-conv upsampling, concatenation of the encoder skip, a residual block."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, dropout: float):
+        super().__init__()
+        self.upsample = Convolution(
+            spatial_dims, in_channels, out_channels, strides=2, kernel_size=2,
+            is_transposed=True, conv_only=True, padding=0, output_padding=0,
+        )
+        self.block = UnetResBlock(
+            spatial_dims, 2 * out_channels, out_channels, kernel_size=3, stride=1,
+            norm_name=norm, dropout=dropout,
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.upsample(x), skip], dim=1))
+
+
+class ResUNet(nn.Module):
+    """Residual UNet generator mapping a source image to a target image in [-1, 1] (tanh output).
+
+    Layout (``depth`` = number of 2x downsamplings, channels ``c_l = base * min(2**l, 8)``):
+    stem residual block (in -> c_0) at full resolution; per encoder level a residual block with
+    stride 2 (c_{l-1} -> c_l); a residual bottleneck block at the lowest level; per decoder level a
+    transposed convolution (c_l -> c_{l-1}), concatenation with the encoder features of that level
+    (the skip connection) and a residual block (2 c_{l-1} -> c_{l-1}); a 1x1 convolution and tanh.
+    Residual blocks are MONAI's ``UnetResBlock`` (conv-norm-lrelu-conv-norm + shortcut, lrelu).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        base_channels: int = 32,
+        depth: int = 4,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        checkpointing: bool = False,
+    ):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.depth = depth
+        # With batch norm, checkpointing recomputes the forward and so updates running stats twice.
+        self.checkpointing = checkpointing
+        channels = [base_channels * min(2**level, MAX_CHANNEL_FACTOR) for level in range(depth + 1)]
+        self.channels = channels
+
+        def res_block(c_in: int, c_out: int, stride: int) -> UnetResBlock:
+            return UnetResBlock(
+                spatial_dims, c_in, c_out, kernel_size=3, stride=stride, norm_name=norm, dropout=dropout
+            )
+
+        self.stem = res_block(in_channels, channels[0], 1)
+        self.encoder = nn.ModuleList(res_block(channels[lv - 1], channels[lv], 2) for lv in range(1, depth + 1))
+        self.bottleneck = res_block(channels[depth], channels[depth], 1)
+        self.decoder = nn.ModuleList(
+            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout) for lv in range(depth, 0, -1)
+        )
+        self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
+
+    @property
+    def size_multiple(self) -> int:
+        """Every spatial size of the input must be a multiple of this (2**depth)."""
+        return 2**self.depth
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return count_parameters(self)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError with the fix if x is not (N, in_channels, *spatial) with sizes divisible by 2**depth."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ResUNet expects a tensor (N, {self.in_channels}, {'D, H, W' if self.spatial_dims == 3 else 'H, W'}),"
+                f" got shape {tuple(x.shape)}"
+            )
+        spatial = tuple(x.shape[2:])
+        if any(size % self.size_multiple for size in spatial):
+            raise ValueError(
+                f"ResUNet with depth {self.depth} needs every spatial size divisible by {self.size_multiple},"
+                f" got {spatial}: pad or crop the input (or the patch size) to a multiple of {self.size_multiple},"
+                " or use a smaller depth"
+            )
+
+    def _run(self, block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """Run a block, through activation checkpointing when enabled and gradients are being recorded."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *inputs, use_reentrant=False)
+        return block(*inputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        features = self._run(self.stem, x)
+        skips = [features]
+        for block in self.encoder:
+            features = self._run(block, features)
+            skips.append(features)
+        features = self._run(self.bottleneck, skips.pop())
+        for block in self.decoder:
+            features = self._run(block, features, skips.pop())
+        return torch.tanh(self.head(features))

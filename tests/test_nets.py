@@ -1,0 +1,211 @@
+"""Tests of the generator, the discriminator, the GAN losses and the FLOP counter (tiny shapes, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modalsynth.flops import count_flops, count_parameters
+from modalsynth.losses import AdversarialLoss, discriminator_loss, generator_loss, l1_loss
+from modalsynth.nets import PatchDiscriminator, ResUNet
+from modalsynth.nets.resunet import UpBlock
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "depth"),
+    [
+        (2, (2, 1, 32, 48), 1),
+        (2, (2, 1, 32, 48), 2),
+        (2, (1, 1, 32, 32), 4),
+        (3, (1, 1, 16, 32, 32), 1),
+        (3, (1, 1, 16, 32, 32), 3),
+        (3, (1, 1, 16, 32, 32), 4),
+    ],
+)
+def test_resunet_output_shape_and_range(spatial_dims: int, shape: tuple[int, ...], depth: int) -> None:
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=spatial_dims, base_channels=4, depth=depth)
+    out = net(torch.randn(shape) * 50)  # a large input, so the tanh saturates somewhere
+    assert out.shape == shape
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_resunet_channels_double_and_cap() -> None:
+    net = ResUNet(spatial_dims=2, base_channels=4, depth=5)
+    assert net.channels == [4, 8, 16, 32, 32, 32]
+    assert net.num_parameters == sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_resunet_rejects_indivisible_size_with_clear_error() -> None:
+    net = ResUNet(spatial_dims=3, base_channels=4, depth=3)
+    with pytest.raises(ValueError, match=r"divisible by 8.*\(12, 32, 32\)"):
+        net(torch.zeros(1, 1, 12, 32, 32))
+    with pytest.raises(ValueError, match="expects a tensor"):
+        net(torch.zeros(1, 1, 32, 32))
+
+
+def _learn_pixelwise_map(steps: int) -> float:
+    """Train a tiny 2D ResUNet to output -x for fresh noise x each step; return the L1 on unseen noise."""
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=2, base_channels=8, depth=2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        source = torch.rand(4, 1, 16, 16) * 1.6 - 0.8
+        optimizer.zero_grad()
+        (net(source) + source).abs().mean().backward()
+        optimizer.step()
+    source = torch.rand(4, 1, 16, 16) * 1.6 - 0.8
+    with torch.no_grad():
+        return float((net(source) + source).abs().mean())
+
+
+def test_skip_connections_carry_fine_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pixel noise cannot pass the 4x4 bottleneck (from 16x16), so only the skip connections let it through;
+    # predicting zero everywhere scores E|x| = 0.4.
+    with_skips = _learn_pixelwise_map(steps=40)
+    # Ablation: the same network with the skip features replaced by zeros.
+    original_forward = UpBlock.forward
+    monkeypatch.setattr(UpBlock, "forward", lambda self, x, skip: original_forward(self, x, torch.zeros_like(skip)))
+    without_skips = _learn_pixelwise_map(steps=40)
+    assert with_skips < 0.15
+    assert without_skips > 0.3
+
+
+def _count_saved_tensors(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += 1
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = net(x)
+    return out, saved
+
+
+def test_checkpointing_gives_same_output_and_gradients_and_saves_less() -> None:
+    torch.manual_seed(0)
+    plain = ResUNet(spatial_dims=3, base_channels=4, depth=2, dropout=0.2)
+    checkpointed = ResUNet(spatial_dims=3, base_channels=4, depth=2, dropout=0.2, checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 8, 16, 16)
+    results = []
+    for net in (plain, checkpointed):
+        torch.manual_seed(1)  # same dropout masks: checkpointing must replay the RNG state
+        out, saved = _count_saved_tensors(net, x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters()], saved))
+    (out_a, grads_a, saved_a), (out_b, grads_b, saved_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-5, atol=1e-7)
+    assert saved_b < saved_a / 3
+
+
+def test_patch_discriminator_receptive_field_is_70_in_2d_default() -> None:
+    assert PatchDiscriminator(spatial_dims=2).receptive_field == 70
+    assert PatchDiscriminator(spatial_dims=3).receptive_field == 70
+    assert PatchDiscriminator(spatial_dims=2, n_layers=1).receptive_field == 16
+
+
+def test_patch_discriminator_receptive_field_matches_gradient_support() -> None:
+    # Without norm layers (which couple all positions) one logit's input support is its receptive field.
+    torch.manual_seed(0)
+    net = PatchDiscriminator(spatial_dims=2, base_channels=4, norm="none")
+    x = torch.randn(1, 2, 128, 128, requires_grad=True)
+    out = net(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows, cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1)), as_tuple=True)
+    assert int(rows.max() - rows.min() + 1) == net.receptive_field == 70
+    assert int(cols.max() - cols.min() + 1) == 70
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "spatial", "expected"),
+    [(2, (64, 64), (6, 6)), (2, (256, 256), (30, 30)), (3, (32, 48, 64), (2, 4, 6))],
+)
+def test_patch_discriminator_output_is_a_shrunk_logit_map(
+    spatial_dims: int, spatial: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
+    net = PatchDiscriminator(spatial_dims=spatial_dims, base_channels=4)
+    assert net.output_shape(spatial) == expected
+    if spatial_dims == 3 or max(spatial) <= 64:
+        out = net(torch.randn(2, 1, *spatial), torch.randn(2, 1, *spatial))
+        assert out.shape == (2, 1, *expected)
+        assert out.min() < 0 < out.max()  # logits, not probabilities
+
+
+def test_patch_discriminator_depends_on_source_and_target() -> None:
+    torch.manual_seed(0)
+    net = PatchDiscriminator(spatial_dims=3, base_channels=4).eval()
+    source, target = torch.randn(1, 1, 32, 32, 32), torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        reference = net(source, target)
+        assert not torch.allclose(net(torch.randn_like(source), target), reference)
+        assert not torch.allclose(net(source, torch.randn_like(target)), reference)
+        torch.testing.assert_close(net(torch.cat([source, target], dim=1)), reference)
+
+
+def test_patch_discriminator_rejects_too_small_input() -> None:
+    net = PatchDiscriminator(spatial_dims=3, base_channels=4)
+    with pytest.raises(ValueError, match="too small"):
+        net(torch.zeros(1, 2, 16, 32, 32))
+
+
+def test_adversarial_loss_modes_match_hand_computation() -> None:
+    logits = torch.randn(2, 1, 4, 5, 6)
+    bce, lsgan = AdversarialLoss("bce"), AdversarialLoss("lsgan")
+    torch.testing.assert_close(bce(logits, True), F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
+    torch.testing.assert_close(bce(logits, False), F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))
+    # BCE against 1 is -log(sigmoid(logit)), the log D term of eq. (1).
+    torch.testing.assert_close(bce(logits, True), -torch.log(torch.sigmoid(logits)).mean())
+    torch.testing.assert_close(lsgan(logits, True), ((logits - 1) ** 2).mean())
+    torch.testing.assert_close(lsgan(logits, False), (logits**2).mean())
+    with pytest.raises(ValueError, match="bce"):
+        AdversarialLoss("wgan")  # type: ignore[arg-type]
+
+
+def test_generator_loss_is_adv_plus_weighted_l1() -> None:
+    torch.manual_seed(0)
+    logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4)
+    adv = AdversarialLoss("bce")
+    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, adv=adv)
+    expected_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    expected_l1 = (fake - real).abs().mean()
+    torch.testing.assert_close(parts["adv"], expected_adv)
+    torch.testing.assert_close(parts["l1"], expected_l1)
+    torch.testing.assert_close(total, expected_adv + 100.0 * expected_l1)
+
+
+def test_masked_l1_is_mean_inside_mask() -> None:
+    fake, real = torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4, 4)
+    mask[..., :2, :, :] = 1
+    torch.testing.assert_close(l1_loss(fake, real, mask), (fake - real)[..., :2, :, :].abs().mean())
+    torch.testing.assert_close(l1_loss(fake, real, torch.ones_like(mask)), l1_loss(fake, real))
+
+
+def test_discriminator_loss_is_half_the_sum() -> None:
+    real_logits, fake_logits = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
+    for mode in ("bce", "lsgan"):
+        adv = AdversarialLoss(mode)
+        total, parts = discriminator_loss(real_logits, fake_logits, adv)
+        torch.testing.assert_close(parts["real"], adv(real_logits, True))
+        torch.testing.assert_close(parts["fake"], adv(fake_logits, False))
+        torch.testing.assert_close(total, 0.5 * (adv(real_logits, True) + adv(fake_logits, False)))
+
+
+def test_count_flops_of_conv3d_matches_formula() -> None:
+    conv = torch.nn.Conv3d(3, 5, kernel_size=3, padding=1)
+    flops = count_flops(conv, (2, 3, 4, 6, 8))
+    assert flops == 2 * (2 * 4 * 6 * 8) * 5 * (3 * 27)  # 2 x output voxels x out ch x (in ch x kernel)
+    assert conv.weight.device.type == "cpu"  # the model itself is untouched
+    assert count_parameters(conv) == 5 * 3 * 27 + 5
+
+
+def test_count_flops_of_generator_scales_with_volume() -> None:
+    net = ResUNet(spatial_dims=3, base_channels=4, depth=2)
+    small = count_flops(net, (1, 1, 8, 16, 16))
+    assert count_flops(net, (1, 1, 16, 16, 16)) == 2 * small > 0
