@@ -3,7 +3,7 @@
 How a subject is made (DESIGN.md, "The built-in simulator"):
 1. Anatomy: nilearn's 1 mm MNI152 2009 grey- and white-matter probability maps. The brain mask is the
    (skull-stripped) MNI T1 template's non-zero region united with GM+WM > 0.5, dilated by 1 mm so that a thin
-   rim of extra-cerebral CSF surrounds the cortex, then softened (sigma 0.5 mm); CSF = mask - GM - WM.
+   rim of extra-cerebral CSF surrounds the cortex; CSF = mask - GM - WM.
    The maps are blurred once per output spacing by the slice profile (partial volume) and cached.
 2. Per subject (all drawn from one seed): a small affine (rotation, scale, translation), a smooth elastic
    displacement, white-matter lesions (blobs of 1-3 ellipsoids, each lesion with its own T1/T2/PD, so that some
@@ -77,13 +77,16 @@ class SimulatedSubject:
 
 @dataclass(frozen=True)
 class _Template:
-    """Tissue fractions on the cropped 1 mm MNI grid, (x, y, z) order, and where voxel 0 sits in mm."""
+    """Tissue fractions on the cropped 1 mm MNI grid in (z, y, x) order, and where voxel 0 sits in mm (z, y, x).
+
+    (z, y, x) like the output grid, so that neighbouring output voxels read neighbouring memory when sampled.
+    """
 
     gm: np.ndarray
     wm: np.ndarray
     csf: np.ndarray
-    origin_mm: np.ndarray
-    lesion_sites: np.ndarray  # (n, 3) voxel indices of deep white matter, candidate lesion centres
+    origin_mm: np.ndarray  # (z, y, x)
+    lesion_sites: np.ndarray  # (n, 3) voxel indices (z, y, x) of deep white matter, candidate lesion centres
     support: np.ndarray | None = None  # blocks of _BLOCK voxels holding any tissue, padded by one empty block
 
 
@@ -128,41 +131,34 @@ def _template_path(name: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _load_template() -> _Template:
-    """Load the MNI152 2009 maps once per process, derive CSF and crop to the brain (1 mm, (x, y, z))."""
+    """Load the MNI152 2009 maps once per process, derive CSF and crop to the brain (1 mm, stored (z, y, x))."""
     images = {name: nib.load(_template_path(name)) for name in ("t1", "gm", "wm")}
     affine = images["t1"].affine
     if not np.allclose(affine[:3, :3], np.eye(3)):
         raise UserError(f"{_template_path('t1')}: unexpected template affine; reinstall nilearn")
-    t1 = np.asarray(images["t1"].dataobj)
-    gm = np.asarray(images["gm"].dataobj, dtype=np.float32) / 255.0
-    wm = np.asarray(images["wm"].dataobj, dtype=np.float32) / 255.0
-    box = ndimage.find_objects(((t1 > 0) | (gm + wm > 0.5)).astype(np.uint8))[0]
-    box = tuple(slice(max(s.start - _TEMPLATE_MARGIN, 0), s.stop + _TEMPLATE_MARGIN) for s in box)
-    t1, gm, wm = (np.ascontiguousarray(a[box]) for a in (t1, gm, wm))
-    mask = _fill_holes((t1 > 0) | (gm + wm > 0.5))
-    mask = ndimage.maximum_filter(mask.view(np.uint8), footprint=ndimage.generate_binary_structure(3, 1)) > 0
-    soft_mask = ndimage.gaussian_filter(mask.astype(np.float32), 0.5)
-    brain = np.maximum(soft_mask, gm + wm)
+    t1, gm, wm = (np.asarray(images[name].dataobj).transpose(2, 1, 0) for name in ("t1", "gm", "wm"))  # uint8
+    mask = (t1 > 0) | (gm.astype(np.uint16) + wm > 127)  # has no enclosed holes (checked), so no filling
+    box = tuple(
+        slice(max(int(kept[0]) - _TEMPLATE_MARGIN, 0), int(kept[-1]) + 1 + _TEMPLATE_MARGIN)
+        for kept in (np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+    )
+    gm, wm = (np.ascontiguousarray(a[box], dtype=np.float32) / np.float32(255.0) for a in (gm, wm))
+    # dilated by 1 mm: a thin rim of extra-cerebral CSF around the cortex
+    mask = ndimage.maximum_filter(mask[box].view(np.uint8), footprint=ndimage.generate_binary_structure(3, 1))
+    brain = np.maximum(mask.astype(np.float32), gm + wm)
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
-    origin = affine[:3, 3] + np.array([s.start for s in box], dtype=float)
-    sites = np.argwhere((wm > 0.95) & (np.arange(wm.shape[2])[None, None, :] + origin[2] > -20))
+    origin = affine[:3, 3][::-1] + np.array([s.start for s in box], dtype=float)
+    sites = np.argwhere((wm > 0.95) & (np.arange(wm.shape[0])[:, None, None] + origin[0] > -20))
     return _Template(gm=gm, wm=wm, csf=csf.astype(np.float32), origin_mm=origin, lesion_sites=sites)
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes: everything not connected to the volume border (faster than binary_fill_holes here)."""
-    outside, _ = ndimage.label(~mask)
-    border = np.unique(np.concatenate([outside[[0, -1]].ravel(), outside[:, [0, -1]].ravel(), outside[..., [0, -1]].ravel()]))
-    return ~np.isin(outside, border[border > 0])
 
 
 @functools.lru_cache(maxsize=4)
 def _blurred_template(spacing: tuple[float, float, float]) -> _Template:
     """The template blurred by the slice profile of `spacing` (z, y, x): Gaussian FWHM = voxel size over 1 mm."""
     base = _load_template()
-    sigma_xyz = [math.sqrt(max(s * s - 1.0, 0.0)) / 2.355 for s in spacing[::-1]]
-    if max(sigma_xyz) >= 0.2:
-        blur = functools.partial(ndimage.gaussian_filter, sigma=sigma_xyz, mode="constant")
+    sigma = [math.sqrt(max(s * s - 1.0, 0.0)) / 2.355 for s in spacing]
+    if max(sigma) >= 0.2:
+        blur = functools.partial(ndimage.gaussian_filter, sigma=sigma, mode="constant", truncate=3.0)
         base = _Template(gm=blur(base.gm), wm=blur(base.wm), csf=blur(base.csf), origin_mm=base.origin_mm,
                          lesion_sites=base.lesion_sites)
     return _Template(**{**base.__dict__, "support": _support_blocks(base.gm + base.wm + base.csf > 1e-4)})
@@ -171,8 +167,8 @@ def _blurred_template(spacing: tuple[float, float, float]) -> _Template:
 def _support_blocks(tissue: np.ndarray) -> np.ndarray:
     """Which _BLOCK-voxel blocks hold tissue (dilated by one block), padded by one empty block on every side."""
     padded = np.pad(tissue, [(0, -n % _BLOCK) for n in tissue.shape])
-    (x, y, z) = (n // _BLOCK for n in padded.shape)
-    blocks = padded.reshape(x, _BLOCK, y, _BLOCK, z, _BLOCK)
+    (a, b, c) = (n // _BLOCK for n in padded.shape)
+    blocks = padded.reshape(a, _BLOCK, b, _BLOCK, c, _BLOCK)
     occupied = blocks.any(axis=(1, 3, 5))
     occupied = ndimage.binary_dilation(occupied, np.ones((3, 3, 3), bool))
     return np.pad(occupied, 1)
@@ -239,7 +235,8 @@ def _draw_lesions(rng: np.random.Generator, template: _Template, wm_t1: float) -
     dark_share = rng.uniform(0.2, 0.8)
     lesions = []
     for _ in range(count):
-        centre = template.lesion_sites[rng.integers(len(template.lesion_sites))] + template.origin_mm
+        site = template.lesion_sites[rng.integers(len(template.lesion_sites))]
+        centre = (site + template.origin_mm)[::-1]  # mm (x, y, z)
         radius = float(np.clip(np.exp(rng.normal(math.log(3.5), 0.45)), 1.5, 10.0))
         parts = []
         for part in range(int(rng.integers(1, 4))):
@@ -309,7 +306,7 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def _template_coordinates(
     grid: tuple[int, int, int], pose: dict[str, Any], rng: np.random.Generator, template: _Template
 ) -> np.ndarray:
-    """For every output voxel, its template voxel coordinate (3, D, H, W), template axes (x, y, z)."""
+    """For every output voxel, its template voxel coordinate (3, D, H, W) as (z, y, x) template indices."""
     points, counts, step_mm = _coarse_points(grid)
     affine = grid_affine(grid)
     zz, yy, xx = np.meshgrid(*points, indexing="ij")
@@ -321,7 +318,8 @@ def _template_coordinates(
     for axis in range(3):
         field_zyx = _random_field(rng, counts, pose["elastic_smoothness_mm"], step_mm)
         moved[..., axis] += pose["elastic_rms_mm"] * field_zyx
-    coarse = np.moveaxis(moved - template.origin_mm, -1, 0)  # template voxel = mm - origin (1 mm, identity axes)
+    # template voxel = mm - origin (1 mm voxels, identity axes), reordered to (z, y, x)
+    coarse = np.moveaxis(moved[..., ::-1] - template.origin_mm, -1, 0)
     return np.stack([_upsample(c, grid) for c in coarse])
 
 
@@ -332,31 +330,32 @@ def _bias_field(rng: np.random.Generator, grid: tuple[int, int, int], std: float
     return np.exp(_upsample(log_bias, grid))
 
 
-def _lesion_maps(template: _Template, lesions: list[dict[str, Any]]) -> np.ndarray:
-    """Template-space maps (4, X, Y, Z): lesion share L, L*T1, L*T2 and L*PD (soft 1 mm edges)."""
-    maps = np.zeros((4, *template.wm.shape), dtype=np.float32)
+def _lesion_maps(template: _Template, lesions: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Template-space maps (4, z, y, x) over the box holding all lesions: lesion share L (soft 1 mm edges),
+    L*T1, L*T2 and L*PD; and the template index (z, y, x) of the box's first voxel."""
     edge_mm = 1.0
-    for lesion in lesions:
-        for part in lesion["parts"]:
-            centre = np.array(part["centre_mm"]) - template.origin_mm
-            radii = np.array(part["radii_mm"])
-            lo = np.maximum(np.floor(centre - radii.max() - 2 * edge_mm).astype(int), 0)
-            hi = np.minimum(np.ceil(centre + radii.max() + 2 * edge_mm).astype(int) + 1, template.wm.shape)
-            if np.any(hi <= lo):
-                continue
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            axes = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
-            offsets = np.stack(axes, axis=-1) - centre
-            local = offsets @ Rotation.from_quat(part["rotation"]).as_matrix()  # into the ellipsoid's frame
-            distance = np.sqrt(((local / radii) ** 2).sum(-1))  # 1 on the ellipsoid surface
-            share = np.clip((1.0 - distance) * radii.min() / edge_mm + 0.5, 0.0, 1.0).astype(np.float32)
-            region = maps[(slice(None), *box)]
-            stronger = share > region[0]
-            region[0][stronger] = share[stronger]
-            region[1][stronger] = share[stronger] * lesion["t1_ms"]
-            region[2][stronger] = share[stronger] * lesion["t2_ms"]
-            region[3][stronger] = share[stronger] * lesion["pd"]
-    return maps
+    parts = [(lesion, part) for lesion in lesions for part in lesion["parts"]]
+    centres = [np.array(part["centre_mm"])[::-1] - template.origin_mm for _, part in parts]  # template (z, y, x)
+    reach = [max(part["radii_mm"]) + 2 * edge_mm for _, part in parts]
+    start = np.maximum(np.floor(np.min([c - r for c, r in zip(centres, reach)], axis=0)).astype(int), 0)
+    stop = np.minimum(np.ceil(np.max([c + r for c, r in zip(centres, reach)], axis=0)).astype(int) + 1, template.wm.shape)
+    maps = np.zeros((4, *np.maximum(stop - start, 1)), dtype=np.float32)
+    for (lesion, part), centre, extent in zip(parts, centres, reach):
+        lo = np.maximum(np.floor(centre - extent).astype(int), start)
+        hi = np.minimum(np.ceil(centre + extent).astype(int) + 1, stop)
+        if np.any(hi <= lo):
+            continue
+        axes = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+        offsets_xyz = (np.stack(axes, axis=-1) - centre)[..., ::-1]  # mm, (x, y, z) like the rotation
+        local = offsets_xyz @ Rotation.from_quat(part["rotation"]).as_matrix()  # into the ellipsoid's frame
+        radii = np.array(part["radii_mm"])
+        distance = np.sqrt(((local / radii) ** 2).sum(-1))  # 1 on the ellipsoid surface
+        share = np.clip((1.0 - distance) * radii.min() / edge_mm + 0.5, 0.0, 1.0).astype(np.float32)
+        region = maps[(slice(None), *(slice(a, b) for a, b in zip(lo - start, hi - start)))]
+        stronger = share > region[0]
+        for channel, factor in enumerate((1.0, lesion["t1_ms"], lesion["t2_ms"], lesion["pd"])):
+            region[channel][stronger] = share[stronger] * factor
+    return maps, start
 
 
 # ----------------------------------------------------------------------------------------------- one subject
@@ -396,8 +395,9 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID) -> Simu
     inside = _supported(coords, template)
     at = coords.reshape(3, -1)[:, inside]
     gm, csf, wm = (_sample(m, at) for m in (template.gm, template.csf, template.wm))
-    lesion_maps = _lesion_maps(template, params["lesions"])
-    lesion_share = _sample(lesion_maps[0], at)
+    lesion_maps, lesion_start = _lesion_maps(template, params["lesions"])
+    at_lesions = at - lesion_start[:, None].astype(np.float32)
+    lesion_share = _sample(lesion_maps[0], at_lesions)
     lesion_frac = lesion_share * wm  # lesions replace white matter only
     wm -= lesion_frac
     background = np.clip(1.0 - (gm + csf + wm + lesion_frac), 0.0, 1.0)
@@ -405,7 +405,7 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID) -> Simu
     # per-voxel lesion relaxation times, only where a lesion is (weighted average over overlapping lesions)
     in_lesion = np.flatnonzero(lesion_frac > 1e-3)
     share = np.maximum(lesion_share[in_lesion], 1e-6)
-    lesion_t1, lesion_t2, lesion_pd = (_sample(lesion_maps[k], at[:, in_lesion]) / share for k in (1, 2, 3))
+    lesion_t1, lesion_t2, lesion_pd = (_sample(lesion_maps[k], at_lesions[:, in_lesion]) / share for k in (1, 2, 3))
 
     images = {}
     for name, equation, sequence in (
