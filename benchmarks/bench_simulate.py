@@ -104,14 +104,17 @@ def main() -> None:
             }
         )
 
-    header = f"{'grid':<7}{'shape':<15}{'import':>8}{'cold':>8}{'warm':>8}{'write':>8}{'dataset':>9}{'cpu':>7}{'MB':>7}{'limit':>7}  ok"
+    columns = ("import", "cold", "warm", "write")
+    header = f"{'grid':<7}{'shape':<15}" + "".join(f"{c:>8}" for c in columns) + f"{'dataset':>9}{'cpu':>7}{'MB':>7}"
+    header += f"{'limit':>7}  ok"
     print(header)
     print("-" * len(header))
     for r in rows:
         shape = "x".join(str(n) for n in r["shape"])
         print(
             f"{r['grid']:<7}{shape:<15}{r['import_s']:>8.2f}{r['cold_s']:>8.2f}{r['warm_median_s']:>8.2f}"
-            f"{r['write_s']:>8.2f}{r['dataset_one_subject_s']:>9.2f}{r['dataset_one_subject_cpu_s']:>7.2f}{r['files_mb']:>7.1f}{r['limit_s']:>7.1f}"
+            f"{r['write_s']:>8.2f}{r['dataset_one_subject_s']:>9.2f}{r['dataset_one_subject_cpu_s']:>7.2f}"
+            f"{r['files_mb']:>7.1f}{r['limit_s']:>7.1f}"
             f"  {'yes' if r['within_limit'] else 'NO'}"
         )
     print("seconds; 'dataset' = one subject simulated and written from a fresh process (templates loaded), "

@@ -42,7 +42,8 @@ PAPER_GRID: tuple[int, int, int] = (48, 288, 240)
 SMALL_GRID: tuple[int, int, int] = (32, 96, 80)
 PAPER_SPACING: tuple[float, float, float] = (3.0, 0.8, 0.8)  # mm, (z, y, x)
 #: every grid covers the paper's field of view (z, y, x) in mm; other grids scale the spacing
-FIELD_OF_VIEW_MM: tuple[float, float, float] = tuple(n * s for n, s in zip(PAPER_GRID, PAPER_SPACING))  # type: ignore[assignment]
+FIELD_OF_VIEW_MM: tuple[float, float, float] = (144.0, 230.4, 192.0)
+assert np.allclose(FIELD_OF_VIEW_MM, np.multiply(PAPER_GRID, PAPER_SPACING))
 #: centre of the field of view in MNI mm (x, y, z): the brain's box centre in x and y; in z the top of the brain
 #: keeps a margin and the lowest cerebellum is cut (144 mm of slices, as the paper's 48 x 3 mm)
 FOV_CENTRE_MM = np.array([0.0, -17.0, 18.0])
@@ -125,7 +126,7 @@ def _template_path(name: str) -> Path:
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     path = folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
     if not path.exists():
-        raise UserError(f"{path}: MNI152 template missing from the nilearn install; reinstall nilearn (pip install nilearn)")
+        raise UserError(f"{path}: MNI152 template missing from the nilearn install; reinstall it (pip install nilearn)")
     return path
 
 
@@ -159,8 +160,13 @@ def _blurred_template(spacing: tuple[float, float, float]) -> _Template:
     sigma = [math.sqrt(max(s * s - 1.0, 0.0)) / 2.355 for s in spacing]
     if max(sigma) >= 0.2:
         blur = functools.partial(ndimage.gaussian_filter, sigma=sigma, mode="constant", truncate=3.0)
-        base = _Template(gm=blur(base.gm), wm=blur(base.wm), csf=blur(base.csf), origin_mm=base.origin_mm,
-                         lesion_sites=base.lesion_sites)
+        base = _Template(
+            gm=blur(base.gm),
+            wm=blur(base.wm),
+            csf=blur(base.csf),
+            origin_mm=base.origin_mm,
+            lesion_sites=base.lesion_sites,
+        )
     return _Template(**{**base.__dict__, "support": _support_blocks(base.gm + base.wm + base.csf > 1e-4)})
 
 
@@ -337,8 +343,10 @@ def _lesion_maps(template: _Template, lesions: list[dict[str, Any]]) -> tuple[np
     parts = [(lesion, part) for lesion in lesions for part in lesion["parts"]]
     centres = [np.array(part["centre_mm"])[::-1] - template.origin_mm for _, part in parts]  # template (z, y, x)
     reach = [max(part["radii_mm"]) + 2 * edge_mm for _, part in parts]
-    start = np.maximum(np.floor(np.min([c - r for c, r in zip(centres, reach)], axis=0)).astype(int), 0)
-    stop = np.minimum(np.ceil(np.max([c + r for c, r in zip(centres, reach)], axis=0)).astype(int) + 1, template.wm.shape)
+    lowest = np.min([c - r for c, r in zip(centres, reach)], axis=0)
+    highest = np.max([c + r for c, r in zip(centres, reach)], axis=0)
+    start = np.maximum(np.floor(lowest).astype(int), 0)
+    stop = np.minimum(np.ceil(highest).astype(int) + 1, template.wm.shape)
     maps = np.zeros((4, *np.maximum(stop - start, 1)), dtype=np.float32)
     for (lesion, part), centre, extent in zip(parts, centres, reach):
         lo = np.maximum(np.floor(centre - extent).astype(int), start)
@@ -362,7 +370,8 @@ def _lesion_maps(template: _Template, lesions: list[dict[str, Any]]) -> tuple[np
 
 
 def _sample(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32, prefilter=False)
+    """Trilinear interpolation of a template map at template voxel coordinates (0 outside)."""
+    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32)
 
 
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
