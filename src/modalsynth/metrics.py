@@ -1,0 +1,259 @@
+"""Image-quality metrics for synthetic volumes under one fixed protocol (pure functions on numpy arrays).
+
+Protocol (as in the BraSyn challenge): prediction and reference are each clipped to their own 0.5-99.5
+percentile inside the brain and scaled to [0, 1]; every metric below then uses data range 1.
+SSIM is true 3D SSIM (Gaussian window sigma 1.5, truncated at 3.5 sigma = 11 voxels, K1 0.01, K2 0.03,
+sample covariance as scikit-image's default), reported over the whole volume (border of 5 voxels cropped,
+exactly as `skimage.metrics.structural_similarity`), and as the mean of the SSIM map inside the brain,
+the lesion and the healthy brain. Arrays are (D, H, W) = (axial slice, row, column).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5, an 11-voxel window as in Wang et al. 2004
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+PERCENTILES = (0.5, 99.5)
+PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+# Order of the per-subject metrics in every table: brain-masked figures lead (whole-volume SSIM is inflated by the
+# shared black background), then lesion / healthy brain, whole volume, 2D slice-averaged, through-plane.
+METRIC_LABELS: dict[str, str] = {
+    "ssim_brain": "SSIM 3D, brain",
+    "psnr_brain": "PSNR (dB), brain",
+    "mae_brain": "MAE, brain",
+    "rmse_brain": "RMSE, brain",
+    "ssim_lesion": "SSIM 3D, lesion",
+    "mae_lesion": "MAE, lesion",
+    "rmse_lesion": "RMSE, lesion",
+    "psnr_lesion": "PSNR (dB), lesion",
+    "ssim_healthy": "SSIM 3D, healthy brain",
+    "mae_healthy": "MAE, healthy brain",
+    "rmse_healthy": "RMSE, healthy brain",
+    "psnr_healthy": "PSNR (dB), healthy brain",
+    "ssim_volume": "SSIM 3D, whole volume",
+    "psnr_volume": "PSNR (dB), whole volume",
+    "mae_volume": "MAE, whole volume",
+    "rmse_volume": "RMSE, whole volume",
+    "ssim2d_axial_slices": "SSIM 2D slice-averaged, axial, whole slice",
+    "ssim2d_brain_axial": "SSIM 2D (axial planes), brain",
+    "ssim2d_brain_coronal": "SSIM 2D (coronal planes), brain",
+    "ssim2d_brain_sagittal": "SSIM 2D (sagittal planes), brain",
+    "gradz_mae_brain": "through-plane gradient error (axial slice axis), brain",
+    "gradxy_mae_brain": "in-plane gradient error, brain",
+    "gradz_ratio": "through-plane / in-plane gradient error",
+}
+HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr")) for name in METRIC_LABELS}
+
+
+def scale_to_unit(volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Clip a volume to its own 0.5-99.5 percentile inside the brain and scale that range to [0, 1] (float64)."""
+    mask = np.asarray(brain_mask, dtype=bool)
+    if mask.shape != volume.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.shape}")
+    if not mask.any():
+        raise ValueError("the brain mask is empty")
+    low, high = np.percentile(volume[mask], percentiles)
+    data = np.asarray(volume, dtype=np.float64)
+    if high <= low:
+        return np.zeros(data.shape)
+    return (np.clip(data, low, high) - low) / (high - low)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """The SSIM map of two arrays, filtering along `axes` (all axes by default: 3D SSIM; two axes: 2D per plane).
+
+    Same formula as scikit-image's `structural_similarity(gaussian_weights=True)`: Gaussian sigma 1.5 truncated to an
+    11-tap window, 'reflect' borders, sample covariance scaled by NP / (NP - 1) with NP = 11 ** len(axes).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    axes = tuple(range(a.ndim)) if axes is None else tuple(axes)
+    win = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1
+    if any(a.shape[ax] < win for ax in axes):
+        raise ValueError(f"SSIM needs at least {win} voxels along each filtered axis; got shape {a.shape}")
+    sigma = [SSIM_SIGMA if ax in axes else 0.0 for ax in range(a.ndim)]
+
+    def smooth(x: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(x, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    n_window = win ** len(axes)
+    cov_norm = n_window / (n_window - 1)
+    ux, uy = smooth(x), smooth(y)
+    vx = cov_norm * (smooth(x * x) - ux * ux)
+    vy = cov_norm * (smooth(y * y) - uy * uy)
+    vxy = cov_norm * (smooth(x * y) - ux * uy)
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def _border_cropped_mean(values: np.ndarray) -> float:
+    """Mean of an SSIM map without the 5-voxel border strip, as scikit-image reports the mean SSIM."""
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    return float(values[tuple(slice(pad, -pad) for _ in values.shape)].mean(dtype=np.float64))
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
+    """Mean of `values` over the mask voxels (NaN for an empty mask)."""
+    if mask is None:
+        return float(np.mean(values, dtype=np.float64))
+    mask = np.asarray(mask, dtype=bool)
+    return float(values[mask].mean(dtype=np.float64)) if mask.any() else math.nan
+
+
+def ssim3d(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
+    """3D SSIM: without a mask skimage's mean (border cropped); with a mask the mean of the SSIM map inside it."""
+    values = ssim_map(a, b, data_range)
+    return _border_cropped_mean(values) if mask is None else masked_mean(values, mask)
+
+
+def _slice_average(plane_map: np.ndarray, axis: int, slice_mask: np.ndarray | None) -> float:
+    """Average over slices of each slice's border-cropped mean SSIM (slices where `slice_mask` has a voxel)."""
+    values = np.moveaxis(plane_map, axis, 0)
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    per_slice = values[:, pad:-pad, pad:-pad].mean(axis=(1, 2), dtype=np.float64)
+    if slice_mask is not None:
+        per_slice = per_slice[np.moveaxis(np.asarray(slice_mask, dtype=bool), axis, 0).any(axis=(1, 2))]
+    return float(per_slice.mean()) if per_slice.size else math.nan
+
+
+def _plane_ssim_map(a: np.ndarray, b: np.ndarray, plane: str, data_range: float) -> np.ndarray:
+    """2D SSIM maps of every slice of `plane` (filtering only within the slices), stacked back into a volume."""
+    axis = PLANE_AXES[plane]
+    return ssim_map(a, b, data_range, axes=tuple(ax for ax in range(3) if ax != axis))
+
+
+def ssim_slices2d(
+    a: np.ndarray, b: np.ndarray, plane: str = "axial", data_range: float = 1.0, slice_mask: np.ndarray | None = None
+) -> float:
+    """Slice-averaged 2D SSIM as 2D papers report it: skimage's mean SSIM of each slice of `plane`, averaged.
+
+    Only slices where `slice_mask` (e.g. the brain mask) has a voxel are averaged; all slices without a mask.
+    """
+    return _slice_average(_plane_ssim_map(a, b, plane, data_range), PLANE_AXES[plane], slice_mask)
+
+
+def ssim2d_masked(a: np.ndarray, b: np.ndarray, mask: np.ndarray, plane: str, data_range: float = 1.0) -> float:
+    """Mean over the mask of the 2D SSIM map computed slice by slice in `plane` (no filtering across slices)."""
+    return masked_mean(_plane_ssim_map(a, b, plane, data_range), mask)
+
+
+def mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute error (over the mask voxels when a mask is given)."""
+    return masked_mean(np.abs(np.asarray(a, np.float64) - b), mask)
+
+
+def mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean squared error (over the mask voxels when a mask is given)."""
+    return masked_mean((np.asarray(a, np.float64) - b) ** 2, mask)
+
+
+def rmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Root mean squared error (over the mask voxels when a mask is given)."""
+    return math.sqrt(mse(a, b, mask))  # sqrt(nan) is nan
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB, 10 log10(range^2 / MSE); infinite for identical inputs."""
+    error = mse(a, b, mask)
+    if math.isnan(error):
+        return math.nan
+    return math.inf if error == 0 else 10.0 * math.log10(data_range**2 / error)
+
+
+def _gradient_errors(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, axis: int) -> np.ndarray:
+    """|difference of neighbour steps| along `axis`, NaN where either neighbour is outside the brain."""
+    mask = np.asarray(brain_mask, dtype=bool)
+    error = np.abs(np.diff(np.asarray(pred, np.float64), axis=axis) - np.diff(np.asarray(ref, np.float64), axis=axis))
+    lower = [slice(None)] * mask.ndim
+    upper = [slice(None)] * mask.ndim
+    lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+    return np.where(mask[tuple(lower)] & mask[tuple(upper)], error, np.nan)
+
+
+def _nanmean(values: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray | float:
+    """np.nanmean without the 'mean of empty slice' warning: all-NaN slices (no brain) stay NaN on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def through_plane_profile(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Per axial position: mean through-plane gradient error (between slices z and z+1) and in-plane gradient error.
+
+    A slice-wise (2D) method stacks slices that disagree with their neighbours: its through-plane error jumps
+    from slice to slice while its in-plane error stays smooth. Values on [0, 1]-scaled volumes; NaN where no brain.
+    """
+    depth = pred.shape[0]
+    inplane = np.concatenate(
+        [_gradient_errors(pred, ref, brain_mask, 1).reshape(depth, -1), _gradient_errors(pred, ref, brain_mask, 2).reshape(depth, -1)],
+        axis=1,
+    )
+    return {"gradz_error": _nanmean(_gradient_errors(pred, ref, brain_mask, 0), axis=(1, 2)), "inplane_error": _nanmean(inplane, axis=1)}
+
+
+def through_plane_error_map(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
+    """|step to the next axial slice in pred - same step in ref| per voxel, (D-1, H, W), 0 outside the brain."""
+    return np.nan_to_num(_gradient_errors(pred, ref, brain_mask, 0), nan=0.0)
+
+
+def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, data_range: float = 1.0) -> dict[str, float]:
+    """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
+    over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
+    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking."""
+    mask = np.asarray(brain_mask, dtype=bool)
+    gradz = _gradient_errors(pred, ref, mask, 0)
+    gradxy = np.concatenate([_gradient_errors(pred, ref, mask, 1).ravel(), _gradient_errors(pred, ref, mask, 2).ravel()])
+    gradz_mae, gradxy_mae = float(_nanmean(gradz)), float(_nanmean(gradxy))
+    ratio = gradz_mae / gradxy_mae if gradxy_mae > 0 else math.nan
+    result: dict[str, float] = {}
+    for plane, axis in PLANE_AXES.items():
+        plane_map = _plane_ssim_map(pred, ref, plane, data_range)
+        result[f"ssim2d_brain_{plane}"] = masked_mean(plane_map, mask)
+        result[f"ssim2d_{plane}_slices"] = _slice_average(plane_map, axis, mask)
+    result.update(gradz_mae_brain=gradz_mae, gradxy_mae_brain=gradxy_mae, gradz_ratio=ratio)
+    return result
+
+
+def subject_metrics(
+    pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, lesion_mask: np.ndarray | None = None, scale: bool = True
+) -> dict[str, float]:
+    """All per-subject metrics of the protocol (keys of `METRIC_LABELS`); `scale=False` if both are already on [0, 1].
+
+    Lesion figures use lesion ∩ brain, healthy figures brain minus lesion; both are NaN without a lesion mask or
+    with an empty one.
+    """
+    brain = np.asarray(brain_mask, dtype=bool)
+    if pred.shape != ref.shape or brain.shape != ref.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, reference {ref.shape}, mask {brain.shape}")
+    if scale:
+        pred, ref = scale_to_unit(pred, brain), scale_to_unit(ref, brain)
+    regions: dict[str, np.ndarray | None] = {"brain": brain, "volume": None}
+    lesion = None if lesion_mask is None else np.logical_and(np.asarray(lesion_mask) > 0, brain)
+    has_lesion = lesion is not None and bool(lesion.any())
+    regions["lesion"] = lesion if has_lesion else None
+    regions["healthy"] = np.logical_and(brain, ~lesion) if has_lesion else None
+
+    values = ssim_map(pred, ref, 1.0)
+    result: dict[str, float] = {}
+    for name, region in regions.items():
+        if region is None and name != "volume":
+            result.update({f"{m}_{name}": math.nan for m in ("ssim", "psnr", "mae", "rmse")})
+            continue
+        result[f"ssim_{name}"] = _border_cropped_mean(values) if region is None else masked_mean(values, region)
+        result[f"psnr_{name}"] = psnr(pred, ref, region)
+        result[f"mae_{name}"] = mae(pred, ref, region)
+        result[f"rmse_{name}"] = rmse(pred, ref, region)
+    del values
+    result.update(through_plane_consistency(pred, ref, brain, 1.0))
+    return {name: float(result[name]) for name in METRIC_LABELS}

@@ -1,0 +1,133 @@
+"""Metrics against independent references: scikit-image's SSIM and plain numpy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from modalsynth import metrics as M
+
+REAL_DEV = Path("/work/shared/data/real-dev")
+SK = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=True)
+
+
+def smooth_pair(shape=(22, 26, 24), noise=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    a = ndimage.gaussian_filter(rng.random(shape), 1.5)
+    a = (a - a.min()) / (a.max() - a.min())
+    b = np.clip(a + noise * rng.standard_normal(shape), 0, 1)
+    return a, b
+
+
+def test_ssim3d_matches_skimage_on_random_volumes():
+    for seed in range(3):
+        a, b = smooth_pair(seed=seed)
+        mask = a > np.median(a)
+        expected, full = structural_similarity(a, b, full=True, **SK)
+        assert M.ssim3d(a, b) == pytest.approx(expected, abs=1e-4)
+        assert M.ssim3d(a, b, mask=mask) == pytest.approx(full[mask].mean(), abs=1e-4)
+        assert np.abs(M.ssim_map(a, b) - full).max() < 1e-8  # same formula, so equal to rounding
+
+
+@pytest.mark.skipif(not REAL_DEV.exists(), reason="real-dev data absent")
+def test_ssim3d_matches_skimage_on_real_volumes():
+    import nibabel as nib
+
+    box = (slice(90, 130), slice(100, 148), slice(60, 100))
+    t1 = nib.load(str(REAL_DEV / "brats2018-case0" / "t1.nii.gz")).dataobj[box].astype(np.float64)
+    flair = nib.load(str(REAL_DEV / "brats2018-case0" / "flair.nii.gz")).dataobj[box].astype(np.float64)
+    brain = t1 > 0
+    a, b = M.scale_to_unit(flair, brain), M.scale_to_unit(t1, brain)
+    expected, full = structural_similarity(a, b, full=True, **SK)
+    assert M.ssim3d(a, b) == pytest.approx(expected, abs=1e-4)
+    assert M.ssim3d(a, b, mask=brain) == pytest.approx(full[brain].mean(), abs=1e-4)
+
+
+def test_2d_ssim_per_plane_matches_skimage_slice_by_slice():
+    a, b = smooth_pair(shape=(14, 18, 16), seed=4)
+    mask = np.zeros(a.shape, bool)
+    mask[3:11, 4:15, 2:13] = True
+    for plane, axis in M.PLANE_AXES.items():
+        results = [
+            structural_similarity(np.take(a, i, axis), np.take(b, i, axis), full=True, **SK) for i in range(a.shape[axis])
+        ]
+        with_brain = [i for i in range(a.shape[axis]) if np.take(mask, i, axis).any()]
+        assert M.ssim_slices2d(a, b, plane) == pytest.approx(np.mean([r[0] for r in results]), abs=1e-4)
+        assert M.ssim_slices2d(a, b, plane, slice_mask=mask) == pytest.approx(
+            np.mean([results[i][0] for i in with_brain]), abs=1e-4
+        )
+        full = np.stack([r[1] for r in results], axis=axis)
+        assert M.ssim2d_masked(a, b, mask, plane) == pytest.approx(full[mask].mean(), abs=1e-4)
+
+
+def test_mae_rmse_psnr_match_numpy_with_and_without_mask():
+    a, b = smooth_pair(seed=1)
+    mask = a > 0.4
+    diff = a - b
+    assert M.mae(a, b) == pytest.approx(np.abs(diff).mean())
+    assert M.mae(a, b, mask) == pytest.approx(np.abs(diff[mask]).mean())
+    assert M.rmse(a, b) == pytest.approx(np.sqrt((diff**2).mean()))
+    assert M.rmse(a, b, mask) == pytest.approx(np.sqrt((diff[mask] ** 2).mean()))
+    assert M.psnr(a, b) == pytest.approx(10 * np.log10(1.0 / (diff**2).mean()))
+    assert M.psnr(a, b, mask) == pytest.approx(10 * np.log10(1.0 / (diff[mask] ** 2).mean()))
+    assert M.psnr(a, b, data_range=2.0) == pytest.approx(10 * np.log10(4.0 / (diff**2).mean()))
+    assert M.psnr(a, a) == math.inf
+    assert math.isnan(M.mae(a, b, np.zeros(a.shape, bool)))
+
+
+def test_scale_to_unit_uses_brain_percentiles_only():
+    rng = np.random.default_rng(2)
+    volume = rng.normal(100, 10, (20, 20, 20))
+    brain = np.zeros(volume.shape, bool)
+    brain[4:16, 4:16, 4:16] = True
+    volume[~brain] = 5000.0  # a bright outside must not move the range
+    low, high = np.percentile(volume[brain], [0.5, 99.5])
+    scaled = M.scale_to_unit(volume, brain)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    inside = volume[brain]
+    middle = (inside > low) & (inside < high)
+    assert np.allclose(scaled[brain][middle], (inside[middle] - low) / (high - low))
+    assert np.all(scaled[~brain] == 1.0)  # clipped at the brain's 99.5 percentile
+
+
+def test_subject_metrics_identity_regions_and_missing_lesion():
+    a, b = smooth_pair(seed=3)
+    brain = np.zeros(a.shape, bool)
+    brain[3:-3, 3:-3, 3:-3] = True
+    lesion = np.zeros(a.shape, bool)
+    lesion[8:13, 9:14, 8:12] = True
+    same = M.subject_metrics(a, a, brain, lesion, scale=False)
+    assert same["ssim_brain"] == pytest.approx(1.0) and same["ssim_volume"] == pytest.approx(1.0)
+    assert same["mae_brain"] == 0.0 and same["psnr_brain"] == math.inf
+    result = M.subject_metrics(b, a, brain, lesion, scale=False)
+    healthy = brain & ~lesion
+    assert set(result) == set(M.METRIC_LABELS)
+    assert result["ssim_lesion"] == pytest.approx(M.ssim3d(b, a, lesion))
+    assert result["ssim_healthy"] == pytest.approx(M.ssim3d(b, a, healthy))
+    assert result["mae_healthy"] == pytest.approx(M.mae(b, a, healthy))
+    assert result["ssim_volume"] == pytest.approx(M.ssim3d(b, a))
+    no_lesion = M.subject_metrics(b, a, brain, None, scale=False)
+    assert math.isnan(no_lesion["ssim_lesion"]) and math.isnan(no_lesion["mae_healthy"])
+    assert no_lesion["ssim_brain"] == pytest.approx(result["ssim_brain"])
+
+
+def test_through_plane_numbers_flag_slice_stacking():
+    rng = np.random.default_rng(5)
+    ref = ndimage.gaussian_filter(rng.random((24, 28, 28)), 2.0)
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    brain = np.ones(ref.shape, bool)
+    stacked = np.clip(ref + rng.normal(0, 0.05, (24, 1, 1)), 0, 1)  # each axial slice shifted on its own
+    smooth_noise = ndimage.gaussian_filter(rng.standard_normal(ref.shape), 2.0)
+    smooth = np.clip(ref + smooth_noise * (0.05 / smooth_noise.std()), 0, 1)  # same error size, smooth in 3D
+    s, t = M.through_plane_consistency(stacked, ref, brain), M.through_plane_consistency(smooth, ref, brain)
+    assert s["gradz_ratio"] > 5 * t["gradz_ratio"]
+    assert s["ssim2d_brain_coronal"] < s["ssim2d_brain_axial"] - 0.05
+    profile = M.through_plane_profile(stacked, ref, brain)
+    assert profile["gradz_error"].shape == (23,) and profile["inplane_error"].shape == (24,)
+    assert np.nanmean(profile["gradz_error"]) > 5 * np.nanmean(profile["inplane_error"])
+    assert M.through_plane_error_map(stacked, ref, brain).shape == (23, 28, 28)
