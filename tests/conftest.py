@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# One thread per test process: on a shared 2-core machine, two threads per process are several times slower.
+torch.set_num_threads(1)
 
 REAL_DEV = Path(os.environ.get("MODALSYNTH_REAL_DEV", Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev"))
 
@@ -26,3 +30,28 @@ def blob_volume(shape=(20, 24, 28), seed=0) -> np.ndarray:
     radius = sum(g**2 for g in grids)
     head = (radius < 0.6).astype(np.float32)
     return (head * (100 + 50 * grids[0] + 10 * rng.standard_normal(shape))).astype(np.float32)
+
+
+TINY_GRID = (16, 48, 40)
+TINY_MODEL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "disc_layers": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_sim(tmp_path_factory) -> Path:
+    """Six simulated FLAIR/T1 subjects on a tiny grid, made once per test session."""
+    from modalsynth.data.simulate import simulate_dataset
+
+    root = tmp_path_factory.mktemp("tiny-sim")
+    simulate_dataset(root, subjects=6, seed=0, grid=TINY_GRID)
+    return root
+
+
+def tiny_config(**overrides):
+    """A training config small enough for a CPU test: tiny grid, tiny networks, no logging noise."""
+    from modalsynth.config import TrainConfig
+
+    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": True}
+    values.update(overrides)
+    config = TrainConfig(**values)
+    config.preprocess.grid = TINY_GRID
+    return config

@@ -13,6 +13,7 @@ import torch
 
 from . import __version__
 from .errors import UserError
+from .io import publish
 
 FORMAT = "modalsynth-checkpoint-1"
 
@@ -26,7 +27,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

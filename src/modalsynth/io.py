@@ -120,7 +120,7 @@ def save_volume(volume: Volume, path: Path | str, dtype: type = np.float32) -> P
     os.close(fd)
     try:
         nib.save(img, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -137,6 +137,14 @@ def save_array(
     """Write a plain array with an affine (and optionally a header to copy) as NIfTI."""
     hdr = header.copy() if header is not None else nib.Nifti1Header()
     return save_volume(Volume(np.asarray(data), np.asarray(affine, dtype=np.float64), hdr), path, dtype=dtype)
+
+
+def publish(tmp: str, path: Path) -> None:
+    """Move a finished temporary file into place, with the permissions a normal `open()` would have given it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def _short(exc: BaseException) -> str:

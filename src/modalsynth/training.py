@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -128,8 +128,18 @@ def _payload(method: Method, config: TrainConfig, step: int, best: float, intens
     }
 
 
-def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train `config.method` on the pairs under `data`; writes OUT/{split.json,last.pt,best.pt,log.csv}; returns best.pt."""
+def train(
+    config: TrainConfig,
+    data: Path,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_finish: Callable[[Method], None] | None = None,
+) -> Path:
+    """Train `config.method` on the pairs under `data`; writes OUT/{split.json,last.pt,best.pt,log.csv}; returns best.pt.
+
+    `on_finish`, if given, is called with the trained method on every rank (e.g. to compare ranks in a test).
+    """
     out = Path(out)
     ctx = init_distributed(config.device)
     device = resolve_device(config.device)
@@ -216,6 +226,8 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, prog
                 dist.barrier()
     bar.close()
     logger.close()
+    if on_finish is not None:
+        on_finish(method)
     return out / "best.pt"
 
 
