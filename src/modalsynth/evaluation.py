@@ -1,0 +1,328 @@
+"""`modalsynth evaluate`: pair predictions with references by subject, score them, write the report folder."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import fid as fidlib
+from .data.pairs import GRID_TOLERANCE_MM, LESION_NAMES, MASK_NAMES, canonical_modality, discover_subjects
+from .data.preprocess import foreground_mask, to_zyx
+from .errors import UserError
+from .io import Volume, load_volume
+from .metrics import METRIC_LABELS, scale_to_unit, subject_metrics, through_plane_error_map, through_plane_profile
+from .report import (
+    crop_to_mask, figure4_montage, markdown_table, plot_metric_distributions, plot_through_plane, summarise,
+    write_json, write_per_subject_csv,
+)
+
+PROTOCOL = (
+    "Prediction and reference are compared on the stored voxel grid (reoriented to RAS, axes z, y, x). Each is "
+    "clipped to its own 0.5-99.5 percentile inside the brain mask and scaled to [0, 1] (as in the BraSyn challenge); "
+    "all metrics use data range 1. SSIM is 3D SSIM (Gaussian window sigma 1.5, 11 voxels, K1 0.01, K2 0.03, sample "
+    "covariance; identical to scikit-image's structural_similarity): the whole-volume figure is skimage's mean "
+    "(5-voxel border cropped), the brain / lesion / healthy-brain figures are the mean of the SSIM map over those "
+    "voxels. Brain-masked figures lead: whole-volume SSIM is inflated by the shared black background. 'SSIM 2D "
+    "slice-averaged' is the mean over axial slices with brain of each slice's 2D SSIM, as 2D papers report. "
+    "Through-plane consistency: 2D SSIM inside the brain computed within axial, coronal and sagittal planes, and the "
+    "error of the intensity step between neighbouring voxels across axial slices versus within them."
+)
+FIGURE_PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass
+class SubjectData:
+    """One subject's volumes on [0, 1] in (z, y, x) order, with its masks and voxel spacing."""
+
+    pred: np.ndarray
+    ref: np.ndarray
+    source: np.ndarray | None
+    brain: np.ndarray
+    lesion: np.ndarray | None
+    spacing: tuple[float, float, float]
+    mask_origin: str
+
+
+def evaluate_folders(
+    pred: Path,
+    ref: Path,
+    target: str,
+    out: Path,
+    source: str | None = "flair",
+    fid: bool = True,
+    fid_weights: Path | None = None,
+    *,
+    fid_max_slices: int = fidlib.DEFAULT_MAX_SLICES,
+    figure_subjects: int = 3,
+    figures: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Score PRED/<subject>/<target>.nii.gz against REF/<subject>/<target>.nii.gz; write per_subject.csv,
+    summary.json, summary.md and (unless `figures=False`) the PNG figures to OUT, print the Markdown table and
+    return the summary. FID uses at most `fid_max_slices` slices per plane and volume."""
+    pred, ref, out = Path(pred), Path(ref), Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is a file; pass a folder for the report")
+    matched, unmatched, pred_files, ref_files = match_subjects(pred, ref, target)
+    for side, names in unmatched.items():
+        if names:
+            print(f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}", file=sys.stderr)
+
+    network, fid_status = None, {}
+    if fid:
+        try:
+            network = fidlib.load_feature_network(fid_weights)
+        except fidlib.FidUnavailable as exc:
+            fid_status = {"reason": str(exc)}
+            print(f"warning: FID unavailable: {exc}", file=sys.stderr)
+    else:
+        fid_status = {"reason": "not requested (--no-fid)"}
+
+    rows: list[dict] = []
+    profiles: dict[str, dict[str, np.ndarray]] = {}
+    figure_rows: list[dict[str, np.ndarray]] = []
+    figure_spacing: tuple[float, float, float] | None = None
+    error_map: np.ndarray | None = None
+    mask_origins: dict[str, str] = {}
+    features = {plane: ([], []) for plane in FIGURE_PLANES}
+    for subject in tqdm(matched, desc="evaluating", unit="subject", disable=not progress, file=sys.stderr):
+        data = load_subject(subject, pred_files[subject], ref_files[subject], target, source)
+        mask_origins[subject] = data.mask_origin
+        try:
+            metrics = subject_metrics(data.pred, data.ref, data.brain, data.lesion, scale=False)
+        except ValueError as exc:
+            raise UserError(f"{subject}: {pred_files[subject][canonical_modality(target)]}: {exc}") from exc
+        rows.append({"subject": subject, **metrics})
+        profiles[subject] = through_plane_profile(data.pred, data.ref, data.brain)
+        if network is not None:
+            for plane in FIGURE_PLANES:
+                indices = fidlib.select_slices(data.brain, plane, fid_max_slices)
+                features[plane][0].append(fidlib.slice_features(network, data.pred, plane, indices, data.spacing))
+                features[plane][1].append(fidlib.slice_features(network, data.ref, plane, indices, data.spacing))
+        if figures and len(figure_rows) < figure_subjects:
+            figure_rows.append(_figure_row(data, source, target))
+            figure_spacing = figure_spacing or data.spacing
+            if error_map is None:
+                error_map = crop_to_mask({"e": through_plane_error_map(data.pred, data.ref, data.brain)}, data.brain[:-1])["e"]
+
+    if network is not None:
+        fid_status = _fid_summary(features, network, fid_max_slices)
+    summary = {
+        "target": target,
+        "source": source,
+        "pred_dir": str(pred),
+        "ref_dir": str(ref),
+        "protocol": PROTOCOL,
+        "subjects": [row["subject"] for row in rows],
+        "unmatched": unmatched,
+        "brain_mask": mask_origins,
+        "metric_labels": METRIC_LABELS,
+        "metrics": summarise(rows),
+        "fid": fid_status,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_report(out, summary, rows, profiles, figure_rows, figure_spacing, error_map, target, figures)
+    summary["files"] = {name: str(path) for name, path in files.items()}
+    write_json(summary, out / "summary.json")
+    print(markdown_table(summary["metrics"], summary["fid"], title=f"{target}: {len(rows)} subject(s)"))
+    return summary
+
+
+def match_subjects(
+    pred: Path, ref: Path, target: str
+) -> tuple[list[str], dict[str, list[str]], dict[str, dict[str, Path]], dict[str, dict[str, Path]]]:
+    """Subjects with both a prediction and a reference of `target`, those missing either, and the files found."""
+    key = canonical_modality(target)
+    pred_files = _discover(pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)")
+    ref_files = _discover(ref, "references", f"REF/<subject>/{target}.nii.gz")
+    with_pred = {s for s, files in pred_files.items() if key in files}
+    with_ref = {s for s, files in ref_files.items() if key in files or "target" in files}
+    if not with_pred:
+        found = sorted({m for files in pred_files.values() for m in files})
+        raise UserError(f"{pred}: no {target} predictions (found: {', '.join(found)}); check --target")
+    if not with_ref:
+        found = sorted({m for files in ref_files.values() for m in files})
+        raise UserError(f"{ref}: no reference {target} volumes (found: {', '.join(found)}); check --target and --ref")
+    matched = sorted(with_pred & with_ref)
+    if not matched:
+        raise UserError(
+            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has {_few(with_ref)}; "
+            "prediction subfolders must carry the reference subject names"
+        )
+    unmatched = {"missing_prediction": sorted(with_ref - with_pred), "missing_reference": sorted(with_pred - with_ref)}
+    return matched, unmatched, pred_files, ref_files
+
+
+def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None) -> SubjectData:
+    """Load one subject's prediction, reference, masks and source; check their grids; scale to [0, 1] in (z, y, x)."""
+    key = canonical_modality(target)
+    ref_volume = load_volume(ref_files.get(key) or ref_files["target"])
+    pred_volume = load_volume(pred_files[key], allow_constant=True)
+    _check_grid(subject, pred_volume, ref_volume)
+    ref_zyx, _, affine = to_zyx(ref_volume)
+    pred_zyx = to_zyx(pred_volume)[0]
+    spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+    mask_path = next((ref_files[n] for n in MASK_NAMES if n in ref_files), None)
+    if mask_path is not None:
+        mask_volume = load_volume(mask_path, allow_constant=True)
+        _check_grid(subject, mask_volume, ref_volume)
+        brain = to_zyx(mask_volume)[0] > 0
+        origin = f"mask file {mask_path.name}"
+        if not brain.any():
+            raise UserError(f"{mask_path}: the brain mask is empty; fix it or delete it to derive one from the reference")
+    else:
+        brain = foreground_mask(ref_zyx)
+        origin = "derived from the reference (non-background voxels, holes filled)"
+    lesion_path = next((ref_files[n] for n in LESION_NAMES if n in ref_files), None)
+    lesion = None
+    if lesion_path is not None:
+        lesion_volume = load_volume(lesion_path, allow_constant=True)
+        _check_grid(subject, lesion_volume, ref_volume)
+        lesion = to_zyx(lesion_volume)[0] > 0
+
+    source_zyx = None
+    source_path = ref_files.get(canonical_modality(source)) if source else None
+    if source_path is not None:
+        source_volume = load_volume(source_path)
+        if source_volume.shape == ref_volume.shape and np.abs(source_volume.affine - ref_volume.affine).max() <= GRID_TOLERANCE_MM:
+            source_zyx = scale_to_unit(to_zyx(source_volume)[0], brain).astype(np.float32)
+    return SubjectData(
+        pred=scale_to_unit(pred_zyx, brain), ref=scale_to_unit(ref_zyx, brain), source=source_zyx, brain=brain,
+        lesion=lesion, spacing=spacing, mask_origin=origin,  # type: ignore[arg-type]
+    )
+
+
+def _discover(folder: Path, role: str, layout: str) -> dict[str, dict[str, Path]]:
+    """The shared subject discovery, with one-line errors that say which side (predictions or references) is wrong."""
+    if not folder.exists():
+        raise UserError(f"{folder}: the {role} folder does not exist; check the path")
+    if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise UserError(f"{folder}: the {role} folder is empty; expected {layout}")
+    try:
+        return discover_subjects(folder)
+    except UserError as exc:
+        raise UserError(f"{role}: {exc}") from exc
+
+
+def _check_grid(subject: str, volume: Volume, reference: Volume) -> None:
+    """Same shape and affine (within 1e-3 mm) as the reference, or a `UserError` naming subject and file."""
+    if volume.shape != reference.shape:
+        raise UserError(
+            f"{subject}: {volume.path} has grid {volume.shape} but the reference {reference.path} has {reference.shape}; "
+            "resample it onto the reference grid"
+        )
+    diff = float(np.abs(volume.affine - reference.affine).max())
+    if diff > GRID_TOLERANCE_MM:
+        raise UserError(
+            f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to {diff:.3g} mm; "
+            "resample it onto the reference grid"
+        )
+
+
+def _few(names: set[str], count: int = 3) -> str:
+    listed = sorted(names)
+    return ", ".join(listed[:count]) + (f" and {len(listed) - count} more" if len(listed) > count else "")
+
+
+def _figure_row(data: SubjectData, source: str | None, target: str) -> dict[str, np.ndarray]:
+    """Source, real, synthetic and |error| volumes, cut to the brain box, for the Figure-4 montage."""
+    columns: dict[str, np.ndarray] = {}
+    if data.source is not None:
+        columns[f"source ({source})"] = data.source
+    columns[f"real {target}"] = data.ref
+    columns[f"synthetic {target}"] = data.pred
+    columns["|error|"] = np.abs(data.pred - data.ref)
+    return crop_to_mask(columns, data.brain)
+
+
+def _fid_summary(features: dict[str, tuple[list, list]], network: fidlib.FeatureNetwork, max_slices: int) -> dict:
+    """FID over axial slices and over the three planes pooled (2.5D), or the reason it could not be computed."""
+    result: dict = {}
+    for name, planes in fidlib.PLANE_SETS.items():
+        pred_all = [f for plane in planes for f in features[plane][0] if f.size]
+        ref_all = [f for plane in planes for f in features[plane][1] if f.size]
+        try:
+            result[name] = fidlib.fid_result(np.concatenate(pred_all), np.concatenate(ref_all), name, network, max_slices)
+        except ValueError as exc:
+            result[name] = {"reason": f"too few slices with brain ({exc})"}
+    return result
+
+
+def _write_report(
+    out: Path, summary: dict, rows: list[dict], profiles: dict, figure_rows: list[dict], spacing, error_map, target: str,
+    figures: bool,
+) -> dict[str, Path]:
+    """Write the CSV, Markdown and figures of one evaluation (summary.json is written by the caller)."""
+    files = {"per_subject": write_per_subject_csv(rows, out / "per_subject.csv")}
+    files["summary_md"] = out / "summary.md"
+    files["summary_json"] = out / "summary.json"
+    (out / "summary.md").write_text(summary_markdown(summary, figures))
+    if not figures:
+        return files
+    labels = summary["subjects"][: len(figure_rows)]
+    for plane in FIGURE_PLANES:
+        files[f"figure4_{plane}"] = figure4_montage(
+            figure_rows, out / f"figure4_{plane}.png", plane=plane, row_labels=labels, spacing=spacing,
+            title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain percentiles)",
+        )
+    files["metric_distributions"] = plot_metric_distributions({f"synthetic {target}": rows}, out / "metric_distributions.png")
+    files["through_plane"] = plot_through_plane(
+        profiles, out / "through_plane.png", error_map=error_map, error_map_label=labels[0] if labels else "", spacing=spacing
+    )
+    return files
+
+
+def summary_markdown(summary: dict, figures: bool = True) -> str:
+    """The Markdown report: table, protocol, FID network and slices, brain-mask origin, unmatched subjects."""
+    lines = [
+        f"# Evaluation: synthetic {summary['target']} vs real",
+        "",
+        f"Predictions `{summary['pred_dir']}`, references `{summary['ref_dir']}`; {len(summary['subjects'])} subject(s): "
+        + ", ".join(summary["subjects"]),
+        "",
+        markdown_table(summary["metrics"], summary["fid"]),
+        "## Protocol",
+        "",
+        summary["protocol"],
+        "",
+        "## FID",
+        "",
+    ]
+    fid = summary["fid"]
+    if "reason" in fid:
+        lines.append(f"FID unavailable: {fid['reason']}")
+    for name, entry in fid.items():
+        if isinstance(entry, dict) and "value" in entry:
+            lines.append(
+                f"- {name}: {entry['value']:.2f} over {entry['n_pred_slices']} predicted and {entry['n_ref_slices']} real 2D "
+                f"slices ({', '.join(entry['planes'])}; at most {entry['max_slices_per_plane_per_volume']} per plane and volume, "
+                f"slices with at least 25% of the largest brain area). Network: {entry['network']}. {entry['kind']}. "
+                "FID from few hundred slices is biased upwards; compare methods only at equal slice counts."
+            )
+        elif isinstance(entry, dict) and "reason" in entry:
+            lines.append(f"- {name}: unavailable ({entry['reason']})")
+    lines += ["", "## Brain masks", ""]
+    lines += [f"- {subject}: {origin}" for subject, origin in summary["brain_mask"].items()]
+    unmatched = summary["unmatched"]
+    if any(unmatched.values()):
+        lines += ["", "## Not evaluated", ""]
+        if unmatched["missing_prediction"]:
+            lines.append(f"- no prediction: {', '.join(unmatched['missing_prediction'])}")
+        if unmatched["missing_reference"]:
+            lines.append(f"- no reference: {', '.join(unmatched['missing_reference'])}")
+    if figures:
+        lines += [
+            "",
+            "## Figures",
+            "",
+            "- `figure4_axial.png`, `figure4_coronal.png`, `figure4_sagittal.png`: source, real, synthetic, |error| per subject",
+            "- `metric_distributions.png`: per-subject distribution of each metric",
+            "- `through_plane.png`: error of the step between axial slices vs within them, per subject",
+        ]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""`evaluate_folders` end to end on tiny folders: report files, numbers, bad input, FID fallbacks; report figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from modalsynth import fid as fidlib
+from modalsynth.errors import UserError
+from modalsynth.evaluation import evaluate_folders
+from modalsynth.report import figure4_montage, markdown_table, summarise
+
+REAL_DEV = Path("/work/shared/data/real-dev")
+AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
+SHAPE = (20, 24, 22)
+
+
+def head(seed: int) -> np.ndarray:
+    """A smooth textured ellipsoid on a zero background, like a skull-stripped scan."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    inside = ((z - 10) / 8.5) ** 2 + ((y - 12) / 10) ** 2 + ((x - 11) / 9.5) ** 2 < 1
+    texture = ndimage.gaussian_filter(rng.random(SHAPE), 1.2)
+    return np.where(inside, 100 + 400 * texture, 0).astype(np.float32)
+
+
+def save(array: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array.astype(np.float32), affine), str(path))
+
+
+def make_folders(root: Path, subjects=("s1", "s2", "s3"), noise=30.0, lesion=True) -> tuple[Path, Path]:
+    ref, pred = root / "ref", root / "pred"
+    for i, subject in enumerate(subjects):
+        t1 = head(i)
+        save(t1, ref / subject / "t1.nii.gz")
+        save(np.where(t1 > 0, 700 - t1, 0), ref / subject / "flair.nii.gz")
+        if lesion:
+            mask = np.zeros(SHAPE)
+            mask[8:12, 10:14, 9:13] = 1
+            save(mask, ref / subject / "lesion.nii.gz")
+        rng = np.random.default_rng(100 + i)
+        save(np.where(t1 > 0, t1 + noise * rng.standard_normal(SHAPE), 0), pred / subject / "t1.nii.gz")
+    return pred, ref
+
+
+def test_report_files_and_numbers(tmp_path, capsys):
+    pred, ref = make_folders(tmp_path)
+    out = tmp_path / "report"
+    summary = evaluate_folders(pred, ref, "t1", out, fid=False, progress=False)
+    assert summary["subjects"] == ["s1", "s2", "s3"]
+    for name in ("per_subject.csv", "summary.json", "summary.md", "figure4_axial.png", "figure4_coronal.png",
+                 "figure4_sagittal.png", "metric_distributions.png", "through_plane.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "per_subject.csv").open()))
+    assert [r["subject"] for r in rows] == ["s1", "s2", "s3"]
+    ssim_brain = [float(r["ssim_brain"]) for r in rows]
+    assert summary["metrics"]["ssim_brain"]["mean"] == pytest.approx(np.mean(ssim_brain))
+    assert summary["metrics"]["ssim_brain"]["median"] == pytest.approx(np.median(ssim_brain))
+    assert summary["metrics"]["ssim_brain"]["sd"] == pytest.approx(np.std(ssim_brain, ddof=1))
+    assert 0.2 < np.mean(ssim_brain) < 0.99  # noisy prediction: neither perfect nor unrelated
+    assert summary["metrics"]["ssim_lesion"]["n"] == 3
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["fid"]["reason"].startswith("not requested")
+    text = (out / "summary.md").read_text()
+    assert text.index("SSIM 3D, brain") < text.index("SSIM 3D, whole volume")
+    assert "SSIM 2D slice-averaged" in text
+    assert "| SSIM 3D, brain |" in capsys.readouterr().out
+
+
+def test_self_evaluation_is_perfect(tmp_path):
+    _, ref = make_folders(tmp_path, lesion=False)
+    summary = evaluate_folders(ref, ref, "t1", tmp_path / "out", fid=False, figures=False, progress=False)
+    metrics = summary["metrics"]
+    assert metrics["ssim_brain"]["mean"] == pytest.approx(1.0) and metrics["ssim_volume"]["mean"] == pytest.approx(1.0)
+    assert metrics["mae_brain"]["mean"] == 0.0 and metrics["rmse_volume"]["mean"] == 0.0
+    assert metrics["psnr_brain"]["mean"] == math.inf
+    assert metrics["ssim_lesion"]["n"] == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["psnr_brain"]["mean"] == "inf"
+
+
+def test_partial_overlap_evaluates_matches_and_lists_the_rest(tmp_path, capsys):
+    pred, ref = make_folders(tmp_path)
+    save(head(9), pred / "extra" / "t1.nii.gz")
+    for f in (pred / "s2").iterdir():
+        f.unlink()
+    (pred / "s2").rmdir()
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", fid=False, figures=False, progress=False)
+    assert summary["subjects"] == ["s1", "s3"]
+    assert summary["unmatched"] == {"missing_prediction": ["s2"], "missing_reference": ["extra"]}
+    err = capsys.readouterr().err
+    assert "s2" in err and "extra" in err
+    assert "no prediction: s2" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_bad_input_is_one_clear_user_error(tmp_path):
+    pred, ref = make_folders(tmp_path, subjects=("s1",))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    save(head(0), other / "zz" / "t1.nii.gz")
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 0.5
+    cases = [
+        (lambda: None, empty, ref, "t1", "predictions folder is empty"),
+        (lambda: None, pred, tmp_path / "nowhere", "t1", "references folder does not exist"),
+        (lambda: None, pred, ref, "t2", "no t2 predictions"),
+        (lambda: None, other, ref, "t1", "no subject has both a prediction and a reference"),
+        (lambda: save(head(0)[:, :, :-2], pred / "s1" / "t1.nii.gz"), pred, ref, "t1", r"s1: .*t1.nii.gz has grid"),
+        (lambda: save(head(0), pred / "s1" / "t1.nii.gz", shifted), pred, ref, "t1", r"s1: the affine of .* differs"),
+    ]
+    for prepare, pred_dir, ref_dir, target, message in cases:
+        prepare()
+        with pytest.raises(UserError, match=message) as caught:
+            evaluate_folders(pred_dir, ref_dir, target, tmp_path / "o", fid=False, figures=False)
+        assert "\n" not in str(caught.value)
+
+
+def test_fid_unavailable_keeps_the_other_metrics(tmp_path, monkeypatch):
+    pred, ref = make_folders(tmp_path, subjects=("s1",))
+    monkeypatch.setattr(fidlib, "default_weights_path", lambda: None)
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", fid=True, figures=False, progress=False)
+    assert "not installed" in summary["fid"]["reason"]
+    assert summary["metrics"]["ssim_brain"]["n"] == 1
+    assert "FID, 2D slices | unavailable" in (tmp_path / "out" / "summary.md").read_text()
+
+
+class MeanPool(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x[:, :1], 3).flatten(1)
+
+
+def test_fid_with_a_user_network(tmp_path):
+    pred, ref = make_folders(tmp_path, subjects=("s1", "s2"))
+    weights = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(MeanPool()), str(weights))
+    summary = evaluate_folders(
+        pred, ref, "t1", tmp_path / "out", fid_weights=weights, fid_max_slices=3, figures=False, progress=False
+    )
+    axial, pooled = summary["fid"]["axial"], summary["fid"]["2.5d"]
+    assert axial["n_pred_slices"] == 6 and pooled["n_pred_slices"] == 18
+    assert axial["value"] >= 0 and "user-supplied" in axial["network"]
+    assert "not a 3D FID" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_montage_one_column_per_method(tmp_path):
+    volume = np.zeros((16, 20, 24), np.float32)
+    volume[4:12, 5:15, 6:18] = 1.0
+    columns = {"real": volume, "method a": volume * 0.5, "method b": np.zeros_like(volume), "|error a|": volume * 0.25}
+    png = figure4_montage(columns, tmp_path / "m.png", plane="coronal", row_labels=["s1"], spacing=(3.0, 1.0, 1.0))
+    image = mpimg.imread(png)
+    assert image.shape[1] > 2 * image.shape[0]  # one row, four columns
+    with pytest.raises(ValueError):
+        figure4_montage([], tmp_path / "none.png")
+
+
+def test_summary_skips_undefined_and_table_orders_brain_first():
+    rows = [{"ssim_brain": 0.5, "ssim_lesion": math.nan, "ssim_volume": 0.9}, {"ssim_brain": 0.7, "ssim_lesion": 0.2, "ssim_volume": 0.95}]
+    summary = summarise(rows, ["ssim_brain", "ssim_lesion", "ssim_volume"])
+    assert summary["ssim_lesion"]["n"] == 1 and summary["ssim_lesion"]["mean"] == pytest.approx(0.2)
+    assert summary["ssim_brain"]["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    table = markdown_table(summary)
+    assert table.index("brain") < table.index("whole volume")
+    assert "0.6000 ± 0.1414" in table
+
+
+def _strided_copy(subject: str, root: Path) -> Path:
+    """Every other voxel of a real subject (affine adjusted), to keep the smoke test fast."""
+    for name in ("t1", "flair", "lesion"):
+        img = nib.load(str(REAL_DEV / subject / f"{name}.nii.gz"))
+        affine = img.affine.copy()
+        affine[:3, :3] *= 2
+        save(np.asarray(img.dataobj[::2, ::2, ::2], dtype=np.float32), root / "ref" / subject / f"{name}.nii.gz", affine)
+    return root / "ref"
+
+
+@pytest.mark.skipif(not REAL_DEV.exists(), reason="real-dev data absent")
+def test_real_dev_self_is_perfect_and_flair_as_t1_scores_low(tmp_path):
+    ref = _strided_copy("brats2018-case0", tmp_path)
+    self_eval = evaluate_folders(ref, ref, "t1", tmp_path / "self", fid=False, figures=False, progress=False)["metrics"]
+    assert self_eval["ssim_brain"]["mean"] == pytest.approx(1.0) and self_eval["mae_brain"]["mean"] == 0.0
+    flair_pred = tmp_path / "flair_as_t1" / "brats2018-case0" / "t1.nii.gz"
+    flair_pred.parent.mkdir(parents=True)
+    flair_pred.symlink_to(ref / "brats2018-case0" / "flair.nii.gz")
+    flair_dir = flair_pred.parent.parent
+    wrong = evaluate_folders(flair_dir, ref, "t1", tmp_path / "flair", fid=False, figures=False, progress=False)["metrics"]
+    assert wrong["ssim_brain"]["mean"] < 0.2
+    assert wrong["ssim_volume"]["mean"] > wrong["ssim_brain"]["mean"] + 0.4  # the background inflation
