@@ -48,6 +48,8 @@ def discover_subjects(root: Path | str) -> dict[str, dict[str, Path]]:
         subjects = _from_bids(root)
     else:
         subjects = _from_folders(root)
+    if not subjects and any(is_nifti(f) for f in root.iterdir()):
+        raise UserError(f"{root}: holds NIfTI files directly, so it looks like one subject; pass its parent folder")
     if not subjects:
         raise UserError(
             f"{root}: no subjects found; expected ROOT/<subject>/<modality>.nii.gz, a BIDS tree or a CSV manifest"
