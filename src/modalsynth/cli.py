@@ -181,6 +181,9 @@ def benchmark(
     device: str = typer.Option("auto", "--device"),
     resume: bool = typer.Option(False, "--resume", help="Re-use methods already finished in OUT."),
     fid: bool = typer.Option(True, "--fid/--no-fid"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML with one section of training settings per method, e.g. 'gan3d: {model: {base_channels: 16}}'."
+    ),
 ) -> None:
     """Train every method on one split with one budget, predict, evaluate, and write the paper's Table 1.
 
@@ -190,7 +193,7 @@ def benchmark(
 
     run_benchmark(
         data=data, out=out, source=source, target=target, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid,
+        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config,
     )
 
 
