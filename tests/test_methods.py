@@ -1,0 +1,223 @@
+"""The baselines as methods: 2D Pix2Pix, the conditional DDPM and the intensity look-up table."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modalsynth.checkpoints import load_checkpoint, save_checkpoint
+from modalsynth.config import TrainConfig
+from modalsynth.data.datasets import PreparedSubject, prepare_pairs, step_generator
+from modalsynth.data.pairs import require_pairs
+from modalsynth.errors import UserError
+from modalsynth.inference import load_method, predict_path
+from modalsynth.io import load_volume
+from modalsynth.methods import build_method
+from modalsynth.methods.lut import fit_table
+from modalsynth.training import train
+
+from .conftest import TINY_GRID, TINY_MODEL, tiny_config
+
+TINY_DDPM = {"channels": (8, 16, 16), "num_head_channels": 8, "sample_steps": 2, "slices_per_step": 2}
+
+
+def _built(config: TrainConfig):
+    return build_method(config).to(torch.device("cpu"))
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def _val_subject(tiny_sim, run_dir, config):
+    split = json.loads((run_dir / "split.json").read_text())
+    pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in split["val"]]
+    return prepare_pairs(pairs, config.preprocess)[0]
+
+
+# ---------------------------------------------------------------- pix2pix2d
+
+
+def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
+    config = TrainConfig(method="pix2pix2d")
+    method = _built(config)
+    assert method.spatial_dims == 2 and method.nets["generator"].spatial_dims == 2
+    disc = method.nets["discriminator"]
+    assert disc.spatial_dims == 2 and disc.receptive_field == 70  # the 70x70 PatchGAN
+    for opt in method.optimizers.values():
+        group = opt.param_groups[0]
+        assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
+    assert method.config.l1_weight == 100.0
+    assert config.lr == 1e-4 and config.model == {}  # the caller's config is not changed
+    set_in_model = _built(TrainConfig(method="pix2pix2d", model={**TINY_MODEL, "lr": 1e-3, "l1_weight": 10.0}))
+    assert set_in_model.optimizers["generator"].param_groups[0]["lr"] == 1e-3 and set_in_model.config.l1_weight == 10.0
+    set_on_top = _built(TrainConfig(method="pix2pix2d", lr=5e-4, model=dict(TINY_MODEL)))
+    assert set_on_top.optimizers["discriminator"].param_groups[0]["lr"] == 5e-4
+
+
+def test_pix2pix2d_model_batch_gives_foreground_slices_of_the_volume():
+    method = _built(tiny_config(method="pix2pix2d", model={**TINY_MODEL, "slices_per_step": 3}))
+    source = torch.randn(2, 1, 6, 8, 8)
+    target = torch.randn(2, 1, 6, 8, 8)
+    mask = torch.zeros(2, 1, 6, 8, 8)
+    mask[0, 0, 2:5, 3:5, 3:5] = 1  # volume 0: foreground in slices 2, 3, 4
+    mask[1, 0, 5, 0, 0] = 1  # volume 1: only slice 5
+    batch = {"source": source, "target": target, "mask": mask}
+    out = method.model_batch(batch, torch.Generator().manual_seed(3))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (6, 1, 8, 8) for k in batch}
+    picked = []
+    for i in range(6):
+        matches = [(n, d) for n in range(2) for d in range(6) if torch.equal(out["source"][i, 0], source[n, 0, d])]
+        assert len(matches) == 1, "every slice must be a slice of the source volume"
+        n, d = matches[0]
+        assert torch.equal(out["target"][i, 0], target[n, 0, d]) and torch.equal(out["mask"][i, 0], mask[n, 0, d])
+        picked.append((n, d))
+    assert sorted(picked[:3]) == [(0, 2), (0, 3), (0, 4)]  # distinct foreground slices while there are enough
+    assert picked[3:] == [(1, 5)] * 3  # then repeated
+    again = method.model_batch(batch, torch.Generator().manual_seed(3))
+    assert all(torch.equal(out[k], again[k]) for k in out)  # the step generator decides
+
+
+def test_pix2pix2d_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
+    config = tiny_config(method="pix2pix2d", steps=2, model={**TINY_MODEL, "slices_per_step": 4})
+    torch.manual_seed(config.seed)
+    initial = copy.deepcopy(build_method(config).nets["generator"].state_dict())
+    best = train(config, tiny_sim, tmp_path / "run", progress=False)
+    payload = load_checkpoint(best)
+    assert _changed(initial, payload["state"]["nets"]["generator"])
+    group = payload["state"]["optimizers"]["generator"]["param_groups"][0]
+    assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
+    method, cfg, _, _ = load_method(best, torch.device("cpu"))
+    subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
+    pred = method.predict(torch.from_numpy(subject.source)[None, None])
+    assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
+    out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
+    assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
+
+
+# ---------------------------------------------------------------- ddpm
+
+
+def test_ddpm_loss_is_the_mse_between_predicted_and_drawn_noise():
+    method = _built(tiny_config(method="ddpm", model=dict(TINY_DDPM)))
+    source = torch.rand(1, 1, 4, 16, 16) * 2 - 1
+    batch = {"source": source, "target": -source, "mask": torch.ones_like(source)}
+    net_before = copy.deepcopy(method.nets["generator"])
+    loss = method.training_step(batch, step_generator(0, 5))
+    # redo the step's draws with the same generator and recompute the loss without the inferer
+    gen = step_generator(0, 5)
+    slices = method.model_batch(batch, gen)
+    noise, timesteps = method.draw_noise(slices["target"], gen)
+    assert noise.shape == (2, 1, 16, 16) and 0 <= int(timesteps.min()) and int(timesteps.max()) < 1000
+    abar = method.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * slices["target"] + (1 - abar).sqrt() * noise
+    with torch.no_grad():
+        predicted = net_before(torch.cat([noisy, slices["source"]], 1), timesteps=timesteps)
+    assert loss["loss"] == pytest.approx(float(F.mse_loss(predicted, noise)), rel=1e-5)
+    assert _changed(net_before.state_dict(), method.nets["generator"].state_dict())
+
+
+@pytest.mark.parametrize("sampler, extra", [("ddim", {"sample_steps": 3}), ("ddpm", {"num_train_timesteps": 12})])
+def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
+    method = _built(tiny_config(method="ddpm", model={**TINY_DDPM, "sampler": sampler, **extra}))
+    method.train_mode(False)
+    steps = len(method.sampling_scheduler().timesteps)
+    assert steps == (3 if sampler == "ddim" else 12)
+    source = torch.rand(1, 1, 3, 12, 20) * 2 - 1  # 12 x 20: padded to the UNet's multiple of 4 and cropped back
+    first = method.predict(source, torch.Generator().manual_seed(1))
+    assert first.shape == source.shape and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(first, method.predict(source, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, method.predict(source, torch.Generator().manual_seed(2)), atol=1e-3)
+
+
+def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
+    config = tiny_config(method="ddpm", steps=2, model=dict(TINY_DDPM))
+    torch.manual_seed(config.seed)
+    initial = copy.deepcopy(build_method(config).nets["generator"].state_dict())
+    best = train(config, tiny_sim, tmp_path / "run", progress=False)
+    assert _changed(initial, load_checkpoint(best)["state"]["nets"]["generator"])
+    method, cfg, _, _ = load_method(best, torch.device("cpu"))
+    subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
+    pred = method.predict(torch.from_numpy(subject.source)[None, None], torch.Generator().manual_seed(0))
+    assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
+    out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
+    assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
+
+
+def test_ddpm_unknown_sampler_is_a_user_error():
+    with pytest.raises(UserError, match="model.sampler"):
+        build_method(tiny_config(method="ddpm", model={**TINY_DDPM, "sampler": "euler"}))
+
+
+# ---------------------------------------------------------------- lut
+
+
+def _subject(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> PreparedSubject:
+    return PreparedSubject("s", source.astype(np.float32), target.astype(np.float32), mask, None, None)  # type: ignore[arg-type]
+
+
+def test_lut_recovers_a_monotone_mapping_inside_the_foreground():
+    rng = np.random.default_rng(0)
+    mapping = lambda x: 0.8 * np.tanh(2 * x) - 0.1  # noqa: E731
+    source = rng.uniform(-1, 1, (20, 30, 30))
+    mask = np.zeros(source.shape, bool)
+    mask[:, 5:25, 5:25] = True
+    target = np.where(mask, mapping(source), 5.0)  # the background holds garbage that must be ignored
+    method = _built(TrainConfig(method="lut"))
+    assert method.nets == {} and method.generator() is None and not method.trainable
+    method.fit_closed_form([_subject(source, target, mask)])
+    query = torch.from_numpy(rng.uniform(-0.99, 0.99, (1, 1, 4, 10, 10)).astype(np.float32))
+    pred = method.predict(query)
+    assert pred.shape == query.shape
+    assert float((pred - torch.from_numpy(mapping(query.numpy()))).abs().max()) < 2e-3
+
+
+def test_lut_fills_empty_bins_by_interpolation():
+    rng = np.random.default_rng(1)
+    source = np.concatenate([rng.uniform(-1, -0.2, 5000), rng.uniform(0.4, 1, 5000)])  # no voxel in (-0.2, 0.4)
+    table = fit_table([source], [0.5 * source + 0.2])
+    assert table.shape == (2, 256) and np.all(np.diff(table[0]) > 0)
+    gap = np.linspace(-0.15, 0.35, 11)
+    assert np.allclose(np.interp(gap, table[0], table[1]), 0.5 * gap + 0.2, atol=1e-6)
+
+
+def test_lut_table_survives_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(2)
+    source = rng.uniform(-1, 1, (8, 8, 8))
+    method = _built(TrainConfig(method="lut"))
+    method.fit_closed_form([_subject(source, source**3, np.ones(source.shape, bool))])
+    save_checkpoint(tmp_path / "lut.pt", {"state": method.state()})
+    restored = _built(TrainConfig(method="lut"))
+    restored.load_state(load_checkpoint(tmp_path / "lut.pt")["state"])
+    query = torch.linspace(-1, 1, 50).view(1, 1, 2, 5, 5)
+    assert torch.equal(method.predict(query), restored.predict(query))
+    assert not torch.equal(method.predict(query), query)  # it is not the identity
+
+
+def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "modalsynth", "train", "--data", str(tiny_sim), "--out", str(tmp_path / "run"),
+         "--method", "lut", "--grid", " ".join(map(str, TINY_GRID)), "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    best = tmp_path / "run" / "best.pt"
+    method, cfg, _, payload = load_method(best, torch.device("cpu"))
+    # the stored table is the one fitted on the recorded training subjects
+    pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in payload["split"]["train"]]
+    again = _built(cfg)
+    again.fit_closed_form(prepare_pairs(pairs, cfg.preprocess))
+    assert torch.allclose(method.table, again.table)
+    subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
+    pred = method.predict(torch.from_numpy(subject.source)[None, None]).numpy()[0, 0]
+    assert pred.shape == TINY_GRID and pred.min() >= -1 and pred.max() <= 1
+    # a pointwise map fitted on FLAIR -> T1 inverts the contrast: it beats copying the source inside the brain
+    inside = subject.mask > 0
+    assert np.abs(pred - subject.target)[inside].mean() < np.abs(subject.source - subject.target)[inside].mean()
