@@ -41,6 +41,7 @@ def _method_config(method: str, base: dict[str, Any], steps: int, grid: Any, dev
     """A method's config: the YAML section for it (if any) over the defaults, then the shared budget and grid."""
     config = TrainConfig.from_dict(dict(base.get(method, {})), origin=f"benchmark config [{method}]")
     config.method, config.steps, config.device, config.source, config.target = method, steps, device, source, target
+    config.val_every = max(1, steps // 4)  # four validations per run: DDPM sampling makes each one costly
     if grid is not None:
         config.preprocess.grid = grid
     return config

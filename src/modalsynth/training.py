@@ -149,7 +149,6 @@ def train(
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed)
-        config.write_yaml(out / "config.yaml")
     if ctx.world > 1:
         dist.barrier()
     if not ctx.is_main:
@@ -162,6 +161,9 @@ def train(
 
     seed_everything(config.seed)
     method = build_method(config).to(device)
+    config = method.config  # with the method's own recipe filled in (e.g. pix2pix's lr 2e-4): what actually runs
+    if ctx.is_main:
+        config.write_yaml(out / "config.yaml")
     method.make_optimizers()
     step, best = 0, math.inf
     if resume:
