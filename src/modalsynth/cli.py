@@ -117,6 +117,9 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    resample_target: bool = typer.Option(
+        False, "--resample-target", help="Targets on another grid than their source are resampled onto it (affines)."
+    ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
 
@@ -127,7 +130,7 @@ def train(
     train_from_cli(
         data=data, out=out, source=source, target=target, method=method, epochs=epochs, steps=steps,
         grid=_grid_option(grid), patch=_grid_option(patch, name="--patch"), device=device, config=config,
-        resume=resume, seed=seed,
+        resume=resume, seed=seed, resample_target=resample_target,
     )
 
 

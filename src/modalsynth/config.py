@@ -32,6 +32,7 @@ class TrainConfig:
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
     device: str = "auto"
+    resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
     val_every: int | None = None  # validate every N steps; None = once per epoch
     log_every: int = 10
     model: dict[str, Any] = field(default_factory=dict)  # network options of the method (base_channels, depth, ...)

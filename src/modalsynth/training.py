@@ -145,7 +145,7 @@ def train(
     device = resolve_device(config.device)
     if device.type == "cuda" and ctx.world > 1:
         device = torch.device("cuda", ctx.local_rank)
-    pairs = require_pairs(data, config.source, config.target)
+    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed)
@@ -247,6 +247,7 @@ def train_from_cli(
     config: Path | None,
     resume: bool,
     seed: int | None,
+    resample_target: bool = False,
 ) -> Path:
     """`modalsynth train`: YAML config (if any), then command-line options on top."""
     cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
@@ -263,6 +264,8 @@ def train_from_cli(
         cfg.patch = patch
     if seed is not None:
         cfg.seed = seed
+    if resample_target:
+        cfg.resample_target = True
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
     return best
