@@ -186,7 +186,7 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
         lesion = to_zyx(lesion_volume)[0] > 0
 
     source_zyx = None
-    source_path = ref_files.get(canonical_modality(source)) if source else None
+    source_path = (ref_files.get(canonical_modality(source)) or ref_files.get("source")) if source else None
     if source_path is not None:
         source_volume = load_volume(source_path)
         if source_volume.shape == ref_volume.shape and np.abs(source_volume.affine - ref_volume.affine).max() <= GRID_TOLERANCE_MM:

@@ -35,7 +35,7 @@ def summarise(rows: Sequence[Mapping[str, float]], metrics: Sequence[str] = tupl
             summary[name] = {"mean": math.nan, "sd": math.nan, "median": math.nan, "n": 0}
             continue
         finite = np.isfinite(values).all()
-        sd = float(np.std(values, ddof=1)) if values.size > 1 and finite else (math.nan if values.size < 2 else math.inf)
+        sd = float(np.std(values, ddof=1)) if values.size > 1 and finite else math.nan
         summary[name] = {"mean": float(np.mean(values)), "sd": sd, "median": float(np.median(values)), "n": int(values.size)}
     return summary
 
@@ -166,7 +166,7 @@ def figure4_montage(
     slice_indices: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     error_keys: Sequence[str] | None = None,
-    error_max: float = 0.5,
+    error_max: float = 0.3,
     title: str | None = None,
 ) -> Path:
     """A grid like the paper's Figure 4: one row per subject, one column per named (D, H, W) volume on [0, 1].
@@ -242,6 +242,8 @@ def plot_metric_distributions(
         ax.set_xticks(positions, list(groups), fontsize=8, rotation=20 if len(groups) > 2 else 0)
         ax.set_title(METRIC_LABELS.get(name, name), fontsize=8)
         ax.set_xlim(0.4, len(data) + 0.6)
+        if not shown and not notes:
+            notes.append("undefined for every subject")
         if notes:
             ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center", fontsize=8, color="tab:red")
     for ax in axes.ravel()[len(metrics):]:
