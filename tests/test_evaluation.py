@@ -100,6 +100,9 @@ def test_partial_overlap_evaluates_matches_and_lists_the_rest(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "s2" in err and "extra" in err
     assert "no prediction: s2" in (tmp_path / "out" / "summary.md").read_text()
+    only = evaluate_folders(pred, ref, "t1", tmp_path / "o2", fid=False, figures=False, progress=False, subjects=["s3", "s2"])
+    assert only["subjects"] == ["s3"]
+    assert only["unmatched"] == {"missing_prediction": ["s2"], "missing_reference": []}
 
 
 def test_bad_input_is_one_clear_user_error(tmp_path):

@@ -60,14 +60,16 @@ def evaluate_folders(
     figure_subjects: int = 3,
     figures: bool = True,
     progress: bool = True,
+    subjects: list[str] | None = None,
 ) -> dict:
     """Score PRED/<subject>/<target>.nii.gz against REF/<subject>/<target>.nii.gz; write per_subject.csv,
     summary.json, summary.md and (unless `figures=False`) the PNG figures to OUT, print the Markdown table and
-    return the summary. FID uses at most `fid_max_slices` slices per plane and volume."""
+    return the summary. FID uses at most `fid_max_slices` slices per plane and volume. `subjects` restricts the
+    evaluation to those names (e.g. a test split), so the others in REF are not listed as missing."""
     pred, ref, out = Path(pred), Path(ref), Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is a file; pass a folder for the report")
-    matched, unmatched, pred_files, ref_files = match_subjects(pred, ref, target)
+    matched, unmatched, pred_files, ref_files = match_subjects(pred, ref, target, subjects)
     for side, names in unmatched.items():
         if names:
             print(f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}", file=sys.stderr)
@@ -133,9 +135,10 @@ def evaluate_folders(
 
 
 def match_subjects(
-    pred: Path, ref: Path, target: str
+    pred: Path, ref: Path, target: str, subjects: list[str] | None = None
 ) -> tuple[list[str], dict[str, list[str]], dict[str, dict[str, Path]], dict[str, dict[str, Path]]]:
-    """Subjects with both a prediction and a reference of `target`, those missing either, and the files found."""
+    """Subjects with both a prediction and a reference of `target` (only `subjects` if given), those missing
+    either, and the files found."""
     key = canonical_modality(target)
     pred_files = _discover(pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)")
     ref_files = _discover(ref, "references", f"REF/<subject>/{target}.nii.gz")
@@ -147,13 +150,21 @@ def match_subjects(
     if not with_ref:
         found = sorted({m for files in ref_files.values() for m in files})
         raise UserError(f"{ref}: no reference {target} volumes (found: {', '.join(found)}); check --target and --ref")
+    absent: set[str] = set()
+    if subjects is not None:
+        wanted = set(subjects)
+        absent = wanted - with_pred - with_ref
+        with_pred, with_ref = with_pred & wanted, with_ref & wanted
     matched = sorted(with_pred & with_ref)
     if not matched:
         raise UserError(
             f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has {_few(with_ref)}; "
             "prediction subfolders must carry the reference subject names"
         )
-    unmatched = {"missing_prediction": sorted(with_ref - with_pred), "missing_reference": sorted(with_pred - with_ref)}
+    unmatched = {
+        "missing_prediction": sorted((with_ref - with_pred) | absent),
+        "missing_reference": sorted((with_pred - with_ref) | absent),
+    }
     return matched, unmatched, pred_files, ref_files
 
 
