@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from .config import TrainConfig
-from .data.pairs import load_or_make_split, require_pairs
+from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
 from .flops import count_parameters
@@ -110,7 +110,10 @@ def run_benchmark(
             result = synthesise(method, load_volume(by_name[subject].source), cfg, intensity)
             save_volume(result, pred_dir / subject / f"{target}.nii.gz")
         infer_s = _time_inference(method, cfg, intensity, by_name[split["test"][0]].source, timing_repeats)
-        summary = evaluate_folders(pred_dir, data, target=target, out=eval_dir, source=source, fid=fid, figures=False, progress=False)
+        summary = evaluate_folders(
+            pred_dir, data, target=target, out=eval_dir, source=source, fid=fid, figures=False, progress=False,
+            subjects=split["test"],
+        )
         generator = method.generator()
         row = {
             "method": name,
@@ -175,11 +178,10 @@ def _montage(out: Path, rows: list[dict], data: Path, subject: str, source: str,
     from .metrics import scale_to_unit
     from .report import figure4_montage
 
-    ref_dir = Path(data) / subject
-    ref_files = {p.name.split(".")[0].lower(): p for p in ref_dir.iterdir()}
-    ref = to_zyx(load_volume(ref_files[target]))[0]
+    ref_files = discover_subjects(data)[subject]
+    ref = to_zyx(load_volume(ref_files[canonical_modality(target)]))[0]
     brain = foreground_mask(ref)
-    columns = {source: scale_to_unit(to_zyx(load_volume(ref_files[source]))[0], brain), f"real {target}": scale_to_unit(ref, brain)}
+    columns = {source: scale_to_unit(to_zyx(load_volume(ref_files[canonical_modality(source)]))[0], brain), f"real {target}": scale_to_unit(ref, brain)}
     for r in rows:
         pred = to_zyx(load_volume(out / "predictions" / r["method"] / subject / f"{target}.nii.gz"))[0]
         columns[r["method"]] = scale_to_unit(pred, brain)
