@@ -1,0 +1,44 @@
+"""`modalsynth benchmark` on a tiny data set: Table 1 with all four rows, and --resume re-uses finished methods."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from modalsynth.benchmark import run_benchmark
+
+from .conftest import TINY_GRID, TINY_MODEL
+
+TINY_METHODS = {
+    "gan3d": {"model": TINY_MODEL},
+    "pix2pix2d": {"model": {"base_channels": 8, "depth": 3, "disc_channels": 8, "slices_per_step": 2}},
+    "ddpm": {"model": {"channels": [8, 16, 16, 16], "num_head_channels": 8, "sample_steps": 2, "slices_per_step": 2}},
+}
+
+
+def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(TINY_METHODS))
+    out = tmp_path / "bench"
+    kwargs = dict(methods=["lut", "gan3d", "pix2pix2d", "ddpm"], steps=2, grid=TINY_GRID, device="cpu", fid=False,
+                  config=config, timing_repeats=1)
+    table = run_benchmark(tiny_sim, out, **kwargs)
+    assert [r["method"] for r in table["rows"]] == ["lut", "gan3d", "pix2pix2d", "ddpm"]
+    markdown = (out / "table1.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == ["lut", "gan3d", "pix2pix2d", "ddpm"]
+    saved = json.loads((out / "table1.json").read_text())
+    test_subjects = saved["split"]["test"]
+    for row in saved["rows"]:
+        assert row["test_subjects"] == test_subjects  # one split for every method
+        assert row["train_steps"] == (0 if row["method"] == "lut" else 2)
+        assert 0 < row["metrics"]["ssim_brain"]["mean"] <= 1 and row["infer_s_per_volume"] > 0
+    assert {r["method"]: r["params"] > 0 for r in saved["rows"]} == {"lut": False, "gan3d": True, "pix2pix2d": True, "ddpm": True}
+    assert all((out / f"figure4_{p}.png").stat().st_size > 1000 for p in ("axial", "coronal", "sagittal"))
+    capsys.readouterr()
+    before = (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns
+    again = run_benchmark(tiny_sim, out, resume=True, **kwargs)
+    assert (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns == before  # not retrained
+    assert "finished earlier" in capsys.readouterr().out
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in saved["rows"]]
