@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,25 +11,15 @@ import torch
 
 from . import __version__
 from .errors import UserError
-from .io import publish
+from .io import atomic_write
 
 FORMAT = "modalsynth-checkpoint-1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, then rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(Path(path), ".pt", lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

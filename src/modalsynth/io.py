@@ -8,6 +8,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -116,15 +117,7 @@ def save_volume(volume: Volume, path: Path | str, dtype: type = np.float32) -> P
     img.set_sform(volume.affine, int(scode) if sform is not None and scode else 1)
     img.set_qform(volume.affine, int(qcode) if qform is not None and qcode else 1)
     suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, suffix, lambda tmp: nib.save(img, tmp))
 
 
 def save_array(
@@ -139,12 +132,25 @@ def save_array(
     return save_volume(Volume(np.asarray(data), np.asarray(affine, dtype=np.float64), hdr), path, dtype=dtype)
 
 
-def publish(tmp: str, path: Path) -> None:
-    """Move a finished temporary file into place, with the permissions a normal `open()` would have given it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+def atomic_write(path: Path, suffix: str, write: Callable[[str], object]) -> Path:
+    """Write through `write(temporary_path)` in the target folder, then rename: a crash never leaves half a file.
+
+    The file gets the permissions a plain `open()` would have given it (mkstemp alone makes it owner-only).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def _short(exc: BaseException) -> str:
