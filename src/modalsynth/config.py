@@ -24,7 +24,7 @@ class TrainConfig:
     batch_size: int = 1  # the paper's (one whole volume per step)
     lr: float = 1e-4  # the paper's Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
-    l1_weight: float = 100.0  # lambda in L = adversarial + lambda * L1 (measured: see DESIGN.md)
+    l1_weight: float = 100.0  # lambda in L = adv + lambda * L1; 100 beat the paper's 1 on simulated data (DESIGN.md)
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
     augment: bool = True  # random flips along x and small intensity scaling/shift
