@@ -17,9 +17,9 @@ import sys
 import time
 
 GRIDS = {"paper": (48, 288, 240), "small": (32, 96, 80)}
-MODELS = {
-    "paper (base 32, depth 4)": {"base_channels": 32, "depth": 4, "disc_channels": 64, "disc_layers": 3},
-    "demo (base 16, depth 4)": {"base_channels": 16, "depth": 4, "disc_channels": 32, "disc_layers": 3},
+MODELS = {  # name: networks (the paper's default widths; the demo's halved widths)
+    "paper": {"base_channels": 32, "depth": 4, "disc_channels": 64, "disc_layers": 3},
+    "demo": {"base_channels": 16, "depth": 4, "disc_channels": 32, "disc_layers": 3},
 }
 
 
