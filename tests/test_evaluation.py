@@ -19,7 +19,7 @@ from modalsynth.errors import UserError
 from modalsynth.evaluation import evaluate_folders
 from modalsynth.report import figure4_montage, markdown_table, summarise
 
-REAL_DEV = Path("/work/shared/data/real-dev")
+from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
 AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
 SHAPE = (20, 24, 22)
 

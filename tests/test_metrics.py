@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity
 
 from modalsynth import metrics as M
 
-REAL_DEV = Path("/work/shared/data/real-dev")
+from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
 SK = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=True)
 
 
