@@ -41,14 +41,8 @@ def build_method(config: TrainConfig) -> "Method":
 
 
 def _load_builtin() -> None:
-    from . import gan3d  # noqa: F401  (registers itself)
-
-    for optional in ("pix2pix2d", "ddpm", "lut"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise
+    """Import the built-in methods (each registers itself); done lazily to keep `import modalsynth` light."""
+    from . import ddpm, gan3d, lut, pix2pix2d  # noqa: F401
 
 
 class Method(ABC):
