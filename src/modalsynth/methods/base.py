@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -116,6 +117,12 @@ class Method(ABC):
 
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast on CUDA when the config asks for mixed precision; nothing on CPU."""
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def train_mode(self, on: bool) -> None:
         for net in self.nets.values():

@@ -11,7 +11,6 @@ num_train_timesteps, sampler, sample_steps, slices_per_step, predict_batch, and 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -65,11 +64,6 @@ class ConditionalDDPM(Method):
         self.inferer = DiffusionInferer(self.scheduler)
         self.make_optimizers()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _pad(self, slices: torch.Tensor) -> torch.Tensor:
         """Pad (M, C, H, W) at the bottom and right to multiples of the UNet's downsampling factor."""
         m = self.size_multiple
@@ -91,7 +85,7 @@ class ConditionalDDPM(Method):
         """One Adam step on the MSE between the drawn noise and the network's prediction of it."""
         b = self.model_batch(batch, gen)
         noise, timesteps = self.draw_noise(b["target"], gen)
-        with self._autocast():
+        with self.autocast():
             predicted = self.inferer(
                 inputs=b["target"], diffusion_model=self.train_nets["generator"], noise=noise,
                 timesteps=timesteps, condition=b["source"], mode="concat",
@@ -118,7 +112,7 @@ class ConditionalDDPM(Method):
         image = noise
         for t in scheduler.timesteps:
             timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
-            with self._autocast():
+            with self.autocast():
                 eps = net(torch.cat([image, condition], dim=1), timesteps=timesteps).float()
             image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
         return image

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 
@@ -43,18 +42,13 @@ class ConditionalGAN(Method):
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
         return batch
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """One discriminator step on (x, y) vs (x, G(x)), then one generator step on adversarial + lambda * L1."""
         b = self.model_batch(batch, gen)
         x, y = b["source"], b["target"]
         G, D = self.train_nets["generator"], self.train_nets["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
-        with self._autocast():
+        with self.autocast():
             fake = G(x)
             # D sees the real and the generated pair in one forward (one DDP all-reduce per step)
             logits = D(torch.cat([torch.cat([x, y], 1), torch.cat([x, fake.detach()], 1)], 0))
@@ -63,7 +57,7 @@ class ConditionalGAN(Method):
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        with self._autocast():
+        with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
             g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight, self.adversarial)
         opt_g.zero_grad(set_to_none=True)
@@ -93,6 +87,6 @@ class GAN3D(ConditionalGAN):
     def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         net = self.nets["generator"]
         roi = self.window()
-        with self._autocast():
+        with self.autocast():
             out = net(source) if roi is None else sliding_window_predict(net, source, roi)
         return out.float()

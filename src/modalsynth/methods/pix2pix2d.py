@@ -37,6 +37,6 @@ class Pix2Pix2D(ConditionalGAN):
 
     @torch.no_grad()
     def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        with self._autocast():
+        with self.autocast():
             out = slicewise_predict(self.nets["generator"], source, int(self.config.model["predict_batch"]))
         return out.float()
