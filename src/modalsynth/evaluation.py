@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import fid as fidlib
-from .data.pairs import GRID_TOLERANCE_MM, LESION_NAMES, MASK_NAMES, canonical_modality, discover_subjects
+from .data.pairs import LESION_NAMES, MASK_NAMES, canonical_modality, compare_grids, discover_subjects
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
 from .io import Volume, load_volume
@@ -200,7 +200,7 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
     source_path = (ref_files.get(canonical_modality(source)) or ref_files.get("source")) if source else None
     if source_path is not None:
         source_volume = load_volume(source_path)
-        if source_volume.shape == ref_volume.shape and np.abs(source_volume.affine - ref_volume.affine).max() <= GRID_TOLERANCE_MM:
+        if compare_grids(source_volume.shape, source_volume.affine, ref_volume.shape, ref_volume.affine) is None:
             source_zyx = scale_to_unit(to_zyx(source_volume)[0], brain).astype(np.float32)
     return SubjectData(
         pred=scale_to_unit(pred_zyx, brain), ref=scale_to_unit(ref_zyx, brain), source=source_zyx, brain=brain,
@@ -222,17 +222,18 @@ def _discover(folder: Path, role: str, layout: str) -> dict[str, dict[str, Path]
 
 def _check_grid(subject: str, volume: Volume, reference: Volume) -> None:
     """Same shape and affine (within 1e-3 mm) as the reference, or a `UserError` naming subject and file."""
-    if volume.shape != reference.shape:
+    difference = compare_grids(volume.shape, volume.affine, reference.shape, reference.affine)
+    if difference is None:
+        return
+    if difference[0] == "shape":
         raise UserError(
             f"{subject}: {volume.path} has grid {volume.shape} but the reference {reference.path} has {reference.shape}; "
             "resample it onto the reference grid"
         )
-    diff = float(np.abs(volume.affine - reference.affine).max())
-    if diff > GRID_TOLERANCE_MM:
-        raise UserError(
-            f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to {diff:.3g} mm; "
-            "resample it onto the reference grid"
-        )
+    raise UserError(
+        f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to {difference[1]:.3g} mm; "
+        "resample it onto the reference grid"
+    )
 
 
 def _few(names: set[str], count: int = 3) -> str:

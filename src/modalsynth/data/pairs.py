@@ -136,16 +136,26 @@ def grid_of(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     return spatial_shape(img, path), np.asarray(img.affine)
 
 
+def compare_grids(
+    shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...], affine_b: np.ndarray
+) -> tuple[str, float] | None:
+    """How two voxel grids differ: ('shape', 0.0), ('affine', largest difference in mm beyond 1e-3 mm), or None."""
+    if tuple(shape_a) != tuple(shape_b):
+        return "shape", 0.0
+    diff = float(np.abs(np.asarray(affine_a) - np.asarray(affine_b)).max())
+    return ("affine", diff) if diff > GRID_TOLERANCE_MM else None
+
+
 def grid_mismatch(a: Path, b: Path) -> str | None:
     """Describe how two files' grids differ (shape, or affine beyond 1e-3 mm), or None when they agree."""
     shape_a, aff_a = grid_of(a)
     shape_b, aff_b = grid_of(b)
-    if shape_a != shape_b:
+    difference = compare_grids(shape_a, aff_a, shape_b, aff_b)
+    if difference is None:
+        return None
+    if difference[0] == "shape":
         return f"grid {shape_a} in {a.name} but {shape_b} in {b.name}"
-    diff = float(np.abs(aff_a - aff_b).max())
-    if diff > GRID_TOLERANCE_MM:
-        return f"affines of {a.name} and {b.name} differ by up to {diff:.3g} mm"
-    return None
+    return f"affines of {a.name} and {b.name} differ by up to {difference[1]:.3g} mm"
 
 
 def find_pairs(
