@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from modalsynth.flops import count_flops, count_parameters
 from modalsynth.losses import AdversarialLoss, discriminator_loss, generator_loss, l1_loss
 from modalsynth.nets import PatchDiscriminator, ResUNet
-from modalsynth.nets.resunet import UpBlock
+from modalsynth.nets.resunet import FullResHead, UpBlock
 
 
 @pytest.mark.parametrize(
@@ -45,10 +45,76 @@ def test_resunet_rejects_indivisible_size_with_clear_error() -> None:
         net(torch.zeros(1, 1, 32, 32))
 
 
-def _learn_pixelwise_map(steps: int) -> float:
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "depth"),
+    [(2, (2, 1, 32, 48), 1), (2, (2, 1, 32, 48), 3), (3, (1, 1, 16, 32, 32), 1), (3, (2, 1, 16, 32, 48), 4)],
+)
+def test_strided_resunet_output_shape_equals_input_shape(
+    spatial_dims: int, shape: tuple[int, ...], depth: int
+) -> None:
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=spatial_dims, base_channels=4, depth=depth, stem="strided")
+    out = net(torch.randn(shape) * 50)
+    assert out.shape == shape
+    assert out.min() >= -1 and out.max() <= 1
+    assert net.size_multiple == 2**depth
+
+
+def test_strided_resunet_rejects_indivisible_size_with_the_rule() -> None:
+    net = ResUNet(spatial_dims=3, base_channels=4, depth=3, stem="strided")
+    with pytest.raises(ValueError, match=r"divisible by 8.*\(12, 32, 32\)"):
+        net(torch.zeros(1, 1, 12, 32, 32))
+    net(torch.zeros(1, 1, 8, 16, 24))  # multiples of 2**depth pass, as in the paper's layout
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ResUNet(stem="conv")
+    with pytest.raises(ValueError, match="full_res_channels applies to stem='strided'"):
+        ResUNet(stem="residual", full_res_channels=8)
+
+
+def test_strided_resunet_channels_and_parameter_count() -> None:
+    net = ResUNet(spatial_dims=2, base_channels=4, depth=2, stem="strided", full_res_channels=3)
+    assert net.channels == [3, 4, 8]
+    stem = 4 * 1 * 9 + 4 * 4 * 9 + 4 * 1  # UnetResBlock 1 -> 4, stride 2: conv1, conv2, 1x1 shortcut (no biases)
+    encoder = 8 * 4 * 9 + 8 * 8 * 9 + 8 * 4  # 4 -> 8, stride 2
+    bottleneck = 2 * 8 * 8 * 9  # 8 -> 8, identity shortcut
+    decoder = (8 * 4 * 4 + 4) + (4 * 8 * 9 + 4 * 4 * 9 + 4 * 8)  # transposed conv 8 -> 4 (+bias), block 8 -> 4
+    head = (4 * 3 * 4 + 3) + 3 * (3 + 1) * 9 + (3 * 1 + 1)  # transposed 4 -> 3, fuse (3 + source) -> 3, 1x1 3 -> 1
+    assert net.num_parameters == stem + encoder + bottleneck + decoder + head == 2991
+    assert ResUNet(spatial_dims=3, base_channels=16, depth=4, stem="strided").channels == [8, 16, 32, 64, 128]
+    assert ResUNet(spatial_dims=3, base_channels=16, depth=4).channels == [16, 32, 64, 128, 128]
+
+
+@pytest.mark.parametrize("stem", ["residual", "strided"])
+def test_gradient_reaches_every_parameter(stem: str) -> None:
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=3, base_channels=4, depth=2, stem=stem)
+    net(torch.randn(2, 1, 8, 16, 16)).square().mean().backward()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_strided_stem_costs_far_fewer_flops_than_the_papers_layout() -> None:
+    shape = (1, 1, 32, 32, 32)
+    paper = count_flops(ResUNet(spatial_dims=3, base_channels=8, depth=3), shape)
+    strided = count_flops(ResUNet(spatial_dims=3, base_channels=8, depth=3, stem="strided"), shape)
+    thin = count_flops(ResUNet(spatial_dims=3, base_channels=8, depth=3, stem="strided", full_res_channels=2), shape)
+    assert strided * 4 < paper  # measured ratio about 6 at these widths
+    assert thin < strided
+
+
+def test_strided_checkpointing_gives_same_output() -> None:
+    torch.manual_seed(0)
+    plain = ResUNet(spatial_dims=3, base_channels=4, depth=2, stem="strided")
+    checkpointed = ResUNet(spatial_dims=3, base_channels=4, depth=2, stem="strided", checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 8, 16, 16)
+    torch.testing.assert_close(plain(x), checkpointed(x), rtol=0, atol=0)
+
+
+def _learn_pixelwise_map(steps: int, stem: str = "residual") -> float:
     """Train a tiny 2D ResUNet to output -x for fresh noise x each step; return the L1 on unseen noise."""
     torch.manual_seed(0)
-    net = ResUNet(spatial_dims=2, base_channels=8, depth=2)
+    net = ResUNet(spatial_dims=2, base_channels=8, depth=2, stem=stem)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(steps):
         source = torch.rand(4, 1, 16, 16) * 1.6 - 0.8
@@ -70,6 +136,18 @@ def test_skip_connections_carry_fine_detail(monkeypatch: pytest.MonkeyPatch) -> 
     without_skips = _learn_pixelwise_map(steps=40)
     assert with_skips < 0.15
     assert without_skips > 0.3
+
+
+def test_strided_head_source_skip_carries_fine_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The strided layout has no full-resolution features but the source, concatenated in the head.
+    with_skip = _learn_pixelwise_map(steps=80, stem="strided")
+    original_forward = FullResHead.forward
+    monkeypatch.setattr(
+        FullResHead, "forward", lambda self, features, source: original_forward(self, features, torch.zeros_like(source))
+    )
+    without_skip = _learn_pixelwise_map(steps=80, stem="strided")
+    assert with_skip < 0.15
+    assert without_skip > 0.3
 
 
 def _count_saved_tensors(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import Convolution, UnetResBlock
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -11,6 +12,8 @@ from modalsynth.flops import count_parameters
 
 NORMS = ("instance", "batch")
 MAX_CHANNEL_FACTOR = 8  # channels double per level up to 8 x base_channels
+STEMS = ("residual", "strided")
+LRELU = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})  # UnetResBlock's activation
 
 
 class UpBlock(nn.Module):
@@ -31,6 +34,30 @@ class UpBlock(nn.Module):
         return self.block(torch.cat([self.upsample(x), skip], dim=1))
 
 
+class FullResHead(nn.Module):
+    """Full-resolution output stage of the strided layout: 2x transposed conv (c_1 -> f), concatenation of the
+    source image (the full-resolution skip), one 3x3(x3) conv-norm-lrelu (f + in -> f) and a 1x1 conv (f -> out)."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, source_channels: int, channels: int, out_channels: int, norm: str
+    ):
+        super().__init__()
+        self.upsample = Convolution(
+            spatial_dims, in_channels, channels, strides=2, kernel_size=2,
+            is_transposed=True, conv_only=True, padding=0, output_padding=0,
+        )
+        self.fuse = Convolution(
+            spatial_dims, channels + source_channels, channels, kernel_size=3, conv_only=True, bias=False
+        )
+        self.norm = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
+        self.act = get_act_layer(LRELU)
+        self.out = Convolution(spatial_dims, channels, out_channels, kernel_size=1, conv_only=True, bias=True)
+
+    def forward(self, features: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        fused = self.fuse(torch.cat([self.upsample(features), source], dim=1))
+        return self.out(self.act(self.norm(fused)))
+
+
 class ResUNet(nn.Module):
     """Residual UNet generator mapping a source image to a target image in [-1, 1] (tanh output).
 
@@ -40,6 +67,19 @@ class ResUNet(nn.Module):
     transposed convolution (c_l -> c_{l-1}), concatenation with the encoder features of that level
     (the skip connection) and a residual block (2 c_{l-1} -> c_{l-1}); a 1x1 convolution and tanh.
     Residual blocks are MONAI's ``UnetResBlock`` (conv-norm-lrelu-conv-norm + shortcut, lrelu).
+    This is ``stem="residual"``, the paper's layout and the default.
+
+    ``stem="strided"`` (MONAI UNet style): no residual block runs at full resolution (where the paper's
+    layout spends about half of its FLOPs, and level 1 another quarter). Widths are shifted one level
+    down, ``c_l = base * min(2**(l-1), 8)`` for l >= 1: the stem is a residual block with stride 2
+    (in -> c_1 = base, at half resolution), then depth - 1 stride-2 encoder blocks (c_{l-1} -> c_l), the
+    bottleneck, depth - 1 up blocks back to level 1, and a full-resolution head (``FullResHead``): a 2x
+    transposed conv (c_1 -> f), concatenation of the source image (the full-resolution skip), one
+    3x3(x3) conv-norm-lrelu (f + in -> f) and a 1x1 conv; tanh. ``f = c_0 = full_res_channels``
+    (default ``base_channels // 2``) is the width of the only full-resolution 3x3(x3) convolution.
+    ``channels[l]`` is the width at level l (resolution 2**-l) in both layouts.
+
+    Size rule, both layouts: every spatial size must be a multiple of ``2**depth`` (``size_multiple``).
     """
 
     def __init__(
@@ -52,6 +92,8 @@ class ResUNet(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         checkpointing: bool = False,
+        stem: str = "residual",
+        full_res_channels: int | None = None,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -60,30 +102,50 @@ class ResUNet(nn.Module):
             raise ValueError(f"depth must be at least 1, got {depth}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {list(STEMS)}, got {stem!r}")
+        if full_res_channels is not None and stem != "strided":
+            raise ValueError("full_res_channels applies to stem='strided' only (the residual stem uses base_channels)")
+        if full_res_channels is not None and full_res_channels < 1:
+            raise ValueError(f"full_res_channels must be positive, got {full_res_channels}")
+        self.stem_kind = stem
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.depth = depth
         # With batch norm, checkpointing recomputes the forward and so updates running stats twice.
         self.checkpointing = checkpointing
-        channels = [base_channels * min(2**level, MAX_CHANNEL_FACTOR) for level in range(depth + 1)]
+        # channels[l]: the width at level l (resolution 2**-l); level 0 is full resolution
+        if stem == "residual":
+            channels = [base_channels * min(2**level, MAX_CHANNEL_FACTOR) for level in range(depth + 1)]
+        else:
+            f = max(base_channels // 2, 1) if full_res_channels is None else full_res_channels
+            channels = [f] + [base_channels * min(2 ** (level - 1), MAX_CHANNEL_FACTOR) for level in range(1, depth + 1)]
         self.channels = channels
+        self.full_res_channels = channels[0]
 
         def res_block(c_in: int, c_out: int, stride: int) -> UnetResBlock:
             return UnetResBlock(
                 spatial_dims, c_in, c_out, kernel_size=3, stride=stride, norm_name=norm, dropout=dropout
             )
 
-        self.stem = res_block(in_channels, channels[0], 1)
-        self.encoder = nn.ModuleList(res_block(channels[lv - 1], channels[lv], 2) for lv in range(1, depth + 1))
+        # the level the stem works at (0 = full resolution); the decoder comes back up to the same level
+        first = 0 if stem == "residual" else 1
+        self.stem = res_block(in_channels, channels[first], 2 if first else 1)
+        self.encoder = nn.ModuleList(
+            res_block(channels[lv - 1], channels[lv], 2) for lv in range(first + 1, depth + 1)
+        )
         self.bottleneck = res_block(channels[depth], channels[depth], 1)
         self.decoder = nn.ModuleList(
-            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout) for lv in range(depth, 0, -1)
+            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout) for lv in range(depth, first, -1)
         )
-        self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
+        if stem == "residual":
+            self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
+        else:
+            self.head = FullResHead(spatial_dims, channels[1], in_channels, channels[0], out_channels, norm)
 
     @property
     def size_multiple(self) -> int:
-        """Every spatial size of the input must be a multiple of this (2**depth)."""
+        """Every spatial size of the input must be a multiple of this (2**depth, in both stem layouts)."""
         return 2**self.depth
 
     @property
@@ -122,4 +184,6 @@ class ResUNet(nn.Module):
         features = self._run(self.bottleneck, skips.pop())
         for block in self.decoder:
             features = self._run(block, features, skips.pop())
-        return torch.tanh(self.head(features))
+        if self.stem_kind == "residual":
+            return torch.tanh(self.head(features))
+        return torch.tanh(self._run(self.head, features, x))
