@@ -47,11 +47,11 @@ def tiny_sim(tmp_path_factory) -> Path:
 
 
 def tiny_config(**overrides):
-    """A training config small enough for a CPU test: tiny grid, tiny networks, no logging noise."""
-    from modalsynth.config import TrainConfig
+    """A resolved training config small enough for a CPU test: tiny grid, tiny networks, no logging noise."""
+    from modalsynth.config import resolve_config
+    from modalsynth.methods import method_class
 
-    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": True}
+    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": True,
+              "preprocess": {"grid": list(TINY_GRID)}}
     values.update(overrides)
-    config = TrainConfig(**values)
-    config.preprocess.grid = TINY_GRID
-    return config
+    return resolve_config([("the test", values)], method_class)

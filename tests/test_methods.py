@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modalsynth.checkpoints import load_checkpoint, save_checkpoint
+from modalsynth.checkpoints import Checkpoint
 from modalsynth.config import TrainConfig
 from modalsynth.data.datasets import PreparedSubject, prepare_pairs, step_generator
 from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
-from modalsynth.inference import load_method, predict_path
+from modalsynth.config import resolve_config
+from modalsynth.inference import Predictor, apply_method, predict_path
 from modalsynth.io import load_volume
-from modalsynth.methods import build_method
+from modalsynth.methods import build_method, method_class
 from modalsynth.methods.lut import fit_table
 from modalsynth.training import train
 
@@ -45,8 +46,12 @@ def _val_subject(tiny_sim, run_dir, config):
 # ---------------------------------------------------------------- pix2pix2d
 
 
+def _resolved(*layers):
+    return resolve_config([(f"layer {i}", layer) for i, layer in enumerate(layers)], method_class)
+
+
 def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
-    config = TrainConfig(method="pix2pix2d")
+    config = _resolved({"method": "pix2pix2d"})
     method = _built(config)
     assert method.spatial_dims == 2 and method.nets["generator"].spatial_dims == 2
     disc = method.nets["discriminator"]
@@ -55,11 +60,19 @@ def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
         group = opt.param_groups[0]
         assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
     assert method.config.l1_weight == 100.0
-    assert config.lr == 1e-4 and config.model == {}  # the caller's config is not changed
-    set_in_model = _built(TrainConfig(method="pix2pix2d", model={**TINY_MODEL, "lr": 1e-3, "l1_weight": 10.0}))
-    assert set_in_model.optimizers["generator"].param_groups[0]["lr"] == 1e-3 and set_in_model.config.l1_weight == 10.0
-    set_on_top = _built(TrainConfig(method="pix2pix2d", lr=5e-4, model=dict(TINY_MODEL)))
-    assert set_on_top.optimizers["discriminator"].param_groups[0]["lr"] == 5e-4
+    set_on_top = _built(_resolved({"method": "pix2pix2d", "lr": 5e-4, "l1_weight": 10.0, "model": dict(TINY_MODEL)}))
+    assert set_on_top.optimizers["discriminator"].param_groups[0]["lr"] == 5e-4 and set_on_top.config.l1_weight == 10.0
+    # the bug the old recipe had: an explicit lr equal to TrainConfig's default (1e-4) was replaced by 2e-4
+    explicit_default = _resolved({"method": "pix2pix2d"}, {"lr": 1e-4})
+    assert explicit_default.lr == 1e-4 and _built(explicit_default).optimizers["generator"].param_groups[0]["lr"] == 1e-4
+    # a later layer wins over an earlier one; the YAML's model options merge key by key with the recipe's
+    layered = _resolved({"method": "pix2pix2d", "lr": 3e-4, "model": {"depth": 3}}, {"lr": 7e-4})
+    assert layered.lr == 7e-4 and layered.model["depth"] == 3 and layered.model["slices_per_step"] == 8
+
+
+def test_prediction_build_has_no_discriminator_or_optimisers():
+    method = build_method(tiny_config(), training=False)
+    assert set(method.nets) == {"generator"} and method.optimizers == {}
 
 
 def test_pix2pix2d_model_batch_gives_foreground_slices_of_the_volume():
@@ -90,13 +103,14 @@ def test_pix2pix2d_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     torch.manual_seed(config.seed)
     initial = copy.deepcopy(build_method(config).nets["generator"].state_dict())
     best = train(config, tiny_sim, tmp_path / "run", progress=False)
-    payload = load_checkpoint(best)
-    assert _changed(initial, payload["state"]["nets"]["generator"])
-    group = payload["state"]["optimizers"]["generator"]["param_groups"][0]
+    payload = Checkpoint.load(best)
+    assert _changed(initial, payload.state["nets"]["generator"])
+    group = payload.state["optimizers"]["generator"]["param_groups"][0]
     assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
-    method, cfg, _, _ = load_method(best, torch.device("cpu"))
+    predictor = Predictor.from_checkpoint(best, "cpu")
+    method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = method.predict(torch.from_numpy(subject.source)[None, None])
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None])
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -131,10 +145,10 @@ def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
     steps = len(method.sampling_scheduler().timesteps)
     assert steps == (3 if sampler == "ddim" else 12)
     source = torch.rand(1, 1, 3, 12, 20) * 2 - 1  # 12 x 20: padded to the UNet's multiple of 4 and cropped back
-    first = method.predict(source, torch.Generator().manual_seed(1))
+    first = apply_method(method, source, torch.Generator().manual_seed(1))
     assert first.shape == source.shape and first.min() >= -1 and first.max() <= 1
-    assert torch.equal(first, method.predict(source, torch.Generator().manual_seed(1)))
-    assert not torch.allclose(first, method.predict(source, torch.Generator().manual_seed(2)), atol=1e-3)
+    assert torch.equal(first, apply_method(method, source, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, apply_method(method, source, torch.Generator().manual_seed(2)), atol=1e-3)
 
 
 def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
@@ -142,10 +156,11 @@ def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     torch.manual_seed(config.seed)
     initial = copy.deepcopy(build_method(config).nets["generator"].state_dict())
     best = train(config, tiny_sim, tmp_path / "run", progress=False)
-    assert _changed(initial, load_checkpoint(best)["state"]["nets"]["generator"])
-    method, cfg, _, _ = load_method(best, torch.device("cpu"))
+    assert _changed(initial, Checkpoint.load(best).state["nets"]["generator"])
+    predictor = Predictor.from_checkpoint(best, "cpu")
+    method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = method.predict(torch.from_numpy(subject.source)[None, None], torch.Generator().manual_seed(0))
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], torch.Generator().manual_seed(0))
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -170,11 +185,11 @@ def test_lut_recovers_a_monotone_mapping_inside_the_foreground():
     mask = np.zeros(source.shape, bool)
     mask[:, 5:25, 5:25] = True
     target = np.where(mask, mapping(source), 5.0)  # the background holds garbage that must be ignored
-    method = _built(TrainConfig(method="lut"))
+    method = _built(_resolved({"method": "lut"}))
     assert method.nets == {} and method.generator() is None and not method.trainable
     method.fit_closed_form([_subject(source, target, mask)])
     query = torch.from_numpy(rng.uniform(-0.99, 0.99, (1, 1, 4, 10, 10)).astype(np.float32))
-    pred = method.predict(query)
+    pred = apply_method(method, query)
     assert pred.shape == query.shape
     assert float((pred - torch.from_numpy(mapping(query.numpy()))).abs().max()) < 2e-3
 
@@ -191,14 +206,14 @@ def test_lut_fills_empty_bins_by_interpolation():
 def test_lut_table_survives_a_checkpoint(tmp_path):
     rng = np.random.default_rng(2)
     source = rng.uniform(-1, 1, (8, 8, 8))
-    method = _built(TrainConfig(method="lut"))
+    method = _built(_resolved({"method": "lut"}))
     method.fit_closed_form([_subject(source, source**3, np.ones(source.shape, bool))])
-    save_checkpoint(tmp_path / "lut.pt", {"state": method.state()})
-    restored = _built(TrainConfig(method="lut"))
-    restored.load_state(load_checkpoint(tmp_path / "lut.pt")["state"])
+    Checkpoint(config={}, state=method.state()).save(tmp_path / "lut.pt")
+    restored = _built(_resolved({"method": "lut"}))
+    restored.load_state(Checkpoint.load(tmp_path / "lut.pt").state)
     query = torch.linspace(-1, 1, 50).view(1, 1, 2, 5, 5)
-    assert torch.equal(method.predict(query), restored.predict(query))
-    assert not torch.equal(method.predict(query), query)  # it is not the identity
+    assert torch.equal(apply_method(method, query), apply_method(restored, query))
+    assert not torch.equal(apply_method(method, query), query)  # it is not the identity
 
 
 def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
@@ -209,14 +224,15 @@ def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     best = tmp_path / "run" / "best.pt"
-    method, cfg, _, payload = load_method(best, torch.device("cpu"))
+    predictor = Predictor.from_checkpoint(best, "cpu")
+    method, cfg = predictor.method, predictor.config
     # the stored table is the one fitted on the recorded training subjects
-    pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in payload["split"]["train"]]
+    pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in predictor.split["train"]]
     again = _built(cfg)
     again.fit_closed_form(prepare_pairs(pairs, cfg.preprocess))
     assert torch.allclose(method.table, again.table)
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = method.predict(torch.from_numpy(subject.source)[None, None]).numpy()[0, 0]
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None]).numpy()[0, 0]
     assert pred.shape == TINY_GRID and pred.min() >= -1 and pred.max() <= 1
     # a pointwise map fitted on FLAIR -> T1 inverts the contrast: it beats copying the source inside the brain
     inside = subject.mask > 0

@@ -1,9 +1,13 @@
-"""One-file checkpoints: weights, optimiser state, step, config, preprocessing, version; atomic and `weights_only`."""
+"""One-file checkpoints as a versioned dataclass: weights, optimiser state, step, config, split, intensities.
+
+Written atomically and read with `torch.load(weights_only=True)`; this module is the only place that knows the keys.
+"""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +17,45 @@ from . import __version__
 from .errors import UserError
 from .io import atomic_write
 
-FORMAT = "modalsynth-checkpoint-1"
+FORMAT = "modalsynth-checkpoint"
+FORMAT_VERSION = 2
+#: versions this code reads; version 1 lacked `elapsed_s` (training seconds used), read as 0
+READABLE_VERSIONS = (1, 2)
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename): a crash never leaves half a file."""
-    payload = {"format": FORMAT, "version": __version__, **payload}
-    return atomic_write(Path(path), ".pt", lambda tmp: torch.save(payload, tmp))
+@dataclass
+class Checkpoint:
+    """What a training run leaves behind. `state` holds `{"nets": ..., "optimizers": ..., "extra": ...}`."""
+
+    config: dict[str, Any]
+    state: dict[str, Any]
+    step: int = 0
+    best_val_mae: float = float("inf")
+    target_intensity: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, list[str]] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # training wall-clock seconds used so far (a `--minutes` budget continues from it)
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", ""))
+
+    def save(self, path: Path) -> Path:
+        """Write atomically (temporary file in the same folder, then rename): a crash never leaves half a file."""
+        payload = {"format": FORMAT, **asdict(self)}
+        payload["format_version"] = FORMAT_VERSION
+        return atomic_write(Path(path), ".pt", lambda tmp: torch.save(payload, tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> "Checkpoint":
+        """Read a checkpoint; a missing, corrupt, foreign or other-version file is a one-line `UserError`."""
+        payload = _read_payload(Path(path))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in payload.items() if k in known})
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with `weights_only=True` (no arbitrary unpickling); a missing, corrupt or foreign file is a `UserError`."""
-    path = Path(path)
+def _read_payload(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found; train one with `modalsynth train` or check the path")
     if path.is_dir():
@@ -37,6 +68,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: holds objects other than weights and settings; refusing to unpickle it") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:80]}); use another copy") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict):
         raise UserError(f"{path}: not a modalsynth checkpoint; pass a file written by `modalsynth train`")
+    if payload.get("format") == "modalsynth-checkpoint-1":  # version 1 named its version inside the format string
+        payload = {**payload, "format": FORMAT, "format_version": 1}
+        payload.setdefault("package_version", payload.pop("version", "?"))
+    if payload.get("format") != FORMAT or "config" not in payload or "state" not in payload:
+        raise UserError(f"{path}: not a modalsynth checkpoint (a plain state_dict or another program's file?); "
+                        "pass a file written by `modalsynth train`")
+    version = payload.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"{path}: checkpoint format version {version} (written by modalsynth "
+                        f"{payload.get('package_version', '?')}); this modalsynth {__version__} reads version(s) "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}: use the matching modalsynth release")
     return payload

@@ -106,16 +106,19 @@ def inspect(
 def train(
     data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs, split."),
-    source: str = typer.Option("flair", "--source"),
-    target: str = typer.Option("t1", "--target"),
-    method: str = typer.Option("gan3d", "--method", help="gan3d | pix2pix2d | ddpm | lut"),
+    source: Optional[str] = typer.Option(None, "--source", help="Source modality (default flair)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target modality (default t1)."),
+    method: Optional[str] = typer.Option(None, "--method", help="gan3d | pix2pix2d | ddpm | lut (default gan3d)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (default 100, the paper's)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimiser steps instead."),
+    minutes: Optional[float] = typer.Option(
+        None, "--minutes", help="Stop at the first step past this many minutes of training (validation included)."
+    ),
     grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
     patch: Optional[str] = typer.Option(None, "--patch", help="Random training patch D H W."),
-    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default auto)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (settings that conflict with it are refused)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resample_target: bool = typer.Option(
         False, "--resample-target", help="Targets on another grid than their source are resampled onto it (affines)."
@@ -127,11 +130,14 @@ def train(
     """
     from .training import train_from_cli
 
-    train_from_cli(
-        data=data, out=out, source=source, target=target, method=method, epochs=epochs, steps=steps,
-        grid=_grid_option(grid), patch=_grid_option(patch, name="--patch"), device=device, config=config,
-        resume=resume, seed=seed, resample_target=resample_target,
-    )
+    grid_value = _grid_option(grid)
+    options = {
+        "method": method, "source": source, "target": target, "epochs": epochs, "steps": steps, "minutes": minutes,
+        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed,
+        "resample_target": True if resample_target else None,
+        "preprocess": None if grid_value is None else {"grid": grid_value},
+    }
+    train_from_cli(data=data, out=out, options=options, config=config, resume=resume)
 
 
 @app.command()

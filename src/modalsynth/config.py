@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -21,6 +23,7 @@ class TrainConfig:
     target: str = "t1"
     epochs: int = 100  # the paper's
     steps: int | None = None  # when set, stop after this many optimiser steps instead of `epochs`
+    minutes: float | None = None  # when set, also stop at the first step boundary past this many minutes of training
     batch_size: int = 1  # the paper's (one whole volume per step)
     lr: float = 1e-4  # the paper's Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
@@ -33,7 +36,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
-    val_every: int | None = None  # validate every N steps; None = once per epoch
+    val_every: int | None = None  # validate every N steps; None = once per epoch (or by `val_minutes` under a time budget)
+    val_minutes: float | None = None  # validate every N minutes of training; None under `minutes` = a tenth of the budget
     log_every: int = 10
     model: dict[str, Any] = field(default_factory=dict)  # network options of the method (base_channels, depth, ...)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -45,29 +49,41 @@ class TrainConfig:
         return _plain(values)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "TrainConfig":
-        """Build from a dict (YAML or checkpoint); unknown keys are a `UserError` naming them."""
+    def from_dict(cls, values: Mapping[str, Any], origin: str = "config") -> "TrainConfig":
+        """Build from a dict (YAML or checkpoint); an unknown key or a value of the wrong type is a `UserError`."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise UserError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         values = dict(values)
         pre = values.pop("preprocess", None)
+        for key, value in values.items():
+            _check_type(key, value, _DEFAULTS_BY_NAME[key], origin)
         for key in ("patch", "betas"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         config = cls(**values)
         if pre is not None:
+            if not isinstance(pre, Mapping):
+                raise UserError(f"{origin}: 'preprocess' must be a mapping of settings, e.g. 'preprocess: {{grid: auto}}'")
             pre_known = {f.name for f in fields(PreprocessConfig)}
             bad = set(pre) - pre_known
             if bad:
-                raise UserError(f"{origin}: unknown preprocess setting(s) {', '.join(sorted(bad))}")
-            config.preprocess = PreprocessConfig.from_dict(pre)
+                raise UserError(f"{origin}: unknown preprocess setting(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(pre_known))}")
+            defaults = PreprocessConfig()
+            for key, value in pre.items():
+                _check_type(f"preprocess.{key}", value, getattr(defaults, key), origin)
+            config.preprocess = PreprocessConfig.from_dict(dict(pre))
         return config
 
     @classmethod
     def from_yaml(cls, path: Path) -> "TrainConfig":
-        """Read a YAML file of settings (any subset of the fields)."""
+        """Read a YAML file of settings (any subset of the fields) over TrainConfig's defaults, without a method recipe."""
+        return cls.from_dict(cls.yaml_settings(path), origin=str(path))
+
+    @staticmethod
+    def yaml_settings(path: Path) -> dict[str, Any]:
+        """The settings a YAML file sets (a mapping), checked for unknown names and wrong types."""
         path = Path(path)
         if not path.exists():
             raise UserError(f"{path}: config file not found")
@@ -77,10 +93,155 @@ class TrainConfig:
             raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(values, dict):
             raise UserError(f"{path}: expected a mapping of settings, e.g. 'epochs: 10'")
-        return cls.from_dict(values, origin=str(path))
+        TrainConfig.from_dict(values, origin=str(path))
+        return values
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+#: an example value of the kind expected by each setting whose default is None
+_NONE_DEFAULT_KINDS: dict[str, Any] = {"steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
+_DEFAULTS_BY_NAME = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+#: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
+RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
+#: settings that are dicts merged key by key across layers (a YAML `model: {depth: 3}` keeps the other model options)
+_NESTED = ("model", "preprocess")
+
+
+class MethodRecipe(Protocol):
+    """What settings resolution needs from a method class (see `methods.base.Method`)."""
+
+    recipe: Mapping[str, Any]
+
+    def size_multiple(self, config: "TrainConfig") -> tuple[int, int, int]: ...
+
+
+Layer = tuple[str, Mapping[str, Any]]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
+
+
+def merge_settings(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`; the nested `model` and `preprocess` mappings are merged key by key."""
+    out = dict(base)
+    for key, value in layer.items():
+        if key in _NESTED and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) -> TrainConfig:
+    """The one place settings are resolved: TrainConfig's defaults < the method's recipe < each layer in order.
+
+    Whatever a layer sets wins over the recipe, even when it equals TrainConfig's default (an explicit `lr: 1e-4` for
+    pix2pix2d stays 1e-4). Grid and patch sizes are checked against the method's network here, before any data loads.
+    """
+    name = TrainConfig.method
+    for _, layer in layers:
+        name = layer.get("method", name)
+    method_class = recipes(str(name))
+    values = merge_settings(TrainConfig().to_dict(), method_class.recipe)
+    for origin, layer in layers:
+        TrainConfig.from_dict(layer, origin=origin)  # names the file or option of a bad setting
+        values = merge_settings(values, _plain(dict(layer)))
+    config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
+    check_sizes(config, method_class.size_multiple(config))
+    return config
+
+
+def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path) -> TrainConfig:
+    """The saved run's settings with the changes `--resume` allows; any other setting that differs is a `UserError`."""
+    values = saved.to_dict()
+    for origin, layer in layers:
+        layer = _plain(dict(layer))
+        for key, wanted in _flatten(layer).items():
+            have = _flatten(values).get(key)
+            if key.split(".")[0] in RESUMABLE_CHANGES or _same(wanted, have):
+                continue
+            raise UserError(
+                f"{checkpoint}: the run was trained with {key} = {have!r}, but {origin} asks for {wanted!r}; "
+                f"drop that setting to resume, or start a new run in another --out folder"
+            )
+        values = merge_settings(values, {k: v for k, v in layer.items() if k in RESUMABLE_CHANGES})
+    return TrainConfig.from_dict(values, origin=str(checkpoint))
+
+
+def check_sizes(config: TrainConfig, multiple: tuple[int, int, int]) -> None:
+    """A fixed grid and a patch must divide by the network's size multiple per axis: a `UserError` names the nearest valid sizes."""
+    grid, patch = config.preprocess.grid, config.patch
+    if grid == "auto":
+        need = max(multiple)
+        if 2**config.preprocess.depth % need:  # the auto grid pads to 2**preprocess.depth
+            config.preprocess.depth = int(math.log2(need))
+    else:
+        _check_triplet("--grid", tuple(grid), multiple, config)  # type: ignore[arg-type]
+    if patch is not None:
+        _check_triplet("--patch", tuple(patch), multiple, config)
+
+
+def _check_triplet(option: str, sizes: tuple[int, ...], multiple: tuple[int, int, int], config: TrainConfig) -> None:
+    if len(sizes) != 3 or any(int(s) < 1 for s in sizes):
+        raise UserError(f"{option} {' '.join(map(str, sizes))}: give three positive integers D H W")
+    if all(s % m == 0 for s, m in zip(sizes, multiple)):
+        return
+    down = [max(m, s // m * m) for s, m in zip(sizes, multiple)]
+    up = [-(-s // m) * m for s, m in zip(sizes, multiple)]
+    rule = " x ".join(map(str, multiple))
+    raise UserError(
+        f"{option} {' '.join(map(str, sizes))}: the {config.method} network (model {_model_text(config)}) needs sizes "
+        f"divisible by {rule} per axis; use {option} {' '.join(map(str, up))} or {option} {' '.join(map(str, down))}"
+    )
+
+
+def _model_text(config: TrainConfig) -> str:
+    keys = [k for k in ("depth", "channels", "stem") if k in config.model]
+    return ", ".join(f"{k} {config.model[k]}" for k in keys) or "defaults"
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _NESTED and isinstance(value, Mapping) and not prefix:
+            out.update(_flatten(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12)
+    return _plain(a) == _plain(b)
+
+
+def _check_type(key: str, value: Any, default: Any, origin: str) -> None:
+    """A setting's value must have its default's kind (number, text, yes/no, list); None is allowed where the default is None."""
+    if value is None:
+        return
+    default = _NONE_DEFAULT_KINDS.get(key, default)
+    if key == "preprocess.grid":
+        if not (value == "auto" or (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, int) for v in value))):
+            raise UserError(f"{origin}: setting {key} should be three integers [D, H, W] or 'auto', got {value!r}")
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, (int, float)) and not isinstance(default, bool):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        kind = "a number"
+        if isinstance(default, int) and isinstance(value, float):
+            ok, kind = ok and float(value).is_integer(), "a whole number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    elif isinstance(default, dict):
+        ok, kind = isinstance(value, Mapping), "a mapping"
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        kind = "a list of numbers"
+    else:
+        return
+    if not ok:
+        raise UserError(f"{origin}: setting {key} should be {kind}, got {value!r}")
 
 
 def _plain(value: Any) -> Any:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, resolve_config
 from .data.simulate import SMALL_GRID, simulate_dataset
 from .inference import predict_path
+from .methods import method_class
 from .training import train
 
 DEMO_SUBJECTS = 10
@@ -17,9 +18,9 @@ DEMO_MODEL = {"base_channels": 16, "depth": 4, "disc_channels": 32, "disc_layers
 
 def demo_config(steps: int = DEMO_STEPS) -> TrainConfig:
     """The paper's GAN with a smaller generator and the small grid, trained briefly with a higher learning rate."""
-    config = TrainConfig(method="gan3d", steps=steps, lr=5e-4, model=dict(DEMO_MODEL), val_every=50, device="auto")
-    config.preprocess.grid = SMALL_GRID
-    return config
+    settings = {"method": "gan3d", "steps": steps, "lr": 5e-4, "model": dict(DEMO_MODEL), "val_every": 50, "device": "auto",
+                "preprocess": {"grid": list(SMALL_GRID)}}
+    return resolve_config([("the demo", settings)], method_class)
 
 
 def run_demo(out: Path, subjects: int = DEMO_SUBJECTS, steps: int = DEMO_STEPS) -> dict:

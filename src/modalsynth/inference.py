@@ -1,24 +1,33 @@
-"""Volume -> volume: sliding-window (MONAI) for 3D networks, a slice loop for 2D ones, and `modalsynth predict`."""
+"""Volume -> volume. The only place a method's network is applied to volumes, and the one `Predictor`.
+
+A method hands over a function and an `Application` (whole volume, MONAI sliding windows, or axial slices); the
+`Predictor` (nnU-Net's idea) adds preprocessing, postprocessing, file naming and timing, and is used alike by
+`modalsynth predict`, by validation during training and by the benchmark.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
-from .checkpoints import load_checkpoint
+from .checkpoints import Checkpoint
 from .config import TrainConfig
 from .data.pairs import canonical_modality, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
 from .io import Volume, is_nifti, load_volume, save_volume
 from .methods import Method, build_method
+
+#: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
+TIME_ONCE_ABOVE_S = 10.0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -34,12 +43,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def sliding_window_predict(
-    net: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor, roi: tuple[int, int, int], overlap: float = 0.5
+    net: Callable[[torch.Tensor], torch.Tensor],
+    source: torch.Tensor,
+    roi: Sequence[int],
+    overlap: float = 0.5,
+    batch_size: int = 1,
 ) -> torch.Tensor:
     """Run a 3D network over a (1, C, D, H, W) volume in overlapping windows blended with Gaussian weights (MONAI)."""
     if tuple(source.shape[2:]) == tuple(roi):
         return net(source)
-    return sliding_window_inference(source, roi, sw_batch_size=1, predictor=net, overlap=overlap, mode="gaussian")
+    return sliding_window_inference(source, tuple(roi), sw_batch_size=batch_size, predictor=net, overlap=overlap, mode="gaussian")
 
 
 @torch.no_grad()
@@ -52,72 +65,163 @@ def slicewise_predict(
     return torch.cat(outputs).permute(1, 0, 2, 3)[None]
 
 
-def load_method(checkpoint: Path, device: torch.device) -> tuple[Method, TrainConfig, IntensityRecord, dict]:
-    """Rebuild a trained method from its checkpoint for inference."""
-    payload = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(payload["config"], origin=str(checkpoint))
-    method = build_method(config)
-    method.load_state(payload["state"], with_optimizers=False)
-    method.to(device)
-    method.train_mode(False)
-    intensity = IntensityRecord(**payload["target_intensity"])
-    return method, config, intensity, payload
+@torch.no_grad()
+def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` says; float32 in [-1, 1]."""
+    function, how = method.inference_function(gen), method.application()
+    with method.autocast():
+        if how.mode == "slices":
+            out = slicewise_predict(function, source, how.batch_size)
+        elif how.mode == "window" and how.roi is not None:
+            out = sliding_window_predict(function, source, how.roi, how.overlap, how.batch_size)
+        elif how.mode in ("volume", "window"):
+            out = function(source)
+        else:
+            raise ValueError(f"unknown application mode {how.mode!r}")
+    return out.float().clamp(-1.0, 1.0)
 
 
-def synthesise(method: Method, volume: Volume, config: TrainConfig, intensity: IntensityRecord, seed: int = 0) -> Volume:
-    """Predict the target for one source volume; the result is on the source's grid, affine and header."""
-    pre = preprocess(volume, config.preprocess)
-    source = torch.from_numpy(pre.array)[None, None].to(method.device)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        pred = method.predict(source, gen).float().cpu().numpy()[0, 0]
-    out = postprocess(np.clip(pred, -1.0, 1.0), pre.grid, intensity, volume.header)
-    # outside the source's foreground there is nothing to synthesise: give it the targets' background value
-    background = intensity.low if intensity.background is None else intensity.background
-    out.data[~foreground_mask(volume.data)] = background
-    return out
+class Predictor:
+    """A method ready to predict, with the settings and target intensities it was trained with."""
+
+    def __init__(self, method: Method, config: TrainConfig, intensity: IntensityRecord, split: dict | None = None,
+                 origin: Path | None = None):
+        self.method, self.config, self.intensity = method, config, intensity
+        self.split = split or {}
+        self.origin = origin
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto") -> "Predictor":
+        """Rebuild only what prediction needs (no discriminator, no optimisers) from a checkpoint file."""
+        ckpt = Checkpoint.load(Path(checkpoint))
+        config = TrainConfig.from_dict(ckpt.config, origin=str(checkpoint))
+        method = build_method(config, training=False)
+        method.load_state(ckpt.state, with_optimizers=False)
+        method.to(device if isinstance(device, torch.device) else resolve_device(device))
+        method.train_mode(False)
+        return cls(method, config, IntensityRecord(**ckpt.target_intensity), ckpt.split, Path(checkpoint))
+
+    @property
+    def device(self) -> torch.device:
+        return self.method.device
+
+    def predict_array(self, source: np.ndarray, seed: int = 0) -> np.ndarray:
+        """A preprocessed (D, H, W) source in [-1, 1] -> the synthetic target in [-1, 1] on the same grid."""
+        was_training = [net.training for net in self.method.nets.values()]
+        self.method.train_mode(False)
+        try:
+            tensor = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None].to(self.device)
+            out = apply_method(self.method, tensor, torch.Generator().manual_seed(seed))
+        finally:
+            for net, mode in zip(self.method.nets.values(), was_training):
+                net.train(mode)
+        return out.cpu().numpy()[0, 0]
+
+    def predict_volume(self, volume: Volume, seed: int = 0) -> Volume:
+        """Predict the target for one source volume; the result is on the source's grid, affine and header."""
+        pre = preprocess(volume, self.config.preprocess)
+        pred = self.predict_array(pre.array, seed)
+        out = postprocess(pred, pre.grid, self.intensity, volume.header)
+        # outside the source's foreground there is nothing to synthesise: give it the targets' background value
+        background = self.intensity.low if self.intensity.background is None else self.intensity.background
+        out.data[~foreground_mask(volume.data)] = background
+        return out
+
+    def output_path(self, out_root: Path, subject: str) -> Path:
+        """The one naming rule for a folder of predictions: OUT/<subject>/<target>.nii.gz."""
+        return Path(out_root) / subject / f"{canonical_modality(self.config.target)}.nii.gz"
+
+    def time_volume(self, volume: Volume, repeats: int = 3) -> tuple[float, str]:
+        """Seconds to predict one whole volume (pre- and postprocessing included): the median of `repeats` runs, or
+        one run when the first takes longer than TIME_ONCE_ABOVE_S; returns (seconds, how it was timed)."""
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            self.predict_volume(volume)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            if times[0] > TIME_ONCE_ABOVE_S:
+                break
+        how = f"median of {len(times)}" if len(times) > 1 else "one run"
+        return statistics.median(times), how
+
+    def predict_file(self, source: Path, output: Path) -> Path:
+        """One source file -> one output file (an existing folder as `output` gets OUT/<target>.nii.gz)."""
+        source, output = Path(source), Path(output)
+        if output.is_dir():
+            output = output / f"{canonical_modality(self.config.target)}.nii.gz"
+        if not is_nifti(output):
+            raise UserError(f"{output}: for a single input file give an output file ending in .nii.gz")
+        refuse_overwriting_inputs([source], [output])
+        return save_volume(self.predict_volume(load_volume(source)), output)
+
+    def predict_folder(self, root: Path, out_root: Path, split: str | None = None, progress: bool = True) -> tuple[list[Path], list[float]]:
+        """Every subject's source under `root` (optionally one recorded split) -> OUT/<subject>/<target>.nii.gz."""
+        jobs = self.folder_jobs(root, split)
+        outputs = [self.output_path(out_root, subject) for subject, _ in jobs]
+        refuse_overwriting_inputs([path for _, path in jobs] + _all_files(root), outputs)
+        written, times = [], []
+        for (subject, path), output in tqdm(list(zip(jobs, outputs)), desc="predicting", unit="volume", disable=not progress):
+            start = time.perf_counter()
+            result = self.predict_volume(load_volume(path))
+            times.append(time.perf_counter() - start)
+            written.append(save_volume(result, output))
+        return written, times
+
+    def folder_jobs(self, root: Path, split: str | None = None) -> list[tuple[str, Path]]:
+        """(subject, source file) for every subject under `root` that has the source, restricted to a split if asked."""
+        subjects = discover_subjects(root)
+        wanted = None
+        if split:
+            if split not in ("train", "val", "test"):
+                raise UserError(f"--split {split}: choose train, val or test")
+            wanted = set(self.split.get(split, []))
+            if not wanted:
+                raise UserError(f"{self.origin}: the checkpoint records no subjects in split {split!r}; drop --split")
+        key = canonical_modality(self.config.source)
+        jobs = [(s, f[key]) for s, f in subjects.items() if key in f and (wanted is None or s in wanted)]
+        missing = [s for s, f in subjects.items() if key not in f and (wanted is None or s in wanted)]
+        if missing:
+            print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
+        if not jobs:
+            raise UserError(f"{root}: no {key} volumes to predict" + (f" in split {split!r}" if split else ""))
+        return jobs
+
+
+def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    """A `UserError` if any output would replace an input file (same path, or the same file through a link)."""
+    taken = {_identity(p): Path(p) for p in inputs if Path(p).exists()}
+    for output in outputs:
+        key = _identity(output)
+        if key in taken:
+            raise UserError(f"{output}: is an input ({taken[key]}); writing there would overwrite it, choose another --output")
+
+
+def _identity(path: Path) -> tuple:
+    path = Path(path)
+    if path.exists():
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    return ("path", str(path.resolve()))
+
+
+def _all_files(root: Path) -> list[Path]:
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
 
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz."""
-    dev = resolve_device(device)
-    method, config, intensity, _ = load_method(checkpoint, dev)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
-        if output.exists() and output.is_dir():
-            output = output / f"{config.target}.nii.gz"
-        if not is_nifti(output):
-            raise UserError(f"{output}: for a single input file give an output file ending in .nii.gz")
-        save_volume(synthesise(method, load_volume(input), config, intensity), output)
-        print(f"wrote {output}")
-        return [output]
-    jobs = _folder_jobs(input, config.source, checkpoint, split)
-    written = []
-    times = []
-    for subject, path in tqdm(jobs, desc="predicting", unit="volume"):
         start = time.perf_counter()
-        result = synthesise(method, load_volume(path), config, intensity)
-        times.append(time.perf_counter() - start)
-        written.append(save_volume(result, output / subject / f"{canonical_modality(config.target)}.nii.gz"))
-    print(f"wrote {len(written)} volume(s) to {output} ({np.median(times):.2f} s per volume on {dev})")
+        written = predictor.predict_file(input, output)
+        print(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
+        return [written]
+    written, times = predictor.predict_folder(input, output, split)
+    print(f"wrote {len(written)} volume(s) to {output} ({np.median(times):.2f} s per volume on {predictor.device})")
     return written
-
-
-def _folder_jobs(root: Path, source: str, checkpoint: Path, split: str | None) -> list[tuple[str, Path]]:
-    subjects = discover_subjects(root)
-    wanted = None
-    if split:
-        split_file = Path(checkpoint).parent / "split.json"
-        if not split_file.exists():
-            raise UserError(f"{split_file}: no split recorded next to the checkpoint; drop --split or train first")
-        wanted = set(json.loads(split_file.read_text()).get(split, []))
-        if not wanted:
-            raise UserError(f"{split_file}: has no subjects in split {split!r} (choose train, val or test)")
-    key = canonical_modality(source)
-    jobs = [(s, f[key]) for s, f in subjects.items() if key in f and (wanted is None or s in wanted)]
-    missing = [s for s, f in subjects.items() if key not in f and (wanted is None or s in wanted)]
-    if missing:
-        print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
-    if not jobs:
-        raise UserError(f"{root}: no {key} volumes to predict" + (f" in split {split!r}" if split else ""))
-    return jobs

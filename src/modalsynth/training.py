@@ -22,14 +22,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from .checkpoints import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoints import Checkpoint
+from .config import Layer, TrainConfig, resolve_config, resume_config
 from .data.datasets import PreparedSubject, make_batch, prepare_pairs, step_generator, typical_intensity
 from .data.pairs import load_or_make_split, require_pairs
+from .data.preprocess import IntensityRecord
 from .errors import UserError
-from .inference import resolve_device
-from .methods import Method, build_method
+from .inference import Predictor, resolve_device
+from .methods import Method, build_method, method_class
 from .metrics import mae, ssim3d
+
+#: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
+VAL_SHARE = 0.1
 
 
 @dataclass
@@ -66,19 +70,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validate(method: Method, subjects: list[PreparedSubject]) -> dict[str, float]:
+def validate(predictor: Predictor, subjects: list[PreparedSubject]) -> dict[str, float]:
     """Mean MAE and SSIM on [0, 1] inside the foreground over the validation subjects (whole-volume prediction)."""
     if not subjects:
         return {}
-    method.train_mode(False)
     maes, ssims = [], []
     for s in subjects:
-        source = torch.from_numpy(s.source)[None, None].to(method.device)
-        pred = method.predict(source, torch.Generator().manual_seed(0)).cpu().numpy()[0, 0]
-        pred01, ref01 = (np.clip(pred, -1, 1) + 1) / 2, (s.target + 1) / 2
+        pred01, ref01 = (predictor.predict_array(s.source) + 1) / 2, (s.target + 1) / 2
         maes.append(mae(pred01, ref01, s.mask))
         ssims.append(ssim3d(pred01, ref01, s.mask))
-    method.train_mode(True)
     return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims))}
 
 
@@ -116,16 +116,12 @@ class RunLogger:
             self.writer.close()
 
 
-def _payload(method: Method, config: TrainConfig, step: int, best: float, intensity, split: dict) -> dict[str, Any]:
-    return {
-        "method": config.method,
-        "config": config.to_dict(),
-        "step": step,
-        "best_val_mae": best,
-        "target_intensity": {"low": intensity.low, "high": intensity.high, "background": intensity.background},
-        "split": split,
-        "state": method.state(),
-    }
+def _checkpoint(method: Method, config: TrainConfig, step: int, best: float, intensity: IntensityRecord, split: dict,
+                elapsed_s: float) -> Checkpoint:
+    return Checkpoint(
+        config=config.to_dict(), state=method.state(), step=step, best_val_mae=best, elapsed_s=elapsed_s,
+        target_intensity={"low": intensity.low, "high": intensity.high, "background": intensity.background}, split=split,
+    )
 
 
 def train(
@@ -136,15 +132,24 @@ def train(
     progress: bool = True,
     on_finish: Callable[[Method], None] | None = None,
 ) -> Path:
-    """Train `config.method` on the pairs under `data`; writes OUT/{split.json,last.pt,best.pt,log.csv}; returns best.pt.
+    """Train `config.method` (a resolved config) on the pairs under `data`; writes OUT/{split.json,last.pt,best.pt,log.csv}.
 
-    `on_finish`, if given, is called with the trained method on every rank (e.g. to compare ranks in a test).
+    Stops after `steps` (or `epochs`) or at the first step boundary past `minutes` of training, validation included;
+    `resume` continues OUT/last.pt exactly, time budget included. Returns best.pt. `on_finish`, if given, is called
+    with the trained method on every rank (e.g. to compare ranks in a test).
     """
     out = Path(out)
     ctx = init_distributed(config.device)
     device = resolve_device(config.device)
     if device.type == "cuda" and ctx.world > 1:
         device = torch.device("cuda", ctx.local_rank)
+    saved = None
+    if resume:
+        last = out / "last.pt"
+        if not last.exists():
+            raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
+        saved = Checkpoint.load(last)
+        resume_config(TrainConfig.from_dict(saved.config, origin=str(last)), [("the resumed settings", config.to_dict())], last)
     pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -161,27 +166,33 @@ def train(
 
     seed_everything(config.seed)
     method = build_method(config).to(device)
-    config = method.config  # with the method's own recipe filled in (e.g. pix2pix's lr 2e-4): what actually runs
+    predictor = Predictor(method, config, intensity, split)
     if ctx.is_main:
         config.write_yaml(out / "config.yaml")
     method.make_optimizers()
-    step, best = 0, math.inf
-    if resume:
-        last = out / "last.pt"
-        if not last.exists():
-            raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
-        payload = load_checkpoint(last)
-        if payload["method"] != config.method:
-            raise UserError(f"{last}: was trained with --method {payload['method']}, not {config.method}")
-        method.load_state(payload["state"])
-        step, best = int(payload["step"]), float(payload["best_val_mae"])
+    step, best, elapsed = 0, math.inf, 0.0
+    if saved is not None:
+        method.load_state(saved.state)
+        step, best, elapsed = saved.step, float(saved.best_val_mae), float(saved.elapsed_s)
+
+    def save(step: int, metrics: dict[str, float], elapsed: float) -> None:
+        """last.pt always; best.pt when validation improved (or none exists yet)."""
+        nonlocal best
+        improved = bool(metrics) and metrics["val_mae"] < best
+        if improved:
+            best = metrics["val_mae"]
+        ckpt = _checkpoint(method, config, step, best, intensity, split, elapsed)
+        if improved or not (out / "best.pt").exists():
+            ckpt.save(out / "best.pt")
+        ckpt.save(out / "last.pt")
+
     if not method.trainable:
         method.fit_closed_form(train_set)
         if ctx.is_main:
-            metrics = validate(method, val_set)
-            payload = _payload(method, config, 0, metrics.get("val_mae", math.nan), intensity, split)
-            save_checkpoint(out / "last.pt", payload)
-            save_checkpoint(out / "best.pt", payload)
+            metrics = validate(predictor, val_set)
+            best = metrics.get("val_mae", math.nan)
+            for name in ("last.pt", "best.pt"):
+                _checkpoint(method, config, 0, best, intensity, split, 0.0).save(out / name)
             print(f"fitted {config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return out / "best.pt"
     if ctx.world > 1:
@@ -190,13 +201,14 @@ def train(
 
     sampler = DistributedSampler(range(len(train_set)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed)
     steps_per_epoch = max(1, math.ceil(len(sampler) / config.batch_size))
-    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    val_every = config.val_every or steps_per_epoch
+    budget = Budget.of(config, steps_per_epoch)
     logger = RunLogger(out, ctx.is_main)
     method.train_mode(True)
-    bar = tqdm(total=total, initial=step, desc=f"train {config.method}", unit="step", disable=not show, dynamic_ncols=True)
-    started = time.perf_counter()
-    while step < total:
+    bar = tqdm(total=budget.steps, initial=step, desc=f"train {config.method}", unit="step", disable=not show, dynamic_ncols=True)
+    clock = time.perf_counter()
+    last_val_s, since_val = 0.0, 0.0
+    finished = _agree(ctx, device, budget.done(step, elapsed))
+    while not finished:
         epoch, within = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         order = list(sampler)
@@ -206,26 +218,26 @@ def train(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         losses = method.training_step(batch, gen)
         step += 1
+        now = time.perf_counter()
+        elapsed, since_val, clock = elapsed + now - clock, since_val + now - clock, now
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_loss", "d_loss", "loss", "g_l1")})
         if ctx.is_main and step % config.log_every == 0:
-            logger.log(step, {**losses, "steps_per_s": step / max(1e-9, time.perf_counter() - started)})
-        if step % val_every == 0 or step == total:
+            logger.log(step, {**losses, "s_per_step": elapsed / max(1, step)})
+        finished = _agree(ctx, device, budget.done(step, elapsed))
+        if _agree(ctx, device, _validation_due(config, step, steps_per_epoch, since_val, last_val_s)) or finished:
             if ctx.is_main:
-                metrics = validate(method, val_set)
-                logger.log(step, metrics)
-                payload = _payload(method, config, step, best, intensity, split)
-                if metrics and metrics["val_mae"] < best:
-                    best = metrics["val_mae"]
-                    payload["best_val_mae"] = best
-                    save_checkpoint(out / "best.pt", payload)
-                elif not (out / "best.pt").exists():
-                    save_checkpoint(out / "best.pt", payload)
-                save_checkpoint(out / "last.pt", payload)
+                started = time.perf_counter()
+                metrics = validate(predictor, val_set)
+                last_val_s = time.perf_counter() - started
+                logger.log(step, {**metrics, "val_s": last_val_s})
+                save(step, metrics, elapsed + last_val_s)
                 if metrics:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if ctx.world > 1:
                 dist.barrier()
+            now = time.perf_counter()
+            elapsed, since_val, clock = elapsed + now - clock, 0.0, now
     bar.close()
     logger.close()
     if on_finish is not None:
@@ -233,39 +245,68 @@ def train(
     return out / "best.pt"
 
 
+def _agree(ctx: DistContext, device: torch.device, flag: bool) -> bool:
+    """Rank 0's decision, on every rank (time-based decisions could otherwise differ between processes)."""
+    if ctx.world <= 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item() > 0.5)
+
+
+@dataclass
+class Budget:
+    """When training stops: a step count (from `steps` or `epochs`), a time limit (`minutes`), or both."""
+
+    steps: int | None
+    seconds: float | None
+
+    @classmethod
+    def of(cls, config: TrainConfig, steps_per_epoch: int) -> "Budget":
+        if config.steps is not None:
+            steps = config.steps
+        elif config.minutes is not None:
+            steps = None  # time alone decides
+        else:
+            steps = config.epochs * steps_per_epoch
+        return cls(steps, None if config.minutes is None else config.minutes * 60.0)
+
+    def done(self, step: int, elapsed_s: float) -> bool:
+        return (self.steps is not None and step >= self.steps) or (self.seconds is not None and elapsed_s >= self.seconds)
+
+
+def _validation_due(config: TrainConfig, step: int, steps_per_epoch: int, since_val_s: float, last_val_s: float) -> bool:
+    """Every `val_every` steps; else every `val_minutes`; else (the default) when training since the last validation
+    has taken (1 - VAL_SHARE) / VAL_SHARE times as long as that validation did, and at least one epoch has passed."""
+    if config.val_every:
+        return step % config.val_every == 0
+    if config.val_minutes:
+        return since_val_s >= config.val_minutes * 60.0
+    return step % steps_per_epoch == 0 and since_val_s * VAL_SHARE >= last_val_s * (1 - VAL_SHARE)
+
+
 def train_from_cli(
     data: Path,
     out: Path,
-    source: str,
-    target: str,
-    method: str,
-    epochs: int | None,
-    steps: int | None,
-    grid: Any,
-    patch: tuple[int, int, int] | None,
-    device: str,
+    options: dict[str, Any],
     config: Path | None,
     resume: bool,
-    seed: int | None,
-    resample_target: bool = False,
 ) -> Path:
-    """`modalsynth train`: YAML config (if any), then command-line options on top."""
-    cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
-    cfg.method, cfg.source, cfg.target, cfg.device = method, source, target, device
-    if resume and (Path(out) / "config.yaml").exists() and config is None:
-        cfg = TrainConfig.from_yaml(Path(out) / "config.yaml")
-    if epochs is not None:
-        cfg.epochs = epochs
-    if steps is not None:
-        cfg.steps = steps
-    if grid is not None:
-        cfg.preprocess.grid = grid
-    if patch is not None:
-        cfg.patch = patch
-    if seed is not None:
-        cfg.seed = seed
-    if resample_target:
-        cfg.resample_target = True
+    """`modalsynth train`: settings resolved once (config.py) from the YAML file and the options the user gave."""
+    layers: list[Layer] = []
+    if config:
+        layers.append((str(config), TrainConfig.yaml_settings(config)))
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        layers.append(("the command line", given))
+    if resume:
+        last = Path(out) / "last.pt"
+        if not last.exists():
+            raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
+        saved = TrainConfig.from_dict(Checkpoint.load(last).config, origin=str(last))
+        cfg = resume_config(saved, layers, last)
+    else:
+        cfg = resolve_config(layers, method_class)
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
     return best

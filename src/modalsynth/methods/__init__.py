@@ -1,5 +1,5 @@
 """Synthesis methods, one file each, registered by name (`gan3d`, `pix2pix2d`, `ddpm`, `lut`)."""
 
-from .base import Method, build_method, method_names, register
+from .base import Application, Method, build_method, method_class, method_names, register
 
-__all__ = ["Method", "build_method", "method_names", "register"]
+__all__ = ["Application", "Method", "build_method", "method_class", "method_names", "register"]

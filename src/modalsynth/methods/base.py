@@ -1,10 +1,16 @@
-"""What every method is: networks, optimisers, one training step, and volume prediction; plus the name registry."""
+"""What every method is: networks, optimisers, one training step, and how its network is applied; plus the registry.
+
+A method does not run inference itself: it hands over a function and an `Application` (whole volume, sliding
+windows or slices, the idea of MONAI's inferers) and `modalsynth.inference` applies it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -31,14 +37,33 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_method(config: TrainConfig) -> "Method":
-    """Instantiate the method a config names (a `UserError` lists the known names otherwise)."""
+def method_class(name: str) -> type["Method"]:
+    """The registered class of a method name (a `UserError` lists the known names otherwise)."""
     from ..errors import UserError
 
     _load_builtin()
-    if config.method not in _REGISTRY:
-        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[config.method](config)
+    if name not in _REGISTRY:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_method(config: TrainConfig, training: bool = True) -> "Method":
+    """Instantiate the method a resolved config names; `training=False` builds only what prediction needs."""
+    return method_class(config.method)(config, training=training)
+
+
+@dataclass(frozen=True)
+class Application:
+    """How inference applies a method's function to a whole (1, 1, D, H, W) volume.
+
+    mode 'volume': once on the whole volume; 'window': Gaussian-blended sliding windows of `roi` (falls back to
+    'volume' when the volume is exactly one window); 'slices': on axial slices, `batch_size` at a time.
+    """
+
+    mode: str = "volume"
+    roi: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    batch_size: int = 1
 
 
 def _load_builtin() -> None:
@@ -54,9 +79,12 @@ class Method(ABC):
     spatial_dims = 3
     #: False for methods fitted in closed form (no optimiser steps), e.g. the intensity look-up table
     trainable = True
+    #: the method's declared defaults (TrainConfig fields, `model` options); whatever the user sets wins (config.py)
+    recipe: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, training: bool = True):
         self.config = config
+        self.training = training
         self.nets: dict[str, nn.Module] = {}
         self.train_nets: dict[str, nn.Module] = {}  # the same modules, wrapped by DDP when distributed
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -84,8 +112,21 @@ class Method(ABC):
         """One optimiser step on a batch of (N, 1, D, H, W) tensors on `self.device`; returns the losses to log."""
 
     @abstractmethod
-    def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Synthesise a whole (1, 1, D, H, W) source volume in [-1, 1]; returns the target in [-1, 1]."""
+    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function inference applies to each volume, window or slice batch (source in [-1, 1] -> target)."""
+
+    @abstractmethod
+    def application(self) -> Application:
+        """How that function is applied to a whole volume."""
+
+    @classmethod
+    def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
+        """Each training grid/patch axis (D, H, W) must be a multiple of this (checked when settings are resolved)."""
+        return (1, 1, 1)
+
+    def options(self) -> dict[str, Any]:
+        """The method's `model` options: its recipe's defaults under what the config sets."""
+        return {**self.recipe.get("model", {}), **self.config.model}
 
     def fit_closed_form(self, subjects: list[Any]) -> None:
         """Fit without optimiser steps (only methods with `trainable = False`)."""
@@ -103,8 +144,10 @@ class Method(ABC):
         }
 
     def load_state(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        """Load weights (of the networks this instance holds: a prediction-only build has no discriminator)."""
         for k, v in state["nets"].items():
-            self.nets[k].load_state_dict(v)
+            if k in self.nets:
+                self.nets[k].load_state_dict(v)
         if with_optimizers:
             for k, v in state.get("optimizers", {}).items():
                 if k in self.optimizers:

@@ -12,6 +12,7 @@ num_train_timesteps, sampler, sample_steps, slices_per_step, predict_batch, and 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +22,13 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..inference import slicewise_predict
-from .base import Method, register
-from .recipe import with_recipe
+from .base import Application, Method, register
 from .slices import sample_axial_slices
 
 # Small enough to train on a CPU. MONAI's middle block always holds self-attention, over (H*W / 4**(levels-1)) positions
 # per slice: 4 levels keep it cheap on the paper's 288x240 slices; attention_levels (default: none) add more.
 NETWORK_DEFAULTS = {"channels": (32, 64, 64, 64), "num_res_blocks": 1, "num_head_channels": 32, "use_flash_attention": True}
 DEFAULTS = {"num_train_timesteps": 1000, "sampler": "ddim", "sample_steps": 50, "slices_per_step": 8, "predict_batch": 16}
-RECIPE = {"lr": 1e-4, "betas": (0.9, 0.999)}  # Ho et al. 2020 use Adam without a GAN's low beta1
 SAMPLERS = ("ddim", "ddpm")
 BACKGROUND = -1.0  # the value slices are padded with
 
@@ -40,11 +38,11 @@ class ConditionalDDPM(Method):
     """Noise-predicting diffusion model conditioned on the source slice; slice-by-slice sampling."""
 
     spatial_dims = 2
+    recipe = {"lr": 1e-4, "betas": (0.9, 0.999), "model": {**NETWORK_DEFAULTS, **DEFAULTS}}  # Ho et al. 2020: no GAN's low beta1
 
-    def __init__(self, config: TrainConfig):
-        config = with_recipe(config, RECIPE)
-        config.model = options = {**NETWORK_DEFAULTS, **DEFAULTS, **config.model}  # a new dict, not the caller's
-        super().__init__(config)
+    def __init__(self, config: TrainConfig, training: bool = True):
+        super().__init__(config, training)
+        options = self.options()
         if options["sampler"] not in SAMPLERS:
             raise UserError(f"model.sampler: {options['sampler']!r} is not a sampler; use one of {', '.join(SAMPLERS)}")
         channels = tuple(int(c) for c in options["channels"])
@@ -59,20 +57,21 @@ class ConditionalDDPM(Method):
             norm_num_groups=int(options.get("norm_num_groups", math.gcd(32, *channels))),
             use_flash_attention=bool(options["use_flash_attention"]),  # PyTorch's scaled_dot_product_attention
         )
-        self.size_multiple = 2 ** (len(channels) - 1)
+        self.pad_multiple = 2 ** (len(channels) - 1)
         self.scheduler = DDPMScheduler(num_train_timesteps=int(options["num_train_timesteps"]))
         self.inferer = DiffusionInferer(self.scheduler)
-        self.make_optimizers()
+        if training:
+            self.make_optimizers()
 
     def _pad(self, slices: torch.Tensor) -> torch.Tensor:
         """Pad (M, C, H, W) at the bottom and right to multiples of the UNet's downsampling factor."""
-        m = self.size_multiple
+        m = self.pad_multiple
         h, w = slices.shape[-2:]
         return F.pad(slices, (0, -w % m, 0, -h % m), value=BACKGROUND)
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """(N, 1, D, H, W) volumes or patches -> padded (N * slices_per_step, 1, H', W') axial slices holding foreground."""
-        slices = sample_axial_slices(batch, int(self.config.model["slices_per_step"]), gen)
+        slices = sample_axial_slices(batch, int(self.options()["slices_per_step"]), gen)
         return {k: self._pad(v) for k, v in slices.items()}
 
     def draw_noise(self, target: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +98,10 @@ class ConditionalDDPM(Method):
 
     def sampling_scheduler(self) -> Scheduler:
         """The configured sampler: DDIM with `sample_steps` steps, or the full DDPM chain."""
-        if self.config.model["sampler"] == "ddpm":
+        if self.options()["sampler"] == "ddpm":
             return self.scheduler
         ddim = DDIMScheduler(num_train_timesteps=self.scheduler.num_train_timesteps)
-        ddim.set_timesteps(int(self.config.model["sample_steps"]))
+        ddim.set_timesteps(int(self.options()["sample_steps"]))
         return ddim
 
     def _denoise(self, condition: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler, step_gen: torch.Generator) -> torch.Tensor:
@@ -117,18 +116,19 @@ class ConditionalDDPM(Method):
             image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
         return image
 
-    @torch.no_grad()
-    def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Sample every axial slice given its source slice, `predict_batch` slices at a time; seeded by `gen`."""
+    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Sample slices given their source slices; every draw comes from `gen` (seed 0 when None)."""
         gen = gen if gen is not None else torch.Generator().manual_seed(0)
         scheduler = self.sampling_scheduler()
-        step_gen = torch.Generator(device=source.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        h, w = source.shape[-2:]
+        step_gen = torch.Generator(device=self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
 
         def sample(condition: torch.Tensor) -> torch.Tensor:
+            h, w = condition.shape[-2:]
             condition = self._pad(condition)
             noise = torch.randn(condition.shape, generator=gen).to(condition.device)
             return self._denoise(condition, noise, scheduler, step_gen)[..., :h, :w]
 
-        out = slicewise_predict(sample, source, int(self.config.model["predict_batch"]))
-        return out.clamp(-1.0, 1.0)
+        return sample
+
+    def application(self) -> Application:
+        return Application("slices", batch_size=int(self.options()["predict_batch"]))

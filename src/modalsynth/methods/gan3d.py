@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
 import torch
 
 from ..config import TrainConfig
-from ..inference import sliding_window_predict
 from ..losses import AdversarialLoss, discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
-from .base import Method, register
+from .base import Application, Method, register
 
 GENERATOR_DEFAULTS = {"base_channels": 32, "depth": 4, "norm": "instance"}
 DISCRIMINATOR_DEFAULTS = {"disc_channels": 64, "disc_layers": 3}
@@ -18,9 +18,11 @@ DISCRIMINATOR_DEFAULTS = {"disc_channels": 64, "disc_layers": 3}
 class ConditionalGAN(Method):
     """Generator G(x) and discriminator D(x, y) trained with adversarial + lambda * L1 (pix2pix's recipe, eq. (1))."""
 
-    def __init__(self, config: TrainConfig):
-        super().__init__(config)
-        options = {**GENERATOR_DEFAULTS, **DISCRIMINATOR_DEFAULTS, **config.model}
+    recipe = {"model": {**GENERATOR_DEFAULTS, **DISCRIMINATOR_DEFAULTS}}
+
+    def __init__(self, config: TrainConfig, training: bool = True):
+        super().__init__(config, training)
+        options = self.options()
         self.nets["generator"] = ResUNet(
             spatial_dims=self.spatial_dims,
             base_channels=options["base_channels"],
@@ -28,6 +30,8 @@ class ConditionalGAN(Method):
             norm=options["norm"],
             checkpointing=config.checkpointing,
         )
+        if not training:
+            return  # prediction needs only the generator
         self.nets["discriminator"] = PatchDiscriminator(
             spatial_dims=self.spatial_dims,
             in_channels=2,
@@ -37,6 +41,15 @@ class ConditionalGAN(Method):
         )
         self.adversarial = AdversarialLoss(config.adversarial)
         self.make_optimizers()
+
+    @classmethod
+    def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
+        """The generator halves every spatial axis `depth` times (2D: only H and W)."""
+        m = 2 ** int({**cls.recipe["model"], **config.model}["depth"])
+        return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
+
+    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.nets["generator"]
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
@@ -75,6 +88,7 @@ class GAN3D(ConditionalGAN):
     """The paper's 3D conditional GAN; whole volumes (or patches) in, sliding-window inference out."""
 
     spatial_dims = 3
+    recipe = {"model": {**ConditionalGAN.recipe["model"], "overlap": 0.5, "windows_per_batch": 1}}
 
     def window(self) -> tuple[int, int, int] | None:
         """The training window: the patch, else the fixed grid; None for 'auto' grids trained whole."""
@@ -83,10 +97,9 @@ class GAN3D(ConditionalGAN):
         grid = self.config.preprocess.grid
         return None if grid == "auto" else tuple(grid)  # type: ignore[return-value]
 
-    @torch.no_grad()
-    def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        net = self.nets["generator"]
-        roi = self.window()
-        with self.autocast():
-            out = net(source) if roi is None else sliding_window_predict(net, source, roi)
-        return out.float()
+    def application(self) -> Application:
+        """Sliding windows of the training window (whole volume for 'auto' grids trained whole)."""
+        roi, options = self.window(), self.options()
+        if roi is None:
+            return Application("volume")
+        return Application("window", roi, float(options["overlap"]), int(options["windows_per_batch"]))

@@ -8,7 +8,7 @@ between the bins' (mean source, mean target) points and holds the end values bey
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.datasets import PreparedSubject
-from .base import Method, register
+from .base import Application, Method, register
 
 DEFAULT_BINS = 256
 
@@ -44,9 +44,11 @@ class IntensityLUT(Method):
 
     trainable = False
 
-    def __init__(self, config: TrainConfig):
-        super().__init__(config)
-        self.bins = int(config.model.get("bins", DEFAULT_BINS))
+    recipe = {"model": {"bins": DEFAULT_BINS}}
+
+    def __init__(self, config: TrainConfig, training: bool = True):
+        super().__init__(config, training)
+        self.bins = int(self.options()["bins"])
         self.table: torch.Tensor | None = None
 
     def fit_closed_form(self, subjects: list[PreparedSubject]) -> None:
@@ -58,13 +60,20 @@ class IntensityLUT(Method):
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         raise RuntimeError("the look-up table is fitted in closed form (fit_closed_form), not by optimiser steps")
 
-    @torch.no_grad()
-    def predict(self, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Interpolate between the table's (mean source, mean target) points, voxel by voxel."""
         if self.table is None:
             raise RuntimeError("the look-up table is not fitted: call fit_closed_form or load a checkpoint")
         knots_x, knots_y = self.table.double().numpy()
-        mapped = np.interp(source.detach().cpu().double().numpy(), knots_x, knots_y)
-        return torch.from_numpy(mapped).to(device=source.device, dtype=torch.float32).clamp(-1.0, 1.0)
+
+        def look_up(source: torch.Tensor) -> torch.Tensor:
+            mapped = np.interp(source.detach().cpu().double().numpy(), knots_x, knots_y)
+            return torch.from_numpy(mapped).to(device=source.device, dtype=torch.float32)
+
+        return look_up
+
+    def application(self) -> Application:
+        return Application("volume")
 
     def generator(self) -> nn.Module | None:
         """No network: the benchmark reports no parameters or FLOPs for this row."""
