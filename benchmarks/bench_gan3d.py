@@ -29,6 +29,7 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
 
     from modalsynth.config import TrainConfig
     from modalsynth.flops import count_flops, count_parameters
+    from modalsynth.inference import apply_method
     from modalsynth.methods import build_method
 
     grid = GRIDS[grid_name]
@@ -54,10 +55,10 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
         times.append(time.perf_counter() - start)
     method.train_mode(False)
     with torch.no_grad():
-        method.predict(batch["source"])
+        apply_method(method, batch["source"])
         sync()
         start = time.perf_counter()
-        method.predict(batch["source"])
+        apply_method(method, batch["source"])
         sync()
         predict_s = time.perf_counter() - start
     g_flops = count_flops(method.nets["generator"], (1, 1, *grid))

@@ -30,7 +30,7 @@ def main() -> None:
     from modalsynth.data.pairs import require_pairs
     from modalsynth.data.simulate import SMALL_GRID, simulate_dataset
     from modalsynth.demo import demo_config
-    from modalsynth.inference import load_method
+    from modalsynth.inference import Predictor
     from modalsynth.metrics import mae, ssim3d
     from modalsynth.training import train
 
@@ -48,11 +48,11 @@ def main() -> None:
         start = time.perf_counter()
         last = train(config, data, run, progress=False).parent / "last.pt"
         seconds = time.perf_counter() - start
-        method, _, _, payload = load_method(last, torch.device("cpu"))
-        test = prepare_pairs([p for p in require_pairs(data, "flair", "t1") if p.subject in payload["split"]["test"]], config.preprocess)
+        predictor = Predictor.from_checkpoint(last, "cpu")
+        test = prepare_pairs([p for p in require_pairs(data, "flair", "t1") if p.subject in predictor.split["test"]], config.preprocess)
         scores = {"mae": [], "ssim": []}
         for s in test:
-            pred = method.predict(torch.from_numpy(s.source)[None, None]).numpy()[0, 0]
+            pred = predictor.predict_array(s.source)
             p01, r01 = (pred + 1) / 2, (s.target + 1) / 2
             scores["mae"].append(mae(p01, r01, s.mask))
             scores["ssim"].append(ssim3d(p01, r01, s.mask))
