@@ -17,7 +17,8 @@ from torch import nn
 
 from ..config import TrainConfig
 
-_REGISTRY: dict[str, type["Method"]] = {}
+#: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
+REGISTRY: dict[str, type["Method"]] = {}
 
 
 def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -25,31 +26,10 @@ def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
 
     def add(cls: type["Method"]) -> type["Method"]:
         cls.name = name
-        _REGISTRY[name] = cls
+        REGISTRY[name] = cls
         return cls
 
     return add
-
-
-def method_names() -> list[str]:
-    """Names of the registered methods."""
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def method_class(name: str) -> type["Method"]:
-    """The registered class of a method name (a `UserError` lists the known names otherwise)."""
-    from ..errors import UserError
-
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def build_method(config: TrainConfig, training: bool = True) -> "Method":
-    """Instantiate the method a resolved config names; `training=False` builds only what prediction needs."""
-    return method_class(config.method)(config, training=training)
 
 
 @dataclass(frozen=True)
@@ -64,11 +44,6 @@ class Application:
     roi: tuple[int, int, int] | None = None
     overlap: float = 0.5
     batch_size: int = 1
-
-
-def _load_builtin() -> None:
-    """Import the built-in methods (each registers itself); done lazily to keep `import modalsynth` light."""
-    from . import ddpm, gan3d, lut, pix2pix2d  # noqa: F401
 
 
 class Method(ABC):
