@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -226,6 +226,9 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

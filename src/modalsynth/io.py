@@ -18,6 +18,11 @@ from .errors import UserError
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes of an affine: the lengths of its first three columns."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
 @dataclass
 class Volume:
     """A 3D image: float32 voxel array (as stored in the file, not reoriented), its affine and its NIfTI header."""
@@ -34,7 +39,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the three array axes, from the affine."""
-        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+        return voxel_spacing(self.affine)
 
     @property
     def orientation(self) -> str:
@@ -135,20 +140,27 @@ def save_array(
 def atomic_write(path: Path, suffix: str, write: Callable[[str], object]) -> Path:
     """Write through `write(temporary_path)` in the target folder, then rename: a crash never leaves half a file.
 
-    The file gets the permissions a plain `open()` would have given it (mkstemp alone makes it owner-only).
+    The file gets the permissions a plain `open()` would have given it (mkstemp alone makes it owner-only). A failed
+    write (full disk, read-only folder) is a one-line `UserError`; the previous file at `path`, if any, is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+            raise
+        kept = "; the previous file is intact" if path.exists() else ""
+        raise UserError(f"{path}: could not be written ({_short(exc)}); free disk space or choose a writable folder{kept}") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 

@@ -10,7 +10,9 @@ import csv
 import math
 import os
 import random
+import signal
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,13 +29,39 @@ from .config import Layer, TrainConfig, resolve_config, resume_config
 from .data.datasets import PreparedSubject, make_batch, prepare_pairs, step_generator, typical_intensity
 from .data.pairs import load_or_make_split, require_pairs
 from .data.preprocess import IntensityRecord
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 from .inference import Predictor, resolve_device
 from .methods import Method, build_method, method_class
 from .metrics import mae, ssim3d
+from .runlock import RunLock
 
 #: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
 VAL_SHARE = 0.1
+
+
+@contextmanager
+def _stop_on_signals(flag: dict):
+    """SIGINT/SIGTERM set `flag['signal']`; the loop stops at the next step boundary. Old handlers come back after."""
+    def handler(signum, frame):  # noqa: ARG001
+        if flag.get("signal"):  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _finite_weights(method: Method) -> bool:
+    return all(bool(torch.isfinite(p).all()) for net in method.nets.values() for p in net.parameters())
 
 
 @dataclass
@@ -151,6 +179,18 @@ def train(
         saved = Checkpoint.load(last)
         resume_config(TrainConfig.from_dict(saved.config, origin=str(last)), [("the resumed settings", config.to_dict())], last)
     pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
+    with ExitStack() as stack:
+        if ctx.is_main:
+            stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
+        with _stop_on_signals(flag := {}):
+            _train_in_folder(config, out, ctx, device, pairs, saved, progress, on_finish, flag, data)
+    return out / "best.pt"
+
+
+def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device: torch.device, pairs: list,
+                     saved: Checkpoint | None, progress: bool, on_finish: Callable[[Method], None] | None,
+                     stop: dict, data: Path) -> None:
+    """The body of `train` once the inputs are checked and the run folder is ours."""
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed)
@@ -175,9 +215,13 @@ def train(
         method.load_state(saved.state)
         step, best, elapsed = saved.step, float(saved.best_val_mae), float(saved.elapsed_s)
 
+    saved_step = step
+
     def save(step: int, metrics: dict[str, float], elapsed: float) -> None:
-        """last.pt always; best.pt when validation improved (or none exists yet)."""
-        nonlocal best
+        """last.pt always; best.pt when validation improved (or none exists yet). Never a diverged state."""
+        nonlocal best, saved_step
+        if not _finite_weights(method):
+            diverged(step, "the weights")
         improved = bool(metrics) and metrics["val_mae"] < best
         if improved:
             best = metrics["val_mae"]
@@ -185,6 +229,13 @@ def train(
         if improved or not (out / "best.pt").exists():
             ckpt.save(out / "best.pt")
         ckpt.save(out / "last.pt")
+        saved_step = step
+
+    def diverged(step: int, what: str) -> None:
+        kept = f"{out / 'last.pt'} (step {saved_step}) is kept" if (out / "last.pt").exists() else "no checkpoint was written"
+        raise TrainingStopped(
+            f"step {step}: training diverged ({what} not finite); {kept}; lower the learning rate (lr) or the L1 "
+            "weight and start again", exit_code=3)
 
     if not method.trainable:
         method.fit_closed_form(train_set)
@@ -194,7 +245,7 @@ def train(
             for name in ("last.pt", "best.pt"):
                 _checkpoint(method, config, 0, best, intensity, split, 0.0).save(out / name)
             print(f"fitted {config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return out / "best.pt"
+        return
     if ctx.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
@@ -218,6 +269,9 @@ def train(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         losses = method.training_step(batch, gen)
         step += 1
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            diverged(step, f"loss {bad[0]} = {losses[bad[0]]}")
         now = time.perf_counter()
         elapsed, since_val, clock = elapsed + now - clock, since_val + now - clock, now
         bar.update(1)
@@ -238,11 +292,20 @@ def train(
                 dist.barrier()
             now = time.perf_counter()
             elapsed, since_val, clock = elapsed + now - clock, 0.0, now
+        if _agree(ctx, device, bool(stop.get("signal"))) and not finished:
+            if ctx.is_main:
+                if saved_step != step:
+                    save(step, {}, elapsed)
+                name = signal.Signals(stop["signal"]).name if stop.get("signal") else "a signal"
+                bar.close()
+                raise TrainingStopped(
+                    f"stopped by {name} at step {step}; {out / 'last.pt'} holds it; continue with: "
+                    f"modalsynth train --data {data} --out {out} --resume", exit_code=128 + int(stop.get("signal") or 2))
+            break
     bar.close()
     logger.close()
     if on_finish is not None:
         on_finish(method)
-    return out / "best.pt"
 
 
 def _agree(ctx: DistContext, device: torch.device, flag: bool) -> bool:
