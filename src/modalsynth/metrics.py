@@ -21,6 +21,7 @@ SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5, an 11-voxel window as in
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 PERCENTILES = (0.5, 99.5)
+#: the array axis each slice plane cuts across, for (z, y, x) = (D, H, W) arrays; used by metrics, FID and figures
 PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 # Order of the per-subject metrics in every table: brain-masked figures lead (whole-volume SSIM is inflated by the

@@ -16,13 +16,20 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from ..io import Volume
+from ..io import Volume, voxel_spacing
 
-PAPER_GRID = (48, 288, 240)
-PAPER_SPACING = (3.0, 0.8, 0.8)
-#: the field of view of the paper's grid in mm (z, y, x); a fixed grid with no spacing given covers this
-PAPER_FOV_MM = tuple(g * s for g, s in zip(PAPER_GRID, PAPER_SPACING))
+#: the paper's grid (D, H, W) and its spacing in mm (z, y, x); the one place these are defined
+PAPER_GRID: tuple[int, int, int] = (48, 288, 240)
+PAPER_SPACING: tuple[float, float, float] = (3.0, 0.8, 0.8)
+#: the field of view of the paper's grid in mm (z, y, x); a fixed grid with no spacing given (and every simulated
+#: grid) covers this
+PAPER_FOV_MM: tuple[float, float, float] = tuple(g * s for g, s in zip(PAPER_GRID, PAPER_SPACING))  # type: ignore[assignment]
 _RAS = axcodes2ornt(("R", "A", "S"))
+
+
+def grid_spacing(grid: tuple[int, int, int]) -> tuple[float, float, float]:
+    """Voxel size in mm (z, y, x) that makes `grid` cover the paper's field of view."""
+    return tuple(fov / n for fov, n in zip(PAPER_FOV_MM, grid))  # type: ignore[return-value]
 
 
 @dataclass
@@ -43,7 +50,7 @@ class PreprocessConfig:
             return tuple(float(s) for s in self.spacing)  # type: ignore[return-value]
         if self.grid == "auto":
             return native
-        return tuple(f / g for f, g in zip(PAPER_FOV_MM, self.grid))  # type: ignore[return-value]
+        return grid_spacing(self.grid)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +167,7 @@ def _place(window: np.ndarray, start: tuple[int, ...], shape: tuple[int, ...], f
 def plan_grid(volume: Volume, config: PreprocessConfig, mask: np.ndarray | None = None) -> GridRecord:
     """Decide reorientation, resampling and the crop/pad window for one volume (the source of a pair)."""
     zyx, ornt, affine = to_zyx(volume)
-    native = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    native = voxel_spacing(affine)
     spacing = config.target_spacing(native)  # type: ignore[arg-type]
     zoom = np.array(spacing) / np.array(native)
     resampled_shape = tuple(max(1, int(round(n / z))) for n, z in zip(zyx.shape, zoom))

@@ -37,13 +37,10 @@ from scipy.spatial.transform import Rotation
 
 from ..errors import UserError
 from ..io import save_array
+from .preprocess import PAPER_FOV_MM as FIELD_OF_VIEW_MM  # every simulated grid covers it; spacing = grid_spacing(grid)
+from .preprocess import PAPER_GRID, PAPER_SPACING, grid_spacing  # noqa: F401  (PAPER_SPACING: part of this module's API)
 
-PAPER_GRID: tuple[int, int, int] = (48, 288, 240)
 SMALL_GRID: tuple[int, int, int] = (32, 96, 80)
-PAPER_SPACING: tuple[float, float, float] = (3.0, 0.8, 0.8)  # mm, (z, y, x)
-#: every grid covers the paper's field of view (z, y, x) in mm; other grids scale the spacing
-FIELD_OF_VIEW_MM: tuple[float, float, float] = (144.0, 230.4, 192.0)
-assert np.allclose(FIELD_OF_VIEW_MM, np.multiply(PAPER_GRID, PAPER_SPACING))
 #: centre of the field of view in MNI mm (x, y, z): the brain's box centre in x and y; in z the top of the brain
 #: keeps a margin and the lowest cerebellum is cut (144 mm of slices, as the paper's 48 x 3 mm)
 FOV_CENTRE_MM = np.array([0.0, -17.0, 18.0])
@@ -92,11 +89,6 @@ class _Template:
 
 
 # ----------------------------------------------------------------------------------------------- grid geometry
-
-
-def grid_spacing(grid: tuple[int, int, int]) -> tuple[float, float, float]:
-    """Voxel size in mm (z, y, x) that makes `grid` cover the paper's field of view."""
-    return tuple(fov / n for fov, n in zip(FIELD_OF_VIEW_MM, grid))  # type: ignore[return-value]
 
 
 def grid_affine(grid: tuple[int, int, int]) -> np.ndarray:
