@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -21,20 +20,10 @@ from .flops import count_parameters
 from .inference import load_method, resolve_device, synthesise
 from .io import load_volume, save_volume
 from .methods import method_names
+from .report import TABLE1_METRICS, table1_markdown
 from .training import train
 
 DEFAULT_STEPS = 200
-#: Table 1 columns: (summary key, header); brain-masked figures lead, as the evaluation protocol says
-TABLE_METRICS = [
-    ("ssim_brain", "SSIM brain ↑"),
-    ("mae_brain", "MAE brain ↓"),
-    ("rmse_brain", "RMSE brain ↓"),
-    ("psnr_brain", "PSNR brain ↑"),
-    ("ssim_lesion", "SSIM lesion ↑"),
-    ("ssim_volume", "SSIM whole ↑"),
-    ("ssim2d_brain_sagittal", "SSIM sagittal ↑"),
-    ("gradz_ratio", "through/in-plane grad err ↓"),
-]
 
 
 def _method_config(method: str, base: dict[str, Any], steps: int, grid: Any, device: str, source: str, target: str) -> TrainConfig:
@@ -122,7 +111,7 @@ def run_benchmark(
             "infer_s_per_volume": infer_s,
             "device": str(dev),
             "params": count_parameters(generator) if generator is not None else 0,
-            "metrics": {k: summary["metrics"][k] for k, _ in TABLE_METRICS if k in summary["metrics"]},
+            "metrics": {k: summary["metrics"][k] for k in TABLE1_METRICS if k in summary["metrics"]},
             "fid": {k: v.get("value") for k, v in summary.get("fid", {}).items() if isinstance(v, dict)},
             "test_subjects": summary["subjects"],
             "config": cfg.to_dict(),
@@ -131,46 +120,11 @@ def run_benchmark(
         rows.append(row)
     table = {"data": str(data), "source": source, "target": target, "split": split, "steps": steps, "rows": rows}
     (out / "table1.json").write_text(json.dumps(table, indent=1, default=float))
-    markdown = table_markdown(rows, steps, len(split["test"]))
+    markdown = table1_markdown(rows, f"{steps} steps per learned method (the LUT is fitted in closed form)", len(split["test"]))
     (out / "table1.md").write_text(markdown)
     _montage(out, rows, data, split["test"][0], source, target)
     print(markdown)
     return table
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def table_markdown(rows: list[dict], steps: int, n_test: int) -> str:
-    """The paper's Table 1 for these runs: mean ± sd over the test subjects, budget, inference time, size."""
-    head = ["method"] + [h for _, h in TABLE_METRICS] + ["FID axial ↓", "FID 2.5D ↓", "train steps", "train s", "infer s/vol", "params"]
-    lines = [
-        f"Table 1 on {n_test} held-out subject(s); training budget {steps} steps per learned method (the LUT is fitted "
-        "in closed form). Metrics on [0, 1] after the evaluation protocol's percentile scaling; brain-masked first.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    best = {}
-    for key, _ in TABLE_METRICS:
-        values = [r["metrics"].get(key, {}).get("mean") for r in rows]
-        finite = [v for v in values if v is not None and np.isfinite(v)]
-        if finite:
-            lower = key.startswith(("mae", "rmse", "grad"))
-            best[key] = min(finite) if lower else max(finite)
-    for r in rows:
-        cells = [r["method"]]
-        for key, _ in TABLE_METRICS:
-            m = r["metrics"].get(key, {})
-            text = f"{_fmt(m.get('mean'))} ± {_fmt(m.get('sd'))}" if m else "n/a"
-            cells.append(f"**{text}**" if m and m.get("mean") == best.get(key) else text)
-        cells += [_fmt(r["fid"].get("axial"), 1), _fmt(r["fid"].get("2.5d"), 1), str(r["train_steps"]),
-                  f"{r['train_s']:.0f}", f"{r['infer_s_per_volume']:.2f} ({r['device']})", f"{r['params'] / 1e6:.2f} M"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _montage(out: Path, rows: list[dict], data: Path, subject: str, source: str, target: str) -> None:

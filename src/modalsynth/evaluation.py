@@ -13,11 +13,11 @@ from . import fid as fidlib
 from .data.pairs import LESION_NAMES, MASK_NAMES, canonical_modality, compare_grids, discover_subjects
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
-from .io import Volume, load_volume
-from .metrics import METRIC_LABELS, scale_to_unit, subject_metrics, through_plane_error_map, through_plane_profile
+from .io import Volume, load_volume, voxel_spacing
+from .metrics import METRIC_LABELS, PLANE_AXES, scale_to_unit, subject_metrics, through_plane_error_map, through_plane_profile
 from .report import (
     crop_to_mask, figure4_montage, markdown_table, plot_metric_distributions, plot_through_plane, summarise,
-    write_json, write_per_subject_csv,
+    summary_markdown, write_json, write_per_subject_csv,
 )
 
 PROTOCOL = (
@@ -31,7 +31,7 @@ PROTOCOL = (
     "Through-plane consistency: 2D SSIM inside the brain computed within axial, coronal and sagittal planes, and the "
     "error of the intensity step between neighbouring voxels across axial slices versus within them."
 )
-FIGURE_PLANES = ("axial", "coronal", "sagittal")
+FIGURE_PLANES = tuple(PLANE_AXES)  # axial, coronal, sagittal
 
 
 @dataclass
@@ -176,7 +176,7 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
     _check_grid(subject, pred_volume, ref_volume)
     ref_zyx, _, affine = to_zyx(ref_volume)
     pred_zyx = to_zyx(pred_volume)[0]
-    spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    spacing = voxel_spacing(affine)
 
     mask_path = next((ref_files[n] for n in MASK_NAMES if n in ref_files), None)
     if mask_path is not None:
@@ -287,54 +287,3 @@ def _write_report(
         profiles, out / "through_plane.png", error_map=error_map, error_map_label=labels[0] if labels else "", spacing=spacing
     )
     return files
-
-
-def summary_markdown(summary: dict, figures: bool = True) -> str:
-    """The Markdown report: table, protocol, FID network and slices, brain-mask origin, unmatched subjects."""
-    lines = [
-        f"# Evaluation: synthetic {summary['target']} vs real",
-        "",
-        f"Predictions `{summary['pred_dir']}`, references `{summary['ref_dir']}`; {len(summary['subjects'])} subject(s): "
-        + ", ".join(summary["subjects"]),
-        "",
-        markdown_table(summary["metrics"], summary["fid"]),
-        "## Protocol",
-        "",
-        summary["protocol"],
-        "",
-        "## FID",
-        "",
-    ]
-    fid = summary["fid"]
-    if "reason" in fid:
-        lines.append(f"FID unavailable: {fid['reason']}")
-    for name, entry in fid.items():
-        if isinstance(entry, dict) and "value" in entry:
-            lines.append(
-                f"- {name}: {entry['value']:.2f} over {entry['n_pred_slices']} predicted and {entry['n_ref_slices']} real 2D "
-                f"slices ({', '.join(entry['planes'])}; at most {entry['max_slices_per_plane_per_volume']} per plane and volume, "
-                f"slices with at least 25% of the largest brain area). Network: {entry['network']}. {entry['kind']}. "
-                "FID from few hundred slices is biased upwards; compare methods only at equal slice counts."
-            )
-        elif isinstance(entry, dict) and "reason" in entry:
-            lines.append(f"- {name}: unavailable ({entry['reason']})")
-    lines += ["", "## Brain masks", ""]
-    lines += [f"- {subject}: {origin}" for subject, origin in summary["brain_mask"].items()]
-    unmatched = summary["unmatched"]
-    if any(unmatched.values()):
-        lines += ["", "## Not evaluated", ""]
-        if unmatched["missing_prediction"]:
-            lines.append(f"- no prediction: {', '.join(unmatched['missing_prediction'])}")
-        if unmatched["missing_reference"]:
-            lines.append(f"- no reference: {', '.join(unmatched['missing_reference'])}")
-    if figures:
-        lines += [
-            "",
-            "## Figures",
-            "",
-            "- `figure4_axial.png`, `figure4_coronal.png`, `figure4_sagittal.png`: source, real, synthetic, |error| per subject",
-            "- `metric_distributions.png`: per-subject distribution of each metric",
-            "- `through_plane.png`: error of the step between axial slices vs within them, per subject",
-        ]
-    lines.append("")
-    return "\n".join(lines)

@@ -16,6 +16,18 @@ import numpy as np  # noqa: E402
 
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, PLANE_AXES  # noqa: E402
 
+#: Table 1 of a benchmark: (summary key, column label); brain-masked figures lead, as the evaluation protocol says.
+#: The ↑ / ↓ after each label comes from `HIGHER_IS_BETTER`.
+TABLE1_METRICS = {
+    "ssim_brain": "SSIM brain",
+    "mae_brain": "MAE brain",
+    "rmse_brain": "RMSE brain",
+    "psnr_brain": "PSNR brain",
+    "ssim_lesion": "SSIM lesion",
+    "ssim_volume": "SSIM whole",
+    "ssim2d_brain_sagittal": "SSIM sagittal",
+    "gradz_ratio": "through/in-plane grad err",
+}
 DISTRIBUTION_METRICS = (
     "ssim_brain", "psnr_brain", "mae_brain", "rmse_brain", "ssim_lesion", "ssim_healthy",
     "ssim_volume", "ssim2d_axial_slices", "ssim2d_brain_coronal", "ssim2d_brain_sagittal", "gradz_mae_brain", "gradz_ratio",
@@ -59,10 +71,9 @@ def markdown_table(summary: Mapping[str, Mapping], fid: Mapping | None = None, t
         if stats["n"] == 0:
             lines.append(f"| {label} | n/a | n/a | 0 | |")
             continue
-        better = "higher" if HIGHER_IS_BETTER.get(name) else "lower"
         lines.append(
             f"| {label} | {format_value(name, stats['mean'])} ± {format_value(name, stats['sd'])} | "
-            f"{format_value(name, stats['median'])} | {stats['n']} | {better} |"
+            f"{format_value(name, stats['median'])} | {stats['n']} | {_better(name)} |"
         )
     fid = fid or {}
     if isinstance(fid.get("reason"), str):
@@ -79,6 +90,100 @@ def markdown_table(summary: Mapping[str, Mapping], fid: Mapping | None = None, t
         elif "reason" in entry:
             lines.append(f"| FID ({key}) | unavailable: {entry['reason']} | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _better(name: str) -> str:
+    """'higher' or 'lower': which way a metric improves."""
+    return "higher" if HIGHER_IS_BETTER.get(name) else "lower"
+
+
+def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> str:
+    """The paper's Table 1 for benchmark runs: per method mean ± sd over the test subjects of `TABLE1_METRICS`
+    (the best mean in bold), FID, budget, inference time and size. `rows` are the benchmark's per-method records;
+    `budget_text` says what each method was given, e.g. '200 steps per learned method'."""
+    arrow = {"higher": "↑", "lower": "↓"}
+    head = (
+        ["method"] + [f"{label} {arrow[_better(key)]}" for key, label in TABLE1_METRICS.items()]
+        + ["FID axial ↓", "FID 2.5D ↓", "train steps", "train s", "infer s/vol", "params"]
+    )
+    lines = [
+        f"Table 1 on {n_test} held-out subject(s); training budget {budget_text}. Metrics on [0, 1] after the "
+        "evaluation protocol's percentile scaling; brain-masked first.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    best = {}
+    for key in TABLE1_METRICS:
+        means = [r["metrics"].get(key, {}).get("mean") for r in rows]
+        defined = [v for v in means if v is not None and not math.isnan(v)]  # an infinite PSNR is the best there is
+        if defined:
+            best[key] = max(defined) if _better(key) == "higher" else min(defined)
+    for r in rows:
+        cells = [r["method"]]
+        for key in TABLE1_METRICS:
+            stats = r["metrics"].get(key, {})
+            text = f"{format_value(key, stats.get('mean'))} ± {format_value(key, stats.get('sd'))}" if stats else "n/a"
+            cells.append(f"**{text}**" if stats and key in best and stats.get("mean") == best[key] else text)
+        cells += [
+            format_value("fid", r["fid"].get("axial")), format_value("fid", r["fid"].get("2.5d")), str(r["train_steps"]),
+            f"{r['train_s']:.0f}", f"{r['infer_s_per_volume']:.2f} ({r['device']})", f"{r['params'] / 1e6:.2f} M",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(summary: Mapping, figures: bool = True) -> str:
+    """The Markdown report of one evaluation (summary.md): table, protocol, FID network and slices, brain-mask
+    origin, unmatched subjects."""
+    lines = [
+        f"# Evaluation: synthetic {summary['target']} vs real",
+        "",
+        f"Predictions `{summary['pred_dir']}`, references `{summary['ref_dir']}`; {len(summary['subjects'])} subject(s): "
+        + ", ".join(summary["subjects"]),
+        "",
+        markdown_table(summary["metrics"], summary["fid"]),
+        "## Protocol",
+        "",
+        summary["protocol"],
+        "",
+        "## FID",
+        "",
+    ]
+    fid = summary["fid"]
+    if "reason" in fid:
+        lines.append(f"FID unavailable: {fid['reason']}")
+    for name, entry in fid.items():
+        if isinstance(entry, dict) and "value" in entry:
+            lines.append(
+                f"- {name}: {format_value('fid', entry['value'])} over {entry['n_pred_slices']} predicted and "
+                f"{entry['n_ref_slices']} real 2D "
+                f"slices ({', '.join(entry['planes'])}; at most {entry['max_slices_per_plane_per_volume']} per plane and volume, "
+                f"slices with at least 25% of the largest brain area). Network: {entry['network']}. {entry['kind']}. "
+                "FID from few hundred slices is biased upwards; compare methods only at equal slice counts."
+            )
+        elif isinstance(entry, dict) and "reason" in entry:
+            lines.append(f"- {name}: unavailable ({entry['reason']})")
+    lines += ["", "## Brain masks", ""]
+    lines += [f"- {subject}: {origin}" for subject, origin in summary["brain_mask"].items()]
+    unmatched = summary["unmatched"]
+    if any(unmatched.values()):
+        lines += ["", "## Not evaluated", ""]
+        if unmatched["missing_prediction"]:
+            lines.append(f"- no prediction: {', '.join(unmatched['missing_prediction'])}")
+        if unmatched["missing_reference"]:
+            lines.append(f"- no reference: {', '.join(unmatched['missing_reference'])}")
+    if figures:
+        lines += [
+            "",
+            "## Figures",
+            "",
+            "- `figure4_axial.png`, `figure4_coronal.png`, `figure4_sagittal.png`: source, real, synthetic, |error| per subject",
+            "- `metric_distributions.png`: per-subject distribution of each metric",
+            "- `through_plane.png`: error of the step between axial slices vs within them, per subject",
+        ]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def _json_safe(value):
