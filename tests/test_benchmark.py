@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from modalsynth.benchmark import run_benchmark
@@ -17,6 +18,7 @@ TINY_METHODS = {
 }
 
 
+@pytest.mark.slow
 def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(TINY_METHODS))

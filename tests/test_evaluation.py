@@ -146,13 +146,21 @@ def test_fid_with_a_user_network(tmp_path):
     pred, ref = make_folders(tmp_path, subjects=("s1", "s2"))
     weights = tmp_path / "net.pt"
     torch.jit.save(torch.jit.script(MeanPool()), str(weights))
-    summary = evaluate_folders(
-        pred, ref, "t1", tmp_path / "out", fid_weights=weights, fid_max_slices=3, figures=False, progress=False
-    )
+    options = dict(fid_weights=weights, fid_max_slices=3, figures=False, progress=False)
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", **options)
     axial, pooled = summary["fid"]["axial"], summary["fid"]["2.5d"]
     assert axial["n_pred_slices"] == 6 and pooled["n_pred_slices"] == 18
-    assert axial["value"] >= 0 and "user-supplied" in axial["network"]
+    assert "user-supplied" in axial["network"]
     assert "not a 3D FID" in (tmp_path / "out" / "summary.md").read_text()
+    # the FID orders predictions: the references against themselves 0, noisy predictions above that, and five
+    # times the noise clearly higher still (a wrong formula, or one side's features used twice, breaks this)
+    same = evaluate_folders(ref, ref, "t1", tmp_path / "same", **options)["fid"]
+    noisier = evaluate_folders(make_folders(tmp_path / "noisier", ("s1", "s2"), noise=150.0)[0], ref, "t1",
+                               tmp_path / "out2", **options)["fid"]
+    for plane, entry in (("axial", axial), ("2.5d", pooled)):
+        assert same[plane]["value"] == pytest.approx(0.0, abs=1e-9)
+        assert entry["value"] > 1e-3
+        assert noisier[plane]["value"] > 3 * entry["value"]
 
 
 def test_montage_one_column_per_method(tmp_path):

@@ -79,14 +79,23 @@ def test_fixed_grid_covers_paper_field_of_view():
 
 
 def test_target_reuses_source_geometry():
-    src = _vol(blob_volume(seed=1))
-    tgt = _vol(blob_volume(seed=2) * 3)
-    config = PreprocessConfig(grid=(16, 16, 16))
-    a = preprocess(src, config)
-    b = preprocess(tgt, config, grid=a.grid)
-    assert b.grid == a.grid and b.array.shape == a.array.shape
+    # the target's head sits 4 voxels further along stored axis 0 than the source's: planned on its own it would be
+    # centred like the source; on the source's grid it must appear shifted by those 4 voxels, intensities rescaled
+    head = blob_volume((22, 18, 26), seed=1)
+    src_data, tgt_data = np.zeros((30, 18, 26), np.float32), np.zeros((30, 18, 26), np.float32)
+    src_data[:22], tgt_data[4:26] = head, 3 * head
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # stored axis 0 points left: it becomes the (z, y, x) x axis, reversed
+    config = PreprocessConfig(grid=(32, 24, 40), spacing=(1.0, 1.0, 1.0), clip=False)
+    a = preprocess(_vol(src_data, affine), config)
+    b = preprocess(_vol(tgt_data, affine), config, grid=a.grid)
+    assert b.array.shape == a.array.shape == (32, 24, 40)
+    np.testing.assert_allclose(b.array[..., :-4], a.array[..., 4:], atol=1e-5)
+    assert not np.allclose(b.array, a.array)
+    own = preprocess(_vol(tgt_data, affine), config)  # what ignoring the source's geometry would give
+    assert own.grid.window_start != a.grid.window_start
 
 
+@pytest.mark.slow
 def test_real_dev_every_pair_roundtrips(real_dev):
     pairs = require_pairs(real_dev, "flair", "t1")
     assert len(pairs) == 7

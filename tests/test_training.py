@@ -17,7 +17,7 @@ from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
 from modalsynth.methods import build_method
 from modalsynth.metrics import mae
-from modalsynth.training import train, validate
+from modalsynth.training import seed_everything, train, validate
 
 from .conftest import tiny_config
 
@@ -96,6 +96,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DDP_SETTINGS = dict(steps=3, val_every=3, augment=True)
+
+
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -107,11 +110,12 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         nets = {k: {n: t.detach().cpu().clone() for n, t in v.state_dict().items()} for k, v in method.nets.items()}
         torch.save(nets, Path(out) / f"rank{rank}.pt")
 
-    train(tiny_config(steps=3, val_every=3, augment=True), Path(data), Path(out), progress=False, on_finish=save_weights)
+    train(tiny_config(**DDP_SETTINGS), Path(data), Path(out), progress=False, on_finish=save_weights)
     dist.barrier()
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_hold_identical_weights(tiny_sim, tmp_path):
     port = _free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(tiny_sim), str(tmp_path)), nprocs=2, join=True)
@@ -121,7 +125,10 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tiny_sim, tmp_path):
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     _assert_same_weights(rank0, rank1)
     _assert_same_weights(rank0, _weights(tmp_path / "last.pt"))
-    # the ranks saw different subjects (a DistributedSampler), yet training moved the weights
-    initial = build_method(tiny_config()).nets["generator"].state_dict()
+    # the ranks saw different subjects (a DistributedSampler), yet training moved the weights away from the ones it
+    # started from (built after the same seeding as in `train`, so an untrained generator would compare equal)
+    config = tiny_config(**DDP_SETTINGS)
+    seed_everything(config.seed)
+    initial = build_method(config).nets["generator"].state_dict()
     assert any(not torch.equal(initial[k], rank0["generator"][k]) for k in initial)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
