@@ -44,3 +44,26 @@ def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, c
     assert (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns == before  # not retrained
     assert "finished earlier" in capsys.readouterr().out
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in saved["rows"]]
+
+
+def test_benchmark_cross_validation_tests_every_subject_once(tiny_sim, tmp_path):
+    table = run_benchmark(tiny_sim, tmp_path / "cv", methods=["lut"], folds=3, grid=TINY_GRID, device="cpu", fid=False,
+                          timing_repeats=1)
+    tests = [s for split in table["splits"] for s in split["test"]]
+    subjects = sorted(p.name for p in tiny_sim.iterdir() if p.is_dir())
+    assert sorted(tests) == subjects and len(tests) == len(set(tests))  # each subject tested exactly once
+    for split in table["splits"]:
+        assert not set(split["train"]) & set(split["test"]) and split["val"] == []
+    row = table["rows"][0]
+    assert sorted(r["subject"] for r in row["per_subject"]) == subjects and row["metrics"]["mae_brain"]["n"] == len(subjects)
+
+
+def test_final_model_trains_on_every_subject(tiny_sim, tmp_path):
+    from modalsynth.checkpoints import Checkpoint
+    from modalsynth.training import train
+
+    from .conftest import tiny_config
+
+    train(tiny_config(method="lut", holdout="none"), tiny_sim, tmp_path, progress=False)
+    split = Checkpoint.load(tmp_path / "best.pt").split
+    assert split["val"] == [] and split["test"] == [] and len(split["train"]) == len([p for p in tiny_sim.iterdir() if p.is_dir()])

@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from modalsynth.checkpoints import load_checkpoint, save_checkpoint
+from modalsynth.checkpoints import Checkpoint
+from modalsynth.data.preprocess import IntensityRecord
+from modalsynth.inference import Predictor
 from modalsynth.data.datasets import prepare_pairs
 from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
@@ -23,7 +25,7 @@ from .conftest import tiny_config
 
 
 def _weights(path):
-    return load_checkpoint(path)["state"]["nets"]
+    return Checkpoint.load(path).state["nets"]
 
 
 def _assert_same_weights(a, b):
@@ -36,12 +38,13 @@ def test_gan_learns_beyond_untrained_and_copying_the_source(tiny_sim, tmp_path):
     config = tiny_config(steps=25, lr=1e-3)
     pairs = require_pairs(tiny_sim, "flair", "t1")
     best = train(config, tiny_sim, tmp_path, progress=False)
-    split = load_checkpoint(best)["split"]
+    split = Checkpoint.load(best).split
     val = prepare_pairs([p for p in pairs if p.subject in split["val"]], config.preprocess)
     torch.manual_seed(0)
-    untrained = validate(build_method(config), val)["val_mae"]
+    intensity = IntensityRecord(0.0, 1.0, 0.0)  # validation scores on the network grid: the record is not used
+    untrained = validate(Predictor(build_method(config), config, intensity), val)["val_mae"]
     copy = float(np.mean([mae((s.source + 1) / 2, (s.target + 1) / 2, s.mask) for s in val]))
-    trained = load_checkpoint(best)["best_val_mae"]
+    trained = Checkpoint.load(best).best_val_mae
     assert trained < 0.5 * untrained, (trained, untrained)
     assert trained < copy, (trained, copy)
 
@@ -53,7 +56,7 @@ def test_resume_continues_exactly(tiny_sim, tmp_path):
     train(first, tiny_sim, tmp_path / "resumed", progress=False)
     second = tiny_config(steps=4, val_every=2)
     train(second, tiny_sim, tmp_path / "resumed", resume=True, progress=False)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
+    assert Checkpoint.load(tmp_path / "resumed" / "last.pt").step == 4
     _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt"))
     # and a different seed really gives other weights (so the comparison above can fail)
     train(tiny_config(steps=4, val_every=2, seed=1), tiny_sim, tmp_path / "other", progress=False)
@@ -68,17 +71,17 @@ def test_resume_without_a_run_is_a_user_error(tiny_sim, tmp_path):
 
 def test_bad_checkpoints_give_one_clear_line(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        load_checkpoint(tmp_path / "none.pt")
+        Checkpoint.load(tmp_path / "none.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="corrupt, truncated or not a checkpoint"):
-        load_checkpoint(tmp_path / "text.pt")
-    good = save_checkpoint(tmp_path / "good.pt", {"state": {"w": torch.ones(1000)}})
+        Checkpoint.load(tmp_path / "text.pt")
+    good = Checkpoint(config={}, state={"w": torch.ones(1000)}).save(tmp_path / "good.pt")
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:700])
     with pytest.raises(UserError, match="corrupt"):
-        load_checkpoint(tmp_path / "cut.pt")
+        Checkpoint.load(tmp_path / "cut.pt")
     torch.save({"some": "dict"}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not a modalsynth checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
+        Checkpoint.load(tmp_path / "foreign.pt")
 
     class Evil:
         def __reduce__(self):
@@ -86,7 +89,7 @@ def test_bad_checkpoints_give_one_clear_line(tmp_path):
 
     torch.save({"format": "modalsynth-checkpoint-1", "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="refusing to unpickle"):
-        load_checkpoint(tmp_path / "evil.pt")
+        Checkpoint.load(tmp_path / "evil.pt")
     assert zipfile.is_zipfile(good)
 
 
@@ -131,4 +134,4 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tiny_sim, tmp_path):
     seed_everything(config.seed)
     initial = build_method(config).nets["generator"].state_dict()
     assert any(not torch.equal(initial[k], rank0["generator"][k]) for k in initial)
-    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+    assert Checkpoint.load(tmp_path / "last.pt").step == 3

@@ -120,6 +120,9 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (settings that conflict with it are refused)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    holdout: Optional[str] = typer.Option(
+        None, "--holdout", help="Subjects kept out: val+test (default), val (no test) or none (a final model on all)."
+    ),
     resample_target: bool = typer.Option(
         False, "--resample-target", help="Targets on another grid than their source are resampled onto it (affines)."
     ),
@@ -133,7 +136,7 @@ def train(
     grid_value = _grid_option(grid)
     options = {
         "method": method, "source": source, "target": target, "epochs": epochs, "steps": steps, "minutes": minutes,
-        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed,
+        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout,
         "resample_target": True if resample_target else None,
         "preprocess": None if grid_value is None else {"grid": grid_value},
     }
@@ -185,7 +188,9 @@ def benchmark(
     source: str = typer.Option("flair", "--source"),
     target: str = typer.Option("t1", "--target"),
     methods: str = typer.Option("lut,gan3d,pix2pix2d,ddpm", "--methods", help="Comma-separated method names."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per method."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per method and run (default 200)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Training minutes per method and run (with or instead of --steps)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation: every subject is tested once."),
     grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
     device: str = typer.Option("auto", "--device"),
     resume: bool = typer.Option(False, "--resume", help="Re-use methods already finished in OUT."),
@@ -202,7 +207,8 @@ def benchmark(
 
     run_benchmark(
         data=data, out=out, source=source, target=target, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config,
+        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config, minutes=minutes,
+        folds=folds,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from .data.pairs import HOLDOUTS
 from .data.preprocess import PreprocessConfig
 from .errors import UserError
 
@@ -35,6 +36,7 @@ class TrainConfig:
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
     device: str = "auto"
+    holdout: str = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
     val_every: int | None = None  # validate every N steps; None = once per epoch (or by `val_minutes` under a time budget)
     val_minutes: float | None = None  # validate every N minutes of training; None under `minutes` = a tenth of the budget
@@ -146,6 +148,8 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
         TrainConfig.from_dict(layer, origin=origin)  # names the file or option of a bad setting
         values = merge_settings(values, _plain(dict(layer)))
     config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
+    if config.holdout not in HOLDOUTS:
+        raise UserError(f"--holdout {config.holdout}: choose one of {', '.join(HOLDOUTS)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
 

@@ -32,7 +32,7 @@ from .data.preprocess import IntensityRecord
 from .errors import TrainingStopped, UserError
 from .inference import Predictor, resolve_device
 from .methods import Method, build_method, method_class
-from .metrics import mae, ssim3d
+from .metrics import mae, ssim2d_masked, ssim3d
 from .runlock import RunLock
 
 #: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
@@ -99,15 +99,34 @@ def seed_everything(seed: int) -> None:
 
 
 def validate(predictor: Predictor, subjects: list[PreparedSubject]) -> dict[str, float]:
-    """Mean MAE and SSIM on [0, 1] inside the foreground over the validation subjects (whole-volume prediction)."""
+    """Mean MAE and SSIM on [0, 1] inside the foreground over the validation subjects.
+
+    Whole volumes (3D SSIM), unless the method asks for `validation_slices` (a slow sampler such as the DDPM): then
+    that many evenly spaced foreground axial slices per subject (2D SSIM), so validation stays cheap.
+    """
     if not subjects:
         return {}
     maes, ssims = [], []
+    limit = predictor.method.validation_slices
     for s in subjects:
-        pred01, ref01 = (predictor.predict_array(s.source) + 1) / 2, (s.target + 1) / 2
-        maes.append(mae(pred01, ref01, s.mask))
-        ssims.append(ssim3d(pred01, ref01, s.mask))
+        source, target, mask = s.source, s.target, s.mask
+        if limit:
+            chosen = _foreground_slices(mask, limit)
+            source, target, mask = source[chosen], target[chosen], mask[chosen]
+        pred01, ref01 = (predictor.predict_array(source) + 1) / 2, (target + 1) / 2
+        maes.append(mae(pred01, ref01, mask))
+        ssims.append(ssim2d_masked(pred01, ref01, mask, "axial") if limit else ssim3d(pred01, ref01, mask))
     return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims))}
+
+
+def _foreground_slices(mask: np.ndarray, count: int) -> np.ndarray:
+    """`count` evenly spaced axial slice indices among those holding foreground (all of them when fewer)."""
+    holding = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if holding.size == 0:
+        holding = np.arange(mask.shape[0])
+    if holding.size <= count:
+        return holding
+    return holding[np.linspace(0, holding.size - 1, count).round().astype(int)]
 
 
 class RunLogger:
@@ -193,11 +212,11 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     """The body of `train` once the inputs are checked and the run folder is ours."""
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        split = load_or_make_split(out, [p.subject for p in pairs], config.seed)
+        split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
     if ctx.world > 1:
         dist.barrier()
     if not ctx.is_main:
-        split = load_or_make_split(out, [p.subject for p in pairs], config.seed)
+        split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
     by_name = {p.subject: p for p in pairs}
     show = progress and ctx.is_main
     train_set = prepare_pairs([by_name[s] for s in split["train"]], config.preprocess, show, "loading train")
@@ -226,7 +245,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         if improved:
             best = metrics["val_mae"]
         ckpt = _checkpoint(method, config, step, best, intensity, split, elapsed)
-        if improved or not (out / "best.pt").exists():
+        if improved or not val_set or not (out / "best.pt").exists():  # without validation, best is the latest
             ckpt.save(out / "best.pt")
         ckpt.save(out / "last.pt")
         saved_step = step

@@ -219,7 +219,24 @@ def split_subjects(
     }
 
 
-def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0) -> dict[str, list[str]]:
+HOLDOUTS = ("val+test", "val", "none")
+
+
+def holdout_split(subjects: list[str], seed: int = 0, holdout: str = "val+test") -> dict[str, list[str]]:
+    """The split for a hold-out mode: 'val+test' (70/15/15, `split_subjects`), 'val' (every subject but one validation
+    subject trains; no test) or 'none' (every subject trains: a final model; no validation, no test)."""
+    if holdout == "val+test":
+        return split_subjects(subjects, seed)
+    names = sorted(set(subjects))
+    if holdout == "none" or len(names) == 1:
+        return {"train": names, "val": [], "test": []}
+    if holdout == "val":
+        val = random.Random(seed).choice(names)
+        return {"train": [n for n in names if n != val], "val": [val], "test": []}
+    raise UserError(f"holdout {holdout!r}: choose one of {', '.join(HOLDOUTS)}")
+
+
+def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0, holdout: str = "val+test") -> dict[str, list[str]]:
     """Reuse RUN_DIR/split.json when it exists (so later commands see the same split), else make and write one."""
     path = Path(run_dir) / SPLIT_FILE
     if path.exists():
@@ -231,7 +248,7 @@ def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0) -> dic
         if unknown:
             raise UserError(f"{path}: names subjects not in the data ({', '.join(sorted(unknown)[:3])}); delete it to re-split")
         return split
-    split = split_subjects(subjects, seed)
+    split = holdout_split(subjects, seed, holdout)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(split, indent=1))
     return split

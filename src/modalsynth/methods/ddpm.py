@@ -38,6 +38,7 @@ class ConditionalDDPM(Method):
     """Noise-predicting diffusion model conditioned on the source slice; slice-by-slice sampling."""
 
     spatial_dims = 2
+    validation_slices = 4  # sampling a whole volume costs minutes on a CPU; four slices give the trend
     recipe = {"lr": 1e-4, "betas": (0.9, 0.999), "model": {**NETWORK_DEFAULTS, **DEFAULTS}}  # Ho et al. 2020: no GAN's low beta1
 
     def __init__(self, config: TrainConfig, training: bool = True):
