@@ -33,7 +33,7 @@ def blob_volume(shape=(20, 24, 28), seed=0) -> np.ndarray:
 
 
 TINY_GRID = (16, 48, 40)
-TINY_MODEL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "disc_layers": 2}
+TINY_MODEL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "disc_layers": 2, "window": None}
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,6 @@ def tiny_config(**overrides):
     from modalsynth.methods import method_class
 
     values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": True,
-              "preprocess": {"grid": list(TINY_GRID)}}
+              "preprocess": {"grid": list(TINY_GRID)}, "patch": None, "batch_size": 1}
     values.update(overrides)
     return resolve_config([("the test", values)], method_class)

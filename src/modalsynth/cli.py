@@ -118,6 +118,12 @@ def train(
     patch: Optional[str] = typer.Option(None, "--patch", help="Random training patch D H W."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default auto)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="Named settings of the method, e.g. 'paper': gan3d exactly as the paper (48x288x240, width 32)."
+    ),
+    init: Optional[str] = typer.Option(
+        None, "--init", help="Start from this checkpoint's weights (fine-tuning), e.g. builtin:flair-t1 or runs/sim/best.pt."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (settings that conflict with it are refused)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     holdout: Optional[str] = typer.Option(
@@ -136,7 +142,7 @@ def train(
     grid_value = _grid_option(grid)
     options = {
         "method": method, "source": source, "target": target, "epochs": epochs, "steps": steps, "minutes": minutes,
-        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout,
+        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout, "init": init, "preset": preset,
         "resample_target": True if resample_target else None,
         "preprocess": None if grid_value is None else {"grid": grid_value},
     }
@@ -145,21 +151,38 @@ def train(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `modalsynth train`."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="A checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1)."
+    ),
     input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
     output: Path = typer.Option(..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."),
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
     subjects_from: Optional[str] = typer.Option(
-        None, "--split", help="Only the subjects of this split (train, val, test) as recorded next to the checkpoint."
+        None, "--split", help="Only the subjects of this split (train, val, test) as recorded in the checkpoint."
     ),
 ) -> None:
-    """Synthesise the target modality for one volume or a folder of subjects.
+    """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
-    Example: modalsynth predict --checkpoint runs/gan/best.pt --input data/sim --output preds
+    Example: modalsynth predict --input flair.nii.gz --output t1.nii.gz
     """
+    from . import builtin
     from .inference import predict_path
 
-    predict_path(checkpoint, input, output, device=device, split=subjects_from)
+    predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
+                 check_input=builtin.is_builtin(checkpoint))
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models that `modalsynth predict` can use without training.
+
+    Example: modalsynth models
+    """
+    from . import builtin
+
+    for model in builtin.MODELS.values():
+        star = " (default)" if model.name == builtin.DEFAULT else ""
+        typer.echo(f"builtin:{model.name}{star}  {model.source} -> {model.target}: {model.description}; card: {model.card}")
 
 
 @app.command()

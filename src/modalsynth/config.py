@@ -36,6 +36,8 @@ class TrainConfig:
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
     device: str = "auto"
+    preset: str | None = None  # a method's named settings over its recipe, e.g. 'paper' for gan3d (the paper's literal ones)
+    init: str | None = None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
     holdout: str = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
     val_every: int | None = None  # validate every N steps; None = once per epoch (or by `val_minutes` under a time budget)
@@ -103,7 +105,7 @@ class TrainConfig:
 
 
 #: an example value of the kind expected by each setting whose default is None
-_NONE_DEFAULT_KINDS: dict[str, Any] = {"steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
+_NONE_DEFAULT_KINDS: dict[str, Any] = {"preset": "", "init": "", "steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
 _DEFAULTS_BY_NAME = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
 #: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
 RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
@@ -115,6 +117,7 @@ class MethodRecipe(Protocol):
     """What settings resolution needs from a method class (see `methods.base.Method`)."""
 
     recipe: Mapping[str, Any]
+    presets: Mapping[str, Mapping[str, Any]]
 
     def size_multiple(self, config: "TrainConfig") -> tuple[int, int, int]: ...
 
@@ -139,11 +142,24 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
     Whatever a layer sets wins over the recipe, even when it equals TrainConfig's default (an explicit `lr: 1e-4` for
     pix2pix2d stays 1e-4). Grid and patch sizes are checked against the method's network here, before any data loads.
     """
+    init = None
+    for _, layer in layers:
+        init = layer.get("init", init)
+    if init:
+        layers = [(f"--init {init}", _inherited_from(str(init)))] + list(layers)
     name = TrainConfig.method
     for _, layer in layers:
         name = layer.get("method", name)
     method_class = recipes(str(name))
-    values = merge_settings(TrainConfig().to_dict(), method_class.recipe)
+    values = merge_settings(TrainConfig().to_dict(), _plain(dict(method_class.recipe)))
+    preset = None
+    for _, layer in layers:
+        preset = layer.get("preset", preset)
+    if preset is not None:
+        if preset not in method_class.presets:
+            known = ", ".join(method_class.presets) or "none"
+            raise UserError(f"--preset {preset}: {name} has no such preset (its presets: {known})")
+        values = merge_settings(values, _plain(dict(method_class.presets[preset])))
     for origin, layer in layers:
         TrainConfig.from_dict(layer, origin=origin)  # names the file or option of a bad setting
         values = merge_settings(values, _plain(dict(layer)))
@@ -152,6 +168,18 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
         raise UserError(f"--holdout {config.holdout}: choose one of {', '.join(HOLDOUTS)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
+
+
+#: what a fine-tuning run takes from its --init checkpoint, so that the network and its input match the weights
+INHERITED_BY_INIT = ("method", "source", "target", "model", "patch", "preprocess")
+
+
+def _inherited_from(init: str) -> dict[str, Any]:
+    from . import builtin
+    from .checkpoints import Checkpoint
+
+    saved = Checkpoint.load(builtin.resolve(init)).config
+    return {k: saved[k] for k in INHERITED_BY_INIT if k in saved}
 
 
 def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path) -> TrainConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,6 +90,7 @@ class Predictor:
         self.method, self.config, self.intensity = method, config, intensity
         self.split = split or {}
         self.origin = origin
+        self.check_input = False  # warn when a volume does not look like the model's expected input (built-in models)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto") -> "Predictor":
@@ -119,6 +121,9 @@ class Predictor:
 
     def predict_volume(self, volume: Volume, seed: int = 0) -> Volume:
         """Predict the target for one source volume; the result is on the source's grid, affine and header."""
+        if self.check_input:
+            for warning in input_warnings(volume, self.config.source):
+                print(f"warning: {volume.path}: {warning}", file=sys.stderr)
         pre = preprocess(volume, self.config.preprocess)
         pred = self.predict_array(pre.array, seed)
         out = postprocess(pred, pre.grid, self.intensity, volume.header)
@@ -192,6 +197,21 @@ class Predictor:
         return jobs
 
 
+#: a skull-stripped adult brain holds about 1.0-1.8 litres; a head with skull and scalp about 3-5 litres
+MAX_BRAIN_ML = 2200.0
+
+
+def input_warnings(volume: Volume, expected: str) -> list[str]:
+    """Cheap checks that a volume is what a built-in model expects (a skull-stripped `expected` image): warnings only."""
+    warnings = []
+    foreground = foreground_mask(volume.data)
+    litres = float(foreground.sum()) * float(np.prod(volume.spacing)) / 1e6
+    if litres * 1000 > MAX_BRAIN_ML:
+        warnings.append(f"its foreground holds {litres:.1f} litres, more than a brain; the model expects a skull-stripped "
+                        f"{expected} (run a skull stripper such as SynthStrip or HD-BET first)")
+    return warnings
+
+
 def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
     """A `UserError` if any output would replace an input file (same path, or the same file through a link)."""
     taken = {_identity(p): Path(p) for p in inputs if Path(p).exists()}
@@ -216,9 +236,14 @@ def _all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
 
 
-def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None) -> list[Path]:
-    """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz."""
+def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
+                 check_input: bool = False) -> list[Path]:
+    """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
+
+    `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
+    """
     predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor.check_input = check_input
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()

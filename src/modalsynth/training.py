@@ -233,6 +233,8 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     if saved is not None:
         method.load_state(saved.state)
         step, best, elapsed = saved.step, float(saved.best_val_mae), float(saved.elapsed_s)
+    elif config.init:
+        _load_init(method, config.init)
 
     saved_step = step
 
@@ -325,6 +327,18 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     logger.close()
     if on_finish is not None:
         on_finish(method)
+
+
+def _load_init(method: Method, init: str) -> None:
+    """Fine-tuning: start from another run's (or a built-in model's) network weights; optimisers start fresh."""
+    from . import builtin
+
+    path = builtin.resolve(init)
+    try:
+        method.load_state({"nets": Checkpoint.load(path).state["nets"]}, with_optimizers=False)
+    except RuntimeError as exc:
+        raise UserError(f"--init {init}: its network does not match this run's ({str(exc).splitlines()[0][:100]}); "
+                        "drop the model settings that differ from it") from exc
 
 
 def _agree(ctx: DistContext, device: torch.device, flag: bool) -> bool:

@@ -56,6 +56,8 @@ class Method(ABC):
     trainable = True
     #: the method's declared defaults (TrainConfig fields, `model` options); whatever the user sets wins (config.py)
     recipe: ClassVar[Mapping[str, Any]] = {}
+    #: named sets of settings one option away (`--preset NAME`), applied over the recipe
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: validate on this many axial slices per subject instead of whole volumes (None: whole volumes)
     validation_slices: ClassVar[int | None] = None
 

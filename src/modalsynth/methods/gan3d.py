@@ -29,6 +29,8 @@ class ConditionalGAN(Method):
             depth=options["depth"],
             norm=options["norm"],
             checkpointing=config.checkpointing,
+            stem=options.get("stem", "residual"),
+            full_res_channels=options.get("full_res_channels"),
         )
         if not training:
             return  # prediction needs only the generator
@@ -45,7 +47,13 @@ class ConditionalGAN(Method):
     @classmethod
     def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
         """The generator halves every spatial axis `depth` times (2D: only H and W)."""
-        m = 2 ** int({**cls.recipe["model"], **config.model}["depth"])
+        options = {**cls.recipe["model"], **config.model}
+        m = 2 ** int(options["depth"])
+        window = options.get("window")
+        if window and any(int(w) % m for w in window):
+            from ..errors import UserError
+
+            raise UserError(f"model.window {list(window)}: each size must be a multiple of {m} (2**depth)")
         return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
 
     def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -88,7 +96,24 @@ class GAN3D(ConditionalGAN):
     """The paper's 3D conditional GAN; whole volumes (or patches) in, sliding-window inference out."""
 
     spatial_dims = 3
-    recipe = {"model": {**ConditionalGAN.recipe["model"], "overlap": 0.5, "windows_per_batch": 1}}
+    # The default a user gets: the residual UNet with a stride-2 first level (no residual block at full resolution,
+    # 3.4x the 64^3 patches per minute of the paper's layout on a 2-core CPU, benchmarks/RESULTS.md), trained on
+    # two 64^3 patches per step of the data's own grid, predicted with 96^3 Gaussian-blended windows.
+    recipe = {
+        "preprocess": {"grid": "auto"},
+        "patch": (64, 64, 64),
+        "batch_size": 2,
+        "model": {**ConditionalGAN.recipe["model"], "stem": "strided", "base_channels": 16, "full_res_channels": 8,
+                  "disc_channels": 32, "window": (96, 96, 96), "overlap": 0.25, "windows_per_batch": 4},
+    }
+    # The paper's literal settings, one option away (`--preset paper`).
+    presets = {
+        "paper": {
+            "preprocess": {"grid": (48, 288, 240)}, "patch": None, "batch_size": 1,
+            "model": {"stem": "residual", "base_channels": 32, "full_res_channels": None, "disc_channels": 64,
+                      "window": None, "overlap": 0.5, "windows_per_batch": 1},
+        },
+    }
 
     def window(self) -> tuple[int, int, int] | None:
         """The training window: the patch, else the fixed grid; None for 'auto' grids trained whole."""
@@ -98,8 +123,9 @@ class GAN3D(ConditionalGAN):
         return None if grid == "auto" else tuple(grid)  # type: ignore[return-value]
 
     def application(self) -> Application:
-        """Sliding windows of the training window (whole volume for 'auto' grids trained whole)."""
-        roi, options = self.window(), self.options()
+        """Sliding windows (`model.window`, else the training window); the whole volume for 'auto' grids trained whole."""
+        options = self.options()
+        roi = tuple(options["window"]) if options.get("window") else self.window()
         if roi is None:
             return Application("volume")
         return Application("window", roi, float(options["overlap"]), int(options["windows_per_batch"]))

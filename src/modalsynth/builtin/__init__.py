@@ -1,0 +1,78 @@
+"""Models that ship inside the package, so `modalsynth predict` works without training first.
+
+Each is one weights file beside this module (a generator-only, half-precision `Checkpoint`), its sha256 checked at
+load, its model card (`<name>.md`) beside it, and the script that reproduces it in `scripts/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+PREFIX = "builtin:"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A shipped model: its name, weights file, expected sha256, what it maps, and a one-line description."""
+
+    name: str
+    filename: str
+    sha256: str
+    source: str
+    target: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return HERE / self.filename
+
+    @property
+    def card(self) -> Path:
+        return HERE / f"{self.name}.md"
+
+
+MODELS: dict[str, BuiltinModel] = {
+    "flair-t1": BuiltinModel(
+        name="flair-t1",
+        filename="flair-t1.pt",
+        sha256="PENDING",
+        source="flair",
+        target="t1",
+        description="3D GAN generator, skull-stripped FLAIR -> T1, trained on 7 real subjects (BraTS 2018, Ljubljana MS)",
+    ),
+}
+DEFAULT = "flair-t1"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_builtin(spec: str | Path | None) -> bool:
+    return spec is None or str(spec).startswith(PREFIX)
+
+
+def resolve(spec: str | Path | None) -> Path:
+    """`builtin:NAME` (or nothing: the default model) -> its verified weights file; any other value is a path."""
+    if not is_builtin(spec):
+        return Path(spec)  # type: ignore[arg-type]
+    name = DEFAULT if spec is None else str(spec)[len(PREFIX):]
+    if name not in MODELS:
+        raise UserError(f"{spec}: no such built-in model; `modalsynth models` lists them ({', '.join(MODELS)})")
+    model = MODELS[name]
+    if not model.path.is_file():
+        raise UserError(f"{model.path}: the built-in model's weights are missing from this installation; reinstall modalsynth")
+    found = sha256_of(model.path)
+    if found != model.sha256:
+        raise UserError(f"{model.path}: sha256 {found[:12]}... does not match the model card's {model.sha256[:12]}...; "
+                        "the file is damaged or replaced: reinstall modalsynth")
+    return model.path
