@@ -12,6 +12,7 @@ from typing import Callable
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from .errors import UserError
 
@@ -52,20 +53,91 @@ def is_nifti(path: Path | str) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_header(path: Path | str) -> nib.Nifti1Image:
-    """Open a NIfTI lazily (header and affine only), with a clear error for a missing or non-NIfTI file."""
+#: Analyze 7.5 (.hdr/.img pairs): refused, because the format stores no reliable orientation (left/right can flip)
+ANALYZE_SUFFIXES = (".hdr", ".hdr.gz", ".img", ".img.gz")
+
+
+def is_analyze(path: Path | str) -> bool:
+    """True when the file name is one half of an Analyze 7.5 .hdr/.img pair."""
+    return str(path).lower().endswith(ANALYZE_SUFFIXES)
+
+
+def check_path(path: Path | str) -> Path:
+    """A `UserError` unless `path` is a regular, non-empty file: missing, a folder, a broken or looping link, 0 bytes."""
     path = Path(path)
+    if os.path.islink(path) and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 says 'Symlink loop'
+            raise UserError(f"{path}: is a symbolic link that loops back on itself; point the link at the real file") from None
+        except OSError as exc:
+            if "loop" in str(exc).lower() or getattr(exc, "errno", None) == 40:
+                raise UserError(f"{path}: is a symbolic link that loops back on itself; point the link at the real file") from None
+        raise UserError(f"{path}: is a broken symbolic link (to {os.readlink(path)}); point the link at the real file")
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a .nii or .nii.gz file")
+        raise UserError(f"{path}: is a folder, not a NIfTI file; pass the .nii or .nii.gz file (or rename the folder)")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes); export or copy the file again")
+    return path
+
+
+def read_header(path: Path | str) -> nib.Nifti1Image:
+    """Open a NIfTI lazily (header and affine only) and check what the header says without reading the voxels:
+    a missing, empty, non-NIfTI or Analyze file, complex or RGB voxels, zero or negative voxel sizes, a singular
+    affine, or (uncompressed .nii) a header describing more data than the file holds is a one-line `UserError`."""
+    path = check_path(path)
+    if is_analyze(path):
+        raise UserError(f"{path}: is an Analyze 7.5 .hdr/.img pair, not NIfTI (Analyze has no reliable orientation); "
+                        "convert it to .nii.gz (e.g. fslchfiletype NIFTI_GZ) after checking left and right")
     try:
-        img = nib.load(str(path))
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs (and silently 'fixes') bad pixdims
+            img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable NIfTI file ({_short(exc)}); re-export it as .nii or .nii.gz") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UserError(f"{path}: is a {type(img).__name__}, not NIfTI; convert it to .nii.gz (e.g. with dcm2niix)")
+    _check_header(img, path)
     return img
+
+
+def _check_header(img: nib.Nifti1Image, path: Path) -> None:
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise UserError(f"{path}: holds complex-valued voxels ({dtype}); save the magnitude image "
+                        "(e.g. fslcomplex -realabs) and pass that")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise UserError(f"{path}: holds {'RGB or vector' if dtype.fields else dtype} voxels, not one intensity per voxel; "
+                        "save a single-channel (grey) image")
+    raw = _raw_header(img, path)
+    if raw is not None and int(raw["sform_code"]) == 0:  # without an sform the voxel sizes (pixdim) make the affine
+        ndim = min(3, int(raw["dim"][0]) if 1 <= int(raw["dim"][0]) <= 7 else 3)
+        sizes = [float(v) for v in raw["pixdim"][1 : 1 + ndim]]
+        if not all(np.isfinite(v) and v > 0 for v in sizes):
+            raise UserError(f"{path}: the header gives voxel sizes {tuple(sizes)} (zero or negative); fix the header's "
+                            "voxel size (pixdim) or re-export the image with a valid orientation")
+    linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    lengths = np.sqrt((linear**2).sum(axis=0))
+    if not np.isfinite(linear).all() or lengths.min() <= 0 or abs(np.linalg.det(linear)) < 1e-6 * float(np.prod(lengths)):
+        raise UserError(f"{path}: its affine (orientation matrix) is singular or not finite, so the voxel grid is "
+                        "undefined; fix the sform/qform (e.g. fslorient) or re-export the image")
+    if not str(path).lower().endswith(".gz"):
+        header = img.header
+        needed = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise UserError(f"{path}: the header describes {needed} bytes of voxel data and offset but the file holds "
+                            f"{size}; the file is truncated: copy or export it again")
+
+
+def _raw_header(img: nib.Nifti1Image, path: Path):
+    """The header exactly as stored (nibabel fixes bad pixdims while loading), or None if it cannot be re-read."""
+    try:
+        with ImageOpener(str(path)) as fh:
+            return type(img.header).from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 - the loaded header is checked anyway
+        return None
 
 
 def spatial_shape(img: nib.Nifti1Image, path: Path | str) -> tuple[int, int, int]:
@@ -90,6 +162,9 @@ def load_volume(path: Path | str, *, allow_constant: bool = False) -> Volume:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
+        if "Expected" in str(exc) and "bytes" in str(exc):
+            raise UserError(f"{path}: the header describes more voxel data than the file holds ({_short(exc)}); "
+                            "the file is truncated: copy or export it again") from exc
         raise UserError(
             f"{path}: the voxel data is corrupt or truncated ({_short(exc)}); copy or export the file again"
         ) from exc
@@ -101,7 +176,8 @@ def load_volume(path: Path | str, *, allow_constant: bool = False) -> Volume:
             f"{path}: {bad} voxel(s) are NaN or Inf; replace them (e.g. fslmaths in -nan out) before using this file"
         )
     if not allow_constant and float(data.max()) == float(data.min()):
-        raise UserError(f"{path}: every voxel has the value {float(data.min()):g}; the image is empty or blank")
+        raise UserError(f"{path}: every voxel has the value {float(data.min()):g}, so the image is blank; "
+                        "export it again (or pass the right file)")
     header = img.header.copy()
     return Volume(data=data, affine=img.affine.copy(), header=header, path=path)
 
