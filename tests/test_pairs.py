@@ -64,8 +64,48 @@ def test_empty_folder_and_no_pairs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no subjects found"):
         discover_subjects(tmp_path)
     _save(tmp_path / "a" / "flair.nii.gz")
-    with pytest.raises(UserError, match="no usable flair->t1 pair"):
+    with pytest.raises(UserError, match="no subject in .* has a t1 file .found: flair.; choose --target"):
         require_pairs(tmp_path, "flair", "t1")
+
+
+def test_require_pairs_refuses_a_data_set_with_any_unusable_subject(tmp_path):
+    _save(tmp_path / "a" / "flair.nii.gz")
+    _save(tmp_path / "a" / "t1.nii.gz")
+    _save(tmp_path / "b" / "flair.nii.gz")
+    assert [p.subject for p in find_pairs(tmp_path, "flair", "t1").pairs] == ["a"]  # inspect still lists the usable ones
+    with pytest.raises(UserError, match=r"subject b: .*b: missing t1 .*CSV manifest.*modalsynth inspect"):
+        require_pairs(tmp_path, "flair", "t1")
+    _save(tmp_path / "b" / "t1.nii.gz", np.full((20, 24, 28), np.nan, np.float32))  # header fine, voxels not
+    assert len(find_pairs(tmp_path, "flair", "t1").pairs) == 2
+    with pytest.raises(UserError, match=r"subject b: .*t1.nii.gz: .*NaN"):
+        require_pairs(tmp_path, "flair", "t1")
+
+
+def test_two_files_for_one_modality_are_named(tmp_path):
+    anat = tmp_path / "sub-01" / "anat"
+    _save(anat / "sub-01_FLAIR.nii.gz")
+    _save(anat / "sub-01_run-1_T1w.nii.gz")
+    _save(anat / "sub-01_run-2_T1w.nii.gz")
+    _save(anat / "sub-01_run-1_T2w.nii.gz")
+    _save(anat / "sub-01_run-2_T2w.nii.gz")
+    assert set(discover_subjects(tmp_path, ("flair", "pd"))["sub-01"]) == {"flair", "t1", "t2"}  # t2/t1 runs not asked for
+    with pytest.raises(UserError, match="sub-01 has 2 t1 files .sub-01_run-1_T1w.nii.gz, sub-01_run-2_T1w.nii.gz.; keep one"):
+        find_pairs(tmp_path, "flair", "t1")
+    _save(tmp_path / "plain" / "x" / "flair.nii")
+    _save(tmp_path / "plain" / "x" / "flair.nii.gz")
+    with pytest.raises(UserError, match="x has 2 flair files .flair.nii, flair.nii.gz."):
+        discover_subjects(tmp_path / "plain", ("flair",))
+
+
+def test_a_folder_named_like_a_file_and_an_analyze_pair(tmp_path):
+    (tmp_path / "flair.nii.gz").mkdir()
+    with pytest.raises(UserError, match="folder named like a NIfTI file"):
+        discover_subjects(tmp_path / "flair.nii.gz")
+    (tmp_path / "s").mkdir()
+    nib.save(nib.AnalyzeImage(blob_volume(), np.eye(4)), str(tmp_path / "s" / "flair.hdr"))
+    _save(tmp_path / "s" / "t1.nii.gz")
+    report = find_pairs(tmp_path, "flair", "t1")
+    assert "Analyze" in report.problems["s"] and "flair.hdr" in report.problems["s"]
 
 
 def test_split_is_deterministic_disjoint_and_reused(tmp_path):

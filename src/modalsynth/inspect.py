@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from .data.pairs import discover_subjects, find_pairs
 from .errors import UserError
-from .io import is_nifti, load_volume
+from .io import check_path, is_analyze, is_nifti, load_volume, read_header
 
 
 def describe_file(path: Path) -> list[tuple[str, str]]:
@@ -29,7 +31,7 @@ def describe_file(path: Path) -> list[tuple[str, str]]:
         ("non-zero voxels", f"{nonzero.size / data.size:.1%}"),
     ]
     if data.max() == data.min():
-        rows.append(("problem", "every voxel has the same value: the image is empty"))
+        rows.append(("problem", f"every voxel has the value {float(data.min()):g}, so the image is blank; export it again"))
     return rows
 
 
@@ -43,7 +45,7 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 
 def inspect_folder(root: Path, source: str, target: str) -> int:
     """Print one row per subject (files, grid, problem); return 2 if any pair is unusable, else 0."""
-    subjects = discover_subjects(root)
+    subjects = discover_subjects(root, (source, target))
     report = find_pairs(root, source, target)
     usable = {p.subject: p for p in report.pairs}
     rows = []
@@ -62,22 +64,38 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
         rows.append([subject, ",".join(sorted(files)), grid, problem or "ok"])
     print(f"{root}: {len(subjects)} subject(s), {len(usable)} usable {source}->{target} pair(s)")
     _print_table(rows, ["subject", "files", "grid (source)", "status"])
-    bad = len(subjects) - len(usable)
+    bad = [row for row in rows if row[3] != "ok"]
     if bad:
-        print(f"{bad} subject(s) cannot be used; fix or remove them before training")
-        return 2
+        print(f"{len(bad)} subject(s) cannot be used; fix or remove them before training")
+        return _problem(f"{root}: {len(bad)} of {len(subjects)} subject(s) cannot be used, the first: subject {bad[0][0]}: "
+                        f"{bad[0][3]}; fix or remove them before training (the table above lists every problem)")
     return 0
 
 
+def _problem(message: str) -> int:
+    """The one line a problem found after the table gets: on stderr, like every other error; exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def inspect_path(path: Path, source: str = "flair", target: str = "t1") -> int:
-    """Describe a file or a folder; the return value is the exit status (0 fine, 2 a problem a user must fix)."""
+    """Describe a file or a folder on stdout; the return value is the exit status: 0 fine, or 2 with one line on stderr
+    (after the table, so it still shows what was found) for a problem a user must fix. A path that cannot be described
+    at all is a `UserError`."""
     path = Path(path)
     if path.is_dir() or path.suffix.lower() == ".csv":
         return inspect_folder(path, source, target)
+    if os.path.islink(path) and not path.exists():
+        check_path(path)  # a broken or looping link: its own message
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; check the path")
+    if is_analyze(path):
+        read_header(path)  # says how to convert it
     if not is_nifti(path) and path.is_file():
-        raise UserError(f"{path}: not a NIfTI file (.nii or .nii.gz) or a data folder")
+        raise UserError(f"{path}: not a NIfTI file (.nii or .nii.gz) or a data folder; pass one of those")
     rows = describe_file(path)
     _print_table([list(r) for r in rows], ["property", "value"])
-    return 2 if any(k == "problem" for k, _ in rows) else 0
+    problems = [value for key, value in rows if key == "problem"]
+    if problems:
+        return _problem(f"{path}: {problems[0]}")
+    return 0

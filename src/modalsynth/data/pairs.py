@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import NIFTI_SUFFIXES, is_nifti, read_header, spatial_shape
+from ..io import ANALYZE_SUFFIXES, NIFTI_SUFFIXES, check_path, is_analyze, is_nifti, load_volume, read_header, spatial_shape
 
 #: names a user may give for one modality; BIDS suffixes map onto the short names used in the folder layout
 MODALITY_ALIASES = {"t1w": "t1", "t2w": "t2", "t1ce": "t1ce", "t1gd": "t1ce", "flair": "flair", "ct": "ct", "pd": "pd"}
@@ -29,25 +30,42 @@ def canonical_modality(name: str) -> str:
 
 
 def _strip_nifti(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def discover_subjects(root: Path | str) -> dict[str, dict[str, Path]]:
-    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found)."""
+def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | None = None) -> dict[str, dict[str, Path]]:
+    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found).
+
+    Two files for one modality of one subject (two BIDS runs, or flair.nii next to flair.nii.gz) are a `UserError`
+    naming both, for the `modalities` asked for (every modality when None). An Analyze .hdr is listed like a NIfTI
+    file, so that reading it gives the error that says how to convert it."""
     root = Path(root)
+    if os.path.islink(root) and not root.exists():
+        check_path(root)  # a broken or looping link: its own message
     if not root.exists():
         raise UserError(f"{root}: no such file or folder; check the data path")
     if root.is_file():
         if root.suffix.lower() == ".csv":
             return _from_csv(root)
         raise UserError(f"{root}: expected a data folder or a .csv manifest (subject,source,target[,mask])")
+    if is_nifti(root):
+        raise UserError(f"{root}: is a folder named like a NIfTI file; pass the data folder above it, or the .nii.gz file itself")
+    duplicates: dict[tuple[str, str], list[Path]] = {}
     if any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*/anat")):
-        subjects = _from_bids(root)
+        subjects = _from_bids(root, duplicates)
     else:
-        subjects = _from_folders(root)
+        subjects = _from_folders(root, duplicates)
+    wanted = None if modalities is None else {canonical_modality(m) for m in modalities if m}
+    for (subject, modality), files in duplicates.items():
+        if wanted is None or modality in wanted:
+            names = ", ".join(f.name for f in files)
+            raise UserError(
+                f"{files[0].parent}: subject {subject} has {len(files)} {modality} files ({names}); keep one (move the "
+                "others out of the folder) or list the pairs to use in a CSV manifest (subject,source,target)"
+            )
     if not subjects and any(is_nifti(f) for f in root.iterdir()):
         raise UserError(f"{root}: holds NIfTI files directly, so it looks like one subject; pass its parent folder")
     if not subjects:
@@ -57,30 +75,43 @@ def discover_subjects(root: Path | str) -> dict[str, dict[str, Path]]:
     return subjects
 
 
-def _from_folders(root: Path) -> dict[str, dict[str, Path]]:
+def _is_image(path: Path) -> bool:
+    """A NIfTI name, or the .hdr half of an Analyze pair (the .img half is not listed twice)."""
+    return is_nifti(path) or (is_analyze(path) and ".hdr" in path.name.lower())
+
+
+def _add(subjects: dict, duplicates: dict, subject: str, modality: str, path: Path) -> None:
+    files = subjects.setdefault(subject, {})
+    if modality in files:
+        duplicates.setdefault((subject, modality), [files[modality]]).append(path)
+    else:
+        files[modality] = path
+
+
+def _from_folders(root: Path, duplicates: dict) -> dict[str, dict[str, Path]]:
     subjects: dict[str, dict[str, Path]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = {canonical_modality(_strip_nifti(f.name)): f for f in sorted(folder.iterdir()) if is_nifti(f)}
-        if files:
-            subjects[folder.name] = files
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not is_nifti(p)):
+        for f in sorted(folder.iterdir()):
+            if _is_image(f):
+                _add(subjects, duplicates, folder.name, canonical_modality(_strip_nifti(f.name)), f)
     return subjects
 
 
 _BIDS_NAME = re.compile(r"^(?P<entities>sub-[^_]+(?:_[a-zA-Z]+-[^_]+)*)_(?P<suffix>[A-Za-z0-9]+)$")
 
 
-def _from_bids(root: Path) -> dict[str, dict[str, Path]]:
+def _from_bids(root: Path, duplicates: dict) -> dict[str, dict[str, Path]]:
     subjects: dict[str, dict[str, Path]] = {}
     for anat in sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat"))):
         session = anat.parent.name if anat.parent.name.startswith("ses-") else None
         subject = anat.parent.parent.name if session else anat.parent.name
         key = f"{subject}_{session}" if session else subject
         for f in sorted(anat.iterdir()):
-            if not is_nifti(f):
+            if not _is_image(f):
                 continue
             match = _BIDS_NAME.match(_strip_nifti(f.name))
             if match:
-                subjects.setdefault(key, {})[canonical_modality(match["suffix"])] = f
+                _add(subjects, duplicates, key, canonical_modality(match["suffix"]), f)
     return subjects
 
 
@@ -154,22 +185,35 @@ def grid_mismatch(a: Path, b: Path) -> str | None:
     if difference is None:
         return None
     if difference[0] == "shape":
-        return f"grid {shape_a} in {a.name} but {shape_b} in {b.name}"
-    return f"affines of {a.name} and {b.name} differ by up to {difference[1]:.3g} mm"
+        return f"grid {shape_a} in {a} but {shape_b} in {b}"
+    return f"affines of {a} and {b} differ by up to {difference[1]:.3g} mm"
 
 
 def find_pairs(
-    root: Path | str, source: str, target: str | None, *, resample_target: bool = False, check_grids: bool = True
+    root: Path | str, source: str, target: str | None, *, resample_target: bool = False, check_grids: bool = True,
+    check_data: bool = False,
 ) -> PairReport:
-    """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids."""
+    """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
+
+    A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data` also reads
+    every source and target voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
     report = PairReport()
-    for subject, files in discover_subjects(root).items():
+    subjects = discover_subjects(root, (source, target))
+    for name, role in ((source, "source"), (target, "target")):
+        if name and not any(_modality_file(files, name, role) for files in subjects.values()):
+            found = sorted({m for files in subjects.values() for m in files})
+            option = "--source" if role == "source" else "--target"
+            raise UserError(f"{option} {name}: no subject in {root} has a {name} file (found: {', '.join(found)}); "
+                            f"choose {option} from those names")
+    for subject, files in subjects.items():
         src = _modality_file(files, source, "source")
         tgt = _modality_file(files, target, "target") if target else None
         missing = [name for name, f in ((source, src), (target, tgt)) if name and f is None]
         if missing:
             have = ", ".join(sorted(files)) or "nothing"
-            report.problems[subject] = f"missing {' and '.join(missing)} (found: {have})"
+            where = next(iter(files.values())).parent if files else Path(root) / subject
+            report.problems[subject] = (f"{where}: missing {' and '.join(missing)} (found: {have}); add the file, move "
+                                        "the subject out of the data folder, or list the usable pairs in a CSV manifest")
             continue
         pair = Pair(subject, src, tgt, _first(files, MASK_NAMES), _first(files, LESION_NAMES))
         if check_grids:
@@ -184,17 +228,36 @@ def find_pairs(
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
                 continue
             pair.resample_target = problem is not None
+        if check_data:
+            try:
+                for path in (src, tgt):
+                    if path is not None:
+                        load_volume(path)
+            except UserError as exc:
+                report.problems[subject] = str(exc)
+                continue
         report.pairs.append(pair)
     return report
 
 
-def require_pairs(root: Path | str, source: str, target: str | None, **kwargs) -> list[Pair]:
-    """Like `find_pairs`, but a data set with no usable pair is a `UserError`; the unusable ones are named."""
-    report = find_pairs(root, source, target, **kwargs)
+def require_pairs(root: Path | str, source: str, target: str | None, *, check_data: bool = True, **kwargs) -> list[Pair]:
+    """Like `find_pairs`, but every subject must be usable: the first problem (and how many subjects have one) is a
+    `UserError`, so a run never trains on a silently shortened data set. `check_data` reads every voxel first."""
+    report = find_pairs(root, source, target, check_data=check_data, **kwargs)
+    if report.problems:
+        subject, problem = next(iter(report.problems.items()))
+        more = len(report.problems) - 1
+        others = f" ({more} more subject(s) have problems)" if more else ""
+        raise UserError(f"subject {subject}: {problem}{others}; `modalsynth inspect {root}` lists every problem")
     if not report.pairs:
-        detail = "; ".join(f"{s}: {p}" for s, p in list(report.problems.items())[:3])
-        raise UserError(f"{root}: no usable {source}->{target} pair ({detail or 'no subjects'}); run `modalsynth inspect {root}`")
+        raise UserError(f"{root}: no usable {source}->{target} pair; run `modalsynth inspect {root}`")
     return report.pairs
+
+
+def check_volumes(paths: list[Path], *, allow_constant: bool = False) -> None:
+    """Read every file (`io.load_volume`) before any output is written: the first bad one is a `UserError`."""
+    for path in paths:
+        load_volume(path, allow_constant=allow_constant)
 
 
 def split_subjects(
