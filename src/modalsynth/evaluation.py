@@ -70,6 +70,8 @@ def evaluate_folders(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is a file; pass a folder for the report")
     matched, unmatched, pred_files, ref_files = match_subjects(pred, ref, target, subjects)
+    for subject in matched:  # every input read and checked before any work or output (one line for the first problem)
+        check_subject(subject, pred_files[subject], ref_files[subject], target, source)
     for side, names in unmatched.items():
         if names:
             print(f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}", file=sys.stderr)
@@ -140,16 +142,17 @@ def match_subjects(
     """Subjects with both a prediction and a reference of `target` (only `subjects` if given), those missing
     either, and the files found."""
     key = canonical_modality(target)
-    pred_files = _discover(pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)")
-    ref_files = _discover(ref, "references", f"REF/<subject>/{target}.nii.gz")
+    pred_files = _discover(pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)", (target,))
+    ref_files = _discover(ref, "references", f"REF/<subject>/{target}.nii.gz", (target, *MASK_NAMES, *LESION_NAMES))
     with_pred = {s for s, files in pred_files.items() if key in files}
     with_ref = {s for s, files in ref_files.items() if key in files or "target" in files}
     if not with_pred:
         found = sorted({m for files in pred_files.values() for m in files})
-        raise UserError(f"{pred}: no {target} predictions (found: {', '.join(found)}); check --target")
+        raise UserError(f"{pred}: no {target} predictions (found: {', '.join(found)}); choose --target from those names")
     if not with_ref:
         found = sorted({m for files in ref_files.values() for m in files})
-        raise UserError(f"{ref}: no reference {target} volumes (found: {', '.join(found)}); check --target and --ref")
+        raise UserError(f"{ref}: no reference {target} volumes (found: {', '.join(found)}); choose --target from those "
+                        "names, or check --ref")
     absent: set[str] = set()
     if subjects is not None:
         wanted = set(subjects)
@@ -166,6 +169,21 @@ def match_subjects(
         "missing_reference": sorted((with_pred - with_ref) | absent),
     }
     return matched, unmatched, pred_files, ref_files
+
+
+def check_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None) -> None:
+    """Read one subject's prediction, reference, masks and source and check their grids, without scaling them: a bad
+    file is a `UserError` naming it."""
+    key = canonical_modality(target)
+    ref_volume = load_volume(ref_files.get(key) or ref_files["target"])
+    _check_grid(subject, load_volume(pred_files[key], allow_constant=True), ref_volume)
+    for names in (MASK_NAMES, LESION_NAMES):
+        path = next((ref_files[n] for n in names if n in ref_files), None)
+        if path is not None:
+            _check_grid(subject, load_volume(path, allow_constant=True), ref_volume)
+    source_path = (ref_files.get(canonical_modality(source)) or ref_files.get("source")) if source else None
+    if source_path is not None:
+        load_volume(source_path)
 
 
 def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None) -> SubjectData:
@@ -208,14 +226,14 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
     )
 
 
-def _discover(folder: Path, role: str, layout: str) -> dict[str, dict[str, Path]]:
+def _discover(folder: Path, role: str, layout: str, modalities: tuple[str, ...] | None = None) -> dict[str, dict[str, Path]]:
     """The shared subject discovery, with one-line errors that say which side (predictions or references) is wrong."""
     if not folder.exists():
         raise UserError(f"{folder}: the {role} folder does not exist; check the path")
     if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
         raise UserError(f"{folder}: the {role} folder is empty; expected {layout}")
     try:
-        return discover_subjects(folder)
+        return discover_subjects(folder, modalities)
     except UserError as exc:
         raise UserError(f"{role}: {exc}") from exc
 

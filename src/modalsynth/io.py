@@ -6,6 +6,7 @@ import gzip
 import os
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -92,7 +93,7 @@ def read_header(path: Path | str) -> nib.Nifti1Image:
         raise UserError(f"{path}: is an Analyze 7.5 .hdr/.img pair, not NIfTI (Analyze has no reliable orientation); "
                         "convert it to .nii.gz (e.g. fslchfiletype NIFTI_GZ) after checking left and right")
     try:
-        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs (and silently 'fixes') bad pixdims
+        with _quiet_nibabel():  # nibabel logs (and silently 'fixes') bad pixdims; they are checked below instead
             img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable NIfTI file ({_short(exc)}); re-export it as .nii or .nii.gz") from exc
@@ -129,6 +130,17 @@ def _check_header(img: nib.Nifti1Image, path: Path) -> None:
         if size < needed:
             raise UserError(f"{path}: the header describes {needed} bytes of voxel data and offset but the file holds "
                             f"{size}; the file is truncated: copy or export it again")
+
+
+@contextmanager
+def _quiet_nibabel():
+    """Keep nibabel's header warnings off stderr (an error here is one line, from us)."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _raw_header(img: nib.Nifti1Image, path: Path):

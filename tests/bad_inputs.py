@@ -1,0 +1,404 @@
+"""The bad-input corpus (issue 11): every kind of broken input a user can hand modalsynth, made on the fly.
+
+No binary file is kept in git: each case is a function that writes its broken input under a temporary folder and
+says which commands read it. `tests/test_bad_inputs.py` runs every case through every one of those commands and
+checks the answer: exit status 2, one line on stderr naming the file and the fix, no traceback, nothing written.
+README's troubleshooting table lists the same cases.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+
+#: array shape as stored (x, y, z): after reorienting to RAS this is conftest's TINY_GRID (16, 48, 40) in (z, y, x)
+SHAPE = (40, 48, 16)
+GRID_ARGS = ["--grid", "16", "48", "40"]
+COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
+
+
+def head(seed: int = 0, shape=SHAPE) -> np.ndarray:
+    """A smooth positive 'head' in a zero background."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = (sum(g**2 for g in grids) < 0.6).astype(np.float32)
+    return (inside * (100 + 50 * grids[0] + 10 * rng.standard_normal(shape))).astype(np.float32)
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def good_pair(folder: Path, seed: int = 0) -> None:
+    save(folder / "flair.nii.gz", head(seed))
+    save(folder / "t1.nii.gz", head(seed + 100))
+
+
+# ---------------------------------------------------------------- broken NIfTI files: each writes one file at `path`
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _not_nifti(path: Path) -> None:
+    path.write_text("subject,age\n01,42\n")  # a CSV someone renamed
+
+
+def _gzip_garbage(path: Path) -> None:
+    path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(4000)))
+
+
+def _truncated_gzip(path: Path) -> None:
+    save(path, head())
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+def _array(data: np.ndarray) -> Callable[[Path], None]:
+    return lambda path: save(path, data)
+
+
+def _constant(value: float) -> Callable[[Path], None]:
+    return _array(np.full(SHAPE, value, np.float32))
+
+
+def _with_value(value: float) -> Callable[[Path], None]:
+    data = head()
+    data[20, 24, 8] = value
+    return _array(data)
+
+
+def _complex(path: Path) -> None:
+    save(path, head().astype(np.complex64) * (1 + 0.5j))
+
+
+def _rgb(path: Path) -> None:
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = rgb["G"] = rgb["B"] = np.clip(head(), 0, 255).astype("u1")
+    save(path, rgb)
+
+
+def _header_claims_more(path: Path) -> None:
+    """An uncompressed .nii whose header says 40x48x16 but whose data stops after a third of it."""
+    plain = path.with_name(path.name.replace(".nii.gz", ".tmp.nii"))
+    save(plain, head())
+    blob = plain.read_bytes()
+    plain.unlink()
+    cut = blob[: 352 + (len(blob) - 352) // 3]
+    path.write_bytes(gzip.compress(cut) if path.name.endswith(".gz") else cut)
+
+
+def _voxel_size(size: float) -> Callable[[Path], None]:
+    """No sform or qform, so the voxel sizes (pixdim) alone give the grid; pixdim[2] patched in the bytes (nibabel
+    refuses to write a zero or negative one)."""
+
+    def make(path: Path) -> None:
+        img = nib.Nifti1Image(head(), None)
+        img.header.set_sform(None, code=0)
+        img.header.set_qform(None, code=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(path))
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        raw[76 + 4 * 2 : 76 + 4 * 3] = np.float32(size).tobytes()  # pixdim[2]: the header's field at byte 76
+        path.write_bytes(gzip.compress(bytes(raw)))
+    return make
+
+
+def _degenerate_affine(path: Path) -> None:
+    affine = np.eye(4)
+    affine[:3, 2] = affine[:3, 1]  # the third axis points where the second does: a flat grid
+    save(path, head(), affine)
+
+
+def _analyze(path: Path) -> None:
+    """An Analyze 7.5 .hdr/.img pair where the NIfTI file should be (the NIfTI name is left absent)."""
+    stem = path.name.split(".")[0]
+    nib.save(nib.AnalyzeImage(head(), np.eye(4)), str(path.with_name(stem + ".hdr")))
+
+
+def _symlink_loop(path: Path) -> None:
+    other = path.with_name("loop-" + path.name)
+    os.symlink(other.name, path)
+    os.symlink(path.name, other)
+
+
+def _folder_named_like_file(path: Path) -> None:
+    path.mkdir(parents=True)
+    (path / "readme.txt").write_text("a folder, not a volume")
+
+
+# ---------------------------------------------------------------- the case table
+
+
+@dataclass
+class Case:
+    """One bad input. `build(root)` writes it and returns the paths the commands use (see `commands`).
+
+    Keys a build may return: file (a bad volume), data (a data folder or manifest), pred/ref (evaluate's folders),
+    checkpoint, config, extra (options per command). `names`: strings one of which the message must hold (the file or
+    folder at fault); `hint`: a word of the fix the message must give; `xfail`: command -> what the lead must change.
+    """
+
+    name: str
+    kind: str
+    commands: tuple[str, ...]
+    build: Callable[[Path], dict]
+    hint: str
+    names: Callable[[dict], list[str]] = lambda p: [p["bad"]]
+    xfail: dict[str, str] = field(default_factory=dict)
+    readme: str = ""
+
+
+def _volume_case(make: Callable[[Path], None]) -> Callable[[Path], dict]:
+    """A data folder with a good subject `a` and a subject `b` whose flair and t1 are both the bad file."""
+
+    def build(root: Path) -> dict:
+        data = root / "data"
+        good_pair(data / "a")
+        (data / "b").mkdir(parents=True)
+        for name in ("flair.nii.gz", "t1.nii.gz"):
+            make(data / "b" / name)
+        preds = root / "preds"
+        for subject in ("a", "b"):
+            save(preds / subject / "t1.nii.gz", head(7))
+        file = data / "b" / "flair.nii.gz"
+        if not os.path.lexists(file) and file.with_name("flair.hdr").exists():  # the Analyze case: pass its .hdr
+            return {"file": file.with_name("flair.hdr"), "data": data, "pred": preds, "ref": data,
+                    "bad": str(Path("b") / "flair.hdr"), "bad2": str(Path("b") / "t1.hdr")}
+        return {"file": file, "data": data, "pred": preds, "ref": data,
+                "bad": str(Path("b") / "flair.nii.gz"), "bad2": str(Path("b") / "t1.nii.gz")}
+
+    return build
+
+
+def _folder_case(make: Callable[[Path], dict]) -> Callable[[Path], dict]:
+    def build(root: Path) -> dict:
+        paths = make(root)
+        preds = root / "preds"
+        for subject in paths.pop("pred_subjects", ("a", "b")):
+            save(preds / subject / "t1.nii.gz", head(7))
+        paths.setdefault("pred", preds)
+        paths.setdefault("ref", paths["data"])
+        return paths
+
+    return build
+
+
+def _missing_modality(root: Path) -> dict:
+    data = root / "data"
+    good_pair(data / "a")
+    save(data / "b" / "flair.nii.gz", head(3))
+    return {"data": data, "bad": str(data / "b")}
+
+
+def _grid(shape: bool) -> Callable[[Path], dict]:
+    def make(root: Path) -> dict:
+        data = root / "data"
+        good_pair(data / "a")
+        save(data / "b" / "flair.nii.gz", head(3))
+        if shape:
+            save(data / "b" / "t1.nii.gz", head(4, (40, 48, 18)))
+        else:
+            affine = np.eye(4)
+            affine[:3, 3] = (5.0, 0.0, 0.0)  # shifted by 5 mm
+            save(data / "b" / "t1.nii.gz", head(4), affine)
+        return {"data": data, "bad": str(Path("b") / "t1.nii.gz")}
+    return make
+
+
+def _empty_folder(root: Path) -> dict:
+    data = root / "data"
+    data.mkdir(parents=True)
+    return {"data": data, "ref": data, "pred": data, "bad": str(data), "pred_subjects": ()}
+
+
+def _bids_two_runs(root: Path) -> dict:
+    data = root / "bids"
+    for subject in ("sub-01", "sub-02"):
+        anat = data / subject / "anat"
+        save(anat / f"{subject}_FLAIR.nii.gz", head(1))
+        save(anat / f"{subject}_T1w.nii.gz", head(2))
+    anat = data / "sub-02" / "anat"
+    (anat / "sub-02_T1w.nii.gz").rename(anat / "sub-02_run-1_T1w.nii.gz")
+    save(anat / "sub-02_run-2_T1w.nii.gz", head(5))
+    return {"data": data, "bad": "sub-02_run-1_T1w.nii.gz", "pred_subjects": ("sub-01", "sub-02")}
+
+
+def _manifest(text: str) -> Callable[[Path], dict]:
+    def make(root: Path) -> dict:
+        data = root / "data"
+        good_pair(data / "a")
+        good_pair(data / "b", seed=1)
+        manifest = root / "pairs.csv"
+        manifest.write_text(text)
+        return {"data": manifest, "bad": "pairs.csv"}
+    return make
+
+
+def _missing_path(root: Path) -> dict:
+    return {"file": root / "nowhere" / "flair.nii.gz", "data": root / "nowhere", "pred": root / "nowhere",
+            "ref": root / "nowhere", "bad": "nowhere"}
+
+
+def _unknown_modality(root: Path) -> dict:
+    data = root / "data"
+    good_pair(data / "a")
+    good_pair(data / "b", seed=1)
+    return {"data": data, "bad": "flare", "extra": {"train": ["--source", "flare"], "benchmark": ["--source", "flare"],
+                                                     "inspect": ["--source", "flare"], "evaluate": ["--target", "t11"]},
+            "bad_evaluate": "t11"}
+
+
+def _config(text: str, bad: str) -> Callable[[Path], dict]:
+    def make(root: Path) -> dict:
+        data = root / "data"
+        good_pair(data / "a")
+        good_pair(data / "b", seed=1)
+        config = root / "settings.yaml"
+        config.write_text(text)
+        return {"data": data, "config": config, "bad": bad}
+    return make
+
+
+def _checkpoint(kind: str) -> Callable[[Path], dict]:
+    """`kind` names how the checkpoint is broken; a `good` one is copied from CHECKPOINT (set by the test module)."""
+
+    def make(root: Path) -> dict:
+        import torch
+
+        data = root / "data"
+        good_pair(data / "a")
+        good_pair(data / "b", seed=1)
+        path = root / "model.pt"
+        if kind == "missing":
+            pass
+        elif kind == "corrupt":
+            path.write_bytes(np.random.default_rng(1).bytes(5000))
+        elif kind == "truncated":
+            blob = CHECKPOINT["path"].read_bytes()
+            path.write_bytes(blob[: len(blob) // 2])
+        elif kind == "state_dict":
+            torch.save(torch.nn.Conv3d(1, 4, 3).state_dict(), path)
+        elif kind == "pickle":
+            torch.save({"format": "modalsynth-checkpoint", "config": {}, "state": {}, "payload": Payload()}, path)
+        elif kind == "other_pair":
+            from modalsynth.checkpoints import Checkpoint
+
+            ckpt = Checkpoint.load(CHECKPOINT["path"])
+            ckpt.config = {**ckpt.config, "source": "t2", "target": "pd"}
+            ckpt.save(path)
+        return {"data": data, "file": data / "a" / "flair.nii.gz", "checkpoint": path,
+                "bad": "model.pt",
+                "extra": {"train": ["--init", str(path), "--source", "flair", "--target", "t1"]}}
+
+    return make
+
+
+class Payload:
+    """An object a pickle would rebuild (and run code for): a checkpoint holding it must be refused unread."""
+
+    def __reduce__(self):
+        return (print, ("pickle payload executed",))
+
+
+PICKLE_FIX = ("checkpoints.py: 'refusing to unpickle it' names no fix; add e.g. 'use a checkpoint written by "
+              "`modalsynth train`'")
+#: lead: predict of a data folder reads each source only when its turn comes, so an earlier subject is written and a
+#: progress bar is on stderr before the error: inference.predict_folder should read every source first
+#: (pairs.check_volumes(paths)), then predict
+PREDICT_FOLDER = ("inference.predict_folder: check every source (pairs.check_volumes) before the progress bar and the "
+                  "first output; today subject a is written, then b fails")
+
+#: filled by the test module: {"path": Path of a good tiny checkpoint}
+CHECKPOINT: dict[str, Path] = {}
+
+FILE_COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
+
+
+def volume(name: str, make, hint: str, readme: str) -> Case:
+    return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]],
+                {"predict:folder": PREDICT_FOLDER}, readme)
+
+
+CASES: list[Case] = [
+    Case("missing", "path", FILE_COMMANDS, _missing_path, "check", readme="no such file or folder → check the path"),
+    volume("empty", _empty, "export", "empty file (0 bytes) → export or copy it again"),
+    volume("not_nifti", _not_nifti, "re-export", "not NIfTI → re-export as .nii.gz"),
+    volume("gzip_garbage", _gzip_garbage, "re-export", "gzip of something else → re-export as .nii.gz"),
+    volume("truncated_gzip", _truncated_gzip, "again", "truncated download/copy → copy it again"),
+    volume("two_d", _array(head()[:, :, 8]), "3D", "2D image → pass the whole 3D volume"),
+    volume("single_slice", _array(head()[:, :, 8:9]), "3D", "one slice → pass the whole 3D volume"),
+    volume("four_d", _array(np.stack([head(), head(1)], -1)), "split", "4D series → split it and pass one volume"),
+    volume("five_d", _array(head()[..., None, None].repeat(3, -1)), "split", "5D (vector/RGB) → pass one scalar 3D volume"),
+    volume("rgb", _rgb, "grey", "RGB voxels → save a single-channel (grey) image"),
+    volume("complex", _complex, "magnitude", "complex-valued → save the magnitude image"),
+    volume("nan", _with_value(np.nan), "replace", "NaN voxels → replace them (fslmaths -nan)"),
+    volume("inf", _with_value(np.inf), "replace", "Inf voxels → replace them"),
+    volume("constant", _constant(7.0), "blank", "every voxel equal → the image is blank: export it again"),
+    volume("all_zero", _constant(0.0), "blank", "all zero → the image is blank: export it again"),
+    volume("header_claims_more", _header_claims_more, "again", "header claims more voxels than the file holds → copy it again"),
+    volume("zero_voxel_size", _voxel_size(0.0), "voxel size", "voxel size 0 → fix the header's voxel sizes"),
+    volume("negative_voxel_size", _voxel_size(-1.0), "voxel size", "negative voxel size → fix the header's voxel sizes"),
+    volume("degenerate_affine", _degenerate_affine, "affine", "singular affine → fix the orientation (sform/qform)"),
+    volume("analyze_pair", _analyze, "convert", "Analyze .hdr/.img → convert to NIfTI"),
+    volume("symlink_loop", _symlink_loop, "link", "symlink loop → point the link at the real file"),
+    volume("folder_named_like_file", _folder_named_like_file, "folder", "a folder named x.nii.gz → pass the file"),
+    Case("empty_data_folder", "folder", ("inspect", "train", "predict", "evaluate", "benchmark"), _folder_case(_empty_folder),
+         "expected", readme="empty data folder → use ROOT/<subject>/<modality>.nii.gz"),
+    Case("missing_modality", "folder", ("inspect", "train", "benchmark"), _folder_case(_missing_modality), "add",
+         readme="a subject lacks the target → add it, remove the subject, or use a CSV manifest"),
+    Case("grid_shape", "folder", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_grid(True)), "resample",
+         readme="source/target shapes differ → register them, or --resample-target"),
+    Case("grid_affine", "folder", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_grid(False)), "resample",
+         readme="source/target affines differ → register them, or --resample-target"),
+    Case("bids_two_runs", "folder", ("inspect", "train", "predict", "benchmark"), _folder_case(_bids_two_runs), "manifest",
+         readme="two runs of one suffix → keep one run or list pairs in a CSV manifest"),
+    Case("csv_missing_file", "manifest", ("inspect", "train", "benchmark"),
+         _folder_case(_manifest("subject,source,target\na,data/a/flair.nii.gz,data/a/t1.nii.gz\n"
+                                "b,data/b/flair.nii.gz,data/b/T1.nii.gz\n")), "path",
+         names=lambda p: ["T1.nii.gz"], readme="manifest names a missing file → fix the path in the CSV"),
+    Case("csv_missing_column", "manifest", ("inspect", "train", "benchmark"),
+         _folder_case(_manifest("subject,source\na,data/a/flair.nii.gz\n")), "header",
+         readme="manifest lacks a column → header subject,source,target[,mask]"),
+    Case("unknown_modality", "option", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_unknown_modality), "choose",
+         names=lambda p: ["flare", "t11"], readme="unknown modality name → use a name the files carry (flair, t1, ...)"),
+    Case("bad_yaml", "config", ("train", "benchmark"), _config("steps: [1, 2\n", "settings.yaml"), "fix",
+         xfail={"train": "config.py: a YAML syntax error gives no fix; add the line number and '; fix the file' "
+                         "(benchmark's message already says so)"},
+         readme="config is not YAML → fix the syntax"),
+    Case("unknown_setting", "config", ("train",), _config("stepz: 3\n", "stepz"), "setting",
+         readme="unknown setting → use a field of TrainConfig"),
+    Case("wrong_type", "config", ("train",), _config("steps: many\n", "steps"), "number",
+         readme="wrong type → give the right type (e.g. steps: 200)"),
+    Case("missing_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("missing"), "train",
+         readme="checkpoint not found → check the path"),
+    Case("corrupt_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("corrupt"), "modalsynth train",
+         readme="corrupt checkpoint → use the .pt file modalsynth train wrote"),
+    Case("truncated_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("truncated"), "modalsynth train",
+         readme="truncated checkpoint → use another copy"),
+    Case("state_dict_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("state_dict"), "modalsynth train",
+         readme="plain state_dict from another program → use a modalsynth checkpoint"),
+    Case("pickle_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("pickle"), "modalsynth train",
+         xfail={"predict": PICKLE_FIX, "train": PICKLE_FIX},
+         readme="pickled objects in the checkpoint → refused unread; use a trusted file"),
+    Case("other_pair_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("other_pair"), "t2",
+         xfail={"predict": "predict with a folder: name the checkpoint and the pair it maps (model.pt: t2->pd) when the "
+                           "data has no t2, instead of only 'DATA: no t2 volumes to predict'",
+                "train": "train --init with a checkpoint for another source/target pair is accepted (exit 0); refuse it "
+                         "in one line naming the checkpoint and both pairs (model.pt maps t2->pd, this run flair->t1)"},
+         readme="checkpoint for another source/target → use the model trained for your pair"),
+]
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True)
