@@ -73,6 +73,42 @@ def test_bad_inputs_give_one_line_naming_the_file(tmp_path):
     assert load_volume(tmp_path / "const.nii.gz", allow_constant=True).data.max() == 7.0
 
 
+def test_header_checks_need_no_voxel_read(tmp_path):
+    """What the header alone shows is refused by `read_header` (the cheap check every pair gets), one line each."""
+    from modalsynth.io import read_header
+
+    plain = _write(tmp_path / "plain.nii", blob_volume((30, 30, 30)))
+    raw = plain.read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(UserError, match=r"cut.nii: the header describes \d+ bytes .* holds \d+; the file is truncated"):
+        read_header(tmp_path / "cut.nii")
+    with pytest.raises(UserError, match="complex-valued voxels .complex64.; save the magnitude"):
+        read_header(_write(tmp_path / "c.nii.gz", blob_volume().astype(np.complex64)))
+    flat = np.eye(4)
+    flat[:3, 2] = flat[:3, 0]
+    with pytest.raises(UserError, match="affine .* singular"):
+        read_header(_write(tmp_path / "flat.nii.gz", blob_volume(), flat))
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(UserError, match="broken symbolic link"):
+        read_header(tmp_path / "dangling.nii.gz")
+    (tmp_path / "loop.nii.gz").symlink_to("loop.nii.gz")
+    with pytest.raises(UserError, match="loops back on itself"):
+        read_header(tmp_path / "loop.nii.gz")
+
+
+def test_zero_voxel_size_is_refused_without_nibabel_noise(tmp_path, capfd):
+    img = nib.Nifti1Image(blob_volume(), None)
+    img.header.set_sform(None, code=0)
+    img.header.set_qform(None, code=0)
+    nib.save(img, str(tmp_path / "z.nii"))
+    raw = bytearray((tmp_path / "z.nii").read_bytes())
+    raw[76 + 4 : 76 + 8] = np.float32(0).tobytes()  # pixdim[1] = 0
+    (tmp_path / "z.nii").write_bytes(bytes(raw))
+    assert "voxel sizes (0.0, 1.0, 1.0)" in _message(tmp_path / "z.nii")
+    assert capfd.readouterr().err == ""  # nibabel's 'setting 0 dims to 1' stays off stderr
+    assert not nib.imageglobals.logger.disabled
+
+
 def test_corrupt_gzip_body(tmp_path):
     good = _write(tmp_path / "good.nii", blob_volume((30, 30, 30)))
     payload = bytearray(gzip.compress(good.read_bytes()))
