@@ -98,6 +98,7 @@ class Row:
     times: list[float] = field(default_factory=list)
     windows: int = 0
     gflop: float = 0.0
+    first: float = math.nan  # the warm-up pass (compile/export included for those modes)
     error: str = ""
     output: torch.Tensor | None = None
 
@@ -217,9 +218,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="bench_predict.json")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes after the warm-up (0: report the warm-up)")
     parser.add_argument("--quick", action="store_true", help="fewer rows")
     parser.add_argument("--bound", type=float, default=90.0, help="seconds allowed per pass of one row")
+    parser.add_argument("--only", default="", help="';'-separated substrings: keep rows whose label contains one")
     parser.add_argument("--extra-path", default="", help="a folder appended to sys.path (onnxruntime installed aside)")
     args = parser.parse_args()
     if args.extra_path:
@@ -233,6 +235,8 @@ def main() -> None:
     volume, origin = load_volume()
     nets = build_nets()
     rows = rows_for(args.quick)
+    if args.only:
+        rows = [r for r in rows if any(k in r.label for k in args.only.split(";"))]
     floor_before = matmul_gflops()
     predictors = {}
     for row in rows:  # build + warm-up pass (also the correctness outputs); compile/export happen here
@@ -245,7 +249,8 @@ def main() -> None:
                 row.output, row.windows = predict_once(row, predictor, context, volume)
                 first = time.perf_counter() - start
             predictors[id(row)] = (predictor, context)
-            if row.slow:
+            row.first = first
+            if row.slow or args.repeats == 0:
                 row.times.append(first)
             flops = count_flops(net, (1, 1, *roi)) * row.windows
             row.gflop = flops / 1e9
@@ -255,7 +260,7 @@ def main() -> None:
             row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         if row.mode == "channels_last":  # give the shared net back its default layout for later rows
             nets[row.net] = net.to(memory_format=torch.contiguous_format)
-        print(f"warm-up {row.label}: {row.error or 'ok'}", flush=True)
+        print(f"warm-up {row.label}: {row.error or f'{row.first:.2f} s, {row.gflop:.0f} GFLOP'}", flush=True)
     for _ in range(args.repeats):
         for row in rows:
             if row.error or row.slow:
