@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,6 @@ import numpy as np
 #: array shape as stored (x, y, z): after reorienting to RAS this is conftest's TINY_GRID (16, 48, 40) in (z, y, x)
 SHAPE = (40, 48, 16)
 GRID_ARGS = ["--grid", "16", "48", "40"]
-COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
 
 
 def head(seed: int = 0, shape=SHAPE) -> np.ndarray:
@@ -322,8 +320,7 @@ PREDICT_FOLDER = ("inference.predict_folder: check every source (pairs.check_vol
 #: filled by the test module: {"path": Path of a good tiny checkpoint}
 CHECKPOINT: dict[str, Path] = {}
 
-FILE_COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
-
+FILE_
 
 def volume(name: str, make, hint: str, readme: str) -> Case:
     return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]],
@@ -398,7 +395,3 @@ CASES: list[Case] = [
                          "in one line naming the checkpoint and both pairs (model.pt maps t2->pd, this run flair->t1)"},
          readme="checkpoint for another source/target → use the model trained for your pair"),
 ]
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True)
