@@ -320,7 +320,7 @@ PREDICT_FOLDER = ("inference.predict_folder: check every source (pairs.check_vol
 #: filled by the test module: {"path": Path of a good tiny checkpoint}
 CHECKPOINT: dict[str, Path] = {}
 
-FILE_
+FILE_COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
 
 def volume(name: str, make, hint: str, readme: str) -> Case:
     return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]],
