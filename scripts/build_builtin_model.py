@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Reproduce the built-in FLAIR->T1 model: train gan3d's default recipe on every real-dev subject, then export it.
+
+The export keeps what prediction needs (generator weights in half precision, the resolved settings, the target
+intensities) and drops the discriminator and optimiser states, then prints the sha256 for the model card.
+
+    OMP_NUM_THREADS=1 python scripts/build_builtin_model.py --data ../shared/data/real-dev --run runs/builtin --steps 1000
+    python scripts/build_builtin_model.py --export-only --run runs/builtin      # export an existing run
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from modalsynth import builtin
+from modalsynth.checkpoints import Checkpoint
+from modalsynth.methods.gan3d import GAN3D
+
+SEED = 0
+
+
+def export(run: Path, destination: Path) -> str:
+    """RUN/last.pt -> a generator-only, float16 checkpoint at `destination`; returns its sha256."""
+    ckpt = Checkpoint.load(run / "last.pt")
+    # prediction settings follow gan3d's current default (they do not change the weights)
+    ckpt.config["model"].update({k: GAN3D.recipe["model"][k] for k in ("window", "overlap", "windows_per_batch")})
+    generator = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt.state["nets"]["generator"].items()}
+    slim = Checkpoint(config=ckpt.config, state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
+                      step=ckpt.step, best_val_mae=ckpt.best_val_mae, target_intensity=ckpt.target_intensity,
+                      split=ckpt.split, elapsed_s=ckpt.elapsed_s)
+    slim.save(destination)
+    return builtin.sha256_of(destination)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/real-dev"))
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--steps", type=int, help="training steps (the shipped model's count is in its card)")
+    ap.add_argument("--minutes", type=float, help="or a time budget instead")
+    ap.add_argument("--export-only", action="store_true")
+    args = ap.parse_args()
+    if not args.export_only:
+        budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes or 40)]
+        subprocess.run([sys.executable, "-m", "modalsynth", "train", "--data", str(args.data), "--out", str(args.run),
+                        "--holdout", "none", "--seed", str(SEED), "--device", "cpu", *budget], check=True)
+    model = builtin.MODELS[builtin.DEFAULT]
+    digest = export(args.run, model.path)
+    size = model.path.stat().st_size / 2**20
+    print(f"wrote {model.path} ({size:.1f} MiB, step {Checkpoint.load(model.path).step}); sha256 {digest}")
+    print("put this sha256 in src/modalsynth/builtin/__init__.py and in the model card")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    main()

@@ -1,0 +1,104 @@
+"""The built-in FLAIR->T1 model, presets and fine-tuning from a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from modalsynth import builtin
+from modalsynth.checkpoints import Checkpoint
+from modalsynth.config import resolve_config
+from modalsynth.errors import UserError
+from modalsynth.inference import Predictor, input_warnings
+from modalsynth.io import Volume, load_volume
+from modalsynth.methods import method_class
+from modalsynth.training import train
+
+from .conftest import blob_volume, tiny_config
+from .test_settings import run_cli
+
+MODEL = builtin.MODELS[builtin.DEFAULT]
+
+
+def _small_flair(path, shape=(40, 48, 40)):
+    nib.save(nib.Nifti1Image(blob_volume(shape), np.diag([1.2, 1.0, 1.0, 1.0])), str(path))
+    return path
+
+
+def test_builtin_weights_match_the_card_and_fit_the_size_limit():
+    assert MODEL.path.stat().st_size <= 10 * 2**20
+    assert builtin.sha256_of(MODEL.path) == MODEL.sha256
+    card = MODEL.card.read_text()
+    assert MODEL.sha256 in card and "scripts/build_builtin_model.py" in card
+    ckpt = Checkpoint.load(builtin.resolve(f"builtin:{MODEL.name}"))
+    assert set(ckpt.state["nets"]) == {"generator"} and "optimizers" not in ckpt.state or not ckpt.state["optimizers"]
+    assert all(t.dtype == torch.float16 for t in ckpt.state["nets"]["generator"].values() if t.is_floating_point())
+    assert ckpt.config["source"] == "flair" and ckpt.config["target"] == "t1"
+
+
+def test_builtin_predicts_a_small_volume_onto_its_grid(tmp_path):
+    flair = _small_flair(tmp_path / "flair.nii.gz")
+    predictor = Predictor.from_checkpoint(builtin.resolve(None), "cpu")
+    out = predictor.predict_volume(load_volume(flair))
+    source = load_volume(flair)
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine) and np.isfinite(out.data).all()
+    inside = source.data > 0
+    assert out.data[inside].std() > 0  # not a constant
+
+
+def test_predict_with_no_checkpoint_uses_the_builtin_model_and_says_how_long(tmp_path, monkeypatch, capsys):
+    flair = _small_flair(tmp_path / "flair.nii.gz")
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output", str(tmp_path / "t1.nii.gz"),
+                             "--device", "cpu")
+    assert code == 0, err
+    assert re.search(r"wrote .*t1.nii.gz \(\d+\.\d s on cpu\)", out)
+    assert load_volume(tmp_path / "t1.nii.gz").shape == load_volume(flair).shape
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert code == 0 and "builtin:flair-t1 (default)" in out and "flair -> t1" in out
+
+
+def test_a_damaged_builtin_file_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setitem(builtin.MODELS, MODEL.name, dataclasses.replace(MODEL, sha256="0" * 64))
+    with pytest.raises(UserError, match="does not match the model card"):
+        builtin.resolve(None)
+    with pytest.raises(UserError, match="no such built-in model"):
+        builtin.resolve("builtin:t2-ct")
+
+
+def test_a_whole_head_gets_a_skull_stripping_warning():
+    grids = np.meshgrid(*[np.arange(n) - n / 2 for n in (200, 200, 200)], indexing="ij")
+    head = (sum(g**2 for g in grids) < 90**2).astype(np.float32) * 100  # a 3-litre ball at 1 mm
+    warnings = input_warnings(Volume(head, np.eye(4), nib.Nifti1Header(), None), "flair")
+    assert len(warnings) == 1 and "skull-stripped" in warnings[0]
+    brain = (sum(g**2 for g in grids) < 65**2).astype(np.float32) * 100  # 1.15 litres
+    assert input_warnings(Volume(brain, np.eye(4), nib.Nifti1Header(), None), "flair") == []
+
+
+def test_paper_preset_and_unknown_preset():
+    paper = resolve_config([("cli", {"preset": "paper"})], method_class)
+    assert paper.preprocess.grid == (48, 288, 240) and paper.patch is None and paper.model["stem"] == "residual"
+    assert paper.model["base_channels"] == 32 and paper.lr == 1e-4
+    default = resolve_config([("cli", {})], method_class)
+    assert default.model["stem"] == "strided" and default.patch == (64, 64, 64)
+    with pytest.raises(UserError, match="--preset fast: gan3d has no such preset .its presets: paper"):
+        resolve_config([("cli", {"preset": "fast"})], method_class)
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
+    first = train(tiny_config(steps=2, val_every=2), tiny_sim, tmp_path / "first", progress=False)
+    start = Checkpoint.load(first).state["nets"]["generator"]
+    # the network and grid settings come from the init checkpoint; a near-zero lr keeps the weights near it
+    config = resolve_config([("cli", {"init": str(first), "steps": 1, "lr": 1e-12, "device": "cpu", "val_every": 1})],
+                            method_class)
+    assert config.model == Checkpoint.load(first).config["model"] and config.init == str(first)
+    train(config, tiny_sim, tmp_path / "tuned", progress=False)
+    tuned = Checkpoint.load(tmp_path / "tuned" / "last.pt").state["nets"]["generator"]
+    assert all(torch.allclose(start[k], tuned[k], atol=1e-6) for k in start)
+    torch.manual_seed(0)
+    fresh = train(tiny_config(steps=1, val_every=1, lr=1e-12), tiny_sim, tmp_path / "fresh", progress=False)
+    assert not all(torch.allclose(start[k], Checkpoint.load(fresh).state["nets"]["generator"][k], atol=1e-6) for k in start)
