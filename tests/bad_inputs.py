@@ -309,14 +309,6 @@ class Payload:
         return (print, ("pickle payload executed",))
 
 
-PICKLE_FIX = ("checkpoints.py: 'refusing to unpickle it' names no fix; add e.g. 'use a checkpoint written by "
-              "`modalsynth train`'")
-#: lead: predict of a data folder reads each source only when its turn comes, so an earlier subject is written and a
-#: progress bar is on stderr before the error: inference.predict_folder should read every source first
-#: (pairs.check_volumes(paths)), then predict
-PREDICT_FOLDER = ("inference.predict_folder: check every source (pairs.check_volumes) before the progress bar and the "
-                  "first output; today subject a is written, then b fails")
-
 #: filled by the test module: {"path": Path of a good tiny checkpoint}
 CHECKPOINT: dict[str, Path] = {}
 
@@ -324,7 +316,7 @@ FILE_COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
 
 def volume(name: str, make, hint: str, readme: str) -> Case:
     return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]],
-                {"predict:folder": PREDICT_FOLDER}, readme)
+                {}, readme)
 
 
 CASES: list[Case] = [
@@ -370,8 +362,6 @@ CASES: list[Case] = [
     Case("unknown_modality", "option", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_unknown_modality), "choose",
          names=lambda p: ["flare", "t11"], readme="unknown modality name → use a name the files carry (flair, t1, ...)"),
     Case("bad_yaml", "config", ("train", "benchmark"), _config("steps: [1, 2\n", "settings.yaml"), "fix",
-         xfail={"train": "config.py: a YAML syntax error gives no fix; add the line number and '; fix the file' "
-                         "(benchmark's message already says so)"},
          readme="config is not YAML → fix the syntax"),
     Case("unknown_setting", "config", ("train",), _config("stepz: 3\n", "stepz"), "setting",
          readme="unknown setting → use a field of TrainConfig"),
@@ -386,12 +376,7 @@ CASES: list[Case] = [
     Case("state_dict_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("state_dict"), "modalsynth train",
          readme="plain state_dict from another program → use a modalsynth checkpoint"),
     Case("pickle_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("pickle"), "modalsynth train",
-         xfail={"predict": PICKLE_FIX, "train": PICKLE_FIX},
          readme="pickled objects in the checkpoint → refused unread; use a trusted file"),
     Case("other_pair_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("other_pair"), "t2",
-         xfail={"predict": "predict with a folder: name the checkpoint and the pair it maps (model.pt: t2->pd) when the "
-                           "data has no t2, instead of only 'DATA: no t2 volumes to predict'",
-                "train": "train --init with a checkpoint for another source/target pair is accepted (exit 0); refuse it "
-                         "in one line naming the checkpoint and both pairs (model.pt maps t2->pd, this run flair->t1)"},
          readme="checkpoint for another source/target → use the model trained for your pair"),
 ]

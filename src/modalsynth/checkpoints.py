@@ -65,7 +65,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: holds objects other than weights and settings; refusing to unpickle it") from exc
+        raise UserError(f"{path}: holds objects other than weights and settings; refusing to unpickle it; use a checkpoint written by `modalsynth train` that you trust") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:80]}); use another copy") from exc
     if not isinstance(payload, dict):

@@ -94,7 +94,9 @@ class TrainConfig:
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise UserError(f"{path}: not valid YAML{where} ({str(exc).splitlines()[0]}); fix the file") from exc
         if not isinstance(values, dict):
             raise UserError(f"{path}: expected a mapping of settings, e.g. 'epochs: 10'")
         TrainConfig.from_dict(values, origin=str(path))
@@ -146,7 +148,13 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
     for _, layer in layers:
         init = layer.get("init", init)
     if init:
-        layers = [(f"--init {init}", _inherited_from(str(init)))] + list(layers)
+        inherited = _inherited_from(str(init))
+        for _, layer in layers:
+            for key in ("source", "target"):
+                if key in layer and key in inherited and layer[key] != inherited[key]:
+                    raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
+                                    f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
+        layers = [(f"--init {init}", inherited)] + list(layers)
     name = TrainConfig.method
     for _, layer in layers:
         name = layer.get("method", name)

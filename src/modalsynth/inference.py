@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .checkpoints import Checkpoint
 from .config import TrainConfig
-from .data.pairs import canonical_modality, discover_subjects
+from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
 from .io import Volume, is_nifti, load_volume, save_volume
@@ -169,6 +169,7 @@ class Predictor:
         jobs = self.folder_jobs(root, split)
         outputs = [self.output_path(out_root, subject) for subject, _ in jobs]
         refuse_overwriting_inputs([path for _, path in jobs] + _all_files(root), outputs)
+        check_volumes([path for _, path in jobs])  # every source readable before the first output is written
         written, times = [], []
         for (subject, path), output in tqdm(list(zip(jobs, outputs)), desc="predicting", unit="volume", disable=not progress):
             start = time.perf_counter()
@@ -193,7 +194,9 @@ class Predictor:
         if missing:
             print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
         if not jobs:
-            raise UserError(f"{root}: no {key} volumes to predict" + (f" in split {split!r}" if split else ""))
+            raise UserError(f"{root}: no {key} volumes to predict" + (f" in split {split!r}" if split else "")
+                            + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
+                            "so the data needs a file of that source modality per subject")
         return jobs
 
 
