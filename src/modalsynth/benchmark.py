@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .checkpoints import Checkpoint
-from .config import TrainConfig, resolve_config
+from .config import TrainConfig, read_yaml_mapping, resolve_config
 from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
@@ -52,14 +51,7 @@ def fold_splits(subjects: list[str], folds: int, seed: int = 0) -> list[dict[str
 
 def _method_sections(path: Path) -> dict[str, Any]:
     """The benchmark YAML: one mapping of training settings per method name."""
-    if not path.is_file():
-        raise UserError(f"{path}: benchmark config not found; check the --config path")
-    try:
-        sections = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file") from exc
-    if not isinstance(sections, dict):
-        raise UserError(f"{path}: expected one section per method, e.g. 'gan3d: {{model: {{base_channels: 16}}}}'")
+    sections = read_yaml_mapping(path, "benchmark config", "one section per method, 'gan3d: {model: {base_channels: 16}}'")
     unknown = sorted(set(sections) - set(method_names()))
     if unknown:
         raise UserError(f"{path}: unknown method section(s) {', '.join(unknown)}; use {', '.join(method_names())}")
@@ -109,6 +101,7 @@ def run_benchmark(
     else:
         (out / "folds.json").write_text(json.dumps(splits, indent=1))
     tested = sorted(sum((s["test"] for s in splits), []))
+    budget = " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
     by_name = {p.subject: p for p in pairs}
     rows = []
     for name in methods:
@@ -123,7 +116,6 @@ def run_benchmark(
             run_dir = method_dir / f"fold-{k}" if folds else method_dir
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "split.json").write_text(json.dumps(split, indent=1))
-            budget = " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} min" if minutes else "") if b)
             where = f" (fold {k + 1}/{len(splits)})" if folds else ""
             print(f"[{name}] training{where} for {budget} on {len(split['train'])} subjects")
             started = time.perf_counter()
@@ -158,8 +150,7 @@ def run_benchmark(
         }
         done_file.write_text(json.dumps(row, indent=1))
         rows.append(row)
-    budget_text = " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
-    budget_text += " of training per learned method and run (the LUT is fitted in closed form)"
+    budget_text = budget + " of training per learned method and run (the LUT is fitted in closed form)"
     if folds:
         budget_text += f"; {folds}-fold cross-validation, every subject tested once"
     table = {"data": str(data), "source": source, "target": target, "splits": splits, "split": splits[0], "steps": steps,

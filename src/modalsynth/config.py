@@ -40,8 +40,8 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
     holdout: str = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
-    val_every: int | None = None  # validate every N steps; None = once per epoch (or by `val_minutes` under a time budget)
-    val_minutes: float | None = None  # validate every N minutes of training; None under `minutes` = a tenth of the budget
+    val_every: int | None = None  # validate every N steps; None: `val_minutes`, else at epoch ends, at most ~10 % of the time
+    val_minutes: float | None = None  # validate every N minutes of training (when `val_every` is not set)
     log_every: int = 10
     model: dict[str, Any] = field(default_factory=dict)  # network options of the method (base_channels, depth, ...)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -88,22 +88,29 @@ class TrainConfig:
     @staticmethod
     def yaml_settings(path: Path) -> dict[str, Any]:
         """The settings a YAML file sets (a mapping), checked for unknown names and wrong types."""
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise UserError(f"{path}: not valid YAML{where} ({str(exc).splitlines()[0]}); fix the file") from exc
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: expected a mapping of settings, e.g. 'epochs: 10'")
+        values = read_yaml_mapping(path, "config file", "'epochs: 10'")
         TrainConfig.from_dict(values, origin=str(path))
         return values
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping: a missing file, a syntax error (with its line) or another shape is a
+    one-line `UserError` naming the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found; check the path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML{where} ({str(exc).splitlines()[0]}); fix the file") from exc
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping, e.g. {example}")
+    return values
 
 
 #: an example value of the kind expected by each setting whose default is None
@@ -195,8 +202,9 @@ def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path) -> 
     values = saved.to_dict()
     for origin, layer in layers:
         layer = _plain(dict(layer))
+        current = _flatten(values)
         for key, wanted in _flatten(layer).items():
-            have = _flatten(values).get(key)
+            have = current.get(key)
             if key.split(".")[0] in RESUMABLE_CHANGES or _same(wanted, have):
                 continue
             raise UserError(

@@ -192,11 +192,9 @@ def train(
         device = torch.device("cuda", ctx.local_rank)
     saved = None
     if resume:
-        last = out / "last.pt"
-        if not last.exists():
-            raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
-        saved = Checkpoint.load(last)
-        resume_config(TrainConfig.from_dict(saved.config, origin=str(last)), [("the resumed settings", config.to_dict())], last)
+        saved = _last_checkpoint(out)
+        resume_config(TrainConfig.from_dict(saved.config, origin=str(out / "last.pt")),
+                      [("the resumed settings", config.to_dict())], out / "last.pt")
     pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
     with ExitStack() as stack:
         if ctx.is_main:
@@ -279,7 +277,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     bar = tqdm(total=budget.steps, initial=step, desc=f"train {config.method}", unit="step", disable=not show, dynamic_ncols=True)
     clock = time.perf_counter()
     last_val_s, since_val = 0.0, 0.0
-    finished = _agree(ctx, device, budget.done(step, elapsed))
+    (finished,) = _agree(ctx, device, budget.done(step, elapsed))
     while not finished:
         epoch, within = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
@@ -299,8 +297,9 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_loss", "d_loss", "loss", "g_l1")})
         if ctx.is_main and step % config.log_every == 0:
             logger.log(step, {**losses, "s_per_step": elapsed / max(1, step)})
-        finished = _agree(ctx, device, budget.done(step, elapsed))
-        if _agree(ctx, device, _validation_due(config, step, steps_per_epoch, since_val, last_val_s)) or finished:
+        finished, validate_now = _agree(
+            ctx, device, budget.done(step, elapsed), _validation_due(config, step, steps_per_epoch, since_val, last_val_s))
+        if validate_now or finished:
             if ctx.is_main:
                 started = time.perf_counter()
                 metrics = validate(predictor, val_set)
@@ -313,7 +312,8 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
                 dist.barrier()
             now = time.perf_counter()
             elapsed, since_val, clock = elapsed + now - clock, 0.0, now
-        if _agree(ctx, device, bool(stop.get("signal"))) and not finished:
+        (stopping,) = _agree(ctx, device, bool(stop.get("signal")))  # after validation: a signal during it counts now
+        if stopping and not finished:
             if ctx.is_main:
                 if saved_step != step:
                     save(step, {}, elapsed)
@@ -329,6 +329,14 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         on_finish(method)
 
 
+def _last_checkpoint(out: Path) -> Checkpoint:
+    """OUT/last.pt for `--resume`; a `UserError` when there is none."""
+    last = out / "last.pt"
+    if not last.exists():
+        raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
+    return Checkpoint.load(last)
+
+
 def _load_init(method: Method, init: str) -> None:
     """Fine-tuning: start from another run's (or a built-in model's) network weights; optimisers start fresh."""
     from . import builtin
@@ -341,13 +349,13 @@ def _load_init(method: Method, init: str) -> None:
                         "drop the model settings that differ from it") from exc
 
 
-def _agree(ctx: DistContext, device: torch.device, flag: bool) -> bool:
-    """Rank 0's decision, on every rank (time-based decisions could otherwise differ between processes)."""
+def _agree(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Rank 0's decisions, on every rank, in one broadcast (time-based decisions could otherwise differ by process)."""
     if ctx.world <= 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item() > 0.5)
+        return flags
+    values = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.broadcast(values, src=0)
+    return tuple(bool(v > 0.5) for v in values.tolist())
 
 
 @dataclass
@@ -397,9 +405,7 @@ def train_from_cli(
         layers.append(("the command line", given))
     if resume:
         last = Path(out) / "last.pt"
-        if not last.exists():
-            raise UserError(f"{last}: nothing to resume; drop --resume to start a new run")
-        saved = TrainConfig.from_dict(Checkpoint.load(last).config, origin=str(last))
+        saved = TrainConfig.from_dict(_last_checkpoint(Path(out)).config, origin=str(last))
         cfg = resume_config(saved, layers, last)
     else:
         cfg = resolve_config(layers, method_class)
