@@ -14,12 +14,13 @@ from modalsynth import builtin
 from modalsynth.checkpoints import Checkpoint
 from modalsynth.config import resolve_config
 from modalsynth.errors import UserError
-from modalsynth.inference import Predictor, input_warnings
+from modalsynth.inference import Predictor
+from modalsynth.input_checks import input_warnings
 from modalsynth.io import Volume, load_volume
 from modalsynth.methods import method_class
 from modalsynth.training import train
 
-from .conftest import blob_volume, tiny_config
+from .conftest import REAL_DEV, blob_volume, tiny_config
 from .test_settings import run_cli
 
 MODEL = builtin.MODELS[builtin.DEFAULT]
@@ -102,3 +103,31 @@ def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
     torch.manual_seed(0)
     fresh = train(tiny_config(steps=1, val_every=1, lr=1e-12), tiny_sim, tmp_path / "fresh", progress=False)
     assert not all(torch.allclose(start[k], Checkpoint.load(fresh).state["nets"]["generator"][k], atol=1e-6) for k in start)
+
+
+def _ball_of_tissues(tissues: list[tuple[float, float]], seed: int = 0) -> Volume:
+    """A 1.1-litre ball whose voxels are drawn from tissues [(share, intensity)] with a little noise."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(n) - n / 2 for n in (140, 140, 140)], indexing="ij")
+    inside = sum(g**2 for g in grids) < 64**2
+    shares, levels = zip(*tissues)
+    values = rng.choice(levels, size=int(inside.sum()), p=shares) + rng.normal(0, 0.02, int(inside.sum()))
+    data = np.zeros(inside.shape, np.float32)
+    data[inside] = np.clip(values, 0.01, None) * 1000
+    return Volume(data, np.eye(4), nib.Nifti1Header(), None)
+
+
+def test_a_t1_contrast_gets_a_warning_and_a_flair_does_not():
+    t1 = _ball_of_tissues([(0.55, 0.8), (0.33, 0.55), (0.12, 0.15)])  # bright white matter, grey, CSF
+    flair = _ball_of_tissues([(0.45, 0.35), (0.41, 0.42), (0.08, 0.1), (0.06, 0.9)])  # grey > white, dark CSF, lesions
+    warnings = input_warnings(t1, "flair")
+    assert len(warnings) == 1 and "looks like a T1" in warnings[0]
+    assert input_warnings(flair, "flair") == []
+    assert input_warnings(t1, "t1") == []  # only a model that expects FLAIR checks for it
+
+
+@pytest.mark.skipif(not REAL_DEV.is_dir(), reason="needs ../shared/data/real-dev")
+@pytest.mark.parametrize("subject", ["brats2018-case1", "ms-patient07"])
+def test_real_t1_is_flagged_and_real_flair_is_not(subject):
+    assert input_warnings(load_volume(REAL_DEV / subject / "flair.nii.gz"), "flair") == []
+    assert any("looks like a T1" in w for w in input_warnings(load_volume(REAL_DEV / subject / "t1.nii.gz"), "flair"))

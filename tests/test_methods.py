@@ -237,3 +237,14 @@ def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     # a pointwise map fitted on FLAIR -> T1 inverts the contrast: it beats copying the source inside the brain
     inside = subject.mask > 0
     assert np.abs(pred - subject.target)[inside].mean() < np.abs(subject.source - subject.target)[inside].mean()
+
+
+def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predict_whole_volumes():
+    config = tiny_config(model={**TINY_MODEL, "norm": "batch", "window": "volume"})
+    method = build_method(config)
+    norms = lambda net: {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__}  # noqa: E731
+    assert norms(method.nets["generator"]) == {"BatchNorm3d"}
+    assert norms(method.nets["discriminator"]) == {"InstanceNorm3d"}
+    assert method.application().mode == "volume"
+    windowed = build_method(tiny_config(model={**TINY_MODEL, "window": [16, 16, 16]}))
+    assert windowed.application().mode == "window" and windowed.application().roi == (16, 16, 16)

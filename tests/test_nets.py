@@ -288,3 +288,18 @@ def test_count_flops_of_generator_scales_with_volume() -> None:
     net = ResUNet(spatial_dims=3, base_channels=4, depth=2)
     small = count_flops(net, (1, 1, 8, 16, 16))
     assert count_flops(net, (1, 1, 16, 16, 16)) == 2 * small > 0
+
+
+def test_ssim_term_is_added_with_its_weight():
+    from monai.losses import SSIMLoss
+
+    torch.manual_seed(0)
+    fake, real = torch.rand(1, 1, 16, 16, 16) * 2 - 1, torch.rand(1, 1, 16, 16, 16) * 2 - 1
+    logits = torch.zeros(1, 1, 2, 2, 2)
+    ssim = SSIMLoss(spatial_dims=3, data_range=2.0)
+    plain, parts = generator_loss(logits, fake, real, 100.0, AdversarialLoss())
+    with_ssim, parts_ssim = generator_loss(logits, fake, real, 100.0, AdversarialLoss(), ssim=ssim, ssim_weight=3.0)
+    assert "ssim" not in parts and 0.5 < float(parts_ssim["ssim"]) <= 1.5  # 1 - SSIM of unrelated noise is about 1
+    torch.testing.assert_close(with_ssim, plain + 3.0 * parts_ssim["ssim"])
+    _, same = generator_loss(logits, real, real, 100.0, AdversarialLoss(), ssim=ssim, ssim_weight=3.0)
+    assert abs(float(same["ssim"])) < 1e-5  # identical images: SSIM 1

@@ -135,3 +135,40 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tiny_sim, tmp_path):
     initial = build_method(config).nets["generator"].state_dict()
     assert any(not torch.equal(initial[k], rank0["generator"][k]) for k in initial)
     assert Checkpoint.load(tmp_path / "last.pt").step == 3
+
+
+def test_ema_generator_is_the_ramped_average_and_prediction_uses_it(tmp_path):
+    config = tiny_config(model={**tiny_config().model, "ema": 0.999})
+    method = build_method(config).to(torch.device("cpu"))
+    assert set(method.optimizers) == {"generator", "discriminator"}  # the average is not trained
+    start = [p.detach().clone() for p in method.nets["generator_ema"].parameters()]
+    rng = torch.Generator().manual_seed(0)
+    batch = {"source": torch.rand(1, 1, 16, 48, 40) * 2 - 1, "target": torch.rand(1, 1, 16, 48, 40) * 2 - 1}
+    method.training_step(batch, rng)
+    live = list(method.nets["generator"].parameters())
+    for s, e, g in zip(start, method.nets["generator_ema"].parameters(), live):
+        # first update: decay min(0.999, 1/10) = 0.1, so the average moves 90 % of the way
+        torch.testing.assert_close(e, 0.1 * s + 0.9 * g.detach())
+    assert any(not torch.equal(e, g) for e, g in zip(method.nets["generator_ema"].parameters(), live))
+    assert method.inference_function() is method.nets["generator_ema"]
+    # a prediction-only build from the checkpoint state runs the average, not the live generator
+    predictor = build_method(config, training=False)
+    predictor.load_state(method.state(), with_optimizers=False)
+    for p, e in zip(predictor.nets["generator"].parameters(), method.nets["generator_ema"].parameters()):
+        assert torch.equal(p, e)
+    # a training build from a checkpoint without an average (a built-in model) starts the average at the generator
+    fresh = build_method(config)
+    fresh.load_state({"nets": {"generator": method.nets["generator"].state_dict()}}, with_optimizers=False)
+    for p, e in zip(fresh.nets["generator"].parameters(), fresh.nets["generator_ema"].parameters()):
+        assert torch.equal(p, e)
+
+
+def test_resume_with_ema_and_ssim_continues_exactly(tiny_sim, tmp_path):
+    extra = {"model": {**tiny_config().model, "ema": 0.99}, "ssim_weight": 5.0}
+    train(tiny_config(steps=4, val_every=2, **extra), tiny_sim, tmp_path / "straight", progress=False)
+    train(tiny_config(steps=2, val_every=2, **extra), tiny_sim, tmp_path / "resumed", progress=False)
+    train(tiny_config(steps=4, val_every=2, **extra), tiny_sim, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
+    assert "generator_ema" in straight
+    _assert_same_weights(straight, resumed)
+    assert Checkpoint.load(tmp_path / "resumed" / "last.pt").state["extra"] == {"ema_updates": 4}

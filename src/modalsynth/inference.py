@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
+from .input_checks import input_warnings
 from .io import Volume, is_nifti, load_volume, save_volume
 from .methods import Method, build_method
 
@@ -198,21 +199,6 @@ class Predictor:
                             + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
                             "so the data needs a file of that source modality per subject")
         return jobs
-
-
-#: a skull-stripped adult brain holds about 1.0-1.8 litres; a head with skull and scalp about 3-5 litres
-MAX_BRAIN_ML = 2200.0
-
-
-def input_warnings(volume: Volume, expected: str) -> list[str]:
-    """Cheap checks that a volume is what a built-in model expects (a skull-stripped `expected` image): warnings only."""
-    warnings = []
-    foreground = foreground_mask(volume.data)
-    litres = float(foreground.sum()) * float(np.prod(volume.spacing)) / 1e6
-    if litres * 1000 > MAX_BRAIN_ML:
-        warnings.append(f"its foreground holds {litres:.1f} litres, more than a brain; the model expects a skull-stripped "
-                        f"{expected} (run a skull stripper such as SynthStrip or HD-BET first)")
-    return warnings
 
 
 def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:

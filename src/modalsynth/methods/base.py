@@ -81,9 +81,10 @@ class Method(ABC):
         self.train_nets = {k: wrapper(v) for k, v in self.nets.items() if any(p.requires_grad for p in v.parameters())}
 
     def make_optimizers(self) -> None:
-        """Adam for every network, with the config's learning rate and betas (the paper's optimiser)."""
+        """Adam for every trained network, with the config's learning rate and betas (the paper's optimiser)."""
         self.optimizers = {
-            k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=tuple(self.config.betas)) for k, v in self.nets.items()
+            k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
+            for k, v in self.nets.items() if any(p.requires_grad for p in v.parameters())
         }
 
     @abstractmethod

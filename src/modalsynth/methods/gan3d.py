@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import Any, Callable
 
 import torch
+from monai.losses import SSIMLoss
 
 from ..config import TrainConfig
 from ..losses import AdversarialLoss, discriminator_loss, generator_loss
@@ -12,7 +14,7 @@ from ..nets import PatchDiscriminator, ResUNet
 from .base import Application, Method, register
 
 GENERATOR_DEFAULTS = {"base_channels": 32, "depth": 4, "norm": "instance"}
-DISCRIMINATOR_DEFAULTS = {"disc_channels": 64, "disc_layers": 3}
+DISCRIMINATOR_DEFAULTS = {"disc_channels": 64, "disc_layers": 3, "disc_norm": "instance"}
 
 
 class ConditionalGAN(Method):
@@ -39,10 +41,21 @@ class ConditionalGAN(Method):
             in_channels=2,
             base_channels=options["disc_channels"],
             n_layers=options["disc_layers"],
-            norm=options["norm"],
+            # not the generator's norm: a batch-norm D would compare the real and generated halves of its batch
+            norm=options.get("disc_norm", "instance"),
         )
         self.adversarial = AdversarialLoss(config.adversarial)
+        self.ssim = SSIMLoss(spatial_dims=self.spatial_dims, data_range=2.0) if config.ssim_weight else None
         self.make_optimizers()
+        if self.ema_decay:
+            # an exponential moving average of the generator's weights, used for validation and prediction
+            self.nets["generator_ema"] = copy.deepcopy(self.nets["generator"]).requires_grad_(False)
+            self.ema_updates = 0
+
+    @property
+    def ema_decay(self) -> float:
+        """`model.ema`: the decay of the generator's weight average (0 or None: no average)."""
+        return float(self.options().get("ema") or 0.0)
 
     @classmethod
     def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
@@ -50,14 +63,43 @@ class ConditionalGAN(Method):
         options = {**cls.recipe["model"], **config.model}
         m = 2 ** int(options["depth"])
         window = options.get("window")
-        if window and any(int(w) % m for w in window):
+        if window is not None and window != "volume" and any(int(w) % m for w in window):
             from ..errors import UserError
 
             raise UserError(f"model.window {list(window)}: each size must be a multiple of {m} (2**depth)")
         return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
 
     def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        return self.nets["generator"]
+        return self.nets.get("generator_ema", self.nets["generator"])
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the averaged generator towards the trained one; the decay ramps up as (1 + n) / (10 + n) so that a
+        short run's average is not dominated by its random start (a hand-written EMA: 3 lines, no library needed)."""
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        live, ema = self.nets["generator"], self.nets["generator_ema"]
+        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
+        for b_ema, b_live in zip(ema.buffers(), live.buffers()):
+            b_ema.copy_(b_live)  # batch-norm statistics: the live ones
+        self.ema_updates += 1
+
+    def load_state(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        """As `Method.load_state`; a prediction-only build takes the averaged generator when the checkpoint has one,
+        and a training build whose checkpoint has none (e.g. `--init` from a built-in model) starts it from the
+        generator."""
+        nets = state["nets"]
+        if not self.training and "generator_ema" in nets:
+            state = {**state, "nets": {**nets, "generator": nets["generator_ema"]}}
+        super().load_state(state, with_optimizers)
+        if "generator_ema" in self.nets and "generator_ema" not in nets:
+            self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema_updates": self.ema_updates} if self.ema_decay and self.training else {}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        if self.ema_decay and self.training:
+            self.ema_updates = int(extra.get("ema_updates", 0))
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
@@ -80,15 +122,23 @@ class ConditionalGAN(Method):
         opt_d.step()
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
-            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight, self.adversarial)
+            g_loss, g_parts = generator_loss(
+                g_logits, fake.float(), y, self.config.l1_weight, self.adversarial,
+                ssim=self.ssim, ssim_weight=self.config.ssim_weight,
+            )
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G step produced
-        return {
+        if "generator_ema" in self.nets:
+            self.update_ema()
+        logged = {
             "g_loss": float(g_loss.detach()), "g_adv": float(g_parts["adv"]), "g_l1": float(g_parts["l1"]),
             "d_loss": float(d_loss.detach()), "d_real": float(d_parts["real"]), "d_fake": float(d_parts["fake"]),
         }
+        if "ssim" in g_parts:
+            logged["g_ssim"] = float(g_parts["ssim"])
+        return logged
 
 
 @register("gan3d")
@@ -125,8 +175,11 @@ class GAN3D(ConditionalGAN):
         return None if grid == "auto" else tuple(grid)  # type: ignore[return-value]
 
     def application(self) -> Application:
-        """Sliding windows (`model.window`, else the training window); the whole volume for 'auto' grids trained whole."""
+        """Sliding windows (`model.window`, else the training window); the whole volume for `window: volume` or for
+        'auto' grids trained whole."""
         options = self.options()
+        if options.get("window") == "volume":
+            return Application("volume")
         roi = tuple(options["window"]) if options.get("window") else self.window()
         if roi is None:
             return Application("volume")
