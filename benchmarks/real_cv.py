@@ -21,7 +21,8 @@ from pathlib import Path
 YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "yardsticks" / "monai_unet_l1.py"
 KEYS = [("ssim_brain", "SSIM brain ↑"), ("mae_brain", "MAE brain ↓"), ("rmse_brain", "RMSE brain ↓"),
         ("psnr_brain", "PSNR brain ↑"), ("ssim2d_brain_coronal", "SSIM coronal ↑"),
-        ("ssim2d_brain_sagittal", "SSIM sagittal ↑"), ("gradz_ratio", "through/in-plane grad err ↓")]
+        ("ssim2d_brain_sagittal", "SSIM sagittal ↑"), ("gradz_ratio", "through/in-plane grad err ↓"),
+        ("slice_jitter", "slice jitter ×1000 ↓")]
 
 
 def run(command: list[str], env: dict, log: Path) -> None:

@@ -25,11 +25,13 @@ SEED = 0
 
 
 def export(run: Path, destination: Path) -> str:
-    """RUN/last.pt -> a generator-only, float16 checkpoint at `destination`; returns its sha256."""
+    """RUN/last.pt -> a generator-only (the average, if any), float16 checkpoint at `destination`; returns its sha256."""
     ckpt = Checkpoint.load(run / "last.pt")
     # prediction settings follow gan3d's current default (they do not change the weights)
     ckpt.config["model"].update({k: GAN3D.recipe["model"][k] for k in ("window", "overlap", "windows_per_batch")})
-    generator = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt.state["nets"]["generator"].items()}
+    nets = ckpt.state["nets"]
+    weights = nets.get("generator_ema", nets["generator"])  # the averaged generator when the recipe keeps one
+    generator = {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
     slim = Checkpoint(config=ckpt.config, state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
                       step=ckpt.step, best_val_mae=ckpt.best_val_mae, target_intensity=ckpt.target_intensity,
                       split=ckpt.split, elapsed_s=ckpt.elapsed_s)

@@ -131,3 +131,19 @@ def test_through_plane_numbers_flag_slice_stacking():
     assert profile["gradz_error"].shape == (23,) and profile["inplane_error"].shape == (24,)
     assert np.nanmean(profile["gradz_error"]) > 5 * np.nanmean(profile["inplane_error"])
     assert M.through_plane_error_map(stacked, ref, brain).shape == (23, 28, 28)
+
+
+def test_slice_jitter_sees_slice_offsets_and_ignores_a_smooth_drift():
+    rng = np.random.default_rng(6)
+    ref = ndimage.gaussian_filter(rng.random((24, 20, 20)), 2.0)
+    brain = np.zeros(ref.shape, bool)
+    brain[2:22, 3:17, 3:17] = True
+    offsets = rng.normal(0, 0.02, (24, 1, 1))
+    stacked = ref + offsets  # each axial slice shifted on its own: a slice-wise method's stripes
+    drift = ref + np.linspace(0, 0.2, 24)[:, None, None]  # a larger error that changes smoothly along z
+    inside = offsets[2:22, 0, 0]
+    expected = np.mean(np.abs(np.diff(inside, 2))) / 2 * 1000  # the definition, by hand
+    assert M.slice_jitter(stacked, ref, brain) == pytest.approx(expected)
+    assert M.slice_jitter(drift, ref, brain) == pytest.approx(0.0, abs=1e-9)
+    assert M.slice_jitter(ref, ref, brain) == 0.0
+    assert math.isnan(M.slice_jitter(ref, ref, np.zeros(ref.shape, bool)))

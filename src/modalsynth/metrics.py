@@ -50,6 +50,7 @@ METRIC_LABELS: dict[str, str] = {
     "gradz_mae_brain": "through-plane gradient error (axial slice axis), brain",
     "gradxy_mae_brain": "in-plane gradient error, brain",
     "gradz_ratio": "through-plane / in-plane gradient error",
+    "slice_jitter": "slice-to-slice jitter of the mean error (x1000), brain",
 }
 HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr")) for name in METRIC_LABELS}
 
@@ -208,6 +209,23 @@ def through_plane_error_map(pred: np.ndarray, ref: np.ndarray, brain_mask: np.nd
     return np.nan_to_num(_gradient_errors(pred, ref, brain_mask, 0), nan=0.0)
 
 
+def slice_jitter(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> float:
+    """How much the brain-mean error jumps from one axial slice to the next, x1000 (hand-written: no library has it).
+
+    With e(z) the mean of pred - ref over the brain in slice z, the mean over z of |e(z+1) - 2 e(z) + e(z-1)| / 2:
+    a smooth drift of the error along z costs nothing, a slice (or window seam) brighter or darker than its
+    neighbours costs its step. Slice-wise methods (stacked 2D slices) and sliding windows with per-window
+    normalisation show up here, where the gradient ratio averages them away. NaN with fewer than 3 brain slices.
+    """
+    mask = np.asarray(brain_mask, dtype=bool)
+    error = np.where(mask, np.asarray(pred, np.float64) - np.asarray(ref, np.float64), np.nan)
+    profile = np.asarray(_nanmean(error, axis=(1, 2)))
+    profile = profile[~np.isnan(profile)]
+    if profile.size < 3:
+        return math.nan
+    return float(np.mean(np.abs(np.diff(profile, 2))) / 2 * 1000)
+
+
 def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, data_range: float = 1.0) -> dict[str, float]:
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
@@ -222,7 +240,8 @@ def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.
         plane_map = _plane_ssim_map(pred, ref, plane, data_range)
         result[f"ssim2d_brain_{plane}"] = masked_mean(plane_map, mask)
         result[f"ssim2d_{plane}_slices"] = _slice_average(plane_map, axis, mask)
-    result.update(gradz_mae_brain=gradz_mae, gradxy_mae_brain=gradxy_mae, gradz_ratio=ratio)
+    result.update(gradz_mae_brain=gradz_mae, gradxy_mae_brain=gradxy_mae, gradz_ratio=ratio,
+                  slice_jitter=slice_jitter(pred, ref, mask))
     return result
 
 

@@ -25,12 +25,15 @@ TABLE1_METRICS = {
     "psnr_brain": "PSNR brain",
     "ssim_lesion": "SSIM lesion",
     "ssim_volume": "SSIM whole",
+    "ssim2d_brain_coronal": "SSIM coronal",
     "ssim2d_brain_sagittal": "SSIM sagittal",
     "gradz_ratio": "through/in-plane grad err",
+    "slice_jitter": "slice jitter ×1000",
 }
 DISTRIBUTION_METRICS = (
     "ssim_brain", "psnr_brain", "mae_brain", "rmse_brain", "ssim_lesion", "ssim_healthy",
     "ssim_volume", "ssim2d_axial_slices", "ssim2d_brain_coronal", "ssim2d_brain_sagittal", "gradz_mae_brain", "gradz_ratio",
+    "slice_jitter",
 )
 
 

@@ -1,0 +1,130 @@
+"""The default prediction path against the yardstick, side by side in one process on the same real volumes.
+
+For one trained gan3d checkpoint: `modalsynth predict`'s whole path (Predictor.predict_volume: preprocessing, the
+foreground crop, the network as its settings say, postprocessing) and the same checkpoint on the slow path (64^3
+windows, overlap 0.5, one per batch); for the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two
+residual units over the whole volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not
+depend on the weights). Rows run round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted
+by torch's FlopCounterMode on one real pass; the floor is that count over the float32 2048^3 matmul rate measured in
+the same run. Brain SSIM/MAE of the project rows are scored against the real T1 with the evaluation's protocol.
+
+    python benchmarks/bench_default_vs_yardstick.py --checkpoint RUN/best.pt --json /tmp/bench_default.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from torch.utils.flop_counter import FlopCounterMode
+
+from modalsynth.data.preprocess import foreground_mask
+from modalsynth.inference import Predictor
+from modalsynth.io import load_volume
+from modalsynth.metrics import subject_metrics
+
+REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
+SLOW_PATH = {"window": [64, 64, 64], "overlap": 0.5, "windows_per_batch": 1}
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
+
+
+def yardstick_predict(net: torch.nn.Module, data: np.ndarray) -> np.ndarray:
+    """The yardstick's own prediction path (its scaling, its windows), as ../shared/yardsticks/monai_unet_l1.py does."""
+    mask = data > 0
+    lo, hi = np.percentile(data[mask], [0.5, 99.5])
+    scaled = (np.clip((data - lo) / max(hi - lo, 1e-8), 0, 1) * mask).astype(np.float32)
+    with torch.no_grad():
+        out = sliding_window_inference(torch.from_numpy(scaled)[None, None], (64, 64, 64), 4, net, overlap=0.25,
+                                       mode="gaussian")
+    return np.clip(out[0, 0].numpy(), 0, 1) * mask
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=pathlib.Path, required=True)
+    ap.add_argument("--subjects", default="brats2018-case0,ms-patient07", help="real-dev subjects (FLAIR in, T1 scored)")
+    ap.add_argument("--data", type=pathlib.Path, default=REAL_DEV)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-slow", action="store_true", help="skip the slow path (its time and quality)")
+    ap.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench_default_vs_yardstick.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    default = Predictor.from_checkpoint(args.checkpoint, "cpu")
+    slow = Predictor.from_checkpoint(args.checkpoint, "cpu")
+    slow.config.model.update(SLOW_PATH)
+    yardstick = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                     num_res_units=2).eval()
+    how = default.method.application()
+    rows = {f"gan3d default ({how.mode}{'' if how.roi is None else f' {how.roi[0]}^3 / {how.overlap} / {how.batch_size}'})":
+            ("project", default),
+            "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick)}
+    if not args.no_slow:
+        rows["gan3d same checkpoint, slow path (64^3 / 0.5 / 1)"] = ("project", slow)
+
+    results = []
+    rate = matmul_gflops()
+    for subject in args.subjects.split(","):
+        flair = load_volume(args.data / subject / "flair.nii.gz")
+        t1 = load_volume(args.data / subject / "t1.nii.gz")
+        brain = foreground_mask(t1.data)
+        per_row: dict[str, dict] = {}
+        for label, (kind, runner) in rows.items():  # one untimed pass: warm-up, FLOPs and quality
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = runner.predict_volume(flair).data if kind == "project" else yardstick_predict(runner, flair.data)
+            entry = {"label": label, "subject": subject, "shape": list(flair.shape), "times": [],
+                     "gflop": counter.get_total_flops() / 1e9}
+            if kind == "project":
+                m = subject_metrics(out, t1.data, brain)
+                entry.update(ssim_brain=m["ssim_brain"], mae_brain=m["mae_brain"])
+            per_row[label] = entry
+        for _ in range(args.repeats):  # round-robin timed passes
+            for label, (kind, runner) in rows.items():
+                start = time.perf_counter()
+                runner.predict_volume(flair) if kind == "project" else yardstick_predict(runner, flair.data)
+                per_row[label]["times"].append(time.perf_counter() - start)
+        for entry in per_row.values():
+            entry["s"] = min(entry["times"])
+            entry["floor_s"] = entry["gflop"] / rate
+            results.append(entry)
+
+    header = "| subject | path | s/volume | GFLOP/volume | GFLOP/s | × FLOP floor | brain SSIM | brain MAE |"
+    print(f"\nfloat32 matmul rate {rate:.0f} GFLOP/s, {args.threads} threads, min of {args.repeats} passes\n")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for e in results:
+        quality = f"{e['ssim_brain']:.4f} | {e['mae_brain']:.4f}" if "ssim_brain" in e else "– | –"
+        print(f"| {e['subject']} | {e['label']} | {e['s']:.2f} | {e['gflop']:.0f} | {e['gflop'] / e['s']:.0f} | "
+              f"{e['s'] / e['floor_s']:.1f} | {quality} |")
+    for subject in args.subjects.split(","):
+        mine = [e for e in results if e["subject"] == subject]
+        ratio = mine[0]["s"] / mine[1]["s"]
+        print(f"{subject}: default / yardstick time = {ratio:.2f}")
+    args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                                     "matmul_gflops": rate, "checkpoint": str(args.checkpoint), "rows": results,
+                                     "median_default_over_yardstick": statistics.median(
+                                         [results[i]["s"] / results[i + 1]["s"] for i in range(0, len(results), len(rows))])},
+                                    indent=2))
+
+
+if __name__ == "__main__":
+    main()
