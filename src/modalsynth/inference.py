@@ -122,15 +122,16 @@ class Predictor:
 
     def predict_volume(self, volume: Volume, seed: int = 0) -> Volume:
         """Predict the target for one source volume; the result is on the source's grid, affine and header."""
+        foreground = foreground_mask(volume.data)  # once: the grid, the intensity scaling and the output use it
         if self.check_input:
-            for warning in input_warnings(volume, self.config.source):
+            for warning in input_warnings(volume, self.config.source, foreground):
                 print(f"warning: {volume.path}: {warning}", file=sys.stderr)
-        pre = preprocess(volume, self.config.preprocess)
+        pre = preprocess(volume, self.config.preprocess, mask=Volume(foreground.astype(np.uint8), volume.affine, volume.header))
         pred = self.predict_array(pre.array, seed)
         out = postprocess(pred, pre.grid, self.intensity, volume.header)
         # outside the source's foreground there is nothing to synthesise: give it the targets' background value
         background = self.intensity.low if self.intensity.background is None else self.intensity.background
-        out.data[~foreground_mask(volume.data)] = background
+        out.data[~foreground] = background
         return out
 
     def output_path(self, out_root: Path, subject: str) -> Path:

@@ -30,10 +30,11 @@ def brain_intensity_profile(data: np.ndarray) -> tuple[float, float]:
     return float(p50 - lo) / span, float(p50 - p10) / span
 
 
-def input_warnings(volume: Volume, expected: str) -> list[str]:
-    """Warnings (strings) when a volume does not look like a skull-stripped `expected` image; empty when it does."""
+def input_warnings(volume: Volume, expected: str, foreground: np.ndarray | None = None) -> list[str]:
+    """Warnings (strings) when a volume does not look like a skull-stripped `expected` image; empty when it does.
+    `foreground`: the volume's `foreground_mask`, when the caller has it already."""
     warnings = []
-    foreground = foreground_mask(volume.data)
+    foreground = foreground_mask(volume.data) if foreground is None else foreground
     litres = float(foreground.sum()) * float(np.prod(volume.spacing)) / 1e6
     if litres * 1000 > MAX_BRAIN_ML:
         warnings.append(f"its foreground holds {litres:.1f} litres, more than a brain; the model expects a skull-stripped "
