@@ -290,16 +290,17 @@ def test_count_flops_of_generator_scales_with_volume() -> None:
     assert count_flops(net, (1, 1, 16, 16, 16)) == 2 * small > 0
 
 
-def test_ssim_term_is_added_with_its_weight():
-    from monai.losses import SSIMLoss
 
-    torch.manual_seed(0)
-    fake, real = torch.rand(1, 1, 16, 16, 16) * 2 - 1, torch.rand(1, 1, 16, 16, 16) * 2 - 1
-    logits = torch.zeros(1, 1, 2, 2, 2)
-    ssim = SSIMLoss(spatial_dims=3, data_range=2.0)
-    plain, parts = generator_loss(logits, fake, real, 100.0, AdversarialLoss())
-    with_ssim, parts_ssim = generator_loss(logits, fake, real, 100.0, AdversarialLoss(), ssim=ssim, ssim_weight=3.0)
-    assert "ssim" not in parts and 0.5 < float(parts_ssim["ssim"]) <= 1.5  # 1 - SSIM of unrelated noise is about 1
-    torch.testing.assert_close(with_ssim, plain + 3.0 * parts_ssim["ssim"])
-    _, same = generator_loss(logits, real, real, 100.0, AdversarialLoss(), ssim=ssim, ssim_weight=3.0)
-    assert abs(float(same["ssim"])) < 1e-5  # identical images: SSIM 1
+def test_pointwise_head_has_no_full_resolution_spatial_convolution() -> None:
+    shape = (1, 1, 16, 32, 32)
+    net = ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4, head_kernel=1)
+    three = ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4, head_kernel=3)
+    assert net.head.fuse.conv.kernel_size == (1, 1, 1) and three.head.fuse.conv.kernel_size == (3, 3, 3)
+    assert net(torch.rand(shape) * 2 - 1).shape == shape
+    # the fuse is the only difference: 26 of every 27 of its weights (4 + 1 in, 4 out) are gone
+    assert three.num_parameters - net.num_parameters == 26 * 5 * 4
+    assert count_flops(net, shape) < count_flops(three, shape)
+    with pytest.raises(ValueError, match="head_kernel must be 1 or 3"):
+        ResUNet(stem="strided", head_kernel=5)
+    with pytest.raises(ValueError, match="head_kernel applies to stem='strided'"):
+        ResUNet(stem="residual", head_kernel=1)

@@ -163,8 +163,8 @@ def test_ema_generator_is_the_ramped_average_and_prediction_uses_it(tmp_path):
         assert torch.equal(p, e)
 
 
-def test_resume_with_ema_and_ssim_continues_exactly(tiny_sim, tmp_path):
-    extra = {"model": {**tiny_config().model, "ema": 0.99}, "ssim_weight": 5.0}
+def test_resume_with_ema_continues_exactly(tiny_sim, tmp_path):
+    extra = {"model": {**tiny_config().model, "ema": 0.99}}
     train(tiny_config(steps=4, val_every=2, **extra), tiny_sim, tmp_path / "straight", progress=False)
     train(tiny_config(steps=2, val_every=2, **extra), tiny_sim, tmp_path / "resumed", progress=False)
     train(tiny_config(steps=4, val_every=2, **extra), tiny_sim, tmp_path / "resumed", resume=True, progress=False)

@@ -46,20 +46,12 @@ def generator_loss(
     l1_weight: float,
     adv: AdversarialLoss,
     mask: torch.Tensor | None = None,
-    ssim: nn.Module | None = None,
-    ssim_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y) [+ ssim_weight * ssim(G(x), y), a loss
-    such as MONAI's SSIMLoss = 1 - SSIM]; parts detached for logging."""
+    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y); parts detached for logging."""
     adv_part = adv(d_fake_logits, True)
     l1_part = l1_loss(fake, real, mask)
     total = adv_part + l1_weight * l1_part
-    parts = {"adv": adv_part.detach(), "l1": l1_part.detach()}
-    if ssim is not None and ssim_weight:
-        ssim_part = ssim(fake, real)
-        total = total + ssim_weight * ssim_part
-        parts["ssim"] = ssim_part.detach()
-    return total, parts
+    return total, {"adv": adv_part.detach(), "l1": l1_part.detach()}
 
 
 def discriminator_loss(

@@ -6,7 +6,6 @@ import copy
 from typing import Any, Callable
 
 import torch
-from monai.losses import SSIMLoss
 
 from ..config import TrainConfig
 from ..losses import AdversarialLoss, discriminator_loss, generator_loss
@@ -33,6 +32,7 @@ class ConditionalGAN(Method):
             checkpointing=config.checkpointing,
             stem=options.get("stem", "residual"),
             full_res_channels=options.get("full_res_channels"),
+            head_kernel=int(options.get("head_kernel", 3)),
         )
         if not training:
             return  # prediction needs only the generator
@@ -45,7 +45,6 @@ class ConditionalGAN(Method):
             norm=options.get("disc_norm", "instance"),
         )
         self.adversarial = AdversarialLoss(config.adversarial)
-        self.ssim = SSIMLoss(spatial_dims=self.spatial_dims, data_range=2.0) if config.ssim_weight else None
         self.make_optimizers()
         if self.ema_decay:
             # an exponential moving average of the generator's weights, used for validation and prediction
@@ -122,23 +121,17 @@ class ConditionalGAN(Method):
         opt_d.step()
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
-            g_loss, g_parts = generator_loss(
-                g_logits, fake.float(), y, self.config.l1_weight, self.adversarial,
-                ssim=self.ssim, ssim_weight=self.config.ssim_weight,
-            )
+            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight, self.adversarial)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G step produced
         if "generator_ema" in self.nets:
             self.update_ema()
-        logged = {
+        return {
             "g_loss": float(g_loss.detach()), "g_adv": float(g_parts["adv"]), "g_l1": float(g_parts["l1"]),
             "d_loss": float(d_loss.detach()), "d_real": float(d_parts["real"]), "d_fake": float(d_parts["fake"]),
         }
-        if "ssim" in g_parts:
-            logged["g_ssim"] = float(g_parts["ssim"])
-        return logged
 
 
 @register("gan3d")

@@ -36,10 +36,12 @@ class UpBlock(nn.Module):
 
 class FullResHead(nn.Module):
     """Full-resolution output stage of the strided layout: 2x transposed conv (c_1 -> f), concatenation of the
-    source image (the full-resolution skip), one 3x3(x3) conv-norm-lrelu (f + in -> f) and a 1x1 conv (f -> out)."""
+    source image (the full-resolution skip), one k x k(x k) conv-norm-lrelu (f + in -> f; k = `kernel_size`, 3 or a
+    pointwise 1) and a 1x1 conv (f -> out)."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, source_channels: int, channels: int, out_channels: int, norm: str
+        self, spatial_dims: int, in_channels: int, source_channels: int, channels: int, out_channels: int, norm: str,
+        kernel_size: int = 3,
     ):
         super().__init__()
         self.upsample = Convolution(
@@ -47,7 +49,7 @@ class FullResHead(nn.Module):
             is_transposed=True, conv_only=True, padding=0, output_padding=0,
         )
         self.fuse = Convolution(
-            spatial_dims, channels + source_channels, channels, kernel_size=3, conv_only=True, bias=False
+            spatial_dims, channels + source_channels, channels, kernel_size=kernel_size, conv_only=True, bias=False
         )
         self.norm = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
         self.act = get_act_layer(LRELU)
@@ -76,7 +78,8 @@ class ResUNet(nn.Module):
     bottleneck, depth - 1 up blocks back to level 1, and a full-resolution head (``FullResHead``): a 2x
     transposed conv (c_1 -> f), concatenation of the source image (the full-resolution skip), one
     3x3(x3) conv-norm-lrelu (f + in -> f) and a 1x1 conv; tanh. ``f = c_0 = full_res_channels``
-    (default ``base_channels // 2``) is the width of the only full-resolution 3x3(x3) convolution.
+    (default ``base_channels // 2``) is the width of the only full-resolution 3x3(x3) convolution; ``head_kernel=1``
+    makes that convolution pointwise (no full-resolution spatial convolution at all).
     ``channels[l]`` is the width at level l (resolution 2**-l) in both layouts.
 
     Size rule, both layouts: every spatial size must be a multiple of ``2**depth`` (``size_multiple``).
@@ -94,6 +97,7 @@ class ResUNet(nn.Module):
         checkpointing: bool = False,
         stem: str = "residual",
         full_res_channels: int | None = None,
+        head_kernel: int = 3,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -108,6 +112,10 @@ class ResUNet(nn.Module):
             raise ValueError("full_res_channels applies to stem='strided' only (the residual stem uses base_channels)")
         if full_res_channels is not None and full_res_channels < 1:
             raise ValueError(f"full_res_channels must be positive, got {full_res_channels}")
+        if head_kernel not in (1, 3):
+            raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel}")
+        if head_kernel != 3 and stem != "strided":
+            raise ValueError("head_kernel applies to stem='strided' only (the residual stem has no full-resolution head)")
         self.stem_kind = stem
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -141,7 +149,7 @@ class ResUNet(nn.Module):
         if stem == "residual":
             self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
         else:
-            self.head = FullResHead(spatial_dims, channels[1], in_channels, channels[0], out_channels, norm)
+            self.head = FullResHead(spatial_dims, channels[1], in_channels, channels[0], out_channels, norm, head_kernel)
 
     @property
     def size_multiple(self) -> int:
