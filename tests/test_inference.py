@@ -61,3 +61,35 @@ def test_predict_folder_and_file_keep_the_input_grid(tiny_sim, tmp_path):
         capture_output=True, text=True,
     )
     assert run.returncode == 2 and "nope.pt: checkpoint not found" in run.stderr
+
+
+@pytest.mark.parametrize("shape", [(144, 176, 144), (96, 200, 64), (65, 130, 250)])
+def test_spread_windows_are_as_many_as_monais_and_evenly_spaced(shape):
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from modalsynth.inference import spread_overlaps
+
+    roi = (64, 64, 64)
+    packed = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, (0.25,) * 3))
+    overlaps = spread_overlaps(shape, roi, 0.25)
+    spread = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, overlaps))
+    assert len(spread) == len(packed)  # no more work
+    for axis, size in enumerate(shape):
+        starts = sorted({s[axis].start for s in spread})
+        steps = np.diff(starts)
+        if size > 64:
+            assert starts[0] == 0 and starts[-1] == size - 64  # the axis is covered edge to edge
+            assert steps.max() - steps.min() <= 1 + (size - 64) % max(len(steps), 1)  # even, bar the last clamp
+            assert overlaps[axis] >= 0.25 - 1e-9  # never less overlap than asked
+
+
+def test_sliding_window_blend_width_changes_the_result_not_the_shape():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 1, 3, padding=1)
+    source = torch.rand(1, 1, 40, 40, 40)
+    narrow = sliding_window_predict(net, source, (16, 16, 16), 0.25, 4, sigma_scale=0.125)
+    wide = sliding_window_predict(net, source, (16, 16, 16), 0.25, 4, sigma_scale=0.25)
+    assert narrow.shape == wide.shape == source.shape
+    # a translation-equivariant net's windows agree away from their borders, so both blends are close, not equal
+    assert 0 < float((narrow - wide).abs().max()) < 0.2

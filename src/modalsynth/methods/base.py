@@ -37,13 +37,15 @@ class Application:
     """How inference applies a method's function to a whole (1, 1, D, H, W) volume.
 
     mode 'volume': once on the whole volume; 'window': Gaussian-blended sliding windows of `roi` (falls back to
-    'volume' when the volume is exactly one window); 'slices': on axial slices, `batch_size` at a time.
+    'volume' when the volume is exactly one window), at least `overlap` apart, the Gaussian's sigma `sigma_scale` x
+    roi; 'slices': on axial slices, `batch_size` at a time.
     """
 
     mode: str = "volume"
     roi: tuple[int, int, int] | None = None
     overlap: float = 0.5
     batch_size: int = 1
+    sigma_scale: float = 0.125  # MONAI's default
 
 
 class Method(ABC):

@@ -149,7 +149,7 @@ class GAN3D(ConditionalGAN):
         "patch": (64, 64, 64),
         "batch_size": 2,
         "model": {**ConditionalGAN.recipe["model"], "stem": "strided", "base_channels": 16, "full_res_channels": 8,
-                  "disc_channels": 32, "window": None, "overlap": 0.25, "windows_per_batch": 4},
+                  "disc_channels": 32, "window": None, "overlap": 0.25, "windows_per_batch": 4, "window_sigma": 0.25},
     }
     # The paper's literal settings, one option away (`--preset paper`).
     presets = {
@@ -176,4 +176,5 @@ class GAN3D(ConditionalGAN):
         roi = tuple(options["window"]) if options.get("window") else self.window()
         if roi is None:
             return Application("volume")
-        return Application("window", roi, float(options["overlap"]), int(options["windows_per_batch"]))
+        return Application("window", roi, float(options["overlap"]), int(options["windows_per_batch"]),
+                           float(options.get("window_sigma", 0.125)))
