@@ -67,3 +67,26 @@ def test_final_model_trains_on_every_subject(tiny_sim, tmp_path):
     train(tiny_config(method="lut", holdout="none"), tiny_sim, tmp_path, progress=False)
     split = Checkpoint.load(tmp_path / "best.pt").split
     assert split["val"] == [] and split["test"] == [] and len(split["train"]) == len([p for p in tiny_sim.iterdir() if p.is_dir()])
+
+
+def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import modalsynth.benchmark as benchmark
+    from modalsynth.checkpoints import Checkpoint
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"gan3d": TINY_METHODS["gan3d"]}))
+    kwargs = dict(methods=["gan3d"], grid=TINY_GRID, device="cpu", fid=False, config=config, timing_repeats=1, folds=2)
+    run_benchmark(tiny_sim, tmp_path / "ext", steps=1, **kwargs)
+    capsys.readouterr()
+    resumed, real_train = [], benchmark.train
+    monkeypatch.setattr(benchmark, "train", lambda *a, **k: resumed.append(k.get("resume")) or real_train(*a, **k))
+    extended = run_benchmark(tiny_sim, tmp_path / "ext", steps=2, resume=True, **kwargs)
+    assert "continuing its runs" in capsys.readouterr().out and resumed == [True, True]  # each fold from its last.pt
+    straight = run_benchmark(tiny_sim, tmp_path / "straight", steps=2, **kwargs)
+    assert extended["rows"][0]["train_steps"] == straight["rows"][0]["train_steps"] == 2
+    for fold in ("fold-0", "fold-1"):
+        a = Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / fold / "last.pt").state["nets"]["generator"]
+        b = Checkpoint.load(tmp_path / "straight" / "runs" / "gan3d" / fold / "last.pt").state["nets"]["generator"]
+        assert all(torch.equal(a[k], b[k]) for k in a)  # continued from step 1, not restarted

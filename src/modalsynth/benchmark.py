@@ -78,6 +78,8 @@ def run_benchmark(
 
     One split (train/val/test) by default; `folds` K: K-fold cross-validation, every subject tested once, the table
     pooling all subjects (mean ± sd over subjects). The budget is `steps` and/or `minutes` of training per run.
+    `resume`: a method finished with the same budget is re-used; otherwise each run continues from its last.pt (an
+    interrupted fold, or a larger budget extending a finished one: no learning-rate schedule depends on the budget).
     """
     from .evaluation import evaluate_folders
 
@@ -103,14 +105,18 @@ def run_benchmark(
     tested = sorted(sum((s["test"] for s in splits), []))
     budget = " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
     by_name = {p.subject: p for p in pairs}
+    asked = {"steps": steps, "minutes": minutes}
     rows = []
     for name in methods:
         method_dir, pred_dir, eval_dir = out / "runs" / name, out / "predictions" / name, out / "evaluation" / name
         done_file = method_dir / "done.json"
         if resume and done_file.exists():
-            rows.append(json.loads(done_file.read_text()))
-            print(f"[{name}] finished earlier; re-using {done_file}")
-            continue
+            done = json.loads(done_file.read_text())
+            if done.get("budget", asked) == asked:
+                rows.append(done)
+                print(f"[{name}] finished earlier; re-using {done_file}")
+                continue
+            print(f"[{name}] finished earlier with another budget; continuing its runs to {budget}")
         train_s, train_steps, times = [], [], []
         for k, split in enumerate(splits):
             run_dir = method_dir / f"fold-{k}" if folds else method_dir
@@ -119,7 +125,7 @@ def run_benchmark(
             where = f" (fold {k + 1}/{len(splits)})" if folds else ""
             print(f"[{name}] training{where} for {budget} on {len(split['train'])} subjects")
             started = time.perf_counter()
-            best = train(configs[name], data, run_dir)
+            best = train(configs[name], data, run_dir, resume=resume and (run_dir / "last.pt").exists())
             train_s.append(time.perf_counter() - started)
             train_steps.append(Checkpoint.load(run_dir / "last.pt").step)
             predictor = Predictor.from_checkpoint(best, dev)
@@ -135,6 +141,7 @@ def run_benchmark(
         generator = method.generator()
         row = {
             "method": name,
+            "budget": asked,
             "train_steps": int(round(statistics.mean(train_steps))) if method.trainable else 0,
             "train_s": statistics.mean(train_s),
             "steps_per_min": statistics.mean(n / (s / 60) for n, s in zip(train_steps, train_s)) if method.trainable else 0.0,

@@ -216,7 +216,7 @@ def benchmark(
     folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation: every subject is tested once."),
     grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
     device: str = typer.Option("auto", "--device"),
-    resume: bool = typer.Option(False, "--resume", help="Re-use methods already finished in OUT."),
+    resume: bool = typer.Option(False, "--resume", help="Re-use methods finished in OUT with the same budget; continue unfinished or shorter runs from their last.pt."),
     fid: bool = typer.Option(True, "--fid/--no-fid"),
     config: Optional[Path] = typer.Option(
         None, "--config", help="YAML with one section of training settings per method, e.g. 'gan3d: {model: {base_channels: 16}}'."
