@@ -304,3 +304,25 @@ def test_pointwise_head_has_no_full_resolution_spatial_convolution() -> None:
         ResUNet(stem="strided", head_kernel=5)
     with pytest.raises(ValueError, match="head_kernel applies to stem='strided'"):
         ResUNet(stem="residual", head_kernel=1)
+
+
+def test_linear_upsampling_mixes_channels_then_interpolates_and_leaves_no_checkerboard():
+    import torch.nn.functional as F
+
+    from modalsynth.nets.resunet import upsample_2x
+
+    torch.manual_seed(0)
+    linear, transposed = upsample_2x(3, 4, 2, "linear"), upsample_2x(3, 4, 2, "transposed")
+    x = torch.randn(1, 4, 4, 6, 6)
+    conv = linear[0].conv
+    # 1x1 convolution at low resolution then trilinear = trilinear then the same 1x1 convolution (both linear)
+    expected = F.conv3d(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False), conv.weight, conv.bias)
+    assert torch.allclose(linear(x), expected, atol=1e-5)
+    flat = torch.ones(1, 4, 4, 4, 4)  # a constant feature map
+    assert linear(flat).std(dim=(2, 3, 4)).max() < 1e-5  # stays constant
+    assert transposed(flat).std(dim=(2, 3, 4)).min() > 1e-3  # a period-2 pattern: one weight set per voxel parity
+    net = ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4, upsample="linear")
+    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+    assert net.num_parameters < ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4).num_parameters
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        ResUNet(upsample="nearest")

@@ -33,6 +33,7 @@ class ConditionalGAN(Method):
             stem=options.get("stem", "residual"),
             full_res_channels=options.get("full_res_channels"),
             head_kernel=int(options.get("head_kernel", 3)),
+            upsample=str(options.get("upsample", "transposed")),
         )
         if not training:
             return  # prediction needs only the generator

@@ -16,15 +16,36 @@ STEMS = ("residual", "strided")
 LRELU = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})  # UnetResBlock's activation
 
 
-class UpBlock(nn.Module):
-    """Decoder level: 2x transposed-conv upsampling, concatenation of the encoder skip, a residual block."""
+UPSAMPLES = ("transposed", "linear")
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, dropout: float):
-        super().__init__()
-        self.upsample = Convolution(
+
+def upsample_2x(spatial_dims: int, in_channels: int, out_channels: int, kind: str) -> nn.Module:
+    """2x upsampling that also maps in -> out channels.
+
+    'transposed': a stride-2 transposed convolution with kernel 2 (the paper's UNet; every output voxel parity has its
+    own weights, which can leave a period-2 checkerboard). 'linear': a 1x1 convolution at the low resolution, then
+    (bi/tri)linear interpolation; the same as interpolating first and then mixing channels (both are linear and the
+    interpolation weights sum to one), at an eighth of the cost in 3D, and free of checkerboards.
+    """
+    if kind == "transposed":
+        return Convolution(
             spatial_dims, in_channels, out_channels, strides=2, kernel_size=2,
             is_transposed=True, conv_only=True, padding=0, output_padding=0,
         )
+    mode = "trilinear" if spatial_dims == 3 else "bilinear"
+    return nn.Sequential(
+        Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, conv_only=True, bias=True),
+        nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
+    )
+
+
+class UpBlock(nn.Module):
+    """Decoder level: 2x upsampling (`upsample_2x`), concatenation of the encoder skip, a residual block."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, dropout: float,
+                 upsample: str = "transposed"):
+        super().__init__()
+        self.upsample = upsample_2x(spatial_dims, in_channels, out_channels, upsample)
         self.block = UnetResBlock(
             spatial_dims, 2 * out_channels, out_channels, kernel_size=3, stride=1,
             norm_name=norm, dropout=dropout,
@@ -35,19 +56,16 @@ class UpBlock(nn.Module):
 
 
 class FullResHead(nn.Module):
-    """Full-resolution output stage of the strided layout: 2x transposed conv (c_1 -> f), concatenation of the
-    source image (the full-resolution skip), one k x k(x k) conv-norm-lrelu (f + in -> f; k = `kernel_size`, 3 or a
-    pointwise 1) and a 1x1 conv (f -> out)."""
+    """Full-resolution output stage of the strided layout: 2x upsampling (c_1 -> f, `upsample_2x`), concatenation of
+    the source image (the full-resolution skip), one k x k(x k) conv-norm-lrelu (f + in -> f; k = `kernel_size`, 3 or
+    a pointwise 1) and a 1x1 conv (f -> out)."""
 
     def __init__(
         self, spatial_dims: int, in_channels: int, source_channels: int, channels: int, out_channels: int, norm: str,
-        kernel_size: int = 3,
+        kernel_size: int = 3, upsample: str = "transposed",
     ):
         super().__init__()
-        self.upsample = Convolution(
-            spatial_dims, in_channels, channels, strides=2, kernel_size=2,
-            is_transposed=True, conv_only=True, padding=0, output_padding=0,
-        )
+        self.upsample = upsample_2x(spatial_dims, in_channels, channels, upsample)
         self.fuse = Convolution(
             spatial_dims, channels + source_channels, channels, kernel_size=kernel_size, conv_only=True, bias=False
         )
@@ -80,6 +98,9 @@ class ResUNet(nn.Module):
     3x3(x3) conv-norm-lrelu (f + in -> f) and a 1x1 conv; tanh. ``f = c_0 = full_res_channels``
     (default ``base_channels // 2``) is the width of the only full-resolution 3x3(x3) convolution; ``head_kernel=1``
     makes that convolution pointwise (no full-resolution spatial convolution at all).
+
+    ``upsample``: how every 2x upsampling is done, ``"transposed"`` (kernel-2 transposed convolutions, the paper's
+    UNet and the default) or ``"linear"`` (1x1 convolution, then linear interpolation: no checkerboard pattern).
     ``channels[l]`` is the width at level l (resolution 2**-l) in both layouts.
 
     Size rule, both layouts: every spatial size must be a multiple of ``2**depth`` (``size_multiple``).
@@ -98,6 +119,7 @@ class ResUNet(nn.Module):
         stem: str = "residual",
         full_res_channels: int | None = None,
         head_kernel: int = 3,
+        upsample: str = "transposed",
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -116,6 +138,8 @@ class ResUNet(nn.Module):
             raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel}")
         if head_kernel != 3 and stem != "strided":
             raise ValueError("head_kernel applies to stem='strided' only (the residual stem has no full-resolution head)")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {list(UPSAMPLES)}, got {upsample!r}")
         self.stem_kind = stem
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -144,12 +168,14 @@ class ResUNet(nn.Module):
         )
         self.bottleneck = res_block(channels[depth], channels[depth], 1)
         self.decoder = nn.ModuleList(
-            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout) for lv in range(depth, first, -1)
+            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout, upsample) for lv in range(depth, first, -1)
         )
         if stem == "residual":
             self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
         else:
-            self.head = FullResHead(spatial_dims, channels[1], in_channels, channels[0], out_channels, norm, head_kernel)
+            self.head = FullResHead(
+                spatial_dims, channels[1], in_channels, channels[0], out_channels, norm, head_kernel, upsample
+            )
 
     @property
     def size_multiple(self) -> int:
