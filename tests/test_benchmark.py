@@ -79,6 +79,7 @@ def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, c
     config.write_text(yaml.safe_dump({"gan3d": TINY_METHODS["gan3d"]}))
     kwargs = dict(methods=["gan3d"], grid=TINY_GRID, device="cpu", fid=False, config=config, timing_repeats=1, folds=2)
     run_benchmark(tiny_sim, tmp_path / "ext", steps=1, **kwargs)
+    first_half_s = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
     capsys.readouterr()
     resumed, real_train = [], benchmark.train
     monkeypatch.setattr(benchmark, "train", lambda *a, **k: resumed.append(k.get("resume")) or real_train(*a, **k))
@@ -86,6 +87,9 @@ def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, c
     assert "continuing its runs" in capsys.readouterr().out and resumed == [True, True]  # each fold from its last.pt
     straight = run_benchmark(tiny_sim, tmp_path / "straight", steps=2, **kwargs)
     assert extended["rows"][0]["train_steps"] == straight["rows"][0]["train_steps"] == 2
+    elapsed = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
+    assert all(e > s for e, s in zip(elapsed, first_half_s))  # the time budget carried over the resume
+    assert extended["rows"][0]["train_s"] == pytest.approx(sum(elapsed) / 2)  # both halves count, not the resumed one
     for fold in ("fold-0", "fold-1"):
         a = Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / fold / "last.pt").state["nets"]["generator"]
         b = Checkpoint.load(tmp_path / "straight" / "runs" / "gan3d" / fold / "last.pt").state["nets"]["generator"]
