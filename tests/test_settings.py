@@ -112,13 +112,33 @@ def test_checkpoint_of_another_format_version_names_both_versions(tiny_run, tmp_
     ckpt = Checkpoint.load(tiny_run / "last.pt")
     payload = {"format": "modalsynth-checkpoint", **vars(ckpt), "format_version": FORMAT_VERSION + 7}
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(UserError, match=rf"format version {FORMAT_VERSION + 7} .* reads version\(s\) 1, {FORMAT_VERSION}"):
+    with pytest.raises(UserError, match=rf"format version {FORMAT_VERSION + 7} .* reads version\(s\) 1, 2, {FORMAT_VERSION}"):
         Checkpoint.load(tmp_path / "future.pt")
     # a version-1 file (the format before the dataclass) still loads, its missing training time read as 0
     old = {k: v for k, v in vars(ckpt).items() if k not in ("format_version", "package_version", "elapsed_s")}
     torch.save({"format": "modalsynth-checkpoint-1", "version": "0.1.0", **old}, tmp_path / "v1.pt")
     loaded = Checkpoint.load(tmp_path / "v1.pt")
     assert loaded.format_version == 1 and loaded.elapsed_s == 0.0 and loaded.step == ckpt.step
+
+
+def test_checkpoints_before_version_3_keep_their_transposed_upsampling(tiny_run, tmp_path):
+    from modalsynth.inference import Predictor
+    from modalsynth.nets import ResUNet
+
+    ckpt = Checkpoint.load(tiny_run / "last.pt")
+    assert ckpt.config["model"]["upsample"] == "linear"  # gan3d's default since version 3, recorded in the run
+    model = {k: v for k, v in ckpt.config["model"].items() if k != "upsample"}
+    gen = ResUNet(spatial_dims=3, base_channels=model["base_channels"], depth=model["depth"], stem=model["stem"],
+                  full_res_channels=model.get("full_res_channels"), upsample="transposed")
+    state = {**ckpt.state, "nets": {"generator": gen.state_dict()}}
+    for version, expected in ((2, "transposed"), (3, "linear")):
+        payload = {"format": "modalsynth-checkpoint", **vars(ckpt), "config": {**ckpt.config, "model": model},
+                   "state": state, "format_version": version}
+        torch.save(payload, tmp_path / f"v{version}.pt")
+        assert Checkpoint.load(tmp_path / f"v{version}.pt").config["model"].get("upsample", "linear") == expected
+    predictor = Predictor.from_checkpoint(tmp_path / "v2.pt", "cpu")  # an old run's weights still fit its network
+    assert torch.equal(predictor.method.nets["generator"].state_dict()["head.upsample.conv.weight"],
+                       gen.state_dict()["head.upsample.conv.weight"])
 
 
 def test_yaml_settings_are_checked_for_names_and_types(tmp_path):

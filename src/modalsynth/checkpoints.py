@@ -18,9 +18,13 @@ from .errors import UserError
 from .io import atomic_write
 
 FORMAT = "modalsynth-checkpoint"
-FORMAT_VERSION = 2
-#: versions this code reads; version 1 lacked `elapsed_s` (training seconds used), read as 0
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this code reads; version 1 lacked `elapsed_s` (training seconds used), read as 0; versions 1 and 2 predate
+#: the `model.upsample` option: their UNet generators upsample with transposed convolutions (gan3d's default since
+#: version 3 is 'linear'), which `_read_payload` writes into their settings
+READABLE_VERSIONS = (1, 2, 3)
+#: methods whose generator is the ResUNet, hence whose settings carry `model.upsample`
+RESUNET_METHODS = ("gan3d", "pix2pix2d")
 
 
 @dataclass
@@ -81,4 +85,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint format version {version} (written by modalsynth "
                         f"{payload.get('package_version', '?')}); this modalsynth {__version__} reads version(s) "
                         f"{', '.join(map(str, READABLE_VERSIONS))}: use the matching modalsynth release")
+    config = payload["config"]
+    if version < 3 and isinstance(config, dict) and config.get("method") in RESUNET_METHODS:
+        payload["config"] = {**config, "model": {"upsample": "transposed", **(config.get("model") or {})}}
     return payload

@@ -145,19 +145,22 @@ class GAN3D(ConditionalGAN):
     # two 64^3 patches per step of the data's own grid, predicted with 64^3 Gaussian-blended windows, overlap 0.25,
     # four per batch (on a real 240x240x155 volume: 96^3 windows lost 0.035 brain SSIM, since instance norm then sees
     # other statistics than in training; overlap 0.5 gained 0.023 for 4x the time; benchmarks/RESULTS.md).
+    # Upsampling is linear (1x1 conv + trilinear): the kernel-2 transposed convolutions left a period-2 grid, and
+    # on real-dev the linear version cut slice jitter from 13.8 to 3.7 at equal brain SSIM/MAE (RESULTS.md §8).
     recipe = {
         "preprocess": {"grid": "auto"},
         "patch": (64, 64, 64),
         "batch_size": 2,
         "model": {**ConditionalGAN.recipe["model"], "stem": "strided", "base_channels": 16, "full_res_channels": 8,
-                  "disc_channels": 32, "window": None, "overlap": 0.25, "windows_per_batch": 4, "window_sigma": 0.25},
+                  "disc_channels": 32, "window": None, "overlap": 0.25, "windows_per_batch": 4, "window_sigma": 0.25,
+                  "upsample": "linear"},
     }
     # The paper's literal settings, one option away (`--preset paper`).
     presets = {
         "paper": {
             "preprocess": {"grid": (48, 288, 240)}, "patch": None, "batch_size": 1,
             "model": {"stem": "residual", "base_channels": 32, "full_res_channels": None, "disc_channels": 64,
-                      "window": None, "overlap": 0.5, "windows_per_batch": 1},
+                      "window": None, "overlap": 0.5, "windows_per_batch": 1, "upsample": "transposed"},
         },
     }
 
