@@ -2,10 +2,11 @@
 
 For one trained gan3d checkpoint: `modalsynth predict`'s whole path (Predictor.predict_volume: preprocessing, the
 foreground crop, the network as its settings say, postprocessing) and the same checkpoint on the slow path (64^3
-windows, overlap 0.5, one per batch); for the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two
+windows, overlap 0.5, one per batch) and the default's windows with intra-op threads only (each layer split over the
+threads, as before split_across_threads); for the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two
 residual units over the whole volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not
 depend on the weights). Rows run round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted
-by torch's FlopCounterMode on one real pass; the floor is that count over the float32 2048^3 matmul rate measured in
+by torch's FlopCounterMode on one real single-thread pass (also the quality pass); the floor is that count over the float32 2048^3 matmul rate measured in
 the same run. Brain SSIM/MAE of the project rows are scored against the real T1 with the evaluation's protocol.
 
     python benchmarks/bench_default_vs_yardstick.py --checkpoint RUN/best.pt --json /tmp/bench_default.json
@@ -14,6 +15,7 @@ the same run. Brain SSIM/MAE of the project rows are scored against the real T1 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import platform
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-slow", action="store_true", help="skip the slow path (its time and quality)")
+    ap.add_argument("--no-intra-op", action="store_true", help="skip the default with intra-op threads only")
     ap.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench_default_vs_yardstick.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,6 +82,10 @@ def main() -> None:
             "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick)}
     if not args.no_slow:
         rows["gan3d same checkpoint, slow path (64^3 / 0.5 / 1)"] = ("project", slow)
+    if not args.no_intra_op:  # the default's windows without split_across_threads: every layer split over the threads
+        intra_op = Predictor.from_checkpoint(args.checkpoint, "cpu")
+        intra_op.method.application = lambda: dataclasses.replace(how, parallel=False)  # type: ignore[method-assign]
+        rows["gan3d default, intra-op threads (windows not split across threads)"] = ("project", intra_op)
 
     results = []
     rate = matmul_gflops()
@@ -87,15 +94,20 @@ def main() -> None:
         t1 = load_volume(args.data / subject / "t1.nii.gz")
         brain = foreground_mask(t1.data)
         per_row: dict[str, dict] = {}
+        default_out = None
         for label, (kind, runner) in rows.items():  # one untimed pass: warm-up, FLOPs and quality
             counter = FlopCounterMode(display=False)
+            torch.set_num_threads(1)  # the counter sees only this thread: no window split while counting
             with counter:
                 out = runner.predict_volume(flair).data if kind == "project" else yardstick_predict(runner, flair.data)
+            torch.set_num_threads(args.threads)
             entry = {"label": label, "subject": subject, "shape": list(flair.shape), "times": [],
                      "gflop": counter.get_total_flops() / 1e9}
             if kind == "project":
                 m = subject_metrics(out, t1.data, brain)
                 entry.update(ssim_brain=m["ssim_brain"], mae_brain=m["mae_brain"])
+                default_out = out if default_out is None else default_out
+                entry["max_abs_diff_vs_default"] = float(np.abs(out - default_out).max())  # in the T1's units
             per_row[label] = entry
         for _ in range(args.repeats):  # round-robin timed passes
             for label, (kind, runner) in rows.items():
@@ -118,7 +130,8 @@ def main() -> None:
     for subject in args.subjects.split(","):
         mine = [e for e in results if e["subject"] == subject]
         ratio = mine[0]["s"] / mine[1]["s"]
-        print(f"{subject}: default / yardstick time = {ratio:.2f}")
+        diffs = ", ".join(f"{e['max_abs_diff_vs_default']:.3g}" for e in mine[2:] if "intra-op" in e["label"])
+        print(f"{subject}: default / yardstick time = {ratio:.2f}" + (f"; intra-op max abs diff {diffs}" if diffs else ""))
     args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
                                      "matmul_gflops": rate, "checkpoint": str(args.checkpoint), "rows": results,
                                      "median_default_over_yardstick": statistics.median(

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from modalsynth.data.pairs import discover_subjects
-from modalsynth.inference import predict_path, resolve_device, slicewise_predict, sliding_window_predict
+from modalsynth.inference import (predict_path, resolve_device, slicewise_predict, sliding_window_predict,
+                                  split_across_threads)
 from modalsynth.errors import UserError
 from modalsynth.io import load_volume
 from modalsynth.training import train
@@ -27,6 +28,33 @@ def test_sliding_window_of_a_pointwise_net_equals_whole_volume():
     windowed = sliding_window_predict(net, volume, roi=(8, 16, 16), overlap=0.5)
     assert windowed.shape == volume.shape
     torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_split_across_threads_runs_chunks_on_one_thread_each_and_matches_the_plain_call():
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.Conv3d(4, 1, 1))
+    seen: list[tuple[int, int]] = []  # (items in the call, torch threads inside it)
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        seen.append((x.shape[0], torch.get_num_threads()))
+        return conv(x)
+
+    batch = torch.randn(5, 1, 12, 12, 12)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected = conv(batch)
+        out = split_across_threads(net)(batch)
+        assert torch.get_num_threads() == 2  # the caller's thread count is given back
+        assert sorted(seen) == [(2, 1), (3, 1)]  # two chunks, one thread each
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        seen.clear()
+        torch.set_num_threads(1)
+        split_across_threads(net)(batch)
+        assert seen == [(5, 1)]  # one thread: the plain call
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_slice_loop_applies_the_2d_net_to_every_axial_slice():

@@ -38,7 +38,9 @@ class Application:
 
     mode 'volume': once on the whole volume; 'window': Gaussian-blended sliding windows of `roi` (falls back to
     'volume' when the volume is exactly one window), at least `overlap` apart, the Gaussian's sigma `sigma_scale` x
-    roi; 'slices': on axial slices, `batch_size` at a time.
+    roi; 'slices': on axial slices, `batch_size` at a time. `parallel`: the function is deterministic and per item, so
+    on a CPU the items of a batch may run on the torch threads side by side (not for a sampler that draws from a
+    shared generator).
     """
 
     mode: str = "volume"
@@ -46,6 +48,7 @@ class Application:
     overlap: float = 0.5
     batch_size: int = 1
     sigma_scale: float = 0.125  # MONAI's default
+    parallel: bool = False
 
 
 class Method(ABC):

@@ -181,4 +181,4 @@ class GAN3D(ConditionalGAN):
         if roi is None:
             return Application("volume")
         return Application("window", roi, float(options["overlap"]), int(options["windows_per_batch"]),
-                           float(options.get("window_sigma", 0.125)))
+                           float(options.get("window_sigma", 0.125)), parallel=True)

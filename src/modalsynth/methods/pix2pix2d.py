@@ -28,4 +28,4 @@ class Pix2Pix2D(ConditionalGAN):
         return sample_axial_slices(batch, int(self.options()["slices_per_step"]), gen)
 
     def application(self) -> Application:
-        return Application("slices", batch_size=int(self.options()["predict_batch"]))
+        return Application("slices", batch_size=int(self.options()["predict_batch"]), parallel=True)
