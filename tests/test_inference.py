@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from modalsynth.data.pairs import discover_subjects
-from modalsynth.inference import (predict_path, resolve_device, slicewise_predict, sliding_window_predict,
-                                  split_across_threads)
+from modalsynth.inference import predict_path, resolve_device, slicewise_predict, sliding_window_predict
+from modalsynth.threads import split_across_threads
 from modalsynth.errors import UserError
 from modalsynth.io import load_volume
 from modalsynth.training import train

@@ -149,6 +149,15 @@ def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
     assert first.shape == source.shape and first.min() >= -1 and first.max() <= 1
     assert torch.equal(first, apply_method(method, source, torch.Generator().manual_seed(1)))
     assert not torch.allclose(first, apply_method(method, source, torch.Generator().manual_seed(2)), atol=1e-3)
+    before = torch.get_num_threads()
+    try:  # the network calls split over two threads; the draws stay in one order: the same sample
+        torch.set_num_threads(2)
+        two_threads = apply_method(method, source, torch.Generator().manual_seed(1))
+        torch.set_num_threads(1)
+        one_thread = apply_method(method, source, torch.Generator().manual_seed(1))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(two_threads, one_thread, atol=1e-5, rtol=1e-5)
 
 
 def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):

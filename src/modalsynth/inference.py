@@ -13,7 +13,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
 from .input_checks import input_warnings
+from .threads import split_across_threads
 from .io import Volume, is_nifti, load_volume, save_volume
 from .methods import Method, build_method
 
@@ -58,33 +58,6 @@ def spread_overlaps(shape: Sequence[int], roi: Sequence[int], overlap: float) ->
         step = math.ceil((size - window) / (count - 1))
         overlaps.append(1.0 - (step + 0.5) / window)  # MONAI's step is int(window * (1 - overlap)) = step
     return tuple(overlaps)
-
-
-def split_across_threads(net: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """On a CPU with N > 1 torch threads, run a batch of windows or slices as up to N chunks side by side, one thread
-    each, instead of every convolution split N ways: the generator's thin full-resolution layers are memory-bound and
-    gain little from a second intra-op thread, whole windows in parallel do (and a busy core slows one chunk, not
-    every layer's barrier). Same arithmetic per item, so the output equals the plain call's up to float rounding.
-    Written by hand: neither PyTorch nor MONAI's sliding_window_inference run a batch this way."""
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        threads = torch.get_num_threads()
-        chunks = min(threads, batch.shape[0])
-        if batch.device.type != "cpu" or chunks < 2:
-            return net(batch)
-
-        def one(chunk: torch.Tensor) -> torch.Tensor:
-            torch.set_num_threads(1)  # this worker's own intra-op pool: one thread
-            with torch.no_grad():
-                return net(chunk)
-
-        try:
-            with ThreadPoolExecutor(chunks) as pool:
-                return torch.cat(list(pool.map(one, batch.tensor_split(chunks))))
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..threads import split_across_threads
 from .base import Application, Method, register
 from .slices import sample_axial_slices
 
@@ -108,12 +109,18 @@ class ConditionalDDPM(Method):
     def _denoise(self, condition: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler, step_gen: torch.Generator) -> torch.Tensor:
         # DiffusionInferer.sample (MONAI 1.6.1) calls scheduler.step without a generator, so DDPM's per-step noise
         # would come from the global RNG; this is its loop (concat mode, no guidance) with our generator passed on.
+        # The network call of each step splits its slices over the CPU's threads (it is deterministic per slice); the
+        # draws stay here, in one thread, in one order.
         net = self.nets["generator"]
         image = noise
         for t in scheduler.timesteps:
-            timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
-            with self.autocast():
-                eps = net(torch.cat([image, condition], dim=1), timesteps=timesteps).float()
+
+            def predict_noise(x: torch.Tensor, t: int = int(t)) -> torch.Tensor:
+                timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+                with self.autocast():
+                    return net(x, timesteps=timesteps).float()
+
+            eps = split_across_threads(predict_noise)(torch.cat([image, condition], dim=1))
             image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
         return image
 
