@@ -121,3 +121,22 @@ def test_real_dev_paper_grid_roundtrip_is_close(real_dev):
     assert covered.sum() > 0.8 * fg.sum()
     rel = np.abs(approx.data[covered] - vol.data[covered]).mean() / vol.data[fg].mean()
     assert rel < 0.15
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_foreground_mask_equals_opening_and_hole_filling_of_the_whole_array(seed):
+    """The mask is computed inside its bounding box for speed; scipy on the whole array is the reference."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    array = np.zeros((30, 34, 28), np.float32)
+    for _ in range(4):  # blobs with holes, thin bits that opening removes, some touching the array's border
+        centre, radius = rng.integers(0, (30, 34, 28)), rng.integers(3, 9)
+        zz, yy, xx = np.ogrid[:30, :34, :28]
+        ball = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+        array[ball] = rng.uniform(0.5, 2.0)
+        array[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= (radius // 3) ** 2] = 0.0
+    array[rng.random(array.shape) < 0.01] = 3.0  # speckle
+    expected = ndimage.binary_fill_holes(ndimage.binary_opening(array != 0, iterations=1))
+    assert expected.any()
+    np.testing.assert_array_equal(foreground_mask(array), expected)
