@@ -40,7 +40,7 @@ MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
         filename="flair-t1.pt",
-        sha256="7ed9cb8115871d5fff9c93a0dc5ae3f4fc2e9d2162073a2ef67d1966a4441d87",
+        sha256="1e66deb0ca3d9ade6ff20eb8202ad30c6f8e78db87bc9232105a42d536b452d2",
         source="flair",
         target="t1",
         description="3D GAN generator, skull-stripped FLAIR -> T1, trained on 7 real subjects (BraTS 2018, Ljubljana MS)",
