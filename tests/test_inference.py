@@ -50,6 +50,10 @@ def test_split_across_threads_runs_chunks_on_one_thread_each_and_matches_the_pla
         assert sorted(seen) == [(2, 1), (3, 1)]  # two chunks, one thread each
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         seen.clear()
+        torch.set_num_threads(4)
+        split_across_threads(net)(batch[:2])
+        assert seen == [(1, 2), (1, 2)]  # more threads than items: each chunk gets its share
+        seen.clear()
         torch.set_num_threads(1)
         split_across_threads(net)(batch)
         assert seen == [(5, 1)]  # one thread: the plain call

@@ -9,11 +9,11 @@ import torch
 
 
 def split_across_threads(net: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """On a CPU with N > 1 torch threads, run a batch of windows or slices as up to N chunks side by side, one thread
-    each, instead of every convolution split N ways: the generator's thin full-resolution layers are memory-bound and
-    gain little from a second intra-op thread, whole windows in parallel do (and a busy core slows one chunk, not
-    every layer's barrier). Same arithmetic per item, so the output equals the plain call's up to float rounding.
-    Written by hand: neither PyTorch nor MONAI's sliding_window_inference run a batch this way."""
+    """On a CPU with N > 1 torch threads, run a batch of windows or slices as up to N chunks side by side, each on
+    N // chunks threads, instead of every convolution split N ways: the generator's thin full-resolution layers are
+    memory-bound and gain little from a second intra-op thread, whole windows in parallel do (and a busy core slows
+    one chunk, not every layer's barrier). Same arithmetic per item, so the output equals the plain call's up to float
+    rounding. Written by hand: neither PyTorch nor MONAI's sliding_window_inference run a batch this way."""
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
@@ -22,7 +22,7 @@ def split_across_threads(net: Callable[[torch.Tensor], torch.Tensor]) -> Callabl
             return net(batch)
 
         def one(chunk: torch.Tensor) -> torch.Tensor:
-            torch.set_num_threads(1)  # this worker's own intra-op pool: one thread
+            torch.set_num_threads(threads // chunks)  # this worker's share of the threads
             with torch.no_grad():
                 return net(chunk)
 
