@@ -51,8 +51,11 @@ def test_split_across_threads_runs_chunks_on_one_thread_each_and_matches_the_pla
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         seen.clear()
         torch.set_num_threads(4)
-        split_across_threads(net)(batch[:2])
-        assert seen == [(1, 2), (1, 2)]  # more threads than items: each chunk gets its share
+        split_across_threads(net)(batch[:4])
+        assert seen == [(2, 2), (2, 2)]  # chunks of two items at least, each with its share of the threads
+        seen.clear()
+        split_across_threads(net)(batch[:3])
+        assert seen == [(3, 4)]  # not two chunks of two: the plain call
         seen.clear()
         torch.set_num_threads(1)
         split_across_threads(net)(batch)

@@ -151,10 +151,11 @@ def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
     assert not torch.allclose(first, apply_method(method, source, torch.Generator().manual_seed(2)), atol=1e-3)
     before = torch.get_num_threads()
     try:  # the network calls split over two threads; the draws stay in one order: the same sample
+        four_slices = torch.cat([source, source[:, :, :1]], dim=2)  # two chunks of two slices
         torch.set_num_threads(2)
-        two_threads = apply_method(method, source, torch.Generator().manual_seed(1))
+        two_threads = apply_method(method, four_slices, torch.Generator().manual_seed(1))
         torch.set_num_threads(1)
-        one_thread = apply_method(method, source, torch.Generator().manual_seed(1))
+        one_thread = apply_method(method, four_slices, torch.Generator().manual_seed(1))
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(two_threads, one_thread, atol=1e-5, rtol=1e-5)
