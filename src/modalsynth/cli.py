@@ -160,6 +160,10 @@ def predict(
     subjects_from: Optional[str] = typer.Option(
         None, "--split", help="Only the subjects of this split (train, val, test) as recorded in the checkpoint."
     ),
+    overlap: Optional[float] = typer.Option(
+        None, "--overlap", help="Sliding-window overlap instead of the model's (gan3d: 0.25); 0.5 takes about 2x the "
+        "time and scored 0.016-0.031 higher brain SSIM on real-dev.",
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
@@ -169,7 +173,7 @@ def predict(
     from .inference import predict_path
 
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
-                 check_input=builtin.is_builtin(checkpoint))
+                 check_input=builtin.is_builtin(checkpoint), overlap=overlap)
 
 
 @app.command()

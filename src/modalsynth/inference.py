@@ -136,6 +136,16 @@ class Predictor:
     def device(self) -> torch.device:
         return self.method.device
 
+    def set_overlap(self, overlap: float) -> None:
+        """Predict with sliding windows at least `overlap` apart (0 <= overlap < 1); a `UserError` for a model that is
+        not applied in windows."""
+        if not 0.0 <= overlap < 1.0:
+            raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
+        how = self.method.application()
+        if how.mode != "window" or how.roi is None:
+            raise UserError(f"--overlap: {self.origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out")
+        self.config.model["overlap"] = float(overlap)
+
     def predict_array(self, source: np.ndarray, seed: int = 0) -> np.ndarray:
         """A preprocessed (D, H, W) source in [-1, 1] -> the synthetic target in [-1, 1] on the same grid."""
         was_training = [net.training for net in self.method.nets.values()]
@@ -255,13 +265,16 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
-                 check_input: bool = False) -> list[Path]:
+                 check_input: bool = False, overlap: float | None = None) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
+    `overlap`: the sliding windows' overlap instead of the checkpoint's (models predicted in windows only).
     """
     predictor = Predictor.from_checkpoint(checkpoint, device)
     predictor.check_input = check_input
+    if overlap is not None:
+        predictor.set_overlap(overlap)
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()
