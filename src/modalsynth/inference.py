@@ -26,9 +26,9 @@ from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
 from .input_checks import input_warnings
-from .threads import split_across_threads
 from .io import Volume, is_nifti, load_volume, save_volume
 from .methods import Method, build_method
+from .threads import split_across_threads
 
 #: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
 TIME_ONCE_ABOVE_S = 10.0

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .data.preprocess import bounding_box  # noqa: E402
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, PLANE_AXES  # noqa: E402
 
 #: Table 1 of a benchmark: (summary key, column label); brain-masked figures lead, as the evaluation protocol says.
@@ -238,10 +239,7 @@ def write_per_subject_csv(rows: Sequence[Mapping[str, float]], path: Path, metri
 
 def crop_to_mask(volumes: Mapping[str, np.ndarray], mask: np.ndarray, margin: int = 4) -> dict[str, np.ndarray]:
     """Cut every volume to the bounding box of `mask` plus a margin (smaller figures, less black), as float32."""
-    coords = np.argwhere(mask)
-    low = np.maximum(coords.min(axis=0) - margin, 0)
-    high = np.minimum(coords.max(axis=0) + margin + 1, mask.shape)
-    box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+    box = tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(bounding_box(mask), mask.shape))
     return {name: np.asarray(volume[box], dtype=np.float32) for name, volume in volumes.items()}
 
 
