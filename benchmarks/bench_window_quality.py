@@ -72,10 +72,14 @@ class FrozenNormStatistics:
         rng = np.random.default_rng(seed)
         foreground = source > source.min()
         patches = []
-        while len(patches) < count:
+        for _ in range(1000 * count):  # bounded: a volume with too little foreground fails below instead of hanging
             z, y, x = (int(rng.integers(0, max(n - size, 0) + 1)) for n in source.shape)
             if foreground[z:z + size, y:y + size, x:x + size].mean() > 0.1:
                 patches.append(np.ascontiguousarray(source[z:z + size, y:y + size, x:x + size], dtype=np.float32))
+            if len(patches) == count:
+                break
+        else:
+            raise SystemExit(f"fewer than {count} {size}^3 patches with > 10 % foreground in a {source.shape} volume")
         self.net.train()
         self.net(torch.from_numpy(np.stack(patches))[:, None])
         self.net.eval()
