@@ -97,13 +97,16 @@ def main() -> None:
 
     predictor = Predictor.from_checkpoint(args.checkpoint, "cpu")
     norms = FrozenNormStatistics(predictor.method.nets["generator"])
+    rows = ROWS if norms.norms else [row for row in ROWS if row[4] == "window"]
+    if not norms.norms:
+        print("the generator has no instance norms (model.norm is not 'instance'): the frozen-statistics rows are skipped")
     plain_predict = predictor.predict_array
     results: list[dict] = []
     for subject in args.subjects.split(","):
         flair = load_volume(args.data / subject / "flair.nii.gz")
         t1 = load_volume(args.data / subject / "t1.nii.gz")
         brain = foreground_mask(t1.data)
-        for label, window, overlap, sigma, statistics in ROWS:
+        for label, window, overlap, sigma, statistics in rows:
             predictor.config.model.update(window=window, overlap=overlap, window_sigma=sigma)
 
             def predict_array(source: np.ndarray, seed: int = 0, statistics: str = statistics) -> np.ndarray:
@@ -125,7 +128,7 @@ def main() -> None:
     subjects = args.subjects.split(",")
     print(f"\n| settings | {' | '.join(subjects)} | mean brain SSIM | mean brain MAE | mean s |")
     print("|---|" + "---|" * (len(subjects) + 3))
-    for label, *_ in ROWS:
+    for label, *_ in rows:
         mine = [r for r in results if r["label"] == label]
         per = " | ".join(f"{r['ssim_brain']:.4f}" for r in mine)
         print(f"| {label} | {per} | {np.mean([r['ssim_brain'] for r in mine]):.4f} | "
