@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from modalsynth.data.preprocess import foreground_mask
+from modalsynth.data.preprocess import crop_window, foreground_mask
 from modalsynth.inference import Predictor
 from modalsynth.io import load_volume
 from modalsynth.metrics import subject_metrics
@@ -71,11 +71,12 @@ class FrozenNormStatistics:
     def calibrate(self, source: np.ndarray, count: int, seed: int = 0, size: int = 64) -> None:
         rng = np.random.default_rng(seed)
         foreground = source > source.min()
+        shape = (size,) * source.ndim
         patches = []
         for _ in range(1000 * count):  # bounded: a volume with too little foreground fails below instead of hanging
-            z, y, x = (int(rng.integers(0, max(n - size, 0) + 1)) for n in source.shape)
-            if foreground[z:z + size, y:y + size, x:x + size].mean() > 0.1:
-                patches.append(np.ascontiguousarray(source[z:z + size, y:y + size, x:x + size], dtype=np.float32))
+            start = tuple(int(rng.integers(0, max(n - size, 0) + 1)) for n in source.shape)
+            if crop_window(foreground, start, shape, False).mean() > 0.1:
+                patches.append(crop_window(source, start, shape, -1.0).astype(np.float32))  # training's fill
             if len(patches) == count:
                 break
         else:
@@ -101,8 +102,9 @@ def main() -> None:
     if not norms.norms:
         print("the generator has no instance norms (model.norm is not 'instance'): the frozen-statistics rows are skipped")
     plain_predict = predictor.predict_array
+    subjects = args.subjects.split(",")
     results: list[dict] = []
-    for subject in args.subjects.split(","):
+    for subject in subjects:
         flair = load_volume(args.data / subject / "flair.nii.gz")
         t1 = load_volume(args.data / subject / "t1.nii.gz")
         brain = foreground_mask(t1.data)
@@ -125,7 +127,6 @@ def main() -> None:
                             "mae_brain": m["mae_brain"]})
             print(f"{subject} | {label} | {m['ssim_brain']:.4f} | {m['mae_brain']:.4f} | {seconds:.1f}", flush=True)
 
-    subjects = args.subjects.split(",")
     print(f"\n| settings | {' | '.join(subjects)} | mean brain SSIM | mean brain MAE | mean s |")
     print("|---|" + "---|" * (len(subjects) + 3))
     for label, *_ in rows:
