@@ -29,6 +29,7 @@ class TrainConfig:
     lr: float = 1e-4  # the paper's Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1; 100 beat the paper's 1 on simulated data (DESIGN.md)
+    ssim_weight: float = 0.0  # weight of a 1 - SSIM term beside eq. (1)'s L1 (the evaluation's SSIM window); 0 = off
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
     augment: bool = True  # random flips along x and small intensity scaling/shift
