@@ -19,7 +19,7 @@ from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
 from modalsynth.methods import build_method
 from modalsynth.metrics import mae
-from modalsynth.training import seed_everything, train, validate
+from modalsynth.training import Budget, lr_factor, seed_everything, train, validate
 
 from .conftest import tiny_config
 
@@ -172,3 +172,30 @@ def test_resume_with_ema_continues_exactly(tiny_sim, tmp_path):
     assert "generator_ema" in straight
     _assert_same_weights(straight, resumed)
     assert Checkpoint.load(tmp_path / "resumed" / "last.pt").state["extra"] == {"ema_updates": 4}
+
+
+def test_linear_decay_schedule_follows_the_budget_and_resumes_exactly(tiny_sim, tmp_path):
+    """pix2pix's rule on the budget's share: full rate for the first half, then linearly to 0; a minutes budget
+    counts its share of the time; resuming continues the same schedule."""
+    assert [lr_factor("linear-decay", p) for p in (0.0, 0.5, 0.75, 1.0)] == [1.0, 1.0, 0.5, 0.0]
+    assert lr_factor("constant", 0.9) == 1.0
+    assert Budget(steps=8, seconds=None).progress(2, 1e9) == 0.25
+    assert Budget(steps=None, seconds=60.0).progress(1000, 45.0) == 0.75
+    assert Budget(steps=8, seconds=60.0).progress(2, 45.0) == 0.75  # whichever ends the run first
+    straight = tiny_config(steps=4, val_every=2, lr=1e-3, lr_schedule="linear-decay")
+    train(straight, tiny_sim, tmp_path / "straight", progress=False)
+    state = Checkpoint.load(tmp_path / "straight" / "last.pt").state["optimizers"]
+    for optimizer in state.values():  # the last step (step 3 of 4, progress 0.75) ran at half the rate
+        assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.5e-3)
+    train(tiny_config(steps=2, val_every=2, lr=1e-3, lr_schedule="linear-decay"), tiny_sim, tmp_path / "resumed", progress=False)
+    train(straight, tiny_sim, tmp_path / "resumed", resume=True, progress=False)
+    _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt"))
+    constant = tiny_config(steps=4, val_every=2, lr=1e-3)
+    train(constant, tiny_sim, tmp_path / "constant", progress=False)
+    with pytest.raises(AssertionError):  # the schedule changed the weights
+        _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "constant" / "last.pt"))
+
+
+def test_unknown_lr_schedule_is_a_user_error():
+    with pytest.raises(UserError, match="lr_schedule 'cosine'.*linear-decay"):
+        tiny_config(lr_schedule="cosine")

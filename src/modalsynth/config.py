@@ -15,6 +15,10 @@ from .data.preprocess import PreprocessConfig
 from .errors import UserError
 
 
+#: learning-rate schedules over the run's budget (steps or minutes, whichever ends it first)
+LR_SCHEDULES = ("constant", "linear-decay")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved whole inside every checkpoint."""
@@ -28,6 +32,7 @@ class TrainConfig:
     batch_size: int = 1  # the paper's (one whole volume per step)
     lr: float = 1e-4  # the paper's Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
+    lr_schedule: str = "constant"  # 'constant' or 'linear-decay' (pix2pix's: constant for the first half of the budget, then linearly to 0)
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1; 100 beat the paper's 1 on simulated data (DESIGN.md)
     ssim_weight: float = 0.0  # weight of a 1 - SSIM term beside eq. (1)'s L1 (the evaluation's SSIM window); 0 = off
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
@@ -182,6 +187,8 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
     config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
     if config.holdout not in HOLDOUTS:
         raise UserError(f"--holdout {config.holdout}: choose one of {', '.join(HOLDOUTS)}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"lr_schedule {config.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
 

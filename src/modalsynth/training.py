@@ -283,6 +283,8 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         sampler.set_epoch(epoch)
         order = list(sampler)
         indices = order[within * config.batch_size : (within + 1) * config.batch_size] or order[: config.batch_size]
+        if config.lr_schedule != "constant":
+            set_lr_factor(method, lr_factor(config.lr_schedule, budget.progress(step, elapsed)))
         gen = step_generator(config.seed, step, ctx.rank)
         batch = make_batch(train_set, indices, config.patch, config.augment, gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -377,6 +379,32 @@ class Budget:
 
     def done(self, step: int, elapsed_s: float) -> bool:
         return (self.steps is not None and step >= self.steps) or (self.seconds is not None and elapsed_s >= self.seconds)
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """The share of the budget used, 0 to 1: the larger of the step and the time share."""
+        shares = [0.0]
+        if self.steps:
+            shares.append(step / self.steps)
+        if self.seconds:
+            shares.append(elapsed_s / self.seconds)
+        return min(1.0, max(shares))
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate's multiplier at `progress` (0 to 1) through the budget: 'linear-decay' is pix2pix's rule
+    (constant for the first half, then linearly to 0), tied to the budget so that a minutes budget decays too."""
+    if schedule == "linear-decay":
+        return min(1.0, 2.0 * (1.0 - progress))
+    return 1.0
+
+
+def set_lr_factor(method: Method, factor: float) -> None:
+    """Scale every optimiser's learning rate to `factor` times the one it started with (kept as 'initial_lr', which
+    travels in the optimiser's state, so a resumed run scales the same base)."""
+    for optimizer in method.optimizers.values():
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
 
 
 def _validation_due(config: TrainConfig, step: int, steps_per_epoch: int, since_val_s: float, last_val_s: float) -> bool:
