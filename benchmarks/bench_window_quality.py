@@ -7,8 +7,10 @@ overlap / Gaussian sigma (as a share of the window) / how the instance norms get
   - "fixed K": statistics averaged over K random 64^3 patches of the volume itself (sampled as training samples them:
     a uniform start holding > 10 % foreground), then frozen, so every window (or the whole volume) sees the same ones;
   - "none": no normalisation at all (the frozen statistics left at mean 0, variance 1).
-A row with "volume" runs the whole cropped volume in one pass. Times are wall seconds of `predict_volume` (one pass,
---threads threads; noisy: a guide, not a race).
+A row with "volume" runs the whole cropped volume in one pass; a row marked "bf16" runs the network under CPU bfloat16
+autocast (oneDNN; fast on CPUs with AMX / AVX512-BF16), and its max abs difference to the same row in float32 is
+printed. Times are wall seconds of `predict_volume` (one pass, --threads threads; noisy: a guide, not a race);
+--only LABEL[;LABEL...] runs just those rows.
 
     python benchmarks/bench_window_quality.py --checkpoint src/modalsynth/builtin/flair-t1.pt \
         --subjects brats2018-case1,brats2018-case4,ms-patient07 --json /tmp/window_quality.json
@@ -44,6 +46,11 @@ ROWS = [
     ("whole volume, fixed statistics of 16 patches", "volume", 0.0, 0.25, "fixed 16"),
     ("64^3 / 0.25 / sigma 0.25, fixed statistics of 16 patches", None, 0.25, 0.25, "fixed 16"),
     ("whole volume, no normalisation", "volume", 0.0, 0.25, "none"),
+    ("64^3 / 0.4 / sigma 0.25", None, 0.4, 0.25, "window"),
+    ("default: 64^3 / 0.25 / sigma 0.25, bf16", None, 0.25, 0.25, "window bf16"),
+    ("slow path: 64^3 / 0.5 / sigma 0.25, bf16", None, 0.5, 0.25, "window bf16"),
+    ("80^3 / 0.25 / sigma 0.25, bf16", [80, 80, 80], 0.25, 0.25, "window bf16"),
+    ("64^3 / 0.4 / sigma 0.25, bf16", None, 0.4, 0.25, "window bf16"),
 ]
 
 
@@ -93,23 +100,33 @@ def main() -> None:
     ap.add_argument("--data", type=pathlib.Path, default=REAL_DEV)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench_window_quality.json"))
+    ap.add_argument("--only", default="", help="run only these row labels, separated by ';'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     predictor = Predictor.from_checkpoint(args.checkpoint, "cpu")
     norms = FrozenNormStatistics(predictor.method.nets["generator"])
-    rows = ROWS if norms.norms else [row for row in ROWS if row[4] == "window"]
+    rows = ROWS if norms.norms else [row for row in ROWS if row[4].startswith("window")]
+    if args.only:
+        wanted = args.only.split(";")
+        rows = [row for row in rows if row[0] in wanted]
     if not norms.norms:
         print("the generator has no instance norms (model.norm is not 'instance'): the frozen-statistics rows are skipped")
     plain_predict = predictor.predict_array
+    plain_autocast = predictor.method.autocast
     subjects = args.subjects.split(",")
     results: list[dict] = []
     for subject in subjects:
         flair = load_volume(args.data / subject / "flair.nii.gz")
         t1 = load_volume(args.data / subject / "t1.nii.gz")
         brain = foreground_mask(t1.data)
+        outputs: dict[str, np.ndarray] = {}
         for label, window, overlap, sigma, statistics in rows:
             predictor.config.model.update(window=window, overlap=overlap, window_sigma=sigma)
+            bf16 = statistics.endswith(" bf16")
+            statistics = statistics.removesuffix(" bf16")
+            predictor.method.autocast = (  # type: ignore[method-assign]
+                (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else plain_autocast)
 
             def predict_array(source: np.ndarray, seed: int = 0, statistics: str = statistics) -> np.ndarray:
                 norms.reset()
@@ -125,7 +142,13 @@ def main() -> None:
             m = subject_metrics(out, t1.data, brain)
             results.append({"subject": subject, "label": label, "s": seconds, "ssim_brain": m["ssim_brain"],
                             "mae_brain": m["mae_brain"]})
-            print(f"{subject} | {label} | {m['ssim_brain']:.4f} | {m['mae_brain']:.4f} | {seconds:.1f}", flush=True)
+            outputs[label] = out
+            agreement = ""
+            if bf16 and label.removesuffix(", bf16") in outputs:  # same settings in float32, run earlier
+                diff = np.abs(out.astype(np.float64) - outputs[label.removesuffix(", bf16")]).max()
+                results[-1]["max_abs_diff_vs_fp32"] = float(diff)
+                agreement = f" | max abs diff vs float32 {diff:.3g} (output scale)"
+            print(f"{subject} | {label} | {m['ssim_brain']:.4f} | {m['mae_brain']:.4f} | {seconds:.1f}{agreement}", flush=True)
 
     print(f"\n| settings | {' | '.join(subjects)} | mean brain SSIM | mean brain MAE | mean s |")
     print("|---|" + "---|" * (len(subjects) + 3))

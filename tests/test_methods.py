@@ -258,3 +258,32 @@ def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predi
     assert method.application().mode == "volume"
     windowed = build_method(tiny_config(model={**TINY_MODEL, "window": [16, 16, 16]}))
     assert windowed.application().mode == "window" and windowed.application().roi == (16, 16, 16)
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_cpu_mixed_precision_is_for_training_steps_only_and_only_with_native_bf16(amp, monkeypatch):
+    """amp on a CPU: bfloat16 autocast around training steps when the CPU has native bf16, never in prediction
+    (float32 there), and nothing when the CPU would only emulate bf16 or amp is off."""
+    from modalsynth.methods import base
+
+    method = _built(tiny_config(amp=amp))
+    for native in (True, False):
+        monkeypatch.setattr(base, "cpu_has_native_bf16", lambda native=native: native)
+        with method.autocast():
+            assert torch.is_autocast_enabled("cpu") == (amp and native)
+            if amp and native:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with method.autocast(inference=True):
+            assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
+    source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
+    seen: list[torch.dtype] = []
+    hook = method.nets["generator"].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    apply_method(method, source)
+    assert seen and set(seen) == {torch.float32}  # prediction ran in float32
+    seen.clear()
+    method.make_optimizers()
+    method.train_mode(True)
+    method.training_step({"source": source, "target": source.flip(-1)}, torch.Generator().manual_seed(0))
+    hook.remove()
+    assert seen == [torch.bfloat16 if amp else torch.float32]  # the training step's generator pass

@@ -190,7 +190,7 @@ def test_linear_decay_schedule_follows_the_budget_and_resumes_exactly(tiny_sim, 
     train(tiny_config(steps=2, val_every=2, lr=1e-3, lr_schedule="linear-decay"), tiny_sim, tmp_path / "resumed", progress=False)
     train(straight, tiny_sim, tmp_path / "resumed", resume=True, progress=False)
     _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt"))
-    constant = tiny_config(steps=4, val_every=2, lr=1e-3)
+    constant = tiny_config(steps=4, val_every=2, lr=1e-3, lr_schedule="constant")
     train(constant, tiny_sim, tmp_path / "constant", progress=False)
     with pytest.raises(AssertionError):  # the schedule changed the weights
         _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "constant" / "last.pt"))

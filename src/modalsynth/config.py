@@ -38,7 +38,7 @@ class TrainConfig:
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
     augment: bool = True  # random flips along x and small intensity scaling/shift
-    amp: bool = True  # mixed precision (bfloat16) on CUDA; ignored on CPU
+    amp: bool = True  # bfloat16 autocast: on CUDA; on a CPU with native bf16 for training steps only (prediction stays float32)
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
     device: str = "auto"

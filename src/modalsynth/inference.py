@@ -98,7 +98,7 @@ def slicewise_predict(
 def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` says; float32 in [-1, 1]."""
     function, how = method.inference_function(gen), method.application()
-    with method.autocast():
+    with method.autocast(inference=True):
         if how.mode == "slices":
             out = slicewise_predict(function, source, how.batch_size, how.parallel)
         elif how.mode == "window" and how.roi is not None:

@@ -51,6 +51,13 @@ class Application:
     parallel: bool = False
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles), where oneDNN's bf16 convolutions
+    beat float32 (1.75x a gan3d training step on one thread, RESULTS.md §1)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 class Method(ABC):
     """A synthesis method. It owns its networks and its training step; data, inference plumbing and checkpoints are shared."""
 
@@ -146,10 +153,16 @@ class Method(ABC):
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast on CUDA when the config asks for mixed precision; nothing on CPU."""
-        if self.config.amp and self.device.type == "cuda":
+    def autocast(self, inference: bool = False) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when the config asks for mixed precision: on CUDA always; on a CPU only for training
+        steps and only with native bfloat16 (AVX512-BF16 or AMX), since emulated bfloat16 is slower than float32 and
+        prediction on a CPU stays float32 (bfloat16 moves an output voxel by up to 0.1, RESULTS.md §2)."""
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cpu" and not inference and cpu_has_native_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def train_mode(self, on: bool) -> None:

@@ -117,7 +117,7 @@ class ConditionalDDPM(Method):
 
             def predict_noise(x: torch.Tensor, t: int = int(t)) -> torch.Tensor:
                 timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-                with self.autocast():
+                with self.autocast(inference=True):
                     return net(x, timesteps=timesteps).float()
 
             eps = split_across_threads(predict_noise)(torch.cat([image, condition], dim=1))

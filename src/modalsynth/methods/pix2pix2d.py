@@ -1,8 +1,9 @@
 """Pix2Pix (Isola et al. 2017) on axial slices: the paper's 2D baseline, sharing the 3D GAN's losses and training step.
 
 The recipe is the method's own: a 2D ResUNet generator, a conditional 70x70 PatchGAN (3 layers), lambda_L1 = 100 and
-Adam with lr 2e-4, betas (0.5, 0.999). It does not inherit the 3D GAN's lr 1e-4; any `lr`, `betas` or `l1_weight` the
-user sets (YAML or command line) wins over the recipe.
+Adam with lr 2e-4, betas (0.5, 0.999), kept for the first half of the budget and then lowered linearly to 0 (the
+official code's n_epochs + n_epochs_decay). Any `lr`, `lr_schedule`, `betas` or `l1_weight` the user sets (YAML or
+command line) wins over the recipe.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Pix2Pix2D(ConditionalGAN):
     """Conditional GAN on 2D axial slices; `slices_per_step` foreground slices per volume and step; slice-loop prediction."""
 
     spatial_dims = 2
-    recipe = {"lr": 2e-4, "betas": (0.5, 0.999), "l1_weight": 100.0, "model": {**ConditionalGAN.recipe["model"], **DEFAULTS}}
+    recipe = {"lr": 2e-4, "lr_schedule": "linear-decay", "betas": (0.5, 0.999), "l1_weight": 100.0, "model": {**ConditionalGAN.recipe["model"], **DEFAULTS}}
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """(N, 1, D, H, W) volumes or patches -> (N * slices_per_step, 1, H, W) axial slices holding foreground."""
