@@ -50,6 +50,15 @@ def _resolved(*layers):
     return resolve_config([(f"layer {i}", layer) for i, layer in enumerate(layers)], method_class)
 
 
+def test_gan_recipes_decay_the_learning_rate_and_the_paper_preset_does_not():
+    default, paper = _resolved({}), _resolved({"preset": "paper"})
+    assert (default.lr, default.lr_schedule) == (2e-4, "linear-decay")
+    assert (paper.lr, paper.lr_schedule) == (1e-4, "constant")  # the paper's Adam 1e-4, nothing said about a decay
+    assert _resolved({"method": "pix2pix2d"}).lr_schedule == "linear-decay"  # the official pix2pix code's rule
+    assert _resolved({"lr_schedule": "constant"}).lr_schedule == "constant"  # the user's choice wins
+    assert _resolved({"method": "ddpm"}).lr_schedule == "constant"
+
+
 def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
     config = _resolved({"method": "pix2pix2d"})
     method = _built(config)
