@@ -283,8 +283,9 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         sampler.set_epoch(epoch)
         order = list(sampler)
         indices = order[within * config.batch_size : (within + 1) * config.batch_size] or order[: config.batch_size]
-        if config.lr_schedule != "constant":
-            set_lr_factor(method, lr_factor(config.lr_schedule, budget.progress(step, elapsed)))
+        if config.lr_schedule != "constant":  # rank 0's progress: a time share could differ by process
+            progress = _agree_value(ctx, device, budget.progress(step, elapsed))
+            set_lr_factor(method, lr_factor(config.lr_schedule, progress))
         gen = step_generator(config.seed, step, ctx.rank)
         batch = make_batch(train_set, indices, config.patch, config.augment, gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -358,6 +359,15 @@ def _agree(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, 
     values = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.broadcast(values, src=0)
     return tuple(bool(v > 0.5) for v in values.tolist())
+
+
+def _agree_value(ctx: DistContext, device: torch.device, value: float) -> float:
+    """Rank 0's value of a number, on every rank."""
+    if ctx.world <= 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
 
 
 @dataclass
