@@ -41,7 +41,8 @@ def main() -> None:
             method.train_mode(True)
             cases[f"{name} {'bf16 autocast' if amp else 'float32'}"] = (method, config)
     patch = (64, 64, 64)
-    batch = {"source": torch.rand(2, 1, *patch) * 2 - 1, "target": torch.rand(2, 1, *patch) * 2 - 1}
+    batch = {"source": torch.rand(2, 1, *patch) * 2 - 1, "target": torch.rand(2, 1, *patch) * 2 - 1,
+             "mask": torch.ones(2, 1, *patch, dtype=torch.bool)}
     times: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(args.rounds):
         for label, (method, _config) in cases.items():

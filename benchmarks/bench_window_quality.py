@@ -126,7 +126,7 @@ def main() -> None:
             bf16 = statistics.endswith(" bf16")
             statistics = statistics.removesuffix(" bf16")
             predictor.method.autocast = (  # type: ignore[method-assign]
-                (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else plain_autocast)
+                (lambda **_: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else plain_autocast)
 
             def predict_array(source: np.ndarray, seed: int = 0, statistics: str = statistics) -> np.ndarray:
                 norms.reset()

@@ -46,11 +46,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (the shipped model's count is in its card)")
     ap.add_argument("--minutes", type=float, help="or a time budget instead")
     ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--config", type=Path, help="a training YAML over the default recipe (e.g. the recipe a shipped model was trained with)")
     args = ap.parse_args()
     if not args.export_only:
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes or 40)]
+        extra = ["--config", str(args.config)] if args.config else []
         subprocess.run([sys.executable, "-m", "modalsynth", "train", "--data", str(args.data), "--out", str(args.run),
-                        "--holdout", "none", "--seed", str(SEED), "--device", "cpu", *budget], check=True)
+                        "--holdout", "none", "--seed", str(SEED), "--device", "cpu", *budget, *extra], check=True)
     model = builtin.MODELS[builtin.DEFAULT]
     digest = export(args.run, model.path)
     size = model.path.stat().st_size / 2**20
