@@ -157,7 +157,9 @@ def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tiny_sim, tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (tmp_path / LOCK_NAME).write_text(f'{{"host": "{os.uname().nodename}", "pid": {gone.pid}}}')
+    (tmp_path / ".tmp-half.pt").write_bytes(b"PK half a checkpoint")  # what a SIGKILL during a save leaves
     train(tiny_config(steps=1), tiny_sim, tmp_path, progress=False)  # the killed run's lock is taken over
     assert Checkpoint.load(tmp_path / "last.pt").step == 1 and not (tmp_path / LOCK_NAME).exists()
+    assert not list(tmp_path.glob(".tmp-*"))  # and its half-written temporary file removed
     with RunLock(tmp_path):
         assert (tmp_path / LOCK_NAME).exists()

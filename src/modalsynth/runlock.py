@@ -51,6 +51,10 @@ class RunLock:
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
+            # the folder is ours now: a temporary file left in it was a killed run's half-written checkpoint
+            # (io.atomic_write's `.tmp-*`; SIGKILL gives no chance to clean up), never a file anyone will finish
+            for stale in self.path.parent.glob(".tmp-*"):
+                stale.unlink(missing_ok=True)
             return
         raise UserError(f"{self.path}: could not take over the stale lock; delete it and run again")
 
