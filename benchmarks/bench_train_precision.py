@@ -39,22 +39,22 @@ def main() -> None:
             method = build_method(config).to(torch.device("cpu"))
             method.make_optimizers()
             method.train_mode(True)
-            cases[f"{name} {'bf16 autocast' if amp else 'float32'}"] = (method, config)
+            cases[f"{name} {'bf16 autocast' if amp else 'float32'}"] = method
     patch = (64, 64, 64)
     batch = {"source": torch.rand(2, 1, *patch) * 2 - 1, "target": torch.rand(2, 1, *patch) * 2 - 1,
              "mask": torch.ones(2, 1, *patch, dtype=torch.bool)}
     times: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(args.rounds):
-        for label, (method, _config) in cases.items():
+        for label, method in cases.items():
             gen = torch.Generator().manual_seed(0)
             start = time.perf_counter()
             method.training_step(batch, gen)
             times[label].append(time.perf_counter() - start)
     print("\n| case | s/step (median) | × float32 |\n|---|---|---|")
     rows = []
+    medians = {label: statistics.median(values[1:] or values) for label, values in times.items()}  # round 1 warms up
     for label, values in times.items():
-        median = statistics.median(values[1:] if len(values) > 1 else values)  # the first round warms up
-        base = statistics.median(times[label.split()[0] + " float32"][1:] or times[label.split()[0] + " float32"])
+        median, base = medians[label], medians[label.split()[0] + " float32"]
         rows.append({"case": label, "s_per_step": median, "speedup": base / median, "all": values})
         print(f"| {label} | {median:.3f} | {base / median:.2f} |")
     args.json.write_text(json.dumps({"threads": args.threads, "native_bf16": cpu_has_native_bf16(), "rows": rows}, indent=2))

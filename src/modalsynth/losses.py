@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from torch import nn
+
+from .metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_TRUNCATE, SSIM_WINDOW
 
 AdversarialMode = Literal["bce", "lsgan"]
 
@@ -40,13 +43,11 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None 
     return (error * weight).sum() / weight.sum().clamp_min(torch.finfo(error.dtype).tiny)
 
 
-SSIM_SIGMA = 1.5  # the evaluation's window (metrics.py): Gaussian sigma 1.5 truncated at 3.5 sigma, 11 taps
-SSIM_TRUNCATE = 3.5
-
-
+@lru_cache(maxsize=32)
 def _gaussian_smoothing_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(n, n) matrix M with v @ M = v smoothed by the SSIM window along its last axis, borders reflected as in
-    scipy's 'reflect' (d c b a | a b c d), the evaluation's border rule."""
+    scipy's 'reflect' (d c b a | a b c d), the evaluation's border rule. Built once per axis length, device and dtype
+    (it is a constant of the loss, not recomputed every step)."""
     taps = gaussian_1d(torch.tensor(SSIM_SIGMA), truncated=SSIM_TRUNCATE, approx="sampled", normalize=True)
     radius = len(taps) // 2
     out = torch.arange(n).repeat_interleave(len(taps))
@@ -79,11 +80,11 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor, data_range: float = 2.0) -
     channels = fake.shape[1]
     stack = torch.cat([fake, real, fake * fake, real * real, fake * real], 1)
     mu_f, mu_r, ff, rr, fr = _smooth(stack).split(channels, 1)
-    n_window = (2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1) ** (fake.ndim - 2)
+    n_window = SSIM_WINDOW ** (fake.ndim - 2)
     cov_norm = n_window / (n_window - 1)  # sample covariance, as scikit-image
     var_f, var_r = cov_norm * (ff - mu_f * mu_f), cov_norm * (rr - mu_r * mu_r)
     cov = cov_norm * (fr - mu_f * mu_r)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     ssim = ((2 * mu_f * mu_r + c1) * (2 * cov + c2)) / ((mu_f * mu_f + mu_r * mu_r + c1) * (var_f + var_r + c2))
     return 1.0 - ssim.mean()
 

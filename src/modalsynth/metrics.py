@@ -18,6 +18,7 @@ from scipy import ndimage
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5, an 11-voxel window as in Wang et al. 2004
+SSIM_WINDOW = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1  # taps of the truncated Gaussian along one axis
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 PERCENTILES = (0.5, 99.5)
@@ -78,7 +79,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     axes = tuple(range(a.ndim)) if axes is None else tuple(axes)
-    win = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1
+    win = SSIM_WINDOW
     if any(a.shape[ax] < win for ax in axes):
         raise ValueError(f"SSIM needs at least {win} voxels along each filtered axis; got shape {a.shape}")
     sigma = [SSIM_SIGMA if ax in axes else 0.0 for ax in range(a.ndim)]

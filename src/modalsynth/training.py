@@ -284,7 +284,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         order = list(sampler)
         indices = order[within * config.batch_size : (within + 1) * config.batch_size] or order[: config.batch_size]
         if config.lr_schedule != "constant":  # rank 0's progress: a time share could differ by process
-            progress = _agree_value(ctx, device, budget.progress(step, elapsed))
+            (progress,) = _agree_values(ctx, device, budget.progress(step, elapsed))
             set_lr_factor(method, lr_factor(config.lr_schedule, progress))
         gen = step_generator(config.seed, step, ctx.rank)
         batch = make_batch(train_set, indices, config.patch, config.augment, gen)
@@ -354,20 +354,16 @@ def _load_init(method: Method, init: str) -> None:
 
 def _agree(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, ...]:
     """Rank 0's decisions, on every rank, in one broadcast (time-based decisions could otherwise differ by process)."""
-    if ctx.world <= 1:
-        return flags
-    values = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.broadcast(values, src=0)
-    return tuple(bool(v > 0.5) for v in values.tolist())
+    return tuple(v > 0.5 for v in _agree_values(ctx, device, *(1.0 if f else 0.0 for f in flags)))
 
 
-def _agree_value(ctx: DistContext, device: torch.device, value: float) -> float:
-    """Rank 0's value of a number, on every rank."""
+def _agree_values(ctx: DistContext, device: torch.device, *values: float) -> tuple[float, ...]:
+    """Rank 0's numbers, on every rank, in one broadcast."""
     if ctx.world <= 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0)
-    return float(tensor.item())
+    return tuple(tensor.tolist())
 
 
 @dataclass

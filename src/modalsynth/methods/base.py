@@ -7,6 +7,7 @@ windows or slices, the idea of MONAI's inferers) and `modalsynth.inference` appl
 from __future__ import annotations
 
 import contextlib
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,9 +52,10 @@ class Application:
     parallel: bool = False
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles), where oneDNN's bf16 convolutions
-    beat float32 (1.75x a gan3d training step on one thread, RESULTS.md §1)."""
+    beat float32 (1.75-2x a gan3d training step on one thread, RESULTS.md §1). Asked once: autocast() runs every step."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
 
