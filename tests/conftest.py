@@ -51,7 +51,7 @@ def tiny_config(**overrides):
     from modalsynth.config import resolve_config
     from modalsynth.methods import method_class
 
-    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": True,
+    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": "light",
               "preprocess": {"grid": list(TINY_GRID)}, "patch": None, "batch_size": 1}
     values.update(overrides)
     return resolve_config([("the test", values)], method_class)

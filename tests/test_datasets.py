@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 
+from modalsynth.data.augment import augment_item
 from modalsynth.data.datasets import make_batch, prepare_pair, sample_item, step_generator
 from modalsynth.data.pairs import find_pairs
 from modalsynth.data.preprocess import PreprocessConfig
@@ -36,15 +38,60 @@ def _subject(shape=(8, 16, 16)):
 
 def test_sampling_depends_only_on_seed_and_step():
     subject = _subject()
-    a = sample_item(subject, (4, 8, 8), True, step_generator(0, 5))
-    b = sample_item(subject, (4, 8, 8), True, step_generator(0, 5))
-    c = sample_item(subject, (4, 8, 8), True, step_generator(0, 6))
+    a = sample_item(subject, (4, 8, 8), "light", step_generator(0, 5))
+    b = sample_item(subject, (4, 8, 8), "light", step_generator(0, 5))
+    c = sample_item(subject, (4, 8, 8), "light", step_generator(0, 6))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    src, tgt, _ = sample_item(subject, (4, 8, 8), False, step_generator(0, 5))
+    src, tgt, _ = sample_item(subject, (4, 8, 8), "none", step_generator(0, 5))
     np.testing.assert_array_equal(tgt, -src)  # the patch is the same window of source and target
 
 
 def test_batch_shapes():
-    batch = make_batch([_subject(), _subject()], [0, 1], None, False, step_generator(1, 0))
+    batch = make_batch([_subject(), _subject()], [0, 1], None, "none", step_generator(1, 0))
     assert batch["source"].shape == (2, 1, 8, 16, 16) and batch["mask"].dtype.is_floating_point
+
+
+def test_mri_augmentation_is_reproducible_and_changes_the_source_not_the_target_intensities():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(-1, 1, (24, 24, 24)).astype(np.float32)
+    tgt = np.full_like(src, 0.3)  # a constant target: any geometric move leaves it 0.3, any intensity change would not
+    mask = np.ones_like(src)
+    runs = [[augment_item(src, tgt, mask, "mri", step_generator(0, s)) for s in range(12)] for _ in range(2)]
+    assert all(np.array_equal(a, b) for x, y in zip(*runs) for a, b in zip(x, y))  # resumed runs draw the same
+    for s, t, m in runs[0]:
+        assert s.shape == t.shape == m.shape == src.shape and s.dtype == t.dtype == m.dtype == np.float32
+        assert s.min() >= -1.0 and s.max() <= 1.0
+        np.testing.assert_allclose(t, 0.3, atol=1e-5)
+        assert set(np.unique(m)) <= {0.0, 1.0}
+    light = [augment_item(src, tgt, mask, "light", step_generator(0, s))[0] for s in range(12)]
+    mri = [item[0] for item in runs[0]]
+    # beyond the light level's scale/shift (|change| <= 0.1 + flip), MONAI's bias field, gamma and noise move the source
+    assert max(float(np.abs(a - b).max()) for a, b in zip(light, mri)) > 0.2
+    none = augment_item(src, tgt, mask, "none", step_generator(0, 0))
+    assert all(a is b for a, b in zip(none, (src, tgt, mask)))
+
+
+def test_mri_augmentation_moves_source_target_and_mask_together():
+    src = np.zeros((24, 24, 24), np.float32) - 1.0
+    src[8:16, 8:16, 8:16] = 1.0  # a bright cube in source, target and mask alike
+    tgt, mask = src.copy(), (src > 0).astype(np.float32)
+    moved = 0
+    for s in range(30):
+        a, b, m = augment_item(src, tgt, mask, "mri", step_generator(3, s))
+        if not np.array_equal(b, tgt) and not np.array_equal(b, tgt[..., ::-1]):
+            moved += 1  # a rotation/scaling was drawn: the mask follows the target's cube
+            assert np.mean((b > 0) == (m > 0.5)) > 0.99
+            assert np.mean((a > 0) == (m > 0.5)) > 0.95
+    assert moved > 0
+
+
+def test_old_configs_with_a_yes_no_augment_still_load_and_unknown_levels_are_refused():
+    from modalsynth.config import TrainConfig, resolve_config
+    from modalsynth.errors import UserError
+    from modalsynth.methods import method_class
+
+    assert TrainConfig.from_dict({"augment": True}).augment == "light"
+    assert TrainConfig.from_dict({"augment": False}).augment == "none"
+    with pytest.raises(UserError, match="augment 'strong'.*none, light, mri"):
+        resolve_config([("run.yaml", {"augment": "strong"})], method_class)

@@ -99,7 +99,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-DDP_SETTINGS = dict(steps=3, val_every=3, augment=True)
+DDP_SETTINGS = dict(steps=3, val_every=3, augment="light")
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from .data.augment import AUGMENTATIONS
 from .data.pairs import HOLDOUTS
 from .data.preprocess import PreprocessConfig
 from .errors import UserError
@@ -37,7 +38,7 @@ class TrainConfig:
     ssim_weight: float = 0.0  # weight of a 1 - SSIM term beside eq. (1)'s L1 (the evaluation's SSIM window); 0 = off
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
-    augment: bool = True  # random flips along x and small intensity scaling/shift
+    augment: str = "light"  # 'none', 'light' (x flips, small intensity scale/shift) or 'mri' (light + MONAI bias field, gamma, noise, small affine)
     amp: bool = True  # bfloat16 autocast: on CUDA; on a CPU with native bf16 for training steps only (prediction stays float32)
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
@@ -66,6 +67,8 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         values = dict(values)
+        if isinstance(values.get("augment"), bool):  # runs saved before the levels: true was today's 'light'
+            values["augment"] = "light" if values["augment"] else "none"
         pre = values.pop("preprocess", None)
         for key, value in values.items():
             _check_type(key, value, _DEFAULTS_BY_NAME[key], origin)
@@ -187,6 +190,8 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
     config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
     if config.holdout not in HOLDOUTS:
         raise UserError(f"--holdout {config.holdout}: choose one of {', '.join(HOLDOUTS)}")
+    if config.augment not in AUGMENTATIONS:
+        raise UserError(f"augment {config.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"lr_schedule {config.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     check_sizes(config, method_class.size_multiple(config))

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..io import Volume, load_volume
+from .augment import augment_item
 from .pairs import Pair
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig, crop_window, preprocess
 
@@ -80,9 +81,9 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 
 def sample_item(
-    subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: bool, gen: torch.Generator
+    subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training example (source, target, mask) as (D, H, W) arrays: the whole grid or a random patch, augmented."""
+    """One training example (source, target, mask) as (D, H, W) arrays: the whole grid or a random patch, augmented at level `augment`."""
     src, tgt, mask = subject.source, subject.target, subject.mask.astype(np.float32)
     if patch is not None:
         start = None
@@ -93,12 +94,7 @@ def sample_item(
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
         src, tgt, mask = (crop_window(a, start, patch, f) for a, f in ((src, -1.0), (tgt, -1.0), (mask, 0.0)))
-    if augment:
-        if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)
-            src, tgt, mask = (np.ascontiguousarray(a[..., ::-1]) for a in (src, tgt, mask))
-        scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
-        shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
-        src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
+    src, tgt, mask = augment_item(src, tgt, mask, augment, gen)
     return src, tgt, mask
 
 
@@ -106,7 +102,7 @@ def make_batch(
     subjects: list[PreparedSubject],
     indices: list[int],
     patch: tuple[int, int, int] | None,
-    augment: bool,
+    augment: str,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """Stack sampled items into tensors (N, 1, D, H, W): keys source, target, mask."""

@@ -1,0 +1,69 @@
+"""Training augmentations of one (source, target, mask) example, drawn from the step's seeded generator.
+
+Levels: 'none'; 'light' (a left-right flip and a small intensity scale/shift of the source: the project's first
+recipe); 'mri' (light, then MONAI's scanner-like changes of the source: a smooth bias field, a gamma curve and
+Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask). The MONAI transforms
+are seeded from the step's generator, so a resumed run draws the same augmentations as one that never stopped.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+#: augmentation levels of `TrainConfig.augment`, from none to the most
+AUGMENTATIONS = ("none", "light", "mri")
+
+
+@lru_cache(maxsize=1)
+def _mri_transforms():
+    """MONAI's random transforms of the 'mri' level (built once; each call reseeds them)."""
+    from monai.transforms import RandAdjustContrast, RandAffine, RandBiasField, RandGaussianNoise
+
+    source_only = (
+        RandBiasField(prob=0.5, coeff_range=(0.0, 0.3), degree=3),  # works on [0, 1] intensities (multiplicative)
+        RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+        RandGaussianNoise(prob=0.3, mean=0.0, std=0.03),
+    )
+    geometric = RandAffine(
+        prob=0.3, rotate_range=(0.15, 0.15, 0.15), scale_range=(0.1, 0.1, 0.1), mode="bilinear", padding_mode="border"
+    )
+    return source_only, geometric
+
+
+def _seed(gen: torch.Generator) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def _mri(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 'mri' level's MONAI transforms on arrays in [-1, 1] (mask in {0, 1})."""
+    source_only, geometric = _mri_transforms()
+    unit = (src[None] + 1.0) / 2.0  # bias field and gamma are defined on non-negative intensities
+    for transform in source_only:
+        transform.set_random_state(seed=_seed(gen))
+        unit = transform(unit)
+    src = np.clip(np.asarray(unit)[0] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    geometric.set_random_state(seed=_seed(gen))
+    if src.ndim == 3 and min(src.shape) > 1:
+        moved = np.asarray(geometric(np.stack([src, tgt, mask])))
+        src, tgt = (np.clip(a, -1.0, 1.0).astype(np.float32) for a in moved[:2])
+        mask = (moved[2] > 0.5).astype(np.float32)
+    return src, tgt, mask
+
+
+def augment_item(
+    src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, level: str, gen: torch.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augment one (D, H, W) example in [-1, 1] at `level` (see AUGMENTATIONS); the target keeps its intensities."""
+    if level == "none":
+        return src, tgt, mask
+    if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)
+        src, tgt, mask = (np.ascontiguousarray(a[..., ::-1]) for a in (src, tgt, mask))
+    scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
+    shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
+    src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
+    if level == "mri":
+        src, tgt, mask = _mri(src, tgt, mask, gen)
+    return src, tgt, mask
