@@ -40,7 +40,7 @@ MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
         filename="flair-t1.pt",
-        sha256="1e66deb0ca3d9ade6ff20eb8202ad30c6f8e78db87bc9232105a42d536b452d2",
+        sha256="a8e8e999aa9f7701849f9f4e327dbe560099050116ab6fd14452f3bb580be1f3",
         source="flair",
         target="t1",
         description="3D GAN generator, skull-stripped FLAIR -> T1, trained on 7 real subjects (BraTS 2018, Ljubljana MS)",
