@@ -70,6 +70,8 @@ def test_mri_augmentation_is_reproducible_and_changes_the_source_not_the_target_
     assert max(float(np.abs(a - b).max()) for a, b in zip(light, mri)) > 0.2
     none = augment_item(src, tgt, mask, "none", step_generator(0, 0))
     assert all(a is b for a, b in zip(none, (src, tgt, mask)))
+    with pytest.raises(ValueError, match="'strong'"):  # a typo never falls back to some level silently
+        augment_item(src, tgt, mask, "strong", step_generator(0, 0))
 
 
 def test_mri_augmentation_moves_source_target_and_mask_together():

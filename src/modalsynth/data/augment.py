@@ -57,6 +57,8 @@ def augment_item(
     src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, level: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augment one (D, H, W) example in [-1, 1] at `level` (see AUGMENTATIONS); the target keeps its intensities."""
+    if level not in AUGMENTATIONS:
+        raise ValueError(f"augmentation level {level!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if level == "none":
         return src, tgt, mask
     if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)

@@ -94,8 +94,7 @@ def sample_item(
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
         src, tgt, mask = (crop_window(a, start, patch, f) for a, f in ((src, -1.0), (tgt, -1.0), (mask, 0.0)))
-    src, tgt, mask = augment_item(src, tgt, mask, augment, gen)
-    return src, tgt, mask
+    return augment_item(src, tgt, mask, augment, gen)
 
 
 def make_batch(
