@@ -125,6 +125,8 @@ def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
 #: an example value of the kind expected by each setting whose default is None
 _NONE_DEFAULT_KINDS: dict[str, Any] = {"preset": "", "init": "", "steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
 _DEFAULTS_BY_NAME = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+#: settings with a fixed set of values: (field, its values, how an error names the given value)
+_CHOICES = (("holdout", HOLDOUTS, "--holdout {}"), ("augment", AUGMENTATIONS, "augment {!r}"), ("lr_schedule", LR_SCHEDULES, "lr_schedule {!r}"))
 #: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
 RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
 #: settings that are dicts merged key by key across layers (a YAML `model: {depth: 3}` keeps the other model options)
@@ -188,12 +190,10 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
         TrainConfig.from_dict(layer, origin=origin)  # names the file or option of a bad setting
         values = merge_settings(values, _plain(dict(layer)))
     config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
-    if config.holdout not in HOLDOUTS:
-        raise UserError(f"--holdout {config.holdout}: choose one of {', '.join(HOLDOUTS)}")
-    if config.augment not in AUGMENTATIONS:
-        raise UserError(f"augment {config.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise UserError(f"lr_schedule {config.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    for name, choices, label in _CHOICES:
+        value = getattr(config, name)
+        if value not in choices:
+            raise UserError(f"{label.format(value)}: choose one of {', '.join(choices)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
 
