@@ -111,6 +111,14 @@ def generator_loss(
     return total, parts
 
 
+def consistency_loss(fake: torch.Tensor, shared: list[tuple[tuple[slice, ...], tuple[slice, ...]]]) -> torch.Tensor:
+    """Mean absolute difference between the outputs for two views of one region on the voxels they share: `fake` holds
+    the N first views, then the N second ones (`data.views.overlapping_views`); the mean over the N pairs."""
+    n = len(shared)
+    parts = [(fake[i][(slice(None), *a)] - fake[n + i][(slice(None), *b)]).abs().mean() for i, (a, b) in enumerate(shared)]
+    return torch.stack(parts).mean()
+
+
 def discriminator_loss(
     d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor, adv: AdversarialLoss
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

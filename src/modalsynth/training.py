@@ -287,7 +287,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
             (progress,) = _agree_values(ctx, device, budget.progress(step, elapsed))
             set_lr_factor(method, lr_factor(config.lr_schedule, progress))
         gen = step_generator(config.seed, step, ctx.rank)
-        batch = make_batch(train_set, indices, config.patch, config.augment, gen)
+        batch = make_batch(train_set, indices, method.sampling_patch(), config.augment, gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         losses = method.training_step(batch, gen)
         step += 1

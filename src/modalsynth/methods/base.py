@@ -118,6 +118,11 @@ class Method(ABC):
         """Each training grid/patch axis (D, H, W) must be a multiple of this (checked when settings are resolved)."""
         return (1, 1, 1)
 
+    def sampling_patch(self) -> tuple[int, int, int] | None:
+        """The size of the region sampled for each batch item: the training patch (None: the whole grid); a method that
+        cuts several views out of one region asks for more."""
+        return tuple(self.config.patch) if self.config.patch else None  # type: ignore[return-value]
+
     def options(self) -> dict[str, Any]:
         """The method's `model` options: its recipe's defaults under what the config sets."""
         return {**self.recipe.get("model", {}), **self.config.model}

@@ -8,7 +8,9 @@ from typing import Any, Callable
 import torch
 
 from ..config import TrainConfig
-from ..losses import AdversarialLoss, discriminator_loss, generator_loss
+from ..data.views import overlapping_views, view_region
+from ..errors import UserError
+from ..losses import AdversarialLoss, consistency_loss, discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from .base import Application, Method, register
 
@@ -45,6 +47,8 @@ class ConditionalGAN(Method):
             # not the generator's norm: a batch-norm D would compare the real and generated halves of its batch
             norm=options.get("disc_norm", "instance"),
         )
+        if self.consistency_weight and (self.spatial_dims != 3 or not config.patch):
+            raise UserError("model.consistency needs 3D training patches: set `patch` (e.g. [64, 64, 64]) or leave it out")
         self.adversarial = AdversarialLoss(config.adversarial)
         self.make_optimizers()
         if self.ema_decay:
@@ -57,6 +61,16 @@ class ConditionalGAN(Method):
         """`model.ema`: the decay of the generator's weight average (0 or None: no average)."""
         return float(self.options().get("ema") or 0.0)
 
+    @property
+    def consistency_weight(self) -> float:
+        """`model.consistency`: weight of the L1 term between two overlapping views' outputs (0 or None: off)."""
+        return float(self.options().get("consistency") or 0.0)
+
+    def sampling_patch(self) -> tuple[int, int, int] | None:
+        """With the consistency term, each batch item is a larger region that two overlapping patches are cut from."""
+        patch = super().sampling_patch()
+        return view_region(patch) if patch is not None and self.consistency_weight else patch
+
     @classmethod
     def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
         """The generator halves every spatial axis `depth` times (2D: only H and W)."""
@@ -64,8 +78,6 @@ class ConditionalGAN(Method):
         m = 2 ** int(options["depth"])
         window = options.get("window")
         if window is not None and window != "volume" and any(int(w) % m for w in window):
-            from ..errors import UserError
-
             raise UserError(f"model.window {list(window)}: each size must be a multiple of {m} (2**depth)")
         return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
 
@@ -108,6 +120,9 @@ class ConditionalGAN(Method):
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """One discriminator step on (x, y) vs (x, G(x)), then one generator step on adversarial + lambda * L1."""
         b = self.model_batch(batch, gen)
+        shared = None
+        if self.consistency_weight:  # two overlapping patches per sampled region (N regions -> 2N patches)
+            b, shared = overlapping_views(b, tuple(self.config.patch), gen)  # type: ignore[arg-type]
         x, y = b["source"], b["target"]
         G, D = self.train_nets["generator"], self.train_nets["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
@@ -125,6 +140,9 @@ class ConditionalGAN(Method):
             g_loss, g_parts = generator_loss(
                 g_logits, fake.float(), y, self.config.l1_weight, self.adversarial, ssim_weight=self.config.ssim_weight
             )
+            if shared is not None:
+                g_parts["consistency"] = consistency_loss(fake.float(), shared)
+                g_loss = g_loss + self.consistency_weight * g_parts["consistency"]
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -134,6 +152,7 @@ class ConditionalGAN(Method):
         return {
             "g_loss": float(g_loss.detach()), "g_adv": float(g_parts["adv"]), "g_l1": float(g_parts["l1"]),
             **({"g_ssim": float(g_parts["ssim"])} if "ssim" in g_parts else {}),
+            **({"g_consistency": float(g_parts["consistency"].detach())} if "consistency" in g_parts else {}),
             "d_loss": float(d_loss.detach()), "d_real": float(d_parts["real"]), "d_fake": float(d_parts["fake"]),
         }
 
