@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from torch import nn
 
+from .data.views import Box
 from .metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_TRUNCATE, SSIM_WINDOW
 
 AdversarialMode = Literal["bce", "lsgan"]
@@ -111,7 +112,7 @@ def generator_loss(
     return total, parts
 
 
-def consistency_loss(fake: torch.Tensor, shared: list[tuple[tuple[slice, ...], tuple[slice, ...]]]) -> torch.Tensor:
+def consistency_loss(fake: torch.Tensor, shared: list[tuple[Box, Box]]) -> torch.Tensor:
     """Mean absolute difference between the outputs for two views of one region on the voxels they share: `fake` holds
     the N first views, then the N second ones (`data.views.overlapping_views`); the mean over the N pairs."""
     n = len(shared)

@@ -35,10 +35,7 @@ def overlapping_views(
         seconds.append(b)
         lo = [max(x, y) for x, y in zip(a, b)]
         hi = [min(x, y) + p for x, y, p in zip(a, b, patch)]
-        shared.append((
-            tuple(slice(l - x, h - x) for l, h, x in zip(lo, hi, a)),  # type: ignore[misc]
-            tuple(slice(l - y, h - y) for l, h, y in zip(lo, hi, b)),  # type: ignore[misc]
-        ))
+        shared.append(tuple(tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, view)) for view in (a, b)))  # type: ignore[arg-type]
     for offsets in (firsts, seconds):
         for i, start in enumerate(offsets):
             box = tuple(slice(s, s + p) for s, p in zip(start, patch))

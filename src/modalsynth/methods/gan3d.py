@@ -141,8 +141,9 @@ class ConditionalGAN(Method):
                 g_logits, fake.float(), y, self.config.l1_weight, self.adversarial, ssim_weight=self.config.ssim_weight
             )
             if shared is not None:
-                g_parts["consistency"] = consistency_loss(fake.float(), shared)
-                g_loss = g_loss + self.consistency_weight * g_parts["consistency"]
+                consistency = consistency_loss(fake.float(), shared)
+                g_loss = g_loss + self.consistency_weight * consistency
+                g_parts["consistency"] = consistency.detach()  # detached for logging, as generator_loss's parts
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -152,7 +153,7 @@ class ConditionalGAN(Method):
         return {
             "g_loss": float(g_loss.detach()), "g_adv": float(g_parts["adv"]), "g_l1": float(g_parts["l1"]),
             **({"g_ssim": float(g_parts["ssim"])} if "ssim" in g_parts else {}),
-            **({"g_consistency": float(g_parts["consistency"].detach())} if "consistency" in g_parts else {}),
+            **({"g_consistency": float(g_parts["consistency"])} if "consistency" in g_parts else {}),
             "d_loss": float(d_loss.detach()), "d_real": float(d_parts["real"]), "d_fake": float(d_parts["fake"]),
         }
 
