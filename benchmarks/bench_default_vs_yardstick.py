@@ -1,13 +1,16 @@
 """The default prediction path against the yardstick, side by side in one process on the same real volumes.
 
 For one trained gan3d checkpoint: `modalsynth predict`'s whole path (Predictor.predict_volume: preprocessing, the
-foreground crop, the network as its settings say, postprocessing) and the same checkpoint on the slow path (64^3
-windows, overlap 0.5, one per batch) and the default's windows with intra-op threads only (each layer split over the
-threads, as before split_across_threads); for the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two
-residual units over the whole volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not
-depend on the weights). Rows run round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted
-by torch's FlopCounterMode on one real single-thread pass (also the quality pass); the floor is that count over the float32 2048^3 matmul rate measured in
-the same run. Brain SSIM/MAE of the project rows are scored against the real T1 with the evaluation's protocol.
+foreground crop, the network as its settings say, postprocessing; on a CPU with native bfloat16 that is bf16
+autocast), the same checkpoint in float32 with the previous default's windows (64^3, overlap 0.25, 4 per batch) and on
+the slow path (float32, 64^3 windows, overlap 0.5, one per batch: the quality reference), and optionally the default's
+windows with intra-op threads only (each layer split over the threads, as before split_across_threads); `--overlap`
+sets the default row's overlap as `modalsynth predict --overlap` does (e.g. a checkpoint trained before the default
+changed). For the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two residual units over the whole
+volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not depend on the weights). Rows run round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted
+by torch's FlopCounterMode on one real single-thread pass (also the quality pass); the floor is that count over the
+2048^3 matmul rate measured in the same run, in float32, or in bfloat16 for a row that predicts in bf16. Brain SSIM/MAE
+of the project rows are scored against the real T1 with the evaluation's protocol.
 
     python benchmarks/bench_default_vs_yardstick.py --checkpoint RUN/best.pt --json /tmp/bench_default.json
 """
@@ -35,10 +38,11 @@ from modalsynth.metrics import subject_metrics
 
 REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
 SLOW_PATH = {"window": [64, 64, 64], "overlap": 0.5, "windows_per_batch": 1}
+PREVIOUS_DEFAULT = {"overlap": 0.25, "windows_per_batch": 4}
 
 
-def matmul_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(5):
@@ -65,30 +69,39 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-slow", action="store_true", help="skip the slow path (its time and quality)")
-    ap.add_argument("--no-intra-op", action="store_true", help="skip the default with intra-op threads only")
+    ap.add_argument("--intra-op", action="store_true", help="add the default with intra-op threads only")
+    ap.add_argument("--overlap", type=float, default=None, help="the default row's overlap (default: the checkpoint's)")
     ap.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench_default_vs_yardstick.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     default = Predictor.from_checkpoint(args.checkpoint, "cpu")
+    if args.overlap is not None:
+        default.set_overlap(args.overlap)
     slow = Predictor.from_checkpoint(args.checkpoint, "cpu")
     slow.config.model.update(SLOW_PATH)
+    slow.config.amp = False
+    previous = Predictor.from_checkpoint(args.checkpoint, "cpu")
+    previous.config.model.update(PREVIOUS_DEFAULT)
+    previous.config.amp = False
     yardstick = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
                      num_res_units=2).eval()
     how = default.method.application()
-    rows = {f"gan3d default ({how.mode}{'' if how.roi is None else f' {how.roi[0]}^3 / {how.overlap} / {how.batch_size}'})":
-            ("project", default),
-            "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick)}
+    precision = "bf16" if default.method.cpu_bf16_autocast(inference=True) else "float32"
+    windows = "" if how.roi is None else f" {how.roi[0]}^3 / {how.overlap} / {how.batch_size}"
+    rows = {f"gan3d default ({precision}, {how.mode}{windows})": ("project", default),
+            "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick),
+            "gan3d same checkpoint, previous default (float32, 64^3 / 0.25 / 4)": ("project", previous)}
     if not args.no_slow:
-        rows["gan3d same checkpoint, slow path (64^3 / 0.5 / 1)"] = ("project", slow)
-    if not args.no_intra_op:  # the default's windows without split_across_threads: every layer split over the threads
+        rows["gan3d same checkpoint, slow path (float32, 64^3 / 0.5 / 1)"] = ("project", slow)
+    if args.intra_op:  # the default's windows without split_across_threads: every layer split over the threads
         intra_op = Predictor.from_checkpoint(args.checkpoint, "cpu")
         intra_op.method.application = lambda: dataclasses.replace(how, parallel=False)  # type: ignore[method-assign]
         rows["gan3d default, intra-op threads (windows not split across threads)"] = ("project", intra_op)
 
     results = []
-    rate = matmul_gflops()
+    rate, rate_bf16 = matmul_gflops(), matmul_gflops(torch.bfloat16)
     for subject in args.subjects.split(","):
         flair = load_volume(args.data / subject / "flair.nii.gz")
         t1 = load_volume(args.data / subject / "t1.nii.gz")
@@ -101,8 +114,9 @@ def main() -> None:
             with counter:
                 out = runner.predict_volume(flair).data if kind == "project" else yardstick_predict(runner, flair.data)
             torch.set_num_threads(args.threads)
+            bf16 = kind == "project" and runner.method.cpu_bf16_autocast(inference=True)
             entry = {"label": label, "subject": subject, "shape": list(flair.shape), "times": [],
-                     "gflop": counter.get_total_flops() / 1e9}
+                     "gflop": counter.get_total_flops() / 1e9, "bf16": bf16}
             if kind == "project":
                 m = subject_metrics(out, t1.data, brain)
                 entry.update(ssim_brain=m["ssim_brain"], mae_brain=m["mae_brain"])
@@ -116,11 +130,12 @@ def main() -> None:
                 per_row[label]["times"].append(time.perf_counter() - start)
         for entry in per_row.values():
             entry["s"] = min(entry["times"])
-            entry["floor_s"] = entry["gflop"] / rate
+            entry["floor_s"] = entry["gflop"] / (rate_bf16 if entry["bf16"] else rate)
             results.append(entry)
 
     header = "| subject | path | s/volume | GFLOP/volume | GFLOP/s | × FLOP floor | brain SSIM | brain MAE |"
-    print(f"\nfloat32 matmul rate {rate:.0f} GFLOP/s, {args.threads} threads, min of {args.repeats} passes\n")
+    print(f"\nmatmul rate float32 {rate:.0f}, bfloat16 {rate_bf16:.0f} GFLOP/s, {args.threads} threads, "
+          f"min of {args.repeats} passes\n")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for e in results:
@@ -130,10 +145,10 @@ def main() -> None:
     for subject in args.subjects.split(","):
         mine = [e for e in results if e["subject"] == subject]
         ratio = mine[0]["s"] / mine[1]["s"]
-        diffs = ", ".join(f"{e['max_abs_diff_vs_default']:.3g}" for e in mine[2:] if "intra-op" in e["label"])
-        print(f"{subject}: default / yardstick time = {ratio:.2f}" + (f"; intra-op max abs diff {diffs}" if diffs else ""))
+        diffs = "; ".join(f"{e['label']}: {e['max_abs_diff_vs_default']:.3g}" for e in mine[2:])
+        print(f"{subject}: default / yardstick time = {ratio:.2f}; max abs diff to the default (T1 units): {diffs}")
     args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                                     "matmul_gflops": rate, "checkpoint": str(args.checkpoint), "rows": results,
+                                     "matmul_gflops": rate, "matmul_gflops_bf16": rate_bf16, "checkpoint": str(args.checkpoint), "rows": results,
                                      "median_default_over_yardstick": statistics.median(
                                          [results[i]["s"] / results[i + 1]["s"] for i in range(0, len(results), len(rows))])},
                                     indent=2))

@@ -7,10 +7,11 @@ overlap / Gaussian sigma (as a share of the window) / how the instance norms get
   - "fixed K": statistics averaged over K random 64^3 patches of the volume itself (sampled as training samples them:
     a uniform start holding > 10 % foreground), then frozen, so every window (or the whole volume) sees the same ones;
   - "none": no normalisation at all (the frozen statistics left at mean 0, variance 1).
-A row with "volume" runs the whole cropped volume in one pass; a row marked "bf16" runs the network under CPU bfloat16
-autocast (oneDNN; fast on CPUs with AMX / AVX512-BF16), and its max abs difference to the same row in float32 is
-printed. Times are wall seconds of `predict_volume` (one pass, --threads threads; noisy: a guide, not a race);
---only LABEL[;LABEL...] runs just those rows.
+A row with "volume" runs the whole cropped volume in one pass; a row marked "bf16" predicts with `amp` on, i.e. the
+default path on a CPU with native bfloat16 (AMX / AVX512-BF16: bf16 autocast, channels-last), every other row with
+`amp` off (float32); a bf16 row's max abs difference to the same row in float32 is printed. Times are wall seconds
+of `predict_volume` (one pass, --threads threads; noisy: a guide, not a race); --only LABEL[;LABEL...] runs just those
+rows.
 
     python benchmarks/bench_window_quality.py --checkpoint src/modalsynth/builtin/flair-t1.pt \
         --subjects brats2018-case1,brats2018-case4,ms-patient07 --json /tmp/window_quality.json
@@ -29,6 +30,7 @@ import torch
 from modalsynth.data.preprocess import crop_window, foreground_mask
 from modalsynth.inference import Predictor
 from modalsynth.io import load_volume
+from modalsynth.methods.base import cpu_has_native_bf16
 from modalsynth.metrics import subject_metrics
 
 REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
@@ -51,6 +53,7 @@ ROWS = [
     ("slow path: 64^3 / 0.5 / sigma 0.25, bf16", None, 0.5, 0.25, "window bf16"),
     ("80^3 / 0.25 / sigma 0.25, bf16", [80, 80, 80], 0.25, 0.25, "window bf16"),
     ("64^3 / 0.4 / sigma 0.25, bf16", None, 0.4, 0.25, "window bf16"),
+    ("64^3 / 0.33 / sigma 0.25, bf16", None, 0.33, 0.25, "window bf16"),
 ]
 
 
@@ -110,10 +113,11 @@ def main() -> None:
     if args.only:
         wanted = args.only.split(";")
         rows = [row for row in rows if row[0] in wanted]
+    if any(row[4].endswith(" bf16") for row in rows) and not cpu_has_native_bf16():
+        print("this CPU has no native bfloat16: the bf16 rows run in float32")
     if not norms.norms:
         print("the generator has no instance norms (model.norm is not 'instance'): the frozen-statistics rows are skipped")
     plain_predict = predictor.predict_array
-    plain_autocast = predictor.method.autocast
     subjects = args.subjects.split(",")
     results: list[dict] = []
     for subject in subjects:
@@ -125,8 +129,7 @@ def main() -> None:
             predictor.config.model.update(window=window, overlap=overlap, window_sigma=sigma)
             bf16 = statistics.endswith(" bf16")
             statistics = statistics.removesuffix(" bf16")
-            predictor.method.autocast = (  # type: ignore[method-assign]
-                (lambda **_: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else plain_autocast)
+            predictor.config.amp = bf16  # bf16: prediction's own CPU bfloat16 path (channels-last, native bf16 only)
 
             def predict_array(source: np.ndarray, seed: int = 0, statistics: str = statistics) -> np.ndarray:
                 norms.reset()

@@ -64,16 +64,16 @@ def test_predict_with_no_checkpoint_uses_the_builtin_model_and_says_how_long(tmp
 
 
 def test_predict_overlap_changes_the_windows_and_bad_values_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    flair = _small_flair(tmp_path / "flair.nii.gz", shape=(120, 70, 40))  # grid 48 x 64 x 112: 2 windows at 0.25, 3 at 0.5
+    flair = _small_flair(tmp_path / "flair.nii.gz", shape=(120, 70, 40))  # grid 48 x 64 x 112: 2 windows at 0.25, 3 at 0.4
     outputs = {}
-    for overlap in ("0.25", "0.5"):
+    for overlap in ("0.25", "0.4"):
         code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output",
                                str(tmp_path / f"t1-{overlap}.nii.gz"), "--device", "cpu", "--overlap", overlap)
         assert code == 0, err
         outputs[overlap] = load_volume(tmp_path / f"t1-{overlap}.nii.gz").data
     default = Predictor.from_checkpoint(builtin.resolve(None), "cpu").predict_volume(load_volume(flair)).data
-    np.testing.assert_allclose(outputs["0.25"], default, atol=1e-3)  # the model's own overlap is 0.25
-    assert np.abs(outputs["0.5"] - default).max() > 1e-2  # more windows, another blend
+    np.testing.assert_allclose(outputs["0.4"], default, atol=1e-3)  # the model's own overlap is 0.4
+    assert np.abs(outputs["0.25"] - default).max() > 1e-2  # fewer windows, another blend
     for bad in ("1.0", "-0.1"):
         code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output",
                                str(tmp_path / "x.nii.gz"), "--device", "cpu", "--overlap", bad)

@@ -270,12 +270,15 @@ def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predi
 
 
 @pytest.mark.parametrize("amp", [True, False])
-def test_cpu_mixed_precision_is_for_training_steps_only_and_only_with_native_bf16(amp, monkeypatch):
-    """amp on a CPU: bfloat16 autocast around training steps when the CPU has native bf16, never in prediction
-    (float32 there), and nothing when the CPU would only emulate bf16 or amp is off."""
+def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_the_method_measured_it(amp, monkeypatch):
+    """amp on a CPU: bfloat16 autocast around training steps when the CPU has native bf16; in prediction only for
+    methods that set `cpu_bf16_inference` (gan3d, not pix2pix2d); nothing when the CPU would only emulate bf16 or amp is
+    off."""
     from modalsynth.methods import base
 
     method = _built(tiny_config(amp=amp))
+    flat = _built(tiny_config(method="pix2pix2d", amp=amp, model={"base_channels": 8, "depth": 2}))
+    assert type(method).cpu_bf16_inference and not type(flat).cpu_bf16_inference
     for native in (True, False):
         monkeypatch.setattr(base, "cpu_has_native_bf16", lambda native=native: native)
         with method.autocast():
@@ -283,16 +286,57 @@ def test_cpu_mixed_precision_is_for_training_steps_only_and_only_with_native_bf1
             if amp and native:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
         with method.autocast(inference=True):
+            assert torch.is_autocast_enabled("cpu") == (amp and native)
+        with flat.autocast(inference=True):
             assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
     source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
     seen: list[torch.dtype] = []
     hook = method.nets["generator"].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    apply_method(method, source)
-    assert seen and set(seen) == {torch.float32}  # prediction ran in float32
+    out = apply_method(method, source)
+    assert out.dtype == torch.float32
+    assert seen == [torch.bfloat16 if amp else torch.float32]  # the prediction's generator pass
     seen.clear()
     method.make_optimizers()
     method.train_mode(True)
     method.training_step({"source": source, "target": source.flip(-1)}, torch.Generator().manual_seed(0))
     hook.remove()
     assert seen == [torch.bfloat16 if amp else torch.float32]  # the training step's generator pass
+
+
+def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close_to_float32(monkeypatch):
+    """gan3d's CPU bfloat16 prediction: the windows that `split_across_threads` sends to worker threads run under
+    autocast too (a per-thread state), in channels-last memory; the training generator's own weights keep their
+    layout; the output stays within bf16 rounding of the float32 path."""
+    from modalsynth.methods import base
+
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
+    config = tiny_config(model={**TINY_MODEL, "window": [16, 16, 16], "overlap": 0.25, "windows_per_batch": 4})
+    method = _built(config)
+    method.train_mode(False)
+    source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
+    calls: list[tuple[torch.dtype, bool, int]] = []  # (output dtype, channels-last input, items) per window batch
+
+    def record(module, args, out):
+        calls.append((out.dtype, args[0].is_contiguous(memory_format=torch.channels_last_3d), args[0].shape[0]))
+
+    hook = method.nets["generator"].register_forward_hook(record)  # the prediction's copy keeps it
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bf16 = apply_method(method, source)
+        config.amp = False
+        fp32 = apply_method(method, source)
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    fp32_calls = [call for call in calls if call[0] == torch.float32]
+    calls = [call for call in calls if call[0] != torch.float32]
+    assert len(calls) == len(fp32_calls) > 0  # every window batch ran in bf16, on every worker thread
+    assert {dtype for dtype, _, _ in calls} == {torch.bfloat16}
+    assert all(channels_last for _, channels_last, _ in calls)
+    assert max(items for _, _, items in calls) == 2  # 4 windows a batch, split 2 + 2 over the two threads
+    assert all(p.is_contiguous() for p in method.nets["generator"].parameters())
+    assert bf16.dtype == fp32.dtype == torch.float32
+    difference = (bf16 - fp32).abs()
+    assert 0 < difference.max() < 0.1  # bf16 rounding, not another model (the output spans [-1, 1])

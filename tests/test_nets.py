@@ -364,3 +364,36 @@ def test_linear_upsampling_mixes_channels_then_interpolates_and_leaves_no_checke
     assert net.num_parameters < ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4).num_parameters
     with pytest.raises(ValueError, match="upsample must be one of"):
         ResUNet(upsample="nearest")
+
+
+def test_channels_last_instance_norm_matches_instance_norm_and_keeps_the_layout() -> None:
+    from modalsynth.nets.cpu_bf16 import ChannelsLastInstanceNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(3, 5, 6, 7, 8) * torch.arange(1.0, 6.0)[None, :, None, None, None] + 2.0).contiguous(
+        memory_format=torch.channels_last_3d)
+    out = ChannelsLastInstanceNorm(1e-5)(x)
+    torch.testing.assert_close(out, torch.nn.InstanceNorm3d(5)(x.contiguous()), atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert ChannelsLastInstanceNorm(1e-5)(x[:1]).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_cpu_bf16_copy_computes_the_same_function_in_channels_last_and_leaves_the_network_alone(norm: str) -> None:
+    from modalsynth.nets.cpu_bf16 import ChannelsLastInstanceNorm, Float32Upsample, cpu_bf16_copy
+
+    torch.manual_seed(0)
+    net = ResUNet(3, base_channels=8, depth=2, stem="strided", upsample="linear", norm=norm).eval()
+    fast = cpu_bf16_copy(net)
+    kinds = {type(m) for m in fast.modules()}
+    assert Float32Upsample in kinds and torch.nn.Upsample in kinds  # wrapped, not removed
+    assert (ChannelsLastInstanceNorm in kinds) == (norm == "instance")
+    assert (torch.nn.BatchNorm3d in kinds) == (norm == "batch")  # a batch-norm net keeps its norms as they are
+    assert torch.nn.InstanceNorm3d not in kinds
+    assert all(p.is_contiguous() for p in net.parameters())  # the original is untouched
+    assert not any(isinstance(m, ChannelsLastInstanceNorm) for m in net.modules())
+    x = torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = net(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-4)

@@ -150,7 +150,7 @@ def test_ema_generator_is_the_ramped_average_and_prediction_uses_it(tmp_path):
         # first update: decay min(0.999, 1/10) = 0.1, so the average moves 90 % of the way
         torch.testing.assert_close(e, 0.1 * s + 0.9 * g.detach())
     assert any(not torch.equal(e, g) for e, g in zip(method.nets["generator_ema"].parameters(), live))
-    assert method.inference_function() is method.nets["generator_ema"]
+    assert method.prediction_generator() is method.nets["generator_ema"]
     # a prediction-only build from the checkpoint state runs the average, not the live generator
     predictor = build_method(config, training=False)
     predictor.load_state(method.state(), with_optimizers=False)

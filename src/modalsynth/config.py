@@ -39,7 +39,7 @@ class TrainConfig:
     adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
     augment: str = "light"  # 'none', 'light' (x flips, small intensity scale/shift) or 'mri' (light + MONAI bias field, gamma, noise, small affine)
-    amp: bool = True  # bfloat16 autocast: on CUDA; on a CPU with native bf16 for training steps only (prediction stays float32)
+    amp: bool = True  # bfloat16 autocast: on CUDA; on a CPU with native bf16 for training steps, and for gan3d's prediction
     checkpointing: bool = False  # gradient checkpointing in the generator
     seed: int = 0
     device: str = "auto"

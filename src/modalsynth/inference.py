@@ -97,17 +97,23 @@ def slicewise_predict(
 @torch.no_grad()
 def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` says; float32 in [-1, 1]."""
-    function, how = method.inference_function(gen), method.application()
-    with method.autocast(inference=True):
-        if how.mode == "slices":
-            out = slicewise_predict(function, source, how.batch_size, how.parallel)
-        elif how.mode == "window" and how.roi is not None:
-            out = sliding_window_predict(function, source, how.roi, how.overlap, how.batch_size, how.sigma_scale,
-                                         how.parallel)
-        elif how.mode in ("volume", "window"):
-            out = function(source)
-        else:
-            raise ValueError(f"unknown application mode {how.mode!r}")
+    network, how = method.inference_function(gen), method.application()
+
+    def function(batch: torch.Tensor) -> torch.Tensor:
+        # the autocast is entered per call, not around the loop: `split_across_threads` runs calls on worker threads,
+        # and autocast is a per-thread state
+        with method.autocast(inference=True):
+            return network(batch).float()
+
+    if how.mode == "slices":
+        out = slicewise_predict(function, source, how.batch_size, how.parallel)
+    elif how.mode == "window" and how.roi is not None:
+        out = sliding_window_predict(function, source, how.roi, how.overlap, how.batch_size, how.sigma_scale,
+                                     how.parallel)
+    elif how.mode in ("volume", "window"):
+        out = function(source)
+    else:
+        raise ValueError(f"unknown application mode {how.mode!r}")
     return out.float().clamp(-1.0, 1.0)
 
 

@@ -40,7 +40,7 @@ MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
         filename="flair-t1.pt",
-        sha256="a8e8e999aa9f7701849f9f4e327dbe560099050116ab6fd14452f3bb580be1f3",
+        sha256="dae7d22e2be1b5ee154b5e9ac22375b17e47b0997515a2ab455f768ef9b7bfdf",
         source="flair",
         target="t1",
         description="3D GAN generator, skull-stripped FLAIR -> T1, trained on 7 real subjects (BraTS 2018, Ljubljana MS)",

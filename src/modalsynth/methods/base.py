@@ -74,6 +74,9 @@ class Method(ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: validate on this many axial slices per subject instead of whole volumes (None: whole volumes)
     validation_slices: ClassVar[int | None] = None
+    #: predict under bfloat16 autocast on a CPU with native bf16 too (with `amp`), where it was measured to keep the
+    #: method's quality; otherwise CPU prediction stays float32
+    cpu_bf16_inference: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, training: bool = True):
         self.config = config
@@ -161,16 +164,22 @@ class Method(ABC):
         pass
 
     def autocast(self, inference: bool = False) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast when the config asks for mixed precision: on CUDA always; on a CPU only for training
-        steps and only with native bfloat16 (AVX512-BF16 or AMX), since emulated bfloat16 is slower than float32 and
-        prediction on a CPU stays float32 (bfloat16 moves an output voxel by up to 0.1, RESULTS.md §2)."""
+        """bfloat16 autocast when the config asks for mixed precision: on CUDA always; on a CPU only with native
+        bfloat16 (AVX512-BF16 or AMX; emulated bfloat16 is slower than float32), for training steps, and for
+        prediction only in methods that set `cpu_bf16_inference` (bfloat16 moves an output voxel by up to 0.1 on
+        [-1, 1], so a method's quality must be measured with it first, RESULTS.md §2, §7)."""
         if not self.config.amp:
             return contextlib.nullcontext()
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.device.type == "cpu" and not inference and cpu_has_native_bf16():
+        if self.cpu_bf16_autocast(inference):
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def cpu_bf16_autocast(self, inference: bool = False) -> bool:
+        """Whether `autocast` runs CPU bfloat16 here (training steps, or prediction when `inference`)."""
+        allowed = self.cpu_bf16_inference or not inference
+        return self.config.amp and self.device.type == "cpu" and allowed and cpu_has_native_bf16()
 
     def train_mode(self, on: bool) -> None:
         for net in self.nets.values():

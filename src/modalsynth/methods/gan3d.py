@@ -12,6 +12,7 @@ from ..data.views import overlapping_views, view_region
 from ..errors import UserError
 from ..losses import AdversarialLoss, consistency_loss, discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
+from ..nets.cpu_bf16 import cpu_bf16_copy
 from .base import Application, Method, register
 
 GENERATOR_DEFAULTS = {"base_channels": 32, "depth": 4, "norm": "instance"}
@@ -81,8 +82,19 @@ class ConditionalGAN(Method):
             raise UserError(f"model.window {list(window)}: each size must be a multiple of {m} (2**depth)")
         return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
 
-    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def prediction_generator(self) -> torch.nn.Module:
+        """The generator that predicts: the weight average when the recipe keeps one, else the trained generator."""
         return self.nets.get("generator_ema", self.nets["generator"])
+
+    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The generator; for CPU bfloat16 prediction a channels-last copy of it (`cpu_bf16_copy`) fed channels-last
+        inputs, the memory layout oneDNN's bf16 convolutions run fastest in (about 2x float32 per 64^3 window; bf16
+        or channels-last alone gain far less: RESULTS.md §2, §7)."""
+        generator = self.prediction_generator()
+        if not (self.spatial_dims == 3 and self.cpu_bf16_autocast(inference=True)):
+            return generator
+        fast = cpu_bf16_copy(generator)
+        return lambda x: fast(x.contiguous(memory_format=torch.channels_last_3d))
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -163,11 +175,15 @@ class GAN3D(ConditionalGAN):
     """The paper's 3D conditional GAN; whole volumes (or patches) in, sliding-window inference out."""
 
     spatial_dims = 3
+    # bfloat16 prediction on CPUs with native bf16 (with `amp`, the default): measured to keep brain SSIM and MAE of
+    # the same checkpoint (RESULTS.md §7)
+    cpu_bf16_inference = True
     # The default a user gets: the residual UNet with a stride-2 first level (no residual block at full resolution,
     # 3.4x the 64^3 patches per minute of the paper's layout on a 2-core CPU, benchmarks/RESULTS.md), trained on
-    # two 64^3 patches per step of the data's own grid, predicted with 64^3 Gaussian-blended windows, overlap 0.25,
+    # two 64^3 patches per step of the data's own grid, predicted with 64^3 Gaussian-blended windows, overlap 0.4,
     # four per batch (on a real 240x240x155 volume: 96^3 windows lost 0.035 brain SSIM, since instance norm then sees
-    # other statistics than in training; overlap 0.5 gained 0.023 for 4x the time; benchmarks/RESULTS.md).
+    # other statistics than in training; on 30-minute real-dev models overlap 0.4 is within 0.002 brain SSIM of 0.5
+    # and 0.014 above 0.25, and in CPU bfloat16 it costs what 0.25 cost in float32: benchmarks/RESULTS.md §7).
     # Upsampling is linear (1x1 conv + trilinear): the kernel-2 transposed convolutions left a period-2 grid, and
     # on real-dev the linear version cut slice jitter from 13.8 to 3.7 at equal brain SSIM/MAE (RESULTS.md §8).
     # Adam at 3e-4, kept for the first half of the budget and then lowered linearly to 0 (pix2pix's rule): with
@@ -181,7 +197,7 @@ class GAN3D(ConditionalGAN):
         "patch": (64, 64, 64),
         "batch_size": 2,
         "model": {**ConditionalGAN.recipe["model"], "stem": "strided", "base_channels": 16, "full_res_channels": 8,
-                  "disc_channels": 32, "window": None, "overlap": 0.25, "windows_per_batch": 4, "window_sigma": 0.25,
+                  "disc_channels": 32, "window": None, "overlap": 0.4, "windows_per_batch": 4, "window_sigma": 0.25,
                   "upsample": "linear"},
     }
     # The paper's literal settings, one option away (`--preset paper`).
