@@ -7,10 +7,11 @@ the slow path (float32, 64^3 windows, overlap 0.5, one per batch: the quality re
 windows with intra-op threads only (each layer split over the threads, as before split_across_threads); `--overlap`
 sets the default row's overlap as `modalsynth predict --overlap` does (e.g. a checkpoint trained before the default
 changed). For the yardstick, its own path (percentile scaling, MONAI UNet 16-128 with two residual units over the whole
-volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not depend on the weights). Rows run round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted
-by torch's FlopCounterMode on one real single-thread pass (also the quality pass); the floor is that count over the
-2048^3 matmul rate measured in the same run, in float32, or in bfloat16 for a row that predicts in bf16. Brain SSIM/MAE
-of the project rows are scored against the real T1 with the evaluation's protocol.
+volume in 64^3 Gaussian windows, overlap 0.25, 4 per batch; untrained: speed does not depend on the weights). Rows run
+round-robin; the minimum over --repeats passes is reported. GFLOP/volume is counted by torch's FlopCounterMode on one
+real single-thread pass (also the quality pass); the floor is that count over the 2048^3 matmul rate measured in the
+same run, in float32, or in bfloat16 for a row that predicts in bf16. Brain SSIM/MAE of the project rows are scored
+against the real T1 with the evaluation's protocol.
 
     python benchmarks/bench_default_vs_yardstick.py --checkpoint RUN/best.pt --json /tmp/bench_default.json
 """
@@ -148,7 +149,8 @@ def main() -> None:
         diffs = "; ".join(f"{e['label']}: {e['max_abs_diff_vs_default']:.3g}" for e in mine[2:])
         print(f"{subject}: default / yardstick time = {ratio:.2f}; max abs diff to the default (T1 units): {diffs}")
     args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                                     "matmul_gflops": rate, "matmul_gflops_bf16": rate_bf16, "checkpoint": str(args.checkpoint), "rows": results,
+                                     "matmul_gflops": rate, "matmul_gflops_bf16": rate_bf16,
+                                     "checkpoint": str(args.checkpoint), "rows": results,
                                      "median_default_over_yardstick": statistics.median(
                                          [results[i]["s"] / results[i + 1]["s"] for i in range(0, len(results), len(rows))])},
                                     indent=2))

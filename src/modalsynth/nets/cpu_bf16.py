@@ -14,7 +14,8 @@ class ChannelsLastInstanceNorm(nn.Module):
     """Instance norm without affine parameters or running statistics (MONAI's "instance"), computed as a training-mode
     batch norm of each item alone. The same statistics (per item and channel, biased variance), but PyTorch's
     InstanceNorm3d reshapes a channels-last input into a contiguous copy, and the next convolution copies it back;
-    batch norm runs on channels-last memory as it is. Written by hand: PyTorch has no layout-preserving instance norm."""
+    batch norm runs on channels-last memory as it is. Written by hand: PyTorch has no layout-preserving instance
+    norm."""
 
     def __init__(self, eps: float):
         super().__init__()
