@@ -114,7 +114,7 @@ def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | No
         out = function(source)
     else:
         raise ValueError(f"unknown application mode {how.mode!r}")
-    return out.float().clamp(-1.0, 1.0)
+    return out.clamp(-1.0, 1.0)  # float32: `function` returns float32
 
 
 class Predictor:
