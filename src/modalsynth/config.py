@@ -12,7 +12,7 @@ import yaml
 
 from .data.augment import AUGMENTATIONS
 from .data.pairs import HOLDOUTS
-from .data.preprocess import PreprocessConfig
+from .data.preprocess import SCALINGS, PreprocessConfig
 from .errors import UserError
 
 
@@ -194,6 +194,8 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
         value = getattr(config, name)
         if value not in choices:
             raise UserError(f"{label.format(value)}: choose one of {', '.join(choices)}")
+    if config.preprocess.scaling not in SCALINGS:
+        raise UserError(f"preprocess scaling {config.preprocess.scaling!r}: choose one of {', '.join(SCALINGS)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
 
