@@ -81,6 +81,26 @@ def test_predict_overlap_changes_the_windows_and_bad_values_are_one_line_errors(
     assert not (tmp_path / "x.nii.gz").exists()
 
 
+def test_flip_average_makes_prediction_mirror_symmetric_and_is_a_predict_option(tmp_path, monkeypatch, capsys):
+    predictor = Predictor.from_checkpoint(builtin.resolve(None), "cpu")
+    source = np.clip(blob_volume((48, 64, 80), seed=3) / 50.0 - 1.0, -1, 1).astype(np.float32)
+    mirrored = np.ascontiguousarray(source[..., ::-1])
+    plain = predictor.predict_array(source)
+    assert np.abs(predictor.predict_array(mirrored)[..., ::-1] - plain).max() > 1e-2  # one network is not symmetric
+    predictor.flip_average = True
+    averaged = predictor.predict_array(source)
+    np.testing.assert_allclose(predictor.predict_array(mirrored)[..., ::-1], averaged, atol=2e-2)
+    predictor.flip_average = False
+    np.testing.assert_allclose(averaged, 0.5 * (plain + predictor.predict_array(mirrored)[..., ::-1]), atol=1e-5)
+    flair = _small_flair(tmp_path / "flair.nii.gz")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output", str(tmp_path / "t1.nii.gz"),
+                           "--device", "cpu", "--flip-average")
+    assert code == 0, err
+    predictor.flip_average = True
+    expected = predictor.predict_volume(load_volume(flair)).data
+    np.testing.assert_allclose(load_volume(tmp_path / "t1.nii.gz").data, expected, atol=1e-2 * np.ptp(expected))
+
+
 def test_a_damaged_builtin_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setitem(builtin.MODELS, MODEL.name, dataclasses.replace(MODEL, sha256="0" * 64))
     with pytest.raises(UserError, match="does not match the model card"):

@@ -164,6 +164,10 @@ def predict(
         None, "--overlap", help="Sliding-window overlap instead of the model's (gan3d: 0.4); 0.25 takes about 0.6x the "
         "time and scored 0.014 lower brain SSIM on real-dev, 0.5 about 1.2x the time for 0.002 more.",
     ),
+    flip_average: bool = typer.Option(
+        False, "--flip-average", help="Also predict the left-right mirrored source and average the two: twice the time; "
+        "gan3d scored about 0.005 higher brain SSIM and slightly lower MAE on held-out real-dev subjects.",
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
@@ -173,7 +177,7 @@ def predict(
     from .inference import predict_path
 
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
-                 check_input=builtin.is_builtin(checkpoint), overlap=overlap)
+                 check_input=builtin.is_builtin(checkpoint), overlap=overlap, flip_average=flip_average)
 
 
 @app.command()

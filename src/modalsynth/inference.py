@@ -126,6 +126,9 @@ class Predictor:
         self.split = split or {}
         self.origin = origin
         self.check_input = False  # warn when a volume does not look like the model's expected input (built-in models)
+        # also predict the left-right mirrored source and average (x axis, the flip of training's augmentation): twice
+        # the time for a two-member ensemble
+        self.flip_average = False
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto") -> "Predictor":
@@ -159,6 +162,9 @@ class Predictor:
         try:
             tensor = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None].to(self.device)
             out = apply_method(self.method, tensor, torch.Generator().manual_seed(seed))
+            if self.flip_average:  # the left-right mirror image predicted too, mirrored back and averaged
+                mirrored = apply_method(self.method, tensor.flip(-1), torch.Generator().manual_seed(seed))
+                out = 0.5 * (out + mirrored.flip(-1))
         finally:
             for net, mode in zip(self.method.nets.values(), was_training):
                 net.train(mode)
@@ -271,14 +277,16 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
-                 check_input: bool = False, overlap: float | None = None) -> list[Path]:
+                 check_input: bool = False, overlap: float | None = None, flip_average: bool = False) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
     `overlap`: the sliding windows' overlap instead of the checkpoint's (models predicted in windows only).
+    `flip_average`: average with the prediction of the left-right mirrored source (twice the time).
     """
     predictor = Predictor.from_checkpoint(checkpoint, device)
     predictor.check_input = check_input
+    predictor.flip_average = flip_average
     if overlap is not None:
         predictor.set_overlap(overlap)
     input, output = Path(input), Path(output)
