@@ -54,10 +54,12 @@ class Application:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles), where oneDNN's bf16 convolutions
-    beat float32 (1.75-2x a gan3d training step on one thread, RESULTS.md §1). Asked once: autocast() runs every step."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
+    """Whether this CPU has AMX tiles, where oneDNN's bf16 convolutions beat float32 (1.75-2x a gan3d training step on
+    one thread, RESULTS.md §1). AVX512-BF16 without AMX (an AMD EPYC, torch 2.13) gave NaN losses in the first steps
+    of the tiny test runs and resumes that were not bit-identical, so it keeps float32. Asked once: autocast() runs
+    every step."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
 
 
 class Method(ABC):
