@@ -166,7 +166,7 @@ def predict(
     ),
     flip_average: bool = typer.Option(
         False, "--flip-average", help="Also predict the left-right mirrored source and average the two: twice the time; "
-        "gan3d scored 0.006 higher brain SSIM (7 of 7 held-out real-dev subjects) and slightly lower MAE.",
+        "brain SSIM +0.006 for gan3d, +0.019 for pix2pix2d (7 of 7 held-out real-dev subjects each), MAE slightly lower.",
     ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
