@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -125,8 +126,9 @@ def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
 #: an example value of the kind expected by each setting whose default is None
 _NONE_DEFAULT_KINDS: dict[str, Any] = {"preset": "", "init": "", "steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
 _DEFAULTS_BY_NAME = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
-#: settings with a fixed set of values: (field, its values, how an error names the given value)
-_CHOICES = (("holdout", HOLDOUTS, "--holdout {}"), ("augment", AUGMENTATIONS, "augment {!r}"), ("lr_schedule", LR_SCHEDULES, "lr_schedule {!r}"))
+#: settings with a fixed set of values: (field, dotted for a nested one, its values, how an error names the given value)
+_CHOICES = (("holdout", HOLDOUTS, "--holdout {}"), ("augment", AUGMENTATIONS, "augment {!r}"), ("lr_schedule", LR_SCHEDULES, "lr_schedule {!r}"),
+            ("preprocess.scaling", SCALINGS, "preprocess scaling {!r}"))
 #: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
 RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
 #: settings that are dicts merged key by key across layers (a YAML `model: {depth: 3}` keeps the other model options)
@@ -191,11 +193,9 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
         values = merge_settings(values, _plain(dict(layer)))
     config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
     for name, choices, label in _CHOICES:
-        value = getattr(config, name)
+        value = attrgetter(name)(config)
         if value not in choices:
             raise UserError(f"{label.format(value)}: choose one of {', '.join(choices)}")
-    if config.preprocess.scaling not in SCALINGS:
-        raise UserError(f"preprocess scaling {config.preprocess.scaling!r}: choose one of {', '.join(SCALINGS)}")
     check_sizes(config, method_class.size_multiple(config))
     return config
 
