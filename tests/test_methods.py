@@ -340,3 +340,18 @@ def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close
     assert bf16.dtype == fp32.dtype == torch.float32
     difference = (bf16 - fp32).abs()
     assert 0 < difference.max() < 0.1  # bf16 rounding, not another model (the output spans [-1, 1])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, False), (True, True, True), (False, True, True)])
+def test_cpu_bf16_needs_amx_tiles(monkeypatch, avx512_bf16, amx, expected):
+    """AVX512-BF16 alone (an AMD EPYC) gave NaN losses and inexact resumes under CPU bf16: only AMX counts as native."""
+    from modalsynth.methods import base
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    base.cpu_has_native_bf16.cache_clear()
+    try:
+        assert base.cpu_has_native_bf16() is expected
+    finally:
+        monkeypatch.undo()
+        base.cpu_has_native_bf16.cache_clear()
