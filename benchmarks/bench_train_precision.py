@@ -2,7 +2,7 @@
 
 Builds gan3d and pix2pix2d exactly as `modalsynth train` does (their recipes, `amp` on or off), runs one step of
 each case per round on the same random batch (two 64^3 patches), and reports the median over rounds. On a CPU with
-native bfloat16 (AVX512-BF16 / AMX), `amp: true` (the default) trains under bf16 autocast; prediction stays float32.
+native bfloat16 (AMX tiles), `amp: true` (the default) trains under bf16 autocast; prediction stays float32.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_train_precision.py --threads 1 --rounds 7 --json /tmp/train_precision.json
 """

@@ -8,7 +8,7 @@ overlap / Gaussian sigma (as a share of the window) / how the instance norms get
     a uniform start holding > 10 % foreground), then frozen, so every window (or the whole volume) sees the same ones;
   - "none": no normalisation at all (the frozen statistics left at mean 0, variance 1).
 A row with "volume" runs the whole cropped volume in one pass; a row marked "bf16" predicts with `amp` on, i.e. the
-default path on a CPU with native bfloat16 (AMX / AVX512-BF16: bf16 autocast, channels-last), every other row with
+default path on a CPU with native bfloat16 (AMX tiles: bf16 autocast, channels-last), every other row with
 `amp` off (float32); a bf16 row's max abs difference to the same row in float32 is printed. Times are wall seconds
 of `predict_volume` (one pass, --threads threads; noisy: a guide, not a race); --only LABEL[;LABEL...] runs just those
 rows.

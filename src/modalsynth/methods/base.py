@@ -167,7 +167,7 @@ class Method(ABC):
 
     def autocast(self, inference: bool = False) -> contextlib.AbstractContextManager:
         """bfloat16 autocast when the config asks for mixed precision: on CUDA always; on a CPU only with native
-        bfloat16 (AVX512-BF16 or AMX; emulated bfloat16 is slower than float32), for training steps, and for
+        bfloat16 (AMX tiles: `cpu_has_native_bf16`), for training steps, and for
         prediction only in methods that set `cpu_bf16_inference` (bfloat16 moves an output voxel by up to 0.1 on
         [-1, 1], so a method's quality must be measured with it first, RESULTS.md §2, §7)."""
         if not self.config.amp:
