@@ -52,7 +52,7 @@ def _resolved(*layers):
 
 def test_gan_recipes_decay_the_learning_rate_and_the_paper_preset_does_not():
     default, paper = _resolved({}), _resolved({"preset": "paper"})
-    assert (default.lr, default.lr_schedule) == (3e-4, "linear-decay")
+    assert (default.lr, default.lr_schedule) == (5e-4, "linear-decay")
     assert (paper.lr, paper.lr_schedule) == (1e-4, "constant")  # the paper's Adam 1e-4, nothing said about a decay
     assert _resolved({"method": "pix2pix2d"}).lr_schedule == "linear-decay"  # the official pix2pix code's rule
     assert _resolved({"lr_schedule": "constant"}).lr_schedule == "constant"  # the user's choice wins
