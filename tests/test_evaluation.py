@@ -17,7 +17,7 @@ from scipy import ndimage
 from modalsynth import fid as fidlib
 from modalsynth.errors import UserError
 from modalsynth.evaluation import evaluate_folders
-from modalsynth.report import figure4_montage, markdown_table, summarise
+from modalsynth.report import figure4_montage, markdown_table, summarise, table1_markdown
 
 from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
 AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
@@ -182,6 +182,16 @@ def test_summary_skips_undefined_and_table_orders_brain_first():
     table = markdown_table(summary)
     assert table.index("brain") < table.index("whole volume")
     assert "0.6000 ± 0.1414" in table
+
+
+def test_table1_bolds_the_contrast_ratio_closest_to_one():
+    def row(method: str, ratio: float) -> dict:
+        return {"method": method, "metrics": {"gw_contrast_ratio": {"mean": ratio, "sd": 0.1}}, "fid": {}, "train_steps": 1,
+                "train_s": 1.0, "infer_s_per_volume": 1.0, "device": "cpu", "params": 1e6}
+
+    table = table1_markdown([row("washed", 0.6), row("close", 0.95), row("exaggerated", 1.2)], "1 step", 3)
+    assert "grey/white contrast kept →1" in table
+    assert "**0.950 ± 0.100**" in table and "**0.600" not in table and "**1.200" not in table
 
 
 def _strided_copy(subject: str, root: Path) -> Path:

@@ -147,3 +147,50 @@ def test_slice_jitter_sees_slice_offsets_and_ignores_a_smooth_drift():
     assert M.slice_jitter(drift, ref, brain) == pytest.approx(0.0, abs=1e-9)
     assert M.slice_jitter(ref, ref, brain) == 0.0
     assert math.isnan(M.slice_jitter(ref, ref, np.zeros(ref.shape, bool)))
+
+
+def _three_tissues(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A blocky 'brain' of CSF (0.1), grey (0.5) and white matter (0.9) with a little noise, its mask and a lesion."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, (6, 6, 6)).repeat(4, 0).repeat(4, 1).repeat(4, 2)
+    ref = np.array([0.1, 0.5, 0.9])[labels] + rng.normal(0, 0.01, labels.shape)
+    brain = np.ones(labels.shape, bool)
+    lesion = np.zeros(labels.shape, bool)
+    lesion[8:12, 8:12, 8:12] = True
+    return ref, labels, brain, lesion
+
+
+def test_gw_contrast_ratio_finds_the_classes_and_measures_the_kept_contrast():
+    from skimage.filters import threshold_multiotsu
+
+    ref, labels, brain, _ = _three_tissues()
+    low, high = threshold_multiotsu(ref[brain], classes=3)
+    middle, upper = M.tissue_classes(ref, brain)
+    assert np.array_equal(middle, (ref > low) & (ref <= high)) and np.array_equal(upper, ref > high)
+    assert np.mean(upper == (labels == 2)) > 0.999 and np.mean(middle == (labels == 1)) > 0.999
+    assert M.gw_contrast_ratio(ref, ref, brain) == pytest.approx(1.0)
+    # white matter drawn halfway to grey: after its percentile scaling the prediction's white-grey step is 1/3 of
+    # its range; the reference's is 0.4 over its own (noisy) 0.5-99.5 percentile range
+    washed = np.array([0.1, 0.5, 0.7])[labels]
+    low_ref, high_ref = np.percentile(ref[brain], M.PERCENTILES)
+    ratio = M.gw_contrast_ratio(M.scale_to_unit(washed, brain), M.scale_to_unit(ref, brain), brain)
+    assert ratio == pytest.approx((1 / 3) / (0.4 / (high_ref - low_ref)), abs=0.005)
+    inverted = np.array([0.1, 0.9, 0.5])[labels]  # grey brighter than white: the contrast has the wrong sign
+    assert M.gw_contrast_ratio(inverted, ref, brain) < 0
+    assert math.isnan(M.gw_contrast_ratio(ref, np.full(ref.shape, 0.3), brain))  # one level: no classes
+
+
+def test_lesion_contrast_error_and_the_new_columns_of_subject_metrics():
+    ref, labels, brain, lesion = _three_tissues(seed=1)
+    ref[lesion] = 0.2  # a dark lesion, as a T1 shows it
+    healthy = brain & ~lesion
+    assert M.lesion_contrast_error(ref, ref, lesion, healthy) == pytest.approx(0.0)
+    bright = ref.copy()
+    bright[lesion] = 0.8  # drawn bright instead of dark
+    expected = abs((0.8 - np.median(ref[healthy])) - (ref[lesion].mean() - np.median(ref[healthy])))
+    assert M.lesion_contrast_error(bright, ref, lesion, healthy) == pytest.approx(expected)
+    assert math.isnan(M.lesion_contrast_error(ref, ref, np.zeros_like(lesion), healthy))
+    result = M.subject_metrics(bright, ref, brain, lesion, scale=False)
+    assert result["lesion_contrast_error"] == pytest.approx(expected)
+    assert result["gw_contrast_ratio"] == pytest.approx(M.gw_contrast_ratio(bright, ref, healthy))
+    assert math.isnan(M.subject_metrics(bright, ref, brain, None, scale=False)["lesion_contrast_error"])

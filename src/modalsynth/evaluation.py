@@ -29,7 +29,11 @@ PROTOCOL = (
     "voxels. Brain-masked figures lead: whole-volume SSIM is inflated by the shared black background. 'SSIM 2D "
     "slice-averaged' is the mean over axial slices with brain of each slice's 2D SSIM, as 2D papers report. "
     "Through-plane consistency: 2D SSIM inside the brain computed within axial, coronal and sagittal planes, and the "
-    "error of the intensity step between neighbouring voxels across axial slices versus within them."
+    "error of the intensity step between neighbouring voxels across axial slices versus within them. Contrast: "
+    "'grey/white contrast kept' is the prediction's step between the medians of the upper two of three intensity "
+    "classes of the real image (multi-Otsu over the healthy brain: grey and white matter on a T1) over the real "
+    "step (1 = the real contrast, lower = washed out); 'lesion contrast error' is |(lesion mean - healthy-brain "
+    "median) of the prediction - the same of the real image|."
 )
 FIGURE_PLANES = tuple(PLANE_AXES)  # axial, coronal, sagittal
 

@@ -52,8 +52,12 @@ METRIC_LABELS: dict[str, str] = {
     "gradxy_mae_brain": "in-plane gradient error, brain",
     "gradz_ratio": "through-plane / in-plane gradient error",
     "slice_jitter": "slice-to-slice jitter of the mean error (x1000), brain",
+    "gw_contrast_ratio": "grey/white contrast kept (1 = the real's)",
+    "lesion_contrast_error": "lesion contrast error",
 }
 HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr")) for name in METRIC_LABELS}
+#: metrics whose ideal value is 1 (a ratio to the reference's own figure): neither higher nor lower is better
+BEST_AT_ONE = frozenset({"gw_contrast_ratio"})
 
 
 def scale_to_unit(volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
@@ -246,6 +250,54 @@ def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.
     return result
 
 
+def tissue_classes(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The upper two of three intensity classes of `ref` inside `mask` (scikit-image's multi-Otsu thresholds); on a
+    T1 of the brain these are grey and white matter (the lowest class is CSF). None when `ref` has too few levels."""
+    from skimage.filters import threshold_multiotsu
+
+    values = ref[mask]
+    if np.unique(values[: 1_000_000]).size < 3:
+        return None
+    try:
+        low, high = threshold_multiotsu(values, classes=3)
+    except ValueError:  # fewer distinct levels than classes
+        return None
+    return mask & (ref > low) & (ref <= high), mask & (ref > high)
+
+
+def gw_contrast_ratio(pred: np.ndarray, ref: np.ndarray, healthy_mask: np.ndarray) -> float:
+    """How much of the real grey/white contrast the prediction keeps: (median of the upper class - median of the
+    middle class) in `pred` over the same in `ref`, both on the reference's tissue classes (`tissue_classes`).
+
+    1 is the real contrast, below 1 washed out, above 1 exaggerated; a blurred prediction also scores lower, since
+    the classes come from the real anatomy. Hand-written: no library has a contrast ratio on given classes.
+    """
+    classes = tissue_classes(np.asarray(ref), np.asarray(healthy_mask, dtype=bool))
+    if classes is None:
+        return math.nan
+    middle, upper = classes
+    if not middle.any() or not upper.any():
+        return math.nan
+    real = float(np.median(ref[upper]) - np.median(ref[middle]))
+    if real <= 0:
+        return math.nan
+    return float(np.median(pred[upper]) - np.median(pred[middle])) / real
+
+
+def lesion_contrast_error(pred: np.ndarray, ref: np.ndarray, lesion_mask: np.ndarray, healthy_mask: np.ndarray) -> float:
+    """|(mean over the lesion - median over the healthy brain) of `pred` - the same of `ref`|, on [0, 1] intensities:
+    0 when the lesion stands out from the brain as much and in the same direction (dark or bright) as in the real
+    image. NaN without a lesion."""
+    lesion, healthy = np.asarray(lesion_mask, dtype=bool), np.asarray(healthy_mask, dtype=bool)
+    if not lesion.any() or not healthy.any():
+        return math.nan
+
+    def contrast(volume: np.ndarray) -> float:
+        return float(np.mean(volume[lesion]) - np.median(volume[healthy]))
+
+    return abs(contrast(pred) - contrast(ref))
+
+
 def subject_metrics(
     pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, lesion_mask: np.ndarray | None = None, scale: bool = True
 ) -> dict[str, float]:
@@ -277,4 +329,7 @@ def subject_metrics(
         result[f"rmse_{name}"] = rmse(pred, ref, region)
     del values
     result.update(through_plane_consistency(pred, ref, brain, 1.0))
+    healthy = regions["healthy"] if has_lesion else brain
+    result["gw_contrast_ratio"] = gw_contrast_ratio(pred, ref, healthy)
+    result["lesion_contrast_error"] = lesion_contrast_error(pred, ref, lesion, healthy) if has_lesion else math.nan
     return {name: float(result[name]) for name in METRIC_LABELS}

@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .data.preprocess import bounding_box  # noqa: E402
-from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, PLANE_AXES  # noqa: E402
+from .metrics import BEST_AT_ONE, HIGHER_IS_BETTER, METRIC_LABELS, PLANE_AXES  # noqa: E402
 
 #: Table 1 of a benchmark: (summary key, column label); brain-masked figures lead, as the evaluation protocol says.
-#: The ↑ / ↓ after each label comes from `HIGHER_IS_BETTER`.
+#: The ↑ / ↓ / →1 after each label comes from `HIGHER_IS_BETTER` and `BEST_AT_ONE`.
 TABLE1_METRICS = {
     "ssim_brain": "SSIM brain",
     "mae_brain": "MAE brain",
@@ -30,11 +30,13 @@ TABLE1_METRICS = {
     "ssim2d_brain_sagittal": "SSIM sagittal",
     "gradz_ratio": "through/in-plane grad err",
     "slice_jitter": "slice jitter ×1000",
+    "gw_contrast_ratio": "grey/white contrast kept",
+    "lesion_contrast_error": "lesion contrast err",
 }
 DISTRIBUTION_METRICS = (
     "ssim_brain", "psnr_brain", "mae_brain", "rmse_brain", "ssim_lesion", "ssim_healthy",
     "ssim_volume", "ssim2d_axial_slices", "ssim2d_brain_coronal", "ssim2d_brain_sagittal", "gradz_mae_brain", "gradz_ratio",
-    "slice_jitter",
+    "slice_jitter", "gw_contrast_ratio", "lesion_contrast_error",
 )
 
 
@@ -97,7 +99,9 @@ def markdown_table(summary: Mapping[str, Mapping], fid: Mapping | None = None, t
 
 
 def _better(name: str) -> str:
-    """'higher' or 'lower': which way a metric improves."""
+    """'higher', 'lower' or 'closer to 1': which way a metric improves."""
+    if name in BEST_AT_ONE:
+        return "closer to 1"
     return "higher" if HIGHER_IS_BETTER.get(name) else "lower"
 
 
@@ -105,7 +109,7 @@ def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> s
     """The paper's Table 1 for benchmark runs: per method mean ± sd over the test subjects of `TABLE1_METRICS`
     (the best mean in bold), FID, budget, inference time and size. `rows` are the benchmark's per-method records;
     `budget_text` says what each method was given, e.g. '200 steps per learned method'."""
-    arrow = {"higher": "↑", "lower": "↓"}
+    arrow = {"higher": "↑", "lower": "↓", "closer to 1": "→1"}
     head = (
         ["method"] + [f"{label} {arrow[_better(key)]}" for key, label in TABLE1_METRICS.items()]
         + ["FID axial ↓", "FID 2.5D ↓", "train steps", "train s", "infer s/vol", "params"]
@@ -122,7 +126,8 @@ def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> s
         means = [r["metrics"].get(key, {}).get("mean") for r in rows]
         defined = [v for v in means if v is not None and not math.isnan(v)]  # an infinite PSNR is the best there is
         if defined:
-            best[key] = max(defined) if _better(key) == "higher" else min(defined)
+            way = _better(key)
+            best[key] = max(defined) if way == "higher" else min(defined, key=lambda v: abs(v - 1)) if way == "closer to 1" else min(defined)
     for r in rows:
         cells = [r["method"]]
         for key in TABLE1_METRICS:
