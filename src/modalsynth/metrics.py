@@ -255,12 +255,9 @@ def tissue_classes(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     T1 of the brain these are grey and white matter (the lowest class is CSF). None when `ref` has too few levels."""
     from skimage.filters import threshold_multiotsu
 
-    values = ref[mask]
-    if np.unique(values[: 1_000_000]).size < 3:
-        return None
     try:
-        low, high = threshold_multiotsu(values, classes=3)
-    except ValueError:  # fewer distinct levels than classes
+        low, high = threshold_multiotsu(ref[mask], classes=3)
+    except ValueError:  # fewer than three distinct levels
         return None
     return mask & (ref > low) & (ref <= high), mask & (ref > high)
 

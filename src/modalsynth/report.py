@@ -98,6 +98,10 @@ def markdown_table(summary: Mapping[str, Mapping], fid: Mapping | None = None, t
     return "\n".join(lines) + "\n"
 
 
+#: per `_better` answer, a sort key that puts the best value first
+_BEST_FIRST = {"higher": lambda v: -v, "lower": lambda v: v, "closer to 1": lambda v: abs(v - 1)}
+
+
 def _better(name: str) -> str:
     """'higher', 'lower' or 'closer to 1': which way a metric improves."""
     if name in BEST_AT_ONE:
@@ -126,8 +130,7 @@ def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> s
         means = [r["metrics"].get(key, {}).get("mean") for r in rows]
         defined = [v for v in means if v is not None and not math.isnan(v)]  # an infinite PSNR is the best there is
         if defined:
-            way = _better(key)
-            best[key] = max(defined) if way == "higher" else min(defined, key=lambda v: abs(v - 1)) if way == "closer to 1" else min(defined)
+            best[key] = min(defined, key=_BEST_FIRST[_better(key)])
     for r in rows:
         cells = [r["method"]]
         for key in TABLE1_METRICS:
