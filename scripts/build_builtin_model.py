@@ -53,8 +53,13 @@ def main() -> None:
         extra = ["--config", str(args.config)] if args.config else []
         subprocess.run([sys.executable, "-m", "modalsynth", "train", "--data", str(args.data), "--out", str(args.run),
                         "--holdout", "none", "--seed", str(SEED), "--device", "cpu", *budget, *extra], check=True)
-    model = builtin.MODELS[builtin.DEFAULT]
-    digest = export(args.run, model.path)
+    export_builtin(args.run, builtin.DEFAULT)
+
+
+def export_builtin(run: Path, name: str) -> None:
+    """Export RUN into the built-in model NAME's weights file and print what the model card needs."""
+    model = builtin.MODELS[name]
+    digest = export(run, model.path)
     size = model.path.stat().st_size / 2**20
     print(f"wrote {model.path} ({size:.1f} MiB, step {Checkpoint.load(model.path).step}); sha256 {digest}")
     print("put this sha256 in src/modalsynth/builtin/__init__.py and in the model card")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -24,6 +25,7 @@ from .conftest import REAL_DEV, blob_volume, tiny_config
 from .test_settings import run_cli
 
 MODEL = builtin.MODELS[builtin.DEFAULT]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _small_flair(path, shape=(40, 48, 40)):
@@ -31,15 +33,18 @@ def _small_flair(path, shape=(40, 48, 40)):
     return path
 
 
-def test_builtin_weights_match_the_card_and_fit_the_size_limit():
-    assert MODEL.path.stat().st_size <= 10 * 2**20
-    assert builtin.sha256_of(MODEL.path) == MODEL.sha256
-    card = MODEL.card.read_text()
-    assert MODEL.sha256 in card and "scripts/build_builtin_model.py" in card
-    ckpt = Checkpoint.load(builtin.resolve(f"builtin:{MODEL.name}"))
+@pytest.mark.parametrize("name", sorted(builtin.MODELS))
+def test_builtin_weights_match_the_card_and_fit_the_size_limit(name):
+    model = builtin.MODELS[name]
+    assert model.path.stat().st_size <= 10 * 2**20
+    assert builtin.sha256_of(model.path) == model.sha256
+    card = model.card.read_text()
+    scripts = re.findall(r"scripts/build_\w+\.py", card)
+    assert model.sha256 in card and scripts and all((ROOT / s).is_file() for s in scripts)
+    ckpt = Checkpoint.load(builtin.resolve(f"builtin:{model.name}"))
     assert set(ckpt.state["nets"]) == {"generator"} and not ckpt.state.get("optimizers")
     assert all(t.dtype == torch.float16 for t in ckpt.state["nets"]["generator"].values() if t.is_floating_point())
-    assert ckpt.config["source"] == "flair" and ckpt.config["target"] == "t1"
+    assert ckpt.config["source"] == model.source == "flair" and ckpt.config["target"] == model.target == "t1"
 
 
 def test_builtin_predicts_a_small_volume_onto_its_grid(tmp_path):
@@ -141,6 +146,33 @@ def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
     torch.manual_seed(0)
     fresh = train(tiny_config(steps=1, val_every=1, lr=1e-12), tiny_sim, tmp_path / "fresh", progress=False)
     assert not all(torch.allclose(start[k], Checkpoint.load(fresh).state["nets"]["generator"][k], atol=1e-6) for k in start)
+
+
+def test_the_simulator_prior_fits_the_default_network_and_is_the_fine_tuning_start(tmp_path):
+    prior = Checkpoint.load(builtin.resolve("builtin:sim-flair-t1"))
+    default = resolve_config([("cli", {"device": "cpu"})], method_class)
+    tuned = resolve_config([("cli", {"init": "builtin:sim-flair-t1", "device": "cpu"})], method_class)
+    # fine-tuning from the prior changes nothing but the start: the network, patch and grid are today's default
+    assert tuned.model == default.model and tuned.patch == default.patch and tuned.preprocess == default.preprocess
+    method = method_class(default.method)(default, training=True)
+    method.load_state({"nets": prior.state["nets"]}, with_optimizers=False)  # strict: a changed default network fails
+    loaded = method.nets["generator"].state_dict()
+    assert all(torch.equal(loaded[k], v.float()) for k, v in prior.state["nets"]["generator"].items() if v.is_floating_point())
+    assert "generator_ema" not in method.nets or torch.equal(
+        next(iter(method.nets["generator_ema"].parameters())), next(iter(method.nets["generator"].parameters())))
+
+
+def test_a_flair_t1_gan3d_run_starts_from_the_prior_unless_told_or_its_network_differs():
+    def start(**layer):
+        return resolve_config([("cli", {"device": "cpu", **layer})], method_class).init
+
+    assert start() == "builtin:sim-flair-t1"
+    assert start(init="none") is None and start(init="None") is None  # --init none: random weights
+    assert start(init="builtin:flair-t1") == "builtin:flair-t1"
+    assert start(model={"base_channels": 8}) is None and start(model={"upsample": "transposed"}) is None
+    assert start(model={"disc_channels": 16, "overlap": 0.5}) == "builtin:sim-flair-t1"  # D and prediction: not the prior's
+    assert start(preset="paper") is None and start(method="pix2pix2d") is None
+    assert start(source="t1", target="t2") is None
 
 
 def _ball_of_tissues(tissues: list[tuple[float, float]], seed: int = 0) -> Volume:

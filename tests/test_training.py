@@ -69,6 +69,13 @@ def test_resume_without_a_run_is_a_user_error(tiny_sim, tmp_path):
         train(tiny_config(), tiny_sim, tmp_path, resume=True, progress=False)
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    ckpt = Checkpoint(config={"lr": 1e-4}, state={"w": torch.arange(100.0)}, step=3)
+    first, second = ckpt.save(tmp_path / "a.pt"), ckpt.save(tmp_path / "b" / "a.pt")
+    assert first.read_bytes() == second.read_bytes()  # a built-in model's sha256 reproduces from the same weights
+    assert torch.equal(Checkpoint.load(second).state["w"], ckpt.state["w"])
+
+
 def test_bad_checkpoints_give_one_clear_line(tmp_path):
     with pytest.raises(UserError, match="not found"):
         Checkpoint.load(tmp_path / "none.pt")

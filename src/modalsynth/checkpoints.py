@@ -49,7 +49,7 @@ class Checkpoint:
         """Write atomically (temporary file in the same folder, then rename): a crash never leaves half a file."""
         payload = {"format": FORMAT, **asdict(self)}
         payload["format_version"] = FORMAT_VERSION
-        return atomic_write(Path(path), ".pt", lambda tmp: torch.save(payload, tmp))
+        return atomic_write(Path(path), ".pt", lambda tmp: _save_bytes(payload, tmp))
 
     @classmethod
     def load(cls, path: Path) -> "Checkpoint":
@@ -57,6 +57,13 @@ class Checkpoint:
         payload = _read_payload(Path(path))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+def _save_bytes(payload: dict[str, Any], tmp: str | Path) -> None:
+    """torch.save through a file object: the archive's inner folder is then always 'archive', not the (random)
+    temporary file's name, so the same checkpoint always has the same bytes (a built-in model's sha256 reproduces)."""
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def _read_payload(path: Path) -> dict[str, Any]:

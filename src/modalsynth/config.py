@@ -140,6 +140,8 @@ class MethodRecipe(Protocol):
 
     recipe: Mapping[str, Any]
     presets: Mapping[str, Mapping[str, Any]]
+    priors: Mapping[tuple[str, str], str]
+    network_keys: tuple[str, ...]
 
     def size_multiple(self, config: "TrainConfig") -> tuple[int, int, int]: ...
 
@@ -163,7 +165,34 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
 
     Whatever a layer sets wins over the recipe, even when it equals TrainConfig's default (an explicit `lr: 1e-4` for
     pix2pix2d stays 1e-4). Grid and patch sizes are checked against the method's network here, before any data loads.
+    When no layer names `init` (`--init none` names it too: random weights), a run starts from the method's shipped
+    prior for its source/target pair if its network is the prior's (gan3d FLAIR -> T1: builtin:sim-flair-t1).
     """
+    layers = [(origin, {**layer, "init": None}) if str(layer.get("init", "")).lower() == "none" else (origin, layer)
+              for origin, layer in layers]
+    config = _resolve_layers(layers, recipes)
+    prior = _default_prior(config, layers, recipes(config.method))
+    if prior is not None:
+        config = _resolve_layers([("the default start", {"init": prior})] + layers, recipes)
+    return config
+
+
+def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodRecipe) -> str | None:
+    """The shipped prior a run starts from when nothing names `init`: the method's one for this source/target pair,
+    if the run's network (the method's `network_keys`) is the prior's and no preset is asked for."""
+    if any("init" in layer for _, layer in layers) or config.preset is not None:
+        return None
+    prior = method_class.priors.get((config.source, config.target))
+    if prior is None:
+        return None
+    theirs = _inherited_from(prior).get("model", {})
+    if any(config.model.get(k) != theirs.get(k) for k in method_class.network_keys):
+        return None
+    return prior
+
+
+def _resolve_layers(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) -> TrainConfig:
+    """`resolve_config` without the default prior: the init checkpoint's settings, recipe, preset and layers."""
     init = None
     for _, layer in layers:
         init = layer.get("init", init)

@@ -74,6 +74,9 @@ class Method(ABC):
     recipe: ClassVar[Mapping[str, Any]] = {}
     #: named sets of settings one option away (`--preset NAME`), applied over the recipe
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: shipped weights a run starts from by default, per (source, target), when its `network_keys` settings match them
+    priors: ClassVar[Mapping[tuple[str, str], str]] = {}
+    network_keys: ClassVar[tuple[str, ...]] = ()
     #: validate on this many axial slices per subject instead of whole volumes (None: whole volumes)
     validation_slices: ClassVar[int | None] = None
     #: predict under bfloat16 autocast on a CPU with native bf16 too (with `amp`), where it was measured to keep the
