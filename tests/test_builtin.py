@@ -150,7 +150,7 @@ def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
 
 def test_the_simulator_prior_fits_the_default_network_and_is_the_fine_tuning_start(tmp_path):
     prior = Checkpoint.load(builtin.resolve("builtin:sim-flair-t1"))
-    default = resolve_config([("cli", {"device": "cpu"})], method_class)
+    default = resolve_config([("cli", {"device": "cpu", "init": "none"})], method_class)  # the recipe alone
     tuned = resolve_config([("cli", {"init": "builtin:sim-flair-t1", "device": "cpu"})], method_class)
     # fine-tuning from the prior changes nothing but the start: the network, patch and grid are today's default
     assert tuned.model == default.model and tuned.patch == default.patch and tuned.preprocess == default.preprocess

@@ -173,31 +173,36 @@ def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) 
     config = _resolve_layers(layers, recipes)
     prior = _default_prior(config, layers, recipes(config.method))
     if prior is not None:
-        config = _resolve_layers([("the default start", {"init": prior})] + layers, recipes)
+        spec, inherited = prior
+        config = _resolve_layers([("the default start", {"init": spec})] + layers, recipes, inherited)
     return config
 
 
-def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodRecipe) -> str | None:
-    """The shipped prior a run starts from when nothing names `init`: the method's one for this source/target pair,
-    if the run's network (the method's `network_keys`) is the prior's and no preset is asked for."""
+def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodRecipe) -> tuple[str, dict[str, Any]] | None:
+    """The shipped prior a run starts from when nothing names `init` (its spec and the settings it passes on): the
+    method's one for this source/target pair, if the run's network (`network_keys`) is the prior's and no preset is
+    asked for."""
     if any("init" in layer for _, layer in layers) or config.preset is not None:
         return None
     prior = method_class.priors.get((config.source, config.target))
     if prior is None:
         return None
-    theirs = _inherited_from(prior).get("model", {})
+    inherited = _inherited_from(prior)
+    theirs = inherited.get("model", {})
     if any(config.model.get(k) != theirs.get(k) for k in method_class.network_keys):
         return None
-    return prior
+    return prior, inherited
 
 
-def _resolve_layers(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) -> TrainConfig:
-    """`resolve_config` without the default prior: the init checkpoint's settings, recipe, preset and layers."""
+def _resolve_layers(layers: list[Layer], recipes: Callable[[str], MethodRecipe],
+                    inherited: dict[str, Any] | None = None) -> TrainConfig:
+    """`resolve_config` without the default prior: the init checkpoint's settings (`inherited` when the caller has
+    read them already), recipe, preset and layers."""
     init = None
     for _, layer in layers:
         init = layer.get("init", init)
     if init:
-        inherited = _inherited_from(str(init))
+        inherited = inherited if inherited is not None else _inherited_from(str(init))
         for _, layer in layers:
             for key in ("source", "target"):
                 if key in layer and key in inherited and layer[key] != inherited[key]:

@@ -443,7 +443,7 @@ def train_from_cli(
         cfg = resume_config(saved, layers, last)
     else:
         cfg = resolve_config(layers, method_class)
-        if cfg.init and "init" not in given and not any("init" in layer for _, layer in layers):
+        if cfg.init and not any("init" in layer for _, layer in layers):
             print(f"starting from {cfg.init}'s weights, the default start of this method and pair (--init none: random)")
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
