@@ -21,7 +21,7 @@ from pathlib import Path
 YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "yardsticks" / "monai_unet_l1.py"
 KEYS = [("ssim_brain", "SSIM brain ↑"), ("mae_brain", "MAE brain ↓"), ("rmse_brain", "RMSE brain ↓"),
         ("psnr_brain", "PSNR brain ↑"), ("ssim2d_brain_coronal", "SSIM coronal ↑"),
-        ("ssim2d_brain_sagittal", "SSIM sagittal ↑"), ("gradz_ratio", "through/in-plane grad err ↓"),
+        ("ssim2d_brain_sagittal", "SSIM sagittal ↑"), ("streak_ratio", "slice streaks ↓"),
         ("slice_jitter", "slice jitter ×1000 ↓"), ("gw_contrast_ratio", "grey/white contrast kept →1"),
         ("lesion_contrast_error", "lesion contrast err ↓")]
 

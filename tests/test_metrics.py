@@ -194,3 +194,28 @@ def test_lesion_contrast_error_and_the_new_columns_of_subject_metrics():
     assert result["lesion_contrast_error"] == pytest.approx(expected)
     assert result["gw_contrast_ratio"] == pytest.approx(M.gw_contrast_ratio(bright, ref, healthy))
     assert math.isnan(M.subject_metrics(bright, ref, brain, None, scale=False)["lesion_contrast_error"])
+
+
+def test_streak_ratio_sees_local_slice_streaks_that_in_plane_noise_hides_from_the_gradient_ratio():
+    rng = np.random.default_rng(11)
+    shape = (32, 40, 40)
+    ref = ndimage.gaussian_filter(rng.random(shape), 2.0)
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    brain = np.zeros(shape, bool)
+    brain[2:-2, 3:-3, 3:-3] = True
+    # a 2D method: each axial slice's regional error drawn on its own, plus an in-plane checkerboard (same in every
+    # slice) that adds in-plane gradient error only
+    regional = ndimage.gaussian_filter(rng.standard_normal(shape), (0, 4, 4))
+    regional *= 0.05 / regional.std()
+    checker = 0.08 * (np.indices(shape[1:]).sum(0) % 2 - 0.5)
+    stacked = ref + regional + checker[None]
+    # a 3D method: an error of the same size, smooth along every axis
+    smooth = ndimage.gaussian_filter(rng.standard_normal(shape), 4.0)
+    smooth = ref + smooth * (0.05 / smooth.std())
+    s, t = M.through_plane_consistency(stacked, ref, brain), M.through_plane_consistency(smooth, ref, brain)
+    assert s["gradz_ratio"] < t["gradz_ratio"]  # the gradient ratio ranks the stack as the better one ...
+    assert s["streak_ratio"] > 3 * t["streak_ratio"]  # ... the streak ratio sees its streaks
+    assert 0.6 < t["streak_ratio"] < 1.6
+    offsets = smooth + rng.normal(0, 0.05, (shape[0], 1, 1))  # and whole slices brighter or darker
+    assert M.streak_ratio(offsets, ref, brain) > 3 * t["streak_ratio"]
+    assert math.isnan(M.streak_ratio(ref, ref, brain)) and math.isnan(M.streak_ratio(ref, ref, np.zeros(shape, bool)))

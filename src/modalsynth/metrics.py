@@ -52,6 +52,7 @@ METRIC_LABELS: dict[str, str] = {
     "gradxy_mae_brain": "in-plane gradient error, brain",
     "gradz_ratio": "through-plane / in-plane gradient error",
     "slice_jitter": "slice-to-slice jitter of the mean error (x1000), brain",
+    "streak_ratio": "slice streaks: through-plane / in-plane roughness of the local error",
     "gw_contrast_ratio": "grey/white contrast kept (1 = the real's)",
     "lesion_contrast_error": "lesion contrast error",
 }
@@ -231,10 +232,51 @@ def slice_jitter(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> f
     return float(np.mean(np.abs(np.diff(profile, 2))) / 2 * 1000)
 
 
+STREAK_SIGMA = 2.0  # voxels: the in-plane reach of a streak; finer detail is anatomy, not a slice artefact
+
+
+def _local_error_roughness(error: np.ndarray, mask: np.ndarray, axis: int, sigma: float) -> float:
+    """Mean |second difference along `axis`| / 2 of the brain's error after a Gaussian average across the other two
+    axes (normalised by the mask, so the background does not leak in); voxels with all three steps in the brain."""
+    spread = [sigma] * 3
+    spread[axis] = 0.0
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), spread)
+    local = ndimage.gaussian_filter(np.where(mask, error, 0.0), spread) / np.maximum(weight, 1e-6)
+    step = np.abs(np.diff(local, 2, axis=axis)) / 2
+    inside = [slice(None)] * 3
+    keep = np.ones(step.shape, bool)
+    for offset in range(3):
+        inside[axis] = slice(offset, mask.shape[axis] - 2 + offset)
+        keep &= mask[tuple(inside)]
+    return float(step[keep].mean()) if keep.any() else math.nan
+
+
+def streak_ratio(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, sigma: float = STREAK_SIGMA) -> float:
+    """Slice streaks: how much rougher the error is from one axial slice to the next than along the slice's own axes.
+
+    The error pred - ref is averaged over a few voxels across the other two axes (`sigma`), which keeps a region's
+    error and drops fine anatomy; its mean |second difference| is then taken along z and along y and x. A 3D method's
+    error is about as smooth along every axis (ratio near the reference data's own, about 1 on isotropic scans); a
+    stack of 2D predictions has region-wide errors that change from slice to slice (streaks in coronal and sagittal
+    views), which raises the ratio even where no whole slice is brighter (which is all `slice_jitter` sees) and
+    even where in-plane noise lowers the gradient ratio. Hand-written: no library measures this. NaN without brain.
+    """
+    mask = np.asarray(brain_mask, dtype=bool)
+    error = np.asarray(pred, np.float64) - np.asarray(ref, np.float64)
+    through = _local_error_roughness(error, mask, 0, sigma)
+    inplane = np.nanmean([_local_error_roughness(error, mask, axis, sigma) for axis in (1, 2)])
+    if not np.isfinite(through) or not np.isfinite(inplane):
+        return math.nan
+    if inplane == 0:
+        return math.nan if through == 0 else math.inf
+    return through / float(inplane)
+
+
 def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, data_range: float = 1.0) -> dict[str, float]:
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
-    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking."""
+    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio` also
+    flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
     mask = np.asarray(brain_mask, dtype=bool)
     gradz = _gradient_errors(pred, ref, mask, 0)
     gradxy = np.concatenate([_gradient_errors(pred, ref, mask, 1).ravel(), _gradient_errors(pred, ref, mask, 2).ravel()])
@@ -246,7 +288,7 @@ def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.
         result[f"ssim2d_brain_{plane}"] = masked_mean(plane_map, mask)
         result[f"ssim2d_{plane}_slices"] = _slice_average(plane_map, axis, mask)
     result.update(gradz_mae_brain=gradz_mae, gradxy_mae_brain=gradxy_mae, gradz_ratio=ratio,
-                  slice_jitter=slice_jitter(pred, ref, mask))
+                  slice_jitter=slice_jitter(pred, ref, mask), streak_ratio=streak_ratio(pred, ref, mask))
     return result
 
 

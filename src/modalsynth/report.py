@@ -28,7 +28,7 @@ TABLE1_METRICS = {
     "ssim_volume": "SSIM whole",
     "ssim2d_brain_coronal": "SSIM coronal",
     "ssim2d_brain_sagittal": "SSIM sagittal",
-    "gradz_ratio": "through/in-plane grad err",
+    "streak_ratio": "slice streaks",
     "slice_jitter": "slice jitter ×1000",
     "gw_contrast_ratio": "grey/white contrast kept",
     "lesion_contrast_error": "lesion contrast err",
@@ -36,7 +36,7 @@ TABLE1_METRICS = {
 DISTRIBUTION_METRICS = (
     "ssim_brain", "psnr_brain", "mae_brain", "rmse_brain", "ssim_lesion", "ssim_healthy",
     "ssim_volume", "ssim2d_axial_slices", "ssim2d_brain_coronal", "ssim2d_brain_sagittal", "gradz_mae_brain", "gradz_ratio",
-    "slice_jitter", "gw_contrast_ratio", "lesion_contrast_error",
+    "slice_jitter", "streak_ratio", "gw_contrast_ratio", "lesion_contrast_error",
 )
 
 
