@@ -17,7 +17,7 @@ from scipy import ndimage
 from modalsynth import fid as fidlib
 from modalsynth.errors import UserError
 from modalsynth.evaluation import evaluate_folders
-from modalsynth.report import figure4_montage, markdown_table, summarise, table1_markdown
+from modalsynth.report import centre_slice, figure4_montage, markdown_table, summarise, table1_markdown
 
 from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
 AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
@@ -172,6 +172,13 @@ def test_montage_one_column_per_method(tmp_path):
     assert image.shape[1] > 2 * image.shape[0]  # one row, four columns
     with pytest.raises(ValueError):
         figure4_montage([], tmp_path / "none.png")
+
+
+def test_centre_slice_cuts_through_a_lesion_mask():
+    lesion = np.zeros((16, 20, 24), bool)
+    lesion[10:13, 2:5, 17:22] = True  # off-centre: the montage must cut through it, not through the volume's middle
+    assert [centre_slice(lesion, p) for p in ("axial", "coronal", "sagittal")] == [11, 3, 19]
+    assert centre_slice(np.zeros((16, 20, 24), bool), "axial") == 8  # empty: the middle
 
 
 def test_summary_skips_undefined_and_table_orders_brain_first():

@@ -167,7 +167,7 @@ def run_benchmark(
     (out / "table1.json").write_text(json.dumps(table, indent=1, default=float))
     markdown = table1_markdown(rows, budget_text, len(tested))
     (out / "table1.md").write_text(markdown)
-    _montage(out, rows, data, tested[0], source, target)
+    _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), source, target)
     print(markdown)
     return table
 
@@ -186,17 +186,28 @@ def _per_subject_rows(path: Path) -> list[dict[str, Any]]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def _montage(out: Path, rows: list[dict], data: Path, subject: str, source: str, target: str) -> None:
-    """A Figure-4 montage of one test subject: source, real target, then one column per method."""
+def _montage(out: Path, rows: list[dict], data: Path, subjects: list[str], source: str, target: str) -> None:
+    """Figure-4 montages: one row per test subject (source, real target, then one column per method), each cut
+    through the centre of the subject's lesion when its folder has a lesion mask, else through the brain's centre."""
+    from .data.pairs import LESION_NAMES
     from .metrics import scale_to_unit
-    from .report import figure4_montage
+    from .report import centre_slice, figure4_montage
 
-    ref_files = discover_subjects(data)[subject]
-    ref = to_zyx(load_volume(ref_files[canonical_modality(target)]))[0]
-    brain = foreground_mask(ref)
-    columns = {source: scale_to_unit(to_zyx(load_volume(ref_files[canonical_modality(source)]))[0], brain), f"real {target}": scale_to_unit(ref, brain)}
-    for r in rows:
-        pred = to_zyx(load_volume(out / "predictions" / r["method"] / subject / f"{canonical_modality(target)}.nii.gz"))[0]
-        columns[r["method"]] = scale_to_unit(pred, brain)
+    found = discover_subjects(data)
+    grid_rows, lesions = [], []
+    for subject in subjects:
+        ref_files = found[subject]
+        ref = to_zyx(load_volume(ref_files[canonical_modality(target)]))[0]
+        brain = foreground_mask(ref)
+        columns = {source: scale_to_unit(to_zyx(load_volume(ref_files[canonical_modality(source)]))[0], brain),
+                   f"real {target}": scale_to_unit(ref, brain)}
+        for r in rows:
+            pred = to_zyx(load_volume(out / "predictions" / r["method"] / subject / f"{canonical_modality(target)}.nii.gz"))[0]
+            columns[r["method"]] = scale_to_unit(pred, brain)
+        grid_rows.append(columns)
+        lesion_file = next((ref_files[n] for n in LESION_NAMES if n in ref_files), None)
+        lesion = to_zyx(load_volume(lesion_file, allow_constant=True))[0] > 0 if lesion_file is not None else None
+        lesions.append(lesion if lesion is not None and lesion.any() and lesion.shape == ref.shape else brain)
     for plane in ("axial", "coronal", "sagittal"):
-        figure4_montage(columns, out / f"figure4_{plane}.png", plane=plane, row_labels=[subject], title=f"{subject}: {plane}")
+        figure4_montage(grid_rows, out / f"figure4_{plane}.png", plane=plane, row_labels=subjects,
+                        slice_indices=[centre_slice(mask, plane) for mask in lesions], title=f"Figure 4: {plane}")

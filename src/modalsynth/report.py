@@ -263,7 +263,7 @@ def _pixel_aspect(plane: str, spacing: Sequence[float] | None) -> float:
     return float(rows_cols[0] / rows_cols[1])
 
 
-def _default_slice(volume: np.ndarray, plane: str) -> int:
+def centre_slice(volume: np.ndarray, plane: str) -> int:
     """The slice through the centre of mass of the non-zero voxels (the middle slice for an empty volume)."""
     axis = PLANE_AXES[plane]
     weights = (np.abs(volume) > 0).sum(axis=tuple(ax for ax in range(3) if ax != axis)).astype(float)
@@ -302,7 +302,7 @@ def figure4_montage(
     heat = None
     for r, row in enumerate(rows):
         reference = row[columns[min(1, len(columns) - 1)]]
-        index = slice_indices[r] if slice_indices is not None else _default_slice(reference, plane)
+        index = slice_indices[r] if slice_indices is not None else centre_slice(reference, plane)
         for c, name in enumerate(columns):
             ax = axes[r, c]
             image = _plane_slice(row[name], plane, index)
@@ -394,7 +394,7 @@ def plot_through_plane(
     ax.legend(fontsize=6, ncol=2 if len(profiles) > 4 else 1)
     if error_map is not None:
         ax2 = axes[0, 1]
-        index = _default_slice(error_map, "coronal")
+        index = centre_slice(error_map, "coronal")
         shown = ax2.imshow(
             _plane_slice(error_map, "coronal", index), cmap="inferno", vmin=0, vmax=error_max, origin="lower",
             aspect=_pixel_aspect("coronal", spacing), interpolation="nearest",
