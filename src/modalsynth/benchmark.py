@@ -189,7 +189,7 @@ def _per_subject_rows(path: Path) -> list[dict[str, Any]]:
 def _montage(out: Path, rows: list[dict], data: Path, subjects: list[str], source: str, target: str) -> None:
     """Figure-4 montages: one row per test subject (source, real target, then one column per method), each cut
     through the centre of the subject's lesion when its folder has a lesion mask, else through the brain's centre."""
-    from .data.pairs import LESION_NAMES
+    from .data.pairs import LESION_NAMES, first_present
     from .metrics import scale_to_unit
     from .report import centre_slice, figure4_montage
 
@@ -205,9 +205,9 @@ def _montage(out: Path, rows: list[dict], data: Path, subjects: list[str], sourc
             pred = to_zyx(load_volume(out / "predictions" / r["method"] / subject / f"{canonical_modality(target)}.nii.gz"))[0]
             columns[r["method"]] = scale_to_unit(pred, brain)
         grid_rows.append(columns)
-        lesion_file = next((ref_files[n] for n in LESION_NAMES if n in ref_files), None)
+        lesion_file = first_present(ref_files, LESION_NAMES)  # its grid was checked when the subject was evaluated
         lesion = to_zyx(load_volume(lesion_file, allow_constant=True))[0] > 0 if lesion_file is not None else None
-        lesions.append(lesion if lesion is not None and lesion.any() and lesion.shape == ref.shape else brain)
+        lesions.append(lesion if lesion is not None and lesion.any() else brain)
     for plane in ("axial", "coronal", "sagittal"):
         figure4_montage(grid_rows, out / f"figure4_{plane}.png", plane=plane, row_labels=subjects,
                         slice_indices=[centre_slice(mask, plane) for mask in lesions], title=f"Figure 4: {plane}")

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import fid as fidlib
-from .data.pairs import LESION_NAMES, MASK_NAMES, canonical_modality, compare_grids, discover_subjects
+from .data.pairs import LESION_NAMES, MASK_NAMES, canonical_modality, compare_grids, discover_subjects, first_present
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
 from .io import Volume, load_volume, voxel_spacing
@@ -200,7 +200,7 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
     pred_zyx = to_zyx(pred_volume)[0]
     spacing = voxel_spacing(affine)
 
-    mask_path = next((ref_files[n] for n in MASK_NAMES if n in ref_files), None)
+    mask_path = first_present(ref_files, MASK_NAMES)
     if mask_path is not None:
         mask_volume = load_volume(mask_path, allow_constant=True)
         _check_grid(subject, mask_volume, ref_volume)
@@ -211,7 +211,7 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
     else:
         brain = foreground_mask(ref_zyx)
         origin = "derived from the reference (non-background voxels, holes filled)"
-    lesion_path = next((ref_files[n] for n in LESION_NAMES if n in ref_files), None)
+    lesion_path = first_present(ref_files, LESION_NAMES)
     lesion = None
     if lesion_path is not None:
         lesion_volume = load_volume(lesion_path, allow_constant=True)

@@ -21,7 +21,6 @@ class BuiltinModel:
     """A shipped model: its name, weights file, expected sha256, what it maps, and a one-line description."""
 
     name: str
-    filename: str
     sha256: str
     source: str
     target: str
@@ -29,7 +28,7 @@ class BuiltinModel:
 
     @property
     def path(self) -> Path:
-        return HERE / self.filename
+        return HERE / f"{self.name}.pt"
 
     @property
     def card(self) -> Path:
@@ -39,7 +38,6 @@ class BuiltinModel:
 MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
-        filename="flair-t1.pt",
         sha256="2bd35013419e2e69f26eebf22a9b944b5f64f3dba5142574be48ddc56d478dfd",
         source="flair",
         target="t1",
@@ -47,7 +45,6 @@ MODELS: dict[str, BuiltinModel] = {
     ),
     "sim-flair-t1": BuiltinModel(
         name="sim-flair-t1",
-        filename="sim-flair-t1.pt",
         sha256="ad4173074b38e060ab61f3d59f7f14a40601300cbaea5b29e8b2aed89bae588e",
         source="flair",
         target="t1",

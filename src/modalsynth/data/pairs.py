@@ -157,7 +157,8 @@ def _modality_file(files: dict[str, Path], name: str, csv_role: str) -> Path | N
     return files.get(canonical_modality(name)) or files.get(csv_role)
 
 
-def _first(files: dict[str, Path], names: tuple[str, ...]) -> Path | None:
+def first_present(files: dict[str, Path], names: tuple[str, ...]) -> Path | None:
+    """The file of the first of `names` a subject has (e.g. its lesion mask under any of LESION_NAMES), else None."""
     return next((files[n] for n in names if n in files), None)
 
 
@@ -215,7 +216,7 @@ def find_pairs(
             report.problems[subject] = (f"{where}: missing {' and '.join(missing)} (found: {have}); add the file, move "
                                         "the subject out of the data folder, or list the usable pairs in a CSV manifest")
             continue
-        pair = Pair(subject, src, tgt, _first(files, MASK_NAMES), _first(files, LESION_NAMES))
+        pair = Pair(subject, src, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES))
         if check_grids:
             try:
                 problem = grid_mismatch(src, tgt) if tgt is not None else None
