@@ -38,8 +38,8 @@ from modalsynth.io import load_volume
 from modalsynth.metrics import subject_metrics
 
 REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
-SLOW_PATH = {"window": [64, 64, 64], "overlap": 0.5, "windows_per_batch": 1}
-PREVIOUS_DEFAULT = {"overlap": 0.25, "windows_per_batch": 4}
+SLOW_PATH = {"window": (64, 64, 64), "overlap": 0.5, "windows_per_batch": 1, "precision": "float32"}
+PREVIOUS_DEFAULT = {"overlap": 0.25, "windows_per_batch": 4, "precision": "float32"}
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
@@ -77,19 +77,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    default = Predictor.from_checkpoint(args.checkpoint, "cpu")
-    if args.overlap is not None:
-        default.set_overlap(args.overlap)
-    slow = Predictor.from_checkpoint(args.checkpoint, "cpu")
-    slow.config.model.update(SLOW_PATH)
-    slow.config.amp = False
-    previous = Predictor.from_checkpoint(args.checkpoint, "cpu")
-    previous.config.model.update(PREVIOUS_DEFAULT)
-    previous.config.amp = False
+    default = Predictor.from_checkpoint(args.checkpoint, "cpu").with_inference(overlap=args.overlap)
+    slow = default.with_inference(**SLOW_PATH)
+    previous = default.with_inference(**PREVIOUS_DEFAULT)
     yardstick = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
                      num_res_units=2).eval()
-    how = default.method.application()
-    precision = "bf16" if default.method.cpu_bf16_autocast(inference=True) else "float32"
+    how = default.method.application(default.inference)
+    precision = "bf16" if default.method.predicts_in_bf16(default.inference) else "float32"
     windows = "" if how.roi is None else f" {how.roi[0]}^3 / {how.overlap} / {how.batch_size}"
     rows = {f"gan3d default ({precision}, {how.mode}{windows})": ("project", default),
             "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick),
@@ -98,7 +92,7 @@ def main() -> None:
         rows["gan3d same checkpoint, slow path (float32, 64^3 / 0.5 / 1)"] = ("project", slow)
     if args.intra_op:  # the default's windows without split_across_threads: every layer split over the threads
         intra_op = Predictor.from_checkpoint(args.checkpoint, "cpu")
-        intra_op.method.application = lambda: dataclasses.replace(how, parallel=False)  # type: ignore[method-assign]
+        intra_op.method.application = lambda inference: dataclasses.replace(how, parallel=False)  # type: ignore[method-assign]
         rows["gan3d default, intra-op threads (windows not split across threads)"] = ("project", intra_op)
 
     results = []
@@ -115,7 +109,7 @@ def main() -> None:
             with counter:
                 out = runner.predict_volume(flair).data if kind == "project" else yardstick_predict(runner, flair.data)
             torch.set_num_threads(args.threads)
-            bf16 = kind == "project" and runner.method.cpu_bf16_autocast(inference=True)
+            bf16 = kind == "project" and runner.method.predicts_in_bf16(runner.inference)
             entry = {"label": label, "subject": subject, "shape": list(flair.shape), "times": [],
                      "gflop": counter.get_total_flops() / 1e9, "bf16": bf16}
             if kind == "project":

@@ -27,14 +27,15 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
     """Time training steps and one prediction for one case, in this process."""
     import torch
 
-    from modalsynth.config import TrainConfig
+    from modalsynth.config import resolve_config
     from modalsynth.flops import count_flops, count_parameters
     from modalsynth.inference import apply_method
-    from modalsynth.methods import build_method
+    from modalsynth.methods import build_method, method_class
 
     grid = GRIDS[grid_name]
-    config = TrainConfig(model=dict(MODELS[model_name]), device=device_name, checkpointing=checkpointing)
-    config.preprocess.grid = grid
+    settings = {"preset": "paper", "model": dict(MODELS[model_name]), "device": device_name,
+                "checkpointing": checkpointing, "preprocess": {"grid": list(grid)}}
+    config = resolve_config([("bench_gan3d", settings)], method_class)
     device = torch.device(device_name)
     method = build_method(config).to(device)
     method.make_optimizers()
@@ -55,10 +56,10 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
         times.append(time.perf_counter() - start)
     method.train_mode(False)
     with torch.no_grad():
-        apply_method(method, batch["source"])
+        apply_method(method, batch["source"], config.inference)
         sync()
         start = time.perf_counter()
-        apply_method(method, batch["source"])
+        apply_method(method, batch["source"], config.inference)
         sync()
         predict_s = time.perf_counter() - start
     g_flops = count_flops(method.nets["generator"], (1, 1, *grid))

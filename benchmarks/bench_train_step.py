@@ -47,13 +47,13 @@ YARDSTICK_CASES = {YARDSTICK: 1, f"{YARDSTICK} batch 2": 2}
 
 
 def build_gan(generator_options: dict, disc_channels: int, extra: str = ""):
-    """A gan3d method (TrainConfig + build_method, as bench_gan3d.py) with its generator swapped for the variant."""
-    from modalsynth.config import TrainConfig
-    from modalsynth.methods import build_method
+    """A gan3d method (resolved settings + build_method) with its generator swapped for the variant."""
+    from modalsynth.config import resolve_config
+    from modalsynth.methods import build_method, method_class
     from modalsynth.nets import ResUNet
 
-    config = TrainConfig(model={"base_channels": 16, "depth": 4, "disc_channels": disc_channels, "disc_layers": 3}, device="cpu")
-    config.patch = PATCH
+    settings = {"model": {"disc_channels": disc_channels, "disc_layers": 3}, "device": "cpu", "patch": list(PATCH), "init": None}
+    config = resolve_config([("bench_train_step", settings)], method_class)
     method = build_method(config)
     # the method builds ResUNet without the stem options (its default layout); put the variant in its place
     method.nets["generator"] = ResUNet(spatial_dims=3, depth=4, norm="instance", **generator_options)

@@ -11,6 +11,7 @@ intensities) and drops the discriminator and optimiser states, then prints the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -19,20 +20,21 @@ import torch
 
 from modalsynth import builtin
 from modalsynth.checkpoints import Checkpoint
+from modalsynth.config import config_from_checkpoint
+from modalsynth.methods import method_class
 from modalsynth.methods.gan3d import GAN3D
 
 SEED = 0
 
 
 def export(run: Path, destination: Path) -> str:
-    """RUN/last.pt -> a generator-only (the average, if any), float16 checkpoint at `destination`; returns its sha256."""
+    """RUN/last.pt -> a generator-only, float16 checkpoint at `destination`; returns its sha256."""
     ckpt = Checkpoint.load(run / "last.pt")
+    config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(run / "last.pt"))
     # prediction settings follow gan3d's current default (they do not change the weights)
-    ckpt.config["model"].update({k: GAN3D.recipe["model"][k] for k in ("window", "overlap", "windows_per_batch")})
-    nets = ckpt.state["nets"]
-    weights = nets.get("generator_ema", nets["generator"])  # the averaged generator when the recipe keeps one
-    generator = {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
-    slim = Checkpoint(config=ckpt.config, state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
+    config = dataclasses.replace(config, inference=GAN3D.inference_defaults)
+    generator = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt.state["nets"]["generator"].items()}
+    slim = Checkpoint(config=config.to_dict(), state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
                       step=ckpt.step, best_val_mae=ckpt.best_val_mae, target_intensity=ckpt.target_intensity,
                       split=ckpt.split, elapsed_s=ckpt.elapsed_s)
     slim.save(destination)

@@ -33,7 +33,7 @@ def blob_volume(shape=(20, 24, 28), seed=0) -> np.ndarray:
 
 
 TINY_GRID = (16, 48, 40)
-TINY_MODEL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "disc_layers": 2, "window": None}
+TINY_MODEL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "disc_layers": 2}
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ def test_final_model_trains_on_every_subject(tiny_sim, tmp_path):
 
     from .conftest import tiny_config
 
-    train(tiny_config(method="lut", holdout="none"), tiny_sim, tmp_path, progress=False)
+    train(tiny_config(method="lut", holdout="none", model={}), tiny_sim, tmp_path, progress=False)
     split = Checkpoint.load(tmp_path / "best.pt").split
     assert split["val"] == [] and split["test"] == [] and len(split["train"]) == len([p for p in tiny_sim.iterdir() if p.is_dir()])
 

@@ -92,17 +92,16 @@ def test_flip_average_makes_prediction_mirror_symmetric_and_is_a_predict_option(
     mirrored = np.ascontiguousarray(source[..., ::-1])
     plain = predictor.predict_array(source)
     assert np.abs(predictor.predict_array(mirrored)[..., ::-1] - plain).max() > 1e-2  # one network is not symmetric
-    predictor.flip_average = True
-    averaged = predictor.predict_array(source)
-    np.testing.assert_allclose(predictor.predict_array(mirrored)[..., ::-1], averaged, atol=2e-2)
-    predictor.flip_average = False
+    flipping = predictor.with_inference(flip_average=True)
+    averaged = flipping.predict_array(source)
+    np.testing.assert_allclose(flipping.predict_array(mirrored)[..., ::-1], averaged, atol=2e-2)
+    assert not predictor.inference.flip_average  # the first predictor is unchanged
     np.testing.assert_allclose(averaged, 0.5 * (plain + predictor.predict_array(mirrored)[..., ::-1]), atol=1e-5)
     flair = _small_flair(tmp_path / "flair.nii.gz")
     code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output", str(tmp_path / "t1.nii.gz"),
                            "--device", "cpu", "--flip-average")
     assert code == 0, err
-    predictor.flip_average = True
-    expected = predictor.predict_volume(load_volume(flair)).data
+    expected = flipping.predict_volume(load_volume(flair)).data
     np.testing.assert_allclose(load_volume(tmp_path / "t1.nii.gz").data, expected, atol=1e-2 * np.ptp(expected))
 
 
@@ -125,10 +124,10 @@ def test_a_whole_head_gets_a_skull_stripping_warning():
 
 def test_paper_preset_and_unknown_preset():
     paper = resolve_config([("cli", {"preset": "paper"})], method_class)
-    assert paper.preprocess.grid == (48, 288, 240) and paper.patch is None and paper.model["stem"] == "residual"
-    assert paper.model["base_channels"] == 32 and paper.lr == 1e-4
+    assert paper.preprocess.grid == (48, 288, 240) and paper.patch is None and paper.model.stem == "residual"
+    assert paper.model.base_channels == 32 and paper.lr == 1e-4
     default = resolve_config([("cli", {})], method_class)
-    assert default.model["stem"] == "strided" and default.patch == (64, 64, 64)
+    assert default.model.stem == "strided" and default.patch == (64, 64, 64)
     with pytest.raises(UserError, match="--preset fast: gan3d has no such preset .its presets: paper"):
         resolve_config([("cli", {"preset": "fast"})], method_class)
 
@@ -139,7 +138,7 @@ def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
     # the network and grid settings come from the init checkpoint; a near-zero lr keeps the weights near it
     config = resolve_config([("cli", {"init": str(first), "steps": 1, "lr": 1e-12, "device": "cpu", "val_every": 1})],
                             method_class)
-    assert config.model == Checkpoint.load(first).config["model"] and config.init == str(first)
+    assert config.model.to_dict() == Checkpoint.load(first).config["model"] and config.init == str(first)
     train(config, tiny_sim, tmp_path / "tuned", progress=False)
     tuned = Checkpoint.load(tmp_path / "tuned" / "last.pt").state["nets"]["generator"]
     assert all(torch.allclose(start[k], tuned[k], atol=1e-6) for k in start)

@@ -89,11 +89,11 @@ def test_mri_augmentation_moves_source_target_and_mask_together():
 
 
 def test_old_configs_with_a_yes_no_augment_still_load_and_unknown_levels_are_refused():
-    from modalsynth.config import TrainConfig, resolve_config
+    from modalsynth.config import resolve_config
     from modalsynth.errors import UserError
     from modalsynth.methods import method_class
 
-    assert TrainConfig.from_dict({"augment": True}).augment == "light"
-    assert TrainConfig.from_dict({"augment": False}).augment == "none"
-    with pytest.raises(UserError, match="augment 'strong'.*none, light, mri"):
+    assert resolve_config([("old.yaml", {"augment": True})], method_class).augment == "light"
+    assert resolve_config([("old.yaml", {"augment": False})], method_class).augment == "none"
+    with pytest.raises(UserError, match="setting augment should be one of none, light, mri, got 'strong'"):
         resolve_config([("run.yaml", {"augment": "strong"})], method_class)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import subprocess
@@ -76,7 +78,7 @@ def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
     assert explicit_default.lr == 1e-4 and _built(explicit_default).optimizers["generator"].param_groups[0]["lr"] == 1e-4
     # a later layer wins over an earlier one; the YAML's model options merge key by key with the recipe's
     layered = _resolved({"method": "pix2pix2d", "lr": 3e-4, "model": {"depth": 3}}, {"lr": 7e-4})
-    assert layered.lr == 7e-4 and layered.model["depth"] == 3 and layered.model["slices_per_step"] == 8
+    assert layered.lr == 7e-4 and layered.model.depth == 3 and layered.model.slices_per_step == 8
 
 
 def test_prediction_build_has_no_discriminator_or_optimisers():
@@ -119,7 +121,7 @@ def test_pix2pix2d_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     predictor = Predictor.from_checkpoint(best, "cpu")
     method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None])
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference)
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -154,17 +156,17 @@ def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
     steps = len(method.sampling_scheduler().timesteps)
     assert steps == (3 if sampler == "ddim" else 12)
     source = torch.rand(1, 1, 3, 12, 20) * 2 - 1  # 12 x 20: padded to the UNet's multiple of 4 and cropped back
-    first = apply_method(method, source, torch.Generator().manual_seed(1))
+    first = apply_method(method, source, method.config.inference, torch.Generator().manual_seed(1))
     assert first.shape == source.shape and first.min() >= -1 and first.max() <= 1
-    assert torch.equal(first, apply_method(method, source, torch.Generator().manual_seed(1)))
-    assert not torch.allclose(first, apply_method(method, source, torch.Generator().manual_seed(2)), atol=1e-3)
+    assert torch.equal(first, apply_method(method, source, method.config.inference, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, apply_method(method, source, method.config.inference, torch.Generator().manual_seed(2)), atol=1e-3)
     before = torch.get_num_threads()
     try:  # the network calls split over two threads; the draws stay in one order: the same sample
         four_slices = torch.cat([source, source[:, :, :1]], dim=2)  # two chunks of two slices
         torch.set_num_threads(2)
-        two_threads = apply_method(method, four_slices, torch.Generator().manual_seed(1))
+        two_threads = apply_method(method, four_slices, method.config.inference, torch.Generator().manual_seed(1))
         torch.set_num_threads(1)
-        one_thread = apply_method(method, four_slices, torch.Generator().manual_seed(1))
+        one_thread = apply_method(method, four_slices, method.config.inference, torch.Generator().manual_seed(1))
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(two_threads, one_thread, atol=1e-5, rtol=1e-5)
@@ -179,7 +181,7 @@ def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     predictor = Predictor.from_checkpoint(best, "cpu")
     method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], torch.Generator().manual_seed(0))
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference, torch.Generator().manual_seed(0))
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -208,7 +210,7 @@ def test_lut_recovers_a_monotone_mapping_inside_the_foreground():
     assert method.nets == {} and method.generator() is None and not method.trainable
     method.fit_closed_form([_subject(source, target, mask)])
     query = torch.from_numpy(rng.uniform(-0.99, 0.99, (1, 1, 4, 10, 10)).astype(np.float32))
-    pred = apply_method(method, query)
+    pred = apply_method(method, query, method.config.inference)
     assert pred.shape == query.shape
     assert float((pred - torch.from_numpy(mapping(query.numpy()))).abs().max()) < 2e-3
 
@@ -231,8 +233,8 @@ def test_lut_table_survives_a_checkpoint(tmp_path):
     restored = _built(_resolved({"method": "lut"}))
     restored.load_state(Checkpoint.load(tmp_path / "lut.pt").state)
     query = torch.linspace(-1, 1, 50).view(1, 1, 2, 5, 5)
-    assert torch.equal(apply_method(method, query), apply_method(restored, query))
-    assert not torch.equal(apply_method(method, query), query)  # it is not the identity
+    assert torch.equal(apply_method(method, query, method.config.inference), apply_method(restored, query, restored.config.inference))
+    assert not torch.equal(apply_method(method, query, method.config.inference), query)  # it is not the identity
 
 
 def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
@@ -251,7 +253,7 @@ def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     again.fit_closed_form(prepare_pairs(pairs, cfg.preprocess))
     assert torch.allclose(method.table, again.table)
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None]).numpy()[0, 0]
+    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference).numpy()[0, 0]
     assert pred.shape == TINY_GRID and pred.min() >= -1 and pred.max() <= 1
     # a pointwise map fitted on FLAIR -> T1 inverts the contrast: it beats copying the source inside the brain
     inside = subject.mask > 0
@@ -264,16 +266,16 @@ def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predi
     norms = lambda net: {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__}  # noqa: E731
     assert norms(method.nets["generator"]) == {"BatchNorm3d"}
     assert norms(method.nets["discriminator"]) == {"InstanceNorm3d"}
-    assert method.application().mode == "volume"
-    windowed = build_method(tiny_config(model={**TINY_MODEL, "window": [16, 16, 16]}))
-    assert windowed.application().mode == "window" and windowed.application().roi == (16, 16, 16)
+    assert method.application(method.config.inference).mode == "volume"
+    windowed = build_method(tiny_config(inference={"window": [16, 16, 16]}))
+    assert windowed.application(windowed.config.inference).mode == "window" and windowed.application(windowed.config.inference).roi == (16, 16, 16)
 
 
 @pytest.mark.parametrize("amp", [True, False])
 def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_the_method_measured_it(amp, monkeypatch):
-    """amp on a CPU: bfloat16 autocast around training steps when the CPU has native bf16; in prediction only for
-    methods that set `cpu_bf16_inference` (gan3d, not pix2pix2d); nothing when the CPU would only emulate bf16 or amp is
-    off."""
+    """amp on a CPU: bfloat16 autocast around training steps when the CPU has native bf16; in prediction (precision
+    'auto') only for methods that set `cpu_bf16_inference` (gan3d, not pix2pix2d); nothing when the CPU would only
+    emulate bf16, amp is off (training) or the precision is float32 (prediction)."""
     from modalsynth.methods import base
 
     method = _built(tiny_config(amp=amp))
@@ -285,17 +287,19 @@ def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_
             assert torch.is_autocast_enabled("cpu") == (amp and native)
             if amp and native:
                 assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-        with method.autocast(inference=True):
-            assert torch.is_autocast_enabled("cpu") == (amp and native)
-        with flat.autocast(inference=True):
+        with method.inference_autocast(method.config.inference):  # precision 'auto': amp is about training steps
+            assert torch.is_autocast_enabled("cpu") == native
+        with method.inference_autocast(dataclasses.replace(method.config.inference, precision="float32")):
+            assert not torch.is_autocast_enabled("cpu")
+        with flat.inference_autocast(flat.config.inference):
             assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
     source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
     seen: list[torch.dtype] = []
     hook = method.nets["generator"].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    out = apply_method(method, source)
+    out = apply_method(method, source, method.config.inference)
     assert out.dtype == torch.float32
-    assert seen == [torch.bfloat16 if amp else torch.float32]  # the prediction's generator pass
+    assert seen == [torch.bfloat16]  # the prediction's generator pass
     seen.clear()
     method.make_optimizers()
     method.train_mode(True)
@@ -311,7 +315,7 @@ def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close
     from modalsynth.methods import base
 
     monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
-    config = tiny_config(model={**TINY_MODEL, "window": [16, 16, 16], "overlap": 0.25, "windows_per_batch": 4})
+    config = tiny_config(inference={"window": [16, 16, 16], "overlap": 0.25, "windows_per_batch": 4})
     method = _built(config)
     method.train_mode(False)
     source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
@@ -324,9 +328,8 @@ def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        bf16 = apply_method(method, source)
-        config.amp = False
-        fp32 = apply_method(method, source)
+        bf16 = apply_method(method, source, config.inference)
+        fp32 = apply_method(method, source, dataclasses.replace(config.inference, precision="float32"))
     finally:
         torch.set_num_threads(before)
         hook.remove()

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
-from skimage.metrics import structural_similarity
 
 from modalsynth.flops import count_flops, count_parameters
-from modalsynth.losses import _smooth, AdversarialLoss, discriminator_loss, generator_loss, l1_loss, ssim_loss
+from modalsynth.losses import adversarial_loss, discriminator_loss, generator_loss, l1_loss
 from modalsynth.nets import PatchDiscriminator, ResUNet
 from modalsynth.nets.resunet import FullResHead, UpBlock
 
@@ -236,64 +234,23 @@ def test_patch_discriminator_rejects_too_small_input() -> None:
         net(torch.zeros(1, 2, 16, 32, 32))
 
 
-def test_adversarial_loss_modes_match_hand_computation() -> None:
+def test_adversarial_loss_is_the_log_terms_of_eq_1() -> None:
     logits = torch.randn(2, 1, 4, 5, 6)
-    bce, lsgan = AdversarialLoss("bce"), AdversarialLoss("lsgan")
-    torch.testing.assert_close(bce(logits, True), F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
-    torch.testing.assert_close(bce(logits, False), F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))
+    torch.testing.assert_close(adversarial_loss(logits, True), F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
+    torch.testing.assert_close(adversarial_loss(logits, False), F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))
     # BCE against 1 is -log(sigmoid(logit)), the log D term of eq. (1).
-    torch.testing.assert_close(bce(logits, True), -torch.log(torch.sigmoid(logits)).mean())
-    torch.testing.assert_close(lsgan(logits, True), ((logits - 1) ** 2).mean())
-    torch.testing.assert_close(lsgan(logits, False), (logits**2).mean())
-    with pytest.raises(ValueError, match="bce"):
-        AdversarialLoss("wgan")  # type: ignore[arg-type]
+    torch.testing.assert_close(adversarial_loss(logits, True), -torch.log(torch.sigmoid(logits)).mean())
 
 
 def test_generator_loss_is_adv_plus_weighted_l1() -> None:
     torch.manual_seed(0)
     logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4)
-    adv = AdversarialLoss("bce")
-    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, adv=adv)
+    total, parts = generator_loss(logits, fake, real, l1_weight=100.0)
     expected_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     expected_l1 = (fake - real).abs().mean()
     torch.testing.assert_close(parts["adv"], expected_adv)
     torch.testing.assert_close(parts["l1"], expected_l1)
     torch.testing.assert_close(total, expected_adv + 100.0 * expected_l1)
-
-
-@pytest.mark.parametrize("shape", [(14, 12, 17), (11, 23, 12), (15, 13)])
-def test_ssim_loss_is_one_minus_scikit_image_mean_ssim(shape: tuple[int, ...]) -> None:
-    """The training term is the evaluation's SSIM: scikit-image's Gaussian SSIM (sigma 1.5, sample covariance,
-    reflected borders), averaged over every voxel."""
-    rng = np.random.default_rng(3)
-    a = rng.random(shape)
-    b = np.clip(0.7 * a + 0.4 * rng.random(shape) - 0.05, 0, 1)
-    _, full = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=True, full=True)
-    ours = ssim_loss(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], data_range=1.0)
-    assert abs((1.0 - float(ours)) - full.mean()) < 1e-6
-    same = torch.from_numpy(a)[None, None]
-    assert float(ssim_loss(same, same, data_range=1.0)) < 1e-6
-
-
-def test_ssim_window_smoothing_matches_scipy_even_on_axes_shorter_than_the_window() -> None:
-    volume = np.random.default_rng(4).random((2, 1, 4, 13, 20))
-    expected = ndimage.gaussian_filter(volume, sigma=(0, 0, 1.5, 1.5, 1.5), truncate=3.5, mode="reflect")
-    np.testing.assert_allclose(_smooth(torch.from_numpy(volume)).numpy(), expected, atol=1e-6)
-
-
-def test_generator_loss_adds_weighted_ssim_term_with_gradient() -> None:
-    torch.manual_seed(0)
-    logits, real = torch.randn(1, 1, 3, 3, 3), torch.rand(2, 1, 12, 12, 12) * 2 - 1
-    fake = (torch.rand(2, 1, 12, 12, 12) * 2 - 1).requires_grad_(True)
-    adv = AdversarialLoss("bce")
-    plain, _ = generator_loss(logits, fake, real, l1_weight=100.0, adv=adv)
-    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, adv=adv, ssim_weight=30.0)
-    torch.testing.assert_close(parts["ssim"], ssim_loss(fake, real, data_range=2.0).detach())
-    torch.testing.assert_close(total, plain + 30.0 * parts["ssim"])
-    assert "ssim" not in generator_loss(logits, fake, real, l1_weight=100.0, adv=adv)[1]
-    (grad,) = torch.autograd.grad(ssim_loss(fake, real), fake)
-    step = fake.detach() - 0.05 * grad / grad.abs().max()
-    assert float(ssim_loss(step, real)) < float(ssim_loss(fake.detach(), real))  # a step down the gradient helps
 
 
 def test_masked_l1_is_mean_inside_mask() -> None:
@@ -306,12 +263,10 @@ def test_masked_l1_is_mean_inside_mask() -> None:
 
 def test_discriminator_loss_is_half_the_sum() -> None:
     real_logits, fake_logits = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
-    for mode in ("bce", "lsgan"):
-        adv = AdversarialLoss(mode)
-        total, parts = discriminator_loss(real_logits, fake_logits, adv)
-        torch.testing.assert_close(parts["real"], adv(real_logits, True))
-        torch.testing.assert_close(parts["fake"], adv(fake_logits, False))
-        torch.testing.assert_close(total, 0.5 * (adv(real_logits, True) + adv(fake_logits, False)))
+    total, parts = discriminator_loss(real_logits, fake_logits)
+    torch.testing.assert_close(parts["real"], adversarial_loss(real_logits, True))
+    torch.testing.assert_close(parts["fake"], adversarial_loss(fake_logits, False))
+    torch.testing.assert_close(total, 0.5 * (parts["real"] + parts["fake"]))
 
 
 def test_count_flops_of_conv3d_matches_formula() -> None:

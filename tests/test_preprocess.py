@@ -66,30 +66,6 @@ def test_intensity_scaling_to_minus_one_one():
     assert np.mean(inside >= 1 - 1e-6) == pytest.approx(0.005, abs=0.01)
 
 
-def test_zscore_scaling_maps_foreground_mean_and_sd_and_inverts():
-    vol = _vol(blob_volume())
-    config = PreprocessConfig(grid="auto", spacing=(1.0, 1.0, 1.0), scaling="zscore", clip=False)
-    pre = preprocess(vol, config)
-    inside = pre.array[pre.mask]
-    # the foreground's mean goes to 0 and one of its sd to 1/3 (mean +- 3 sd -> [-1, 1])
-    assert float(inside.mean()) == pytest.approx(0.0, abs=1e-4)
-    assert float(inside.std()) == pytest.approx(1.0 / 3.0, rel=1e-4)
-    raw = preprocess(vol, PreprocessConfig(grid="auto", spacing=(1.0, 1.0, 1.0), clip=False))
-    np.testing.assert_allclose(postprocess(pre.array, pre.grid, pre.intensity).data,
-                               postprocess(raw.array, raw.grid, raw.intensity).data, atol=1e-3)
-    clipped = preprocess(vol, PreprocessConfig(grid="auto", spacing=(1.0, 1.0, 1.0), scaling="zscore"))
-    assert clipped.array.min() >= -1 and clipped.array.max() <= 1
-
-
-def test_unknown_scaling_is_a_user_error():
-    from modalsynth.config import resolve_config
-    from modalsynth.errors import UserError
-    from modalsynth.methods import method_class
-
-    with pytest.raises(UserError, match="scaling 'minmax'.*zscore"):
-        resolve_config([("run.yaml", {"preprocess": {"scaling": "minmax"}})], method_class)
-
-
 def test_fixed_grid_covers_paper_field_of_view():
     vol = _vol(blob_volume((40, 40, 40)), np.diag([2.0, 2.0, 2.0, 1.0]))
     pre = preprocess(vol, PreprocessConfig(grid=(12, 24, 16)))

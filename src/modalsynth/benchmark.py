@@ -79,7 +79,8 @@ def run_benchmark(
     One split (train/val/test) by default; `folds` K: K-fold cross-validation, every subject tested once, the table
     pooling all subjects (mean ± sd over subjects). The budget is `steps` and/or `minutes` of training per run.
     `resume`: a method finished with the same budget is re-used; otherwise each run continues from its last.pt (an
-    interrupted fold, or a larger budget extending a finished one: no learning-rate schedule depends on the budget).
+    interrupted fold, or a larger budget for a run whose learning rate has not begun to decay: `train` refuses to
+    extend one that has, naming how to train longer).
     """
     from .evaluation import evaluate_folders
 

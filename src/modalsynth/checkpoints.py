@@ -18,13 +18,10 @@ from .errors import UserError
 from .io import atomic_write
 
 FORMAT = "modalsynth-checkpoint"
-FORMAT_VERSION = 3
-#: versions this code reads; version 1 lacked `elapsed_s` (training seconds used), read as 0; versions 1 and 2 predate
-#: the `model.upsample` option: their UNet generators upsample with transposed convolutions (gan3d's default since
-#: version 3 is 'linear'), which `_read_payload` writes into their settings
-READABLE_VERSIONS = (1, 2, 3)
-#: methods whose generator is the ResUNet, hence whose settings carry `model.upsample`
-RESUNET_METHODS = ("gan3d", "pix2pix2d")
+FORMAT_VERSION = 4
+#: versions this code reads; version 1 lacked `elapsed_s` (training seconds used), read as 0. The settings of older
+#: versions are brought up to date by `config.migrate_settings` (version 4: the inference settings are their own tree)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass
@@ -40,10 +37,6 @@ class Checkpoint:
     elapsed_s: float = 0.0  # training wall-clock seconds used so far (a `--minutes` budget continues from it)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
-
-    @property
-    def method(self) -> str:
-        return str(self.config.get("method", ""))
 
     def save(self, path: Path) -> Path:
         """Write atomically (temporary file in the same folder, then rename): a crash never leaves half a file."""
@@ -92,7 +85,4 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint format version {version} (written by modalsynth "
                         f"{payload.get('package_version', '?')}); this modalsynth {__version__} reads version(s) "
                         f"{', '.join(map(str, READABLE_VERSIONS))}: use the matching modalsynth release")
-    config = payload["config"]
-    if version < 3 and isinstance(config, dict) and config.get("method") in RESUNET_METHODS:
-        payload["config"] = {**config, "model": {"upsample": "transposed", **(config.get("model") or {})}}
     return payload

@@ -161,12 +161,11 @@ def predict(
         None, "--split", help="Only the subjects of this split (train, val, test) as recorded in the checkpoint."
     ),
     overlap: Optional[float] = typer.Option(
-        None, "--overlap", help="Sliding-window overlap instead of the model's (gan3d: 0.4); 0.25 takes about 0.6x the "
-        "time and scored 0.014 lower brain SSIM on real-dev, 0.5 about 1.2x the time for 0.002 more.",
+        None, "--overlap", help="Sliding-window overlap instead of the model's (gan3d: 0.4); less is faster, more a "
+        "little better (README, 'Commands').",
     ),
     flip_average: bool = typer.Option(
-        False, "--flip-average", help="Also predict the left-right mirrored source and average the two: twice the time; "
-        "brain SSIM +0.006 for gan3d, +0.019 for pix2pix2d (7 of 7 held-out real-dev subjects each), MAE slightly lower.",
+        False, "--flip-average", help="Also predict the left-right mirrored source and average the two (twice the time).",
     ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
@@ -176,8 +175,9 @@ def predict(
     from . import builtin
     from .inference import predict_path
 
+    changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
-                 check_input=builtin.is_builtin(checkpoint), overlap=overlap, flip_average=flip_average)
+                 check_input=builtin.is_builtin(checkpoint), inference_changes=changes)
 
 
 @app.command()

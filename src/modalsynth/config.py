@@ -1,109 +1,140 @@
-"""Training configuration: a dataclass whose defaults reproduce the paper, loadable from YAML, overridable by options."""
+"""A run's settings: one frozen, typed tree (`TrainConfig`), resolved once by `resolve_config` from layers.
+
+Layers, lowest first: the method's defaults (its `recipe`, its `network_settings` and `inference_defaults`) < a
+`--preset` < the `--init` checkpoint's network < a YAML file < the command line. The resolved tree is saved whole in
+every checkpoint and `config.yaml`; nothing reads a setting with a fallback afterwards. Settings of older checkpoints
+and files pass through `migrate_settings` first.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from operator import attrgetter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
 
 from .data.augment import AUGMENTATIONS
 from .data.pairs import HOLDOUTS
-from .data.preprocess import SCALINGS, PreprocessConfig
+from .data.preprocess import PreprocessConfig
 from .errors import UserError
 
+Schedule = Literal["constant", "linear-decay"]  # 'linear-decay': pix2pix's rule over the run's budget
+Augmentation = Literal[AUGMENTATIONS]  # type: ignore[valid-type]
+Holdout = Literal[HOLDOUTS]  # type: ignore[valid-type]
+Precision = Literal["auto", "float32"]
 
-#: learning-rate schedules over the run's budget (steps or minutes, whichever ends it first)
-LR_SCHEDULES = ("constant", "linear-decay")
+#: the release that last accepted the deleted settings below
+LAST_RELEASE_WITH_DELETED = "0.1.0"
+#: settings deleted because they lost their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
+#: an older checkpoint that holds one of those still loads; any other value is refused with one line
+DELETED_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "ssim_weight": (0, 0.0), "adversarial": ("bce",), "model.ema": (None, 0, 0.0), "model.consistency": (None, 0, 0.0),
+    "preprocess.scaling": ("percentile",),
+}
+#: `model` options of checkpoint format <= 3 that are inference settings now
+MOVED_TO_INFERENCE = {"window": "window", "overlap": "overlap", "windows_per_batch": "windows_per_batch",
+                      "window_sigma": "sigma", "predict_batch": "slices_per_batch"}
+#: methods whose generator is the ResUNet: checkpoints before format 3 upsample with transposed convolutions
+RESUNET_METHODS = ("gan3d", "pix2pix2d")
 
 
-@dataclass
+@dataclass(frozen=True)
+class NetworkSettings:
+    """A method's network options (`model:` in YAML); each method subclasses it with its own fields and defaults."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained network is applied to a whole volume: held by the `Predictor`, never changed in place."""
+
+    window: tuple[int, int, int] | Literal["volume"] | None = None  # 3D windows (D, H, W); 'volume': one pass; None: the training patch
+    overlap: float = 0.5  # sliding windows at least this far apart (a fraction of the window)
+    windows_per_batch: int = 1
+    sigma: float = 0.125  # the Gaussian blend's sigma, a fraction of the window
+    slices_per_batch: int = 16  # 2D methods: axial slices per network call
+    flip_average: bool = False  # also predict the left-right mirrored source and average (2x the time)
+    precision: Precision = "auto"  # 'auto': bfloat16 where the device runs it natively and the method allows it
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs; saved whole inside every checkpoint."""
+    """Everything a training run needs, fully resolved; saved whole inside every checkpoint."""
 
     method: str = "gan3d"
     source: str = "flair"
     target: str = "t1"
+    # budget
     epochs: int = 100  # the paper's
     steps: int | None = None  # when set, stop after this many optimiser steps instead of `epochs`
     minutes: float | None = None  # when set, also stop at the first step boundary past this many minutes of training
-    batch_size: int = 1  # the paper's (one whole volume per step)
+    # optimiser and objective
     lr: float = 1e-4  # the paper's Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
-    lr_schedule: str = "constant"  # 'constant' or 'linear-decay' (pix2pix's: constant for the first half of the budget, then linearly to 0)
-    l1_weight: float = 100.0  # lambda in L = adv + lambda * L1; 100 beat the paper's 1 on simulated data (DESIGN.md)
-    ssim_weight: float = 0.0  # weight of a 1 - SSIM term beside eq. (1)'s L1 (the evaluation's SSIM window); 0 = off
-    adversarial: str = "bce"  # 'bce' (eq. 1's log terms) or 'lsgan'
-    patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
-    augment: str = "light"  # 'none', 'light' (x flips, small intensity scale/shift) or 'mri' (light + MONAI bias field, gamma, noise, small affine)
-    amp: bool = True  # bfloat16 autocast: on CUDA; on a CPU with native bf16 for training steps, and for gan3d's prediction
+    lr_schedule: Schedule = "constant"  # 'linear-decay': constant for the first half of the budget, then linearly to 0
+    l1_weight: float = 100.0  # lambda in L = adv + lambda * L1
+    amp: bool = True  # bfloat16 autocast for training steps where the device runs it natively (CUDA, CPUs with AMX)
     checkpointing: bool = False  # gradient checkpointing in the generator
+    # data
+    batch_size: int = 1  # the paper's (one whole volume per step)
+    patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
+    augment: Augmentation = "light"  # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
+    holdout: Holdout = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
+    resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # where the weights start
+    preset: str | None = None  # a method's named settings over its defaults, e.g. 'paper' for gan3d
+    init: str | None = None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
+    # running
     seed: int = 0
     device: str = "auto"
-    preset: str | None = None  # a method's named settings over its recipe, e.g. 'paper' for gan3d (the paper's literal ones)
-    init: str | None = None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
-    holdout: str = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
-    resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
     val_every: int | None = None  # validate every N steps; None: `val_minutes`, else at epoch ends, at most ~10 % of the time
     val_minutes: float | None = None  # validate every N minutes of training (when `val_every` is not set)
     log_every: int = 10
-    model: dict[str, Any] = field(default_factory=dict)  # network options of the method (base_channels, depth, ...)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: NetworkSettings = field(default_factory=NetworkSettings)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only, so the config travels in a `weights_only` checkpoint and in YAML."""
-        values = asdict(self)
-        values["preprocess"] = self.preprocess.to_dict()
-        return _plain(values)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], origin: str = "config") -> "TrainConfig":
-        """Build from a dict (YAML or checkpoint); an unknown key or a value of the wrong type is a `UserError`."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise UserError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        if isinstance(values.get("augment"), bool):  # runs saved before the levels: true was today's 'light'
-            values["augment"] = "light" if values["augment"] else "none"
-        pre = values.pop("preprocess", None)
-        for key, value in values.items():
-            _check_type(key, value, _DEFAULTS_BY_NAME[key], origin)
-        for key in ("patch", "betas"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        config = cls(**values)
-        if pre is not None:
-            if not isinstance(pre, Mapping):
-                raise UserError(f"{origin}: 'preprocess' must be a mapping of settings, e.g. 'preprocess: {{grid: auto}}'")
-            pre_known = {f.name for f in fields(PreprocessConfig)}
-            bad = set(pre) - pre_known
-            if bad:
-                raise UserError(f"{origin}: unknown preprocess setting(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(pre_known))}")
-            defaults = PreprocessConfig()
-            for key, value in pre.items():
-                _check_type(f"preprocess.{key}", value, getattr(defaults, key), origin)
-            config.preprocess = PreprocessConfig.from_dict(dict(pre))
-        return config
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> "TrainConfig":
-        """Read a YAML file of settings (any subset of the fields) over TrainConfig's defaults, without a method recipe."""
-        return cls.from_dict(cls.yaml_settings(path), origin=str(path))
-
-    @staticmethod
-    def yaml_settings(path: Path) -> dict[str, Any]:
-        """The settings a YAML file sets (a mapping), checked for unknown names and wrong types."""
-        values = read_yaml_mapping(path, "config file", "'epochs: 10'")
-        TrainConfig.from_dict(values, origin=str(path))
-        return values
+        """Plain types only, so the settings travel in a `weights_only` checkpoint and in YAML."""
+        return _plain(asdict(self))
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+class MethodDefaults(Protocol):
+    """What settings resolution needs from a method class (see `methods.base.Method`)."""
+
+    recipe: Mapping[str, Any]
+    presets: Mapping[str, Mapping[str, Any]]
+    priors: Mapping[tuple[str, str], str]
+    network_settings: type[NetworkSettings]
+    inference_defaults: InferenceConfig
+    network_keys: tuple[str, ...]
+
+    def size_multiple(self, config: TrainConfig) -> tuple[int, int, int]: ...
+
+
+Methods = Callable[[str], MethodDefaults]
+Layer = tuple[str, Mapping[str, Any]]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
+
+#: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
+RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
+#: settings that are mappings merged key by key across layers (a YAML `model: {depth: 3}` keeps the other options)
+_NESTED = ("model", "preprocess", "inference")
+#: what a fine-tuning run takes from its --init checkpoint, so that the network and its input match the weights
+INHERITED_BY_INIT = ("method", "source", "target", "model", "patch", "preprocess")
 
 
 def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
@@ -123,34 +154,13 @@ def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
     return values
 
 
-#: an example value of the kind expected by each setting whose default is None
-_NONE_DEFAULT_KINDS: dict[str, Any] = {"preset": "", "init": "", "steps": 1, "minutes": 1.0, "val_every": 1, "val_minutes": 1.0, "patch": (1, 1, 1), "preprocess.spacing": (1.0, 1.0, 1.0)}
-_DEFAULTS_BY_NAME = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
-#: settings with a fixed set of values: (field, dotted for a nested one, its values, how an error names the given value)
-_CHOICES = (("holdout", HOLDOUTS, "--holdout {}"), ("augment", AUGMENTATIONS, "augment {!r}"), ("lr_schedule", LR_SCHEDULES, "lr_schedule {!r}"),
-            ("preprocess.scaling", SCALINGS, "preprocess scaling {!r}"))
-#: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
-RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
-#: settings that are dicts merged key by key across layers (a YAML `model: {depth: 3}` keeps the other model options)
-_NESTED = ("model", "preprocess")
-
-
-class MethodRecipe(Protocol):
-    """What settings resolution needs from a method class (see `methods.base.Method`)."""
-
-    recipe: Mapping[str, Any]
-    presets: Mapping[str, Mapping[str, Any]]
-    priors: Mapping[tuple[str, str], str]
-    network_keys: tuple[str, ...]
-
-    def size_multiple(self, config: "TrainConfig") -> tuple[int, int, int]: ...
-
-
-Layer = tuple[str, Mapping[str, Any]]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The settings a YAML file sets, in today's names (a deleted setting is a `UserError`)."""
+    return migrate_settings(read_yaml_mapping(path, "config file", "'epochs: 10'"), str(path))
 
 
 def merge_settings(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """`layer` over `base`; the nested `model` and `preprocess` mappings are merged key by key."""
+    """`layer` over `base`; the nested `model`, `preprocess` and `inference` mappings are merged key by key."""
     out = dict(base)
     for key, value in layer.items():
         if key in _NESTED and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -160,25 +170,153 @@ def merge_settings(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[st
     return out
 
 
-def resolve_config(layers: list[Layer], recipes: Callable[[str], MethodRecipe]) -> TrainConfig:
-    """The one place settings are resolved: TrainConfig's defaults < the method's recipe < each layer in order.
+# --- migration: older checkpoints and files -------------------------------------------------------------------------
 
-    Whatever a layer sets wins over the recipe, even when it equals TrainConfig's default (an explicit `lr: 1e-4` for
-    pix2pix2d stays 1e-4). Grid and patch sizes are checked against the method's network here, before any data loads.
-    When no layer names `init` (`--init none` names it too: random weights), a run starts from the method's shipped
-    prior for its source/target pair if its network is the prior's (gan3d FLAIR -> T1: builtin:sim-flair-t1).
+def migrate_settings(values: Mapping[str, Any], origin: str, format_version: int | None = None) -> dict[str, Any]:
+    """Settings written by an older modalsynth, in today's names. `format_version`: the checkpoint format they come
+    from (None: a YAML file or the command line, where a deleted setting is always refused)."""
+    values = {k: (dict(v) if k in _NESTED and isinstance(v, Mapping) else v) for k, v in values.items()}
+    if isinstance(values.get("augment"), bool):  # before the levels: true was today's 'light'
+        values["augment"] = "light" if values["augment"] else "none"
+    _drop_deleted(values, origin, saved=format_version is not None)
+    model = values.get("model")
+    if isinstance(model, dict) and any(k in model for k in MOVED_TO_INFERENCE):
+        inference = values.setdefault("inference", {})
+        for old, new in MOVED_TO_INFERENCE.items():
+            if old in model:
+                inference[new] = model.pop(old)
+    if format_version is None:
+        return values
+    if format_version < 4 and values.get("amp") is False:  # amp used to switch bfloat16 prediction off too
+        values.setdefault("inference", {})["precision"] = "float32"
+    if format_version < 3 and values.get("method") in RESUNET_METHODS:
+        values["model"] = {"upsample": "transposed", **(values.get("model") or {})}
+    return values
+
+
+def _drop_deleted(values: dict[str, Any], origin: str, saved: bool) -> None:
+    for name, off in DELETED_SETTINGS.items():
+        section, _, key = name.rpartition(".")
+        holder = values.get(section) if section else values
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder.pop(key)
+        if saved and value in off:
+            continue
+        fix = ("it was trained with it: use modalsynth " + LAST_RELEASE_WITH_DELETED) if saved else "delete it"
+        raise UserError(f"{origin}: setting {name} = {value!r} was removed after modalsynth {LAST_RELEASE_WITH_DELETED} "
+                        f"(it lost its ablation, benchmarks/RESULTS.md); {fix}")
+
+
+# --- building a typed tree from plain values -------------------------------------------------------------------------
+
+def build_config(values: Mapping[str, Any], methods: Methods, origin: str) -> TrainConfig:
+    """A `TrainConfig` from plain values (today's names); an unknown name or a wrong value is a `UserError`."""
+    values = dict(values)
+    method_class = methods(str(values.get("method", TrainConfig.method)))
+    nested = {"preprocess": PreprocessConfig, "model": method_class.network_settings, "inference": InferenceConfig}
+    for key, cls in nested.items():
+        given = values.get(key, {})
+        if isinstance(given, cls):
+            continue
+        if not isinstance(given, Mapping):
+            raise UserError(f"{origin}: '{key}' must be a mapping of settings, e.g. '{key}: {{...}}'")
+        values[key] = _build(cls, given, origin, f"{key}.")
+    return _build(TrainConfig, values, origin, "")
+
+
+def _build(cls: type, values: Mapping[str, Any], origin: str, prefix: str) -> Any:
+    """`cls(**values)` with every name and value checked against the dataclass's fields and type hints."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(f"{origin}: unknown setting(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+                        f"known: {', '.join(prefix + k for k in sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in values.items():
+        if dataclasses.is_dataclass(value):
+            checked[key] = value
+            continue
+        ok, converted = _fits(value, hints[key])
+        if not ok:
+            raise UserError(f"{origin}: setting {prefix}{key} should be {_describe(hints[key])}, got {value!r}")
+        checked[key] = converted
+    return cls(**checked)
+
+
+def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether a plain value fits a type hint, and the value converted to it (lists to tuples, ints to floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _fits(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is Literal:
+        return value in args, value
+    if hint is type(None):
+        return value is None, value
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * (len(value) if isinstance(value, (list, tuple)) else 0)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, value
+        parts = [_fits(v, a) for v, a in zip(value, args)]
+        return all(ok for ok, _ in parts), tuple(v for _, v in parts)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        return whole and not isinstance(value, bool), int(value) if whole and not isinstance(value, bool) else value
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return "a list" if Ellipsis in args else f"a list of {len(args)} values"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(hint, str(hint))
+
+
+# --- resolution --------------------------------------------------------------------------------------------------------
+
+def method_defaults(method_class: MethodDefaults) -> dict[str, Any]:
+    """The bottom layer: the shared defaults under the method's recipe, network and inference defaults."""
+    values = merge_settings(TrainConfig().to_dict(), _plain(dict(method_class.recipe)))
+    values["model"] = method_class.network_settings().to_dict()
+    values["inference"] = method_class.inference_defaults.to_dict()
+    return values
+
+
+def resolve_config(layers: list[Layer], methods: Methods) -> TrainConfig:
+    """The one place settings are resolved: the method's defaults < preset < `--init` network < each layer in order.
+
+    Whatever a layer sets wins, even when it equals a default. Grid and patch sizes are checked against the method's
+    network here, before any data loads. When no layer names `init` (`--init none` names it too: random weights), a
+    run starts from the method's shipped prior for its source/target pair if its network is the prior's.
     """
+    layers = [(origin, migrate_settings(layer, origin)) for origin, layer in layers]
     layers = [(origin, {**layer, "init": None}) if str(layer.get("init", "")).lower() == "none" else (origin, layer)
               for origin, layer in layers]
-    config = _resolve_layers(layers, recipes)
-    prior = _default_prior(config, layers, recipes(config.method))
+    config = _resolve_layers(layers, methods)
+    prior = _default_prior(config, layers, methods(config.method))
     if prior is not None:
         spec, inherited = prior
-        config = _resolve_layers([("the default start", {"init": spec})] + layers, recipes, inherited)
+        config = _resolve_layers([("the default start", {"init": spec})] + layers, methods, inherited)
     return config
 
 
-def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodRecipe) -> tuple[str, dict[str, Any]] | None:
+def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodDefaults) -> tuple[str, dict[str, Any]] | None:
     """The shipped prior a run starts from when nothing names `init` (its spec and the settings it passes on): the
     method's one for this source/target pair, if the run's network (`network_keys`) is the prior's and no preset is
     asked for."""
@@ -188,69 +326,66 @@ def _default_prior(config: TrainConfig, layers: list[Layer], method_class: Metho
     if prior is None:
         return None
     inherited = _inherited_from(prior)
-    theirs = inherited.get("model", {})
-    if any(config.model.get(k) != theirs.get(k) for k in method_class.network_keys):
+    theirs = _build(method_class.network_settings, inherited.get("model", {}), prior, "model.")
+    if any(getattr(config.model, k) != getattr(theirs, k) for k in method_class.network_keys):
         return None
     return prior, inherited
 
 
-def _resolve_layers(layers: list[Layer], recipes: Callable[[str], MethodRecipe],
-                    inherited: dict[str, Any] | None = None) -> TrainConfig:
-    """`resolve_config` without the default prior: the init checkpoint's settings (`inherited` when the caller has
-    read them already), recipe, preset and layers."""
+def _resolve_layers(layers: list[Layer], methods: Methods, inherited: dict[str, Any] | None = None) -> TrainConfig:
+    """`resolve_config` without the default prior: method defaults, preset, the init checkpoint's settings
+    (`inherited` when the caller has read them already) and the layers."""
     init = None
     for _, layer in layers:
         init = layer.get("init", init)
     if init:
         inherited = inherited if inherited is not None else _inherited_from(str(init))
-        for _, layer in layers:
-            for key in ("source", "target"):
-                if key in layer and key in inherited and layer[key] != inherited[key]:
-                    raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
-                                    f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
+        _check_init_pair(str(init), inherited, layers)
         layers = [(f"--init {init}", inherited)] + list(layers)
-    name = TrainConfig.method
+    name, preset = TrainConfig.method, None
     for _, layer in layers:
-        name = layer.get("method", name)
-    method_class = recipes(str(name))
-    values = merge_settings(TrainConfig().to_dict(), _plain(dict(method_class.recipe)))
-    preset = None
-    for _, layer in layers:
-        preset = layer.get("preset", preset)
+        name, preset = layer.get("method", name), layer.get("preset", preset)
+    method_class = methods(str(name))
+    values = {**method_defaults(method_class), "method": name}
     if preset is not None:
         if preset not in method_class.presets:
             known = ", ".join(method_class.presets) or "none"
             raise UserError(f"--preset {preset}: {name} has no such preset (its presets: {known})")
         values = merge_settings(values, _plain(dict(method_class.presets[preset])))
     for origin, layer in layers:
-        TrainConfig.from_dict(layer, origin=origin)  # names the file or option of a bad setting
+        build_config(merge_settings(values, _plain(dict(layer))), methods, origin)  # names the origin of a bad setting
         values = merge_settings(values, _plain(dict(layer)))
-    config = TrainConfig.from_dict(values, origin=" + ".join(o for o, _ in layers) or "defaults")
-    for name, choices, label in _CHOICES:
-        value = attrgetter(name)(config)
-        if value not in choices:
-            raise UserError(f"{label.format(value)}: choose one of {', '.join(choices)}")
-    check_sizes(config, method_class.size_multiple(config))
-    return config
+    config = build_config(values, methods, " + ".join(o for o, _ in layers) or "defaults")
+    return fit_sizes(config, method_class.size_multiple(config))
 
 
-#: what a fine-tuning run takes from its --init checkpoint, so that the network and its input match the weights
-INHERITED_BY_INIT = ("method", "source", "target", "model", "patch", "preprocess")
+def _check_init_pair(init: str, inherited: Mapping[str, Any], layers: list[Layer]) -> None:
+    for _, layer in layers:
+        for key in ("source", "target"):
+            if key in layer and key in inherited and layer[key] != inherited[key]:
+                raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
+                                f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
 
 
 def _inherited_from(init: str) -> dict[str, Any]:
     from . import builtin
     from .checkpoints import Checkpoint
 
-    saved = Checkpoint.load(builtin.resolve(init)).config
+    ckpt = Checkpoint.load(builtin.resolve(init))
+    saved = migrate_settings(ckpt.config, f"--init {init}", ckpt.format_version)
     return {k: saved[k] for k in INHERITED_BY_INIT if k in saved}
 
 
-def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path) -> TrainConfig:
+def config_from_checkpoint(saved: Mapping[str, Any], format_version: int, methods: Methods, origin: str) -> TrainConfig:
+    """The settings a checkpoint holds, migrated from its format version and checked."""
+    return build_config(migrate_settings(saved, origin, format_version), methods, origin)
+
+
+def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path, methods: Methods) -> TrainConfig:
     """The saved run's settings with the changes `--resume` allows; any other setting that differs is a `UserError`."""
     values = saved.to_dict()
     for origin, layer in layers:
-        layer = _plain(dict(layer))
+        layer = _plain(migrate_settings(layer, origin))
         current = _flatten(values)
         for key, wanted in _flatten(layer).items():
             have = current.get(key)
@@ -261,20 +396,22 @@ def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path) -> 
                 f"drop that setting to resume, or start a new run in another --out folder"
             )
         values = merge_settings(values, {k: v for k, v in layer.items() if k in RESUMABLE_CHANGES})
-    return TrainConfig.from_dict(values, origin=str(checkpoint))
+    return build_config(values, methods, str(checkpoint))
 
 
-def check_sizes(config: TrainConfig, multiple: tuple[int, int, int]) -> None:
-    """A fixed grid and a patch must divide by the network's size multiple per axis: a `UserError` names the nearest valid sizes."""
+def fit_sizes(config: TrainConfig, multiple: tuple[int, int, int]) -> TrainConfig:
+    """The config with an `auto` grid padded to what the network needs; a fixed grid or a patch that does not divide
+    by the network's size multiple is a `UserError` naming the nearest valid sizes."""
     grid, patch = config.preprocess.grid, config.patch
-    if grid == "auto":
-        need = max(multiple)
-        if 2**config.preprocess.depth % need:  # the auto grid pads to 2**preprocess.depth
-            config.preprocess.depth = int(math.log2(need))
-    else:
-        _check_triplet("--grid", tuple(grid), multiple, config)  # type: ignore[arg-type]
     if patch is not None:
         _check_triplet("--patch", tuple(patch), multiple, config)
+    if grid != "auto":
+        _check_triplet("--grid", tuple(grid), multiple, config)  # type: ignore[arg-type]
+        return config
+    need = max(multiple)
+    if 2**config.preprocess.depth % need == 0:
+        return config
+    return dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, depth=int(math.log2(need))))
 
 
 def _check_triplet(option: str, sizes: tuple[int, ...], multiple: tuple[int, int, int], config: TrainConfig) -> None:
@@ -285,15 +422,11 @@ def _check_triplet(option: str, sizes: tuple[int, ...], multiple: tuple[int, int
     down = [max(m, s // m * m) for s, m in zip(sizes, multiple)]
     up = [-(-s // m) * m for s, m in zip(sizes, multiple)]
     rule = " x ".join(map(str, multiple))
+    model = ", ".join(f"{k} {getattr(config.model, k)}" for k in ("depth", "stem") if hasattr(config.model, k))
     raise UserError(
-        f"{option} {' '.join(map(str, sizes))}: the {config.method} network (model {_model_text(config)}) needs sizes "
+        f"{option} {' '.join(map(str, sizes))}: the {config.method} network (model {model or 'defaults'}) needs sizes "
         f"divisible by {rule} per axis; use {option} {' '.join(map(str, up))} or {option} {' '.join(map(str, down))}"
     )
-
-
-def _model_text(config: TrainConfig) -> str:
-    keys = [k for k in ("depth", "channels", "stem") if k in config.model]
-    return ", ".join(f"{k} {config.model[k]}" for k in keys) or "defaults"
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -312,36 +445,9 @@ def _same(a: Any, b: Any) -> bool:
     return _plain(a) == _plain(b)
 
 
-def _check_type(key: str, value: Any, default: Any, origin: str) -> None:
-    """A setting's value must have its default's kind (number, text, yes/no, list); None is allowed where the default is None."""
-    if value is None:
-        return
-    default = _NONE_DEFAULT_KINDS.get(key, default)
-    if key == "preprocess.grid":
-        if not (value == "auto" or (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, int) for v in value))):
-            raise UserError(f"{origin}: setting {key} should be three integers [D, H, W] or 'auto', got {value!r}")
-        return
-    if isinstance(default, bool):
-        ok, kind = isinstance(value, bool), "true or false"
-    elif isinstance(default, (int, float)) and not isinstance(default, bool):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        kind = "a number"
-        if isinstance(default, int) and isinstance(value, float):
-            ok, kind = ok and float(value).is_integer(), "a whole number"
-    elif isinstance(default, str):
-        ok, kind = isinstance(value, str), "text"
-    elif isinstance(default, dict):
-        ok, kind = isinstance(value, Mapping), "a mapping"
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        kind = "a list of numbers"
-    else:
-        return
-    if not ok:
-        raise UserError(f"{origin}: setting {key} should be {kind}, got {value!r}")
-
-
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

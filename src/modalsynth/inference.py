@@ -7,12 +7,14 @@ A method hands over a function and an `Application` (whole volume, MONAI sliding
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,13 @@ from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from .checkpoints import Checkpoint
-from .config import TrainConfig
+from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .errors import UserError
 from .input_checks import input_warnings
 from .io import Volume, is_nifti, load_volume, save_volume
-from .methods import Method, build_method
+from .methods import Method, build_method, method_class
 from .threads import split_across_threads
 
 #: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
@@ -95,14 +97,16 @@ def slicewise_predict(
 
 
 @torch.no_grad()
-def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` says; float32 in [-1, 1]."""
-    network, how = method.inference_function(gen), method.application()
+def apply_method(method: Method, source: torch.Tensor, inference: InferenceConfig,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` for these inference
+    settings says; float32 in [-1, 1]."""
+    network, how = method.inference_function(inference, gen), method.application(inference)
 
     def function(batch: torch.Tensor) -> torch.Tensor:
         # the autocast is entered per call, not around the loop: `split_across_threads` runs calls on worker threads,
         # and autocast is a per-thread state
-        with method.autocast(inference=True):
+        with method.inference_autocast(inference):
             return network(batch).float()
 
     if how.mode == "slices":
@@ -117,43 +121,54 @@ def apply_method(method: Method, source: torch.Tensor, gen: torch.Generator | No
     return out.clamp(-1.0, 1.0)  # float32: `function` returns float32
 
 
-class Predictor:
-    """A method ready to predict, with the settings and target intensities it was trained with."""
+def with_inference_changes(inference: InferenceConfig, method: Method, origin: Path | None,
+                           changes: Mapping[str, object]) -> InferenceConfig:
+    """`inference` with the changes a user asked for (None: unchanged), checked: an overlap outside [0, 1) or for a
+    model not applied in sliding windows is a `UserError`."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    overlap = changes.get("overlap")
+    if overlap is not None:
+        if not 0.0 <= float(overlap) < 1.0:  # type: ignore[arg-type]
+            raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
+        how = method.application(inference)
+        if how.mode != "window" or how.roi is None:
+            raise UserError(f"--overlap: {origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out")
+    return dataclasses.replace(inference, **changes)
 
-    def __init__(self, method: Method, config: TrainConfig, intensity: IntensityRecord, split: dict | None = None,
-                 origin: Path | None = None):
-        self.method, self.config, self.intensity = method, config, intensity
-        self.split = split or {}
-        self.origin = origin
-        self.check_input = False  # warn when a volume does not look like the model's expected input (built-in models)
-        # also predict the left-right mirrored source and average (x axis, the flip of training's augmentation): twice
-        # the time for a two-member ensemble
-        self.flip_average = False
+
+@dataclass(frozen=True)
+class Predictor:
+    """A method ready to predict: the settings and target intensities it was trained with, and how it predicts
+    (`inference`). Immutable: other inference settings make another `Predictor` (`with_inference`)."""
+
+    method: Method
+    config: TrainConfig
+    intensity: IntensityRecord
+    inference: InferenceConfig
+    split: Mapping[str, list[str]] = field(default_factory=dict)
+    origin: Path | None = None
+    check_input: bool = False  # warn when a volume does not look like the model's expected input (built-in models)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto") -> "Predictor":
+    def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto", check_input: bool = False) -> "Predictor":
         """Rebuild only what prediction needs (no discriminator, no optimisers) from a checkpoint file."""
         ckpt = Checkpoint.load(Path(checkpoint))
-        config = TrainConfig.from_dict(ckpt.config, origin=str(checkpoint))
+        config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(checkpoint))
         method = build_method(config, training=False)
         method.load_state(ckpt.state, with_optimizers=False)
         method.to(device if isinstance(device, torch.device) else resolve_device(device))
         method.train_mode(False)
-        return cls(method, config, IntensityRecord(**ckpt.target_intensity), ckpt.split, Path(checkpoint))
+        return cls(method, config, IntensityRecord(**ckpt.target_intensity), config.inference, ckpt.split,
+                   Path(checkpoint), check_input)
+
+    def with_inference(self, **changes: object) -> "Predictor":
+        """This predictor with some inference settings changed (None: unchanged), checked as the command line is."""
+        inference = with_inference_changes(self.inference, self.method, self.origin, changes)
+        return dataclasses.replace(self, inference=inference)
 
     @property
     def device(self) -> torch.device:
         return self.method.device
-
-    def set_overlap(self, overlap: float) -> None:
-        """Predict with sliding windows at least `overlap` apart (0 <= overlap < 1); a `UserError` for a model that is
-        not applied in windows."""
-        if not 0.0 <= overlap < 1.0:
-            raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
-        how = self.method.application()
-        if how.mode != "window" or how.roi is None:
-            raise UserError(f"--overlap: {self.origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out")
-        self.config.model["overlap"] = float(overlap)
 
     def predict_array(self, source: np.ndarray, seed: int = 0) -> np.ndarray:
         """A preprocessed (D, H, W) source in [-1, 1] -> the synthetic target in [-1, 1] on the same grid."""
@@ -161,9 +176,9 @@ class Predictor:
         self.method.train_mode(False)
         try:
             tensor = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None].to(self.device)
-            out = apply_method(self.method, tensor, torch.Generator().manual_seed(seed))
-            if self.flip_average:  # the left-right mirror image predicted too, mirrored back and averaged
-                mirrored = apply_method(self.method, tensor.flip(-1), torch.Generator().manual_seed(seed))
+            out = apply_method(self.method, tensor, self.inference, torch.Generator().manual_seed(seed))
+            if self.inference.flip_average:  # the left-right mirror image predicted too, mirrored back and averaged
+                mirrored = apply_method(self.method, tensor.flip(-1), self.inference, torch.Generator().manual_seed(seed))
                 out = 0.5 * (out + mirrored.flip(-1))
         finally:
             for net, mode in zip(self.method.nets.values(), was_training):
@@ -277,18 +292,13 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
-                 check_input: bool = False, overlap: float | None = None, flip_average: bool = False) -> list[Path]:
+                 check_input: bool = False, inference_changes: Mapping[str, object] | None = None) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
-    `overlap`: the sliding windows' overlap instead of the checkpoint's (models predicted in windows only).
-    `flip_average`: average with the prediction of the left-right mirrored source (twice the time).
+    `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
     """
-    predictor = Predictor.from_checkpoint(checkpoint, device)
-    predictor.check_input = check_input
-    predictor.flip_average = flip_average
-    if overlap is not None:
-        predictor.set_overlap(overlap)
+    predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .checkpoints import Checkpoint
-from .config import Layer, TrainConfig, resolve_config, resume_config
+from .config import Layer, TrainConfig, config_from_checkpoint, read_settings_file, resolve_config, resume_config
 from .data.datasets import PreparedSubject, make_batch, prepare_pairs, step_generator, typical_intensity
 from .data.pairs import load_or_make_split, require_pairs
 from .data.preprocess import IntensityRecord
@@ -193,8 +193,10 @@ def train(
     saved = None
     if resume:
         saved = _last_checkpoint(out)
-        resume_config(TrainConfig.from_dict(saved.config, origin=str(out / "last.pt")),
-                      [("the resumed settings", config.to_dict())], out / "last.pt")
+        saved_config = _saved_config(saved, out / "last.pt")
+        resume_config(saved_config, [("the resumed settings", config.to_dict())], out / "last.pt", method_class)
+        check_schedule_extension(saved_config, config, _steps_per_epoch(len(saved.split.get("train", [])), ctx, config),
+                                 saved, out)
     pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
     with ExitStack() as stack:
         if ctx.is_main:
@@ -223,7 +225,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
 
     seed_everything(config.seed)
     method = build_method(config).to(device)
-    predictor = Predictor(method, config, intensity, split)
+    predictor = Predictor(method, config, intensity, config.inference, split)
     if ctx.is_main:
         config.write_yaml(out / "config.yaml")
     method.make_optimizers()
@@ -270,7 +272,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
     sampler = DistributedSampler(range(len(train_set)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed)
-    steps_per_epoch = max(1, math.ceil(len(sampler) / config.batch_size))
+    steps_per_epoch = _steps_per_epoch(len(train_set), ctx, config)
     budget = Budget.of(config, steps_per_epoch)
     logger = RunLogger(out, ctx.is_main)
     method.train_mode(True)
@@ -287,7 +289,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
             (progress,) = _agree_values(ctx, device, budget.progress(step, elapsed))
             set_lr_factor(method, lr_factor(config.lr_schedule, progress))
         gen = step_generator(config.seed, step, ctx.rank)
-        batch = make_batch(train_set, indices, method.sampling_patch(), config.augment, gen)
+        batch = make_batch(train_set, indices, config.patch, config.augment, gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         losses = method.training_step(batch, gen)
         step += 1
@@ -332,6 +334,36 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         on_finish(method)
 
 
+def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
+    return config_from_checkpoint(saved.config, saved.format_version, method_class, str(path))
+
+
+def _steps_per_epoch(subjects: int, ctx: DistContext, config: TrainConfig) -> int:
+    """Optimiser steps in an epoch: each rank's share of the subjects (a DistributedSampler's), in batches."""
+    return max(1, math.ceil(math.ceil(subjects / ctx.world) / config.batch_size))
+
+
+def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, steps_per_epoch: int, saved: Checkpoint,
+                             out: Path) -> None:
+    """A decaying learning rate is laid over the budget a run started with. `--resume` with another budget is allowed
+    while the rate goes on from where it was (it never rises above the rate of the last step taken); a finished run
+    whose rate has begun to decay is not extended: a `UserError` says how to train longer."""
+    if config.lr_schedule == "constant":
+        return
+    before, budget = Budget.of(saved_config, steps_per_epoch), Budget.of(config, steps_per_epoch)
+    if before == budget or saved.step == 0:
+        return
+    last = lr_factor(config.lr_schedule, before.progress(saved.step - 1, saved.elapsed_s))
+    new = lr_factor(config.lr_schedule, budget.progress(saved.step, saved.elapsed_s))
+    if new <= last + 1e-9:
+        return
+    raise UserError(
+        f"{out / 'last.pt'}: its learning rate ({config.lr_schedule}) had decayed to {last:.2f} of its start by step "
+        f"{saved.step} of its budget ({before}); the new budget ({budget}) would raise it to {new:.2f}; keep the "
+        f"budget, or train longer as a new run: modalsynth train --init {out / 'last.pt'} --out NEW_FOLDER ..."
+    )
+
+
 def _last_checkpoint(out: Path) -> Checkpoint:
     """OUT/last.pt for `--resume`; a `UserError` when there is none."""
     last = out / "last.pt"
@@ -366,12 +398,17 @@ def _agree_values(ctx: DistContext, device: torch.device, *values: float) -> tup
     return tuple(tensor.tolist())
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
     """When training stops: a step count (from `steps` or `epochs`), a time limit (`minutes`), or both."""
 
     steps: int | None
     seconds: float | None
+
+    def __str__(self) -> str:
+        parts = ([f"{self.steps} steps"] if self.steps is not None else []) + \
+                ([f"{self.seconds / 60:g} minutes"] if self.seconds is not None else [])
+        return " or ".join(parts) or "none"
 
     @classmethod
     def of(cls, config: TrainConfig, steps_per_epoch: int) -> "Budget":
@@ -433,14 +470,13 @@ def train_from_cli(
     """`modalsynth train`: settings resolved once (config.py) from the YAML file and the options the user gave."""
     layers: list[Layer] = []
     if config:
-        layers.append((str(config), TrainConfig.yaml_settings(config)))
+        layers.append((str(config), read_settings_file(config)))
     given = {k: v for k, v in options.items() if v is not None}
     if given:
         layers.append(("the command line", given))
     if resume:
         last = Path(out) / "last.pt"
-        saved = TrainConfig.from_dict(_last_checkpoint(Path(out)).config, origin=str(last))
-        cfg = resume_config(saved, layers, last)
+        cfg = resume_config(_saved_config(_last_checkpoint(Path(out)), last), layers, last, method_class)
     else:
         cfg = resolve_config(layers, method_class)
         if cfg.init and not any("init" in layer for _, layer in layers):

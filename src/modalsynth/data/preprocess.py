@@ -2,15 +2,14 @@
 
 Steps (DESIGN.md, "Axes and grids"): reorient to RAS (nibabel's canonical) and index (z, y, x); resample to a
 spacing; crop/pad to a fixed grid centred on the foreground, or (`auto`) crop to the foreground box plus a margin
-and pad to a multiple of 2**depth; scale intensities by their 0.5-99.5 percentiles inside the foreground to [-1, 1]
-(or, `scaling: zscore`, map the foreground's mean +- 3 sd to [-1, 1]).
+and pad to a multiple of 2**depth; scale intensities by their 0.5-99.5 percentiles inside the foreground to [-1, 1].
 The geometry of a pair is taken from the source and applied unchanged to the target and masks.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -26,10 +25,6 @@ PAPER_SPACING: tuple[float, float, float] = (3.0, 0.8, 0.8)
 #: grid) covers this
 PAPER_FOV_MM: tuple[float, float, float] = tuple(g * s for g, s in zip(PAPER_GRID, PAPER_SPACING))  # type: ignore[assignment]
 _RAS = axcodes2ornt(("R", "A", "S"))
-#: intensity scalings: the foreground's percentiles, or its mean and standard deviation, mapped to [-1, 1]
-SCALINGS = ("percentile", "zscore")
-#: `zscore` maps the foreground's mean +- this many standard deviations to [-1, 1]
-ZSCORE_SDS = 3.0
 
 
 def grid_spacing(grid: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -37,18 +32,17 @@ def grid_spacing(grid: tuple[int, int, int]) -> tuple[float, float, float]:
     return tuple(fov / n for fov, n in zip(PAPER_FOV_MM, grid))  # type: ignore[return-value]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreprocessConfig:
     """How volumes reach the network: grid (D, H, W) or 'auto', spacing in mm (z, y, x), intensity percentiles."""
 
-    grid: tuple[int, int, int] | str = PAPER_GRID
+    grid: tuple[int, int, int] | Literal["auto"] = PAPER_GRID
     spacing: tuple[float, float, float] | None = None  # None: fixed grid covers PAPER_FOV_MM; auto grid keeps native
     depth: int = 4  # auto grid: pad each axis to a multiple of 2**depth
     margin: int = 4  # auto grid: voxels kept around the foreground box
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     clip: bool = True  # clip scaled intensities to [-1, 1] (the generator's tanh range)
-    scaling: str = "percentile"  # 'percentile' (lower/upper percentiles -> [-1, 1]) or 'zscore' (mean +- 3 sd -> [-1, 1])
 
     def target_spacing(self, native: tuple[float, float, float]) -> tuple[float, float, float]:
         """The spacing the volume is resampled to."""
@@ -60,15 +54,6 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PreprocessConfig":
-        values = dict(values)
-        if isinstance(values.get("grid"), (list, tuple)):
-            values["grid"] = tuple(values["grid"])
-        if values.get("spacing") is not None:
-            values["spacing"] = tuple(values["spacing"])
-        return cls(**values)
 
 
 @dataclass
@@ -241,13 +226,9 @@ def from_grid(array: np.ndarray, record: GridRecord, fill: float, order: int = 1
 
 
 def scale_intensity(array: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, IntensityRecord]:
-    """Map the range inside the mask (its percentiles, or its mean +- ZSCORE_SDS sd) to [-1, 1], clipping if the config says so."""
+    """Map the percentile range inside the mask to [-1, 1], clipping if the config says so."""
     values = array[mask] if mask.any() else array.ravel()
-    if config.scaling == "zscore":
-        mean, sd = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
-        low, high = mean - ZSCORE_SDS * sd, mean + ZSCORE_SDS * sd
-    else:
-        low, high = np.percentile(values, [config.lower_percentile, config.upper_percentile])
+    low, high = np.percentile(values, [config.lower_percentile, config.upper_percentile])
     if high <= low:
         high = low + 1.0
     record = IntensityRecord(float(low), float(high))

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import InferenceConfig, NetworkSettings, TrainConfig
 
 #: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
 REGISTRY: dict[str, type["Method"]] = {}
@@ -48,16 +48,14 @@ class Application:
     roi: tuple[int, int, int] | None = None
     overlap: float = 0.5
     batch_size: int = 1
-    sigma_scale: float = 0.125  # MONAI's default
+    sigma_scale: float = 0.125
     parallel: bool = False
 
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has AMX tiles, where oneDNN's bf16 convolutions beat float32 (1.75-2x a gan3d training step on
-    one thread, RESULTS.md §1). AVX512-BF16 without AMX (an AMD EPYC, torch 2.13) gave NaN losses in the first steps
-    of the tiny test runs and resumes that were not bit-identical, so it keeps float32. Asked once: autocast() runs
-    every step."""
+    """Whether this CPU has AMX tiles, where oneDNN's bf16 convolutions beat float32; without them (AVX512-BF16 alone
+    included) bf16 training steps are not trusted (benchmarks/RESULTS.md §1). Asked once: autocast() runs every step."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check is not None and check())
 
@@ -70,8 +68,12 @@ class Method(ABC):
     spatial_dims = 3
     #: False for methods fitted in closed form (no optimiser steps), e.g. the intensity look-up table
     trainable = True
-    #: the method's declared defaults (TrainConfig fields, `model` options); whatever the user sets wins (config.py)
+    #: the method's own training defaults over TrainConfig's (lr, schedule, patch, ...); whatever the user sets wins
     recipe: ClassVar[Mapping[str, Any]] = {}
+    #: the method's network options and their defaults (`model:` in YAML)
+    network_settings: ClassVar[type[NetworkSettings]] = NetworkSettings
+    #: how the method predicts unless told otherwise
+    inference_defaults: ClassVar[InferenceConfig] = InferenceConfig()
     #: named sets of settings one option away (`--preset NAME`), applied over the recipe
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: shipped weights a run starts from by default, per (source, target), when its `network_keys` settings match them
@@ -79,12 +81,13 @@ class Method(ABC):
     network_keys: ClassVar[tuple[str, ...]] = ()
     #: validate on this many axial slices per subject instead of whole volumes (None: whole volumes)
     validation_slices: ClassVar[int | None] = None
-    #: predict under bfloat16 autocast on a CPU with native bf16 too (with `amp`), where it was measured to keep the
-    #: method's quality; otherwise CPU prediction stays float32
+    #: predict under bfloat16 autocast on a CPU with native bf16 too (precision 'auto'), where it was measured to keep
+    #: the method's quality; otherwise CPU prediction stays float32
     cpu_bf16_inference: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, training: bool = True):
         self.config = config
+        self.model: Any = config.model  # this method's `network_settings`
         self.training = training
         self.nets: dict[str, nn.Module] = {}
         self.train_nets: dict[str, nn.Module] = {}  # the same modules, wrapped by DDP when distributed
@@ -114,26 +117,17 @@ class Method(ABC):
         """One optimiser step on a batch of (N, 1, D, H, W) tensors on `self.device`; returns the losses to log."""
 
     @abstractmethod
-    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The function inference applies to each volume, window or slice batch (source in [-1, 1] -> target)."""
 
     @abstractmethod
-    def application(self) -> Application:
+    def application(self, inference: InferenceConfig) -> Application:
         """How that function is applied to a whole volume."""
 
     @classmethod
     def size_multiple(cls, config: TrainConfig) -> tuple[int, int, int]:
         """Each training grid/patch axis (D, H, W) must be a multiple of this (checked when settings are resolved)."""
         return (1, 1, 1)
-
-    def sampling_patch(self) -> tuple[int, int, int] | None:
-        """The size of the region sampled for each batch item: the training patch (None: the whole grid); a method that
-        cuts several views out of one region asks for more."""
-        return tuple(self.config.patch) if self.config.patch else None  # type: ignore[return-value]
-
-    def options(self) -> dict[str, Any]:
-        """The method's `model` options: its recipe's defaults under what the config sets."""
-        return {**self.recipe.get("model", {}), **self.config.model}
 
     def fit_closed_form(self, subjects: list[Any]) -> None:
         """Fit without optimiser steps (only methods with `trainable = False`)."""
@@ -168,23 +162,31 @@ class Method(ABC):
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
 
-    def autocast(self, inference: bool = False) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast when the config asks for mixed precision: on CUDA always; on a CPU only with native
-        bfloat16 (AMX tiles: `cpu_has_native_bf16`), for training steps, and for
-        prediction only in methods that set `cpu_bf16_inference` (bfloat16 moves an output voxel by up to 0.1 on
-        [-1, 1], so a method's quality must be measured with it first, RESULTS.md §2, §7)."""
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for a training step when the config asks for mixed precision (`amp`) and the device runs
+        bfloat16 natively (CUDA; a CPU with AMX tiles)."""
         if not self.config.amp:
             return contextlib.nullcontext()
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.cpu_bf16_autocast(inference):
+        if self.device.type == "cpu" and cpu_has_native_bf16():
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def cpu_bf16_autocast(self, inference: bool = False) -> bool:
-        """Whether `autocast` runs CPU bfloat16 here (training steps, or prediction when `inference`)."""
-        allowed = self.cpu_bf16_inference or not inference
-        return self.config.amp and self.device.type == "cpu" and allowed and cpu_has_native_bf16()
+    def predicts_in_bf16(self, inference: InferenceConfig) -> bool:
+        """Whether prediction runs under bfloat16 autocast: precision 'auto' on CUDA, or on a CPU with native bfloat16
+        for methods whose quality was measured with it (`cpu_bf16_inference`)."""
+        if inference.precision != "auto":
+            return False
+        if self.device.type == "cuda":
+            return True
+        return self.device.type == "cpu" and self.cpu_bf16_inference and cpu_has_native_bf16()
+
+    def inference_autocast(self, inference: InferenceConfig) -> contextlib.AbstractContextManager:
+        """The autocast a prediction runs under (`predicts_in_bf16`)."""
+        if not self.predicts_in_bf16(inference):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_mode(self, on: bool) -> None:
         for net in self.nets.values():

@@ -5,14 +5,14 @@ The network (`DiffusionModelUNet`, 2D) sees the noisy target slice and the sourc
 linear schedule (`DDPMScheduler`). Sampling: DDIM (`DDIMScheduler`, deterministic, `sample_steps`, default 50) or the
 full ancestral DDPM chain (`sampler: ddpm`, all `num_train_timesteps` steps). Every random draw, in training and in
 sampling, comes from the generator passed in, so a prediction is reproducible from its seed.
-Options (`config.model`): channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups, use_flash_attention,
-num_train_timesteps, sampler, sample_steps, slices_per_step, predict_batch, and the recipe's lr / betas.
+Options: `DdpmNetwork` (`model:` in YAML) and the recipe's lr / betas.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +20,30 @@ from monai.inferers import DiffusionInferer
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-from ..config import TrainConfig
-from ..errors import UserError
+from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..threads import split_across_threads
 from .base import Application, Method, register
 from .slices import sample_axial_slices
 
-# Small enough to train on a CPU. MONAI's middle block always holds self-attention, over (H*W / 4**(levels-1)) positions
-# per slice: 4 levels keep it cheap on the paper's 288x240 slices; attention_levels (default: none) add more.
-NETWORK_DEFAULTS = {"channels": (32, 64, 64, 64), "num_res_blocks": 1, "num_head_channels": 32, "use_flash_attention": True}
-DEFAULTS = {"num_train_timesteps": 1000, "sampler": "ddim", "sample_steps": 50, "slices_per_step": 8, "predict_batch": 16}
-SAMPLERS = ("ddim", "ddpm")
 BACKGROUND = -1.0  # the value slices are padded with
+
+
+@dataclass(frozen=True)
+class DdpmNetwork(NetworkSettings):
+    """The 2D diffusion UNet, its noise schedule and its sampler. Small enough to train on a CPU: MONAI's middle block
+    always holds self-attention, over (H*W / 4**(levels-1)) positions per slice, so 4 levels keep it cheap on the
+    paper's 288x240 slices."""
+
+    channels: tuple[int, ...] = (32, 64, 64, 64)
+    attention_levels: tuple[bool, ...] | None = None  # per level; None: none beyond the middle block
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int | None = None  # None: the largest divisor of 32 shared by every level's channels
+    use_flash_attention: bool = True  # PyTorch's scaled_dot_product_attention
+    num_train_timesteps: int = 1000
+    sampler: Literal["ddim", "ddpm"] = "ddim"  # 'ddpm': the full ancestral chain of num_train_timesteps steps
+    sample_steps: int = 50  # DDIM steps
+    slices_per_step: int = 8
 
 
 @register("ddpm")
@@ -40,27 +52,27 @@ class ConditionalDDPM(Method):
 
     spatial_dims = 2
     validation_slices = 4  # sampling a whole volume costs minutes on a CPU; four slices give the trend
-    recipe = {"lr": 1e-4, "betas": (0.9, 0.999), "model": {**NETWORK_DEFAULTS, **DEFAULTS}}  # Ho et al. 2020: no GAN's low beta1
+    recipe = {"lr": 1e-4, "betas": (0.9, 0.999)}  # Ho et al. 2020: no GAN's low beta1
+    network_settings = DdpmNetwork
+    inference_defaults = InferenceConfig(slices_per_batch=16)
 
     def __init__(self, config: TrainConfig, training: bool = True):
         super().__init__(config, training)
-        options = self.options()
-        if options["sampler"] not in SAMPLERS:
-            raise UserError(f"model.sampler: {options['sampler']!r} is not a sampler; use one of {', '.join(SAMPLERS)}")
-        channels = tuple(int(c) for c in options["channels"])
+        model: DdpmNetwork = config.model  # type: ignore[assignment]
+        channels = model.channels
         self.nets["generator"] = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=2,  # noisy target + source
             out_channels=1,
             channels=channels,
-            attention_levels=tuple(bool(a) for a in options.get("attention_levels", [False] * len(channels))),
-            num_res_blocks=options["num_res_blocks"],
-            num_head_channels=options["num_head_channels"],
-            norm_num_groups=int(options.get("norm_num_groups", math.gcd(32, *channels))),
-            use_flash_attention=bool(options["use_flash_attention"]),  # PyTorch's scaled_dot_product_attention
+            attention_levels=model.attention_levels or (False,) * len(channels),
+            num_res_blocks=model.num_res_blocks,
+            num_head_channels=model.num_head_channels,
+            norm_num_groups=model.norm_num_groups or math.gcd(32, *channels),
+            use_flash_attention=model.use_flash_attention,
         )
         self.pad_multiple = 2 ** (len(channels) - 1)
-        self.scheduler = DDPMScheduler(num_train_timesteps=int(options["num_train_timesteps"]))
+        self.scheduler = DDPMScheduler(num_train_timesteps=model.num_train_timesteps)
         self.inferer = DiffusionInferer(self.scheduler)
         if training:
             self.make_optimizers()
@@ -73,7 +85,7 @@ class ConditionalDDPM(Method):
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """(N, 1, D, H, W) volumes or patches -> padded (N * slices_per_step, 1, H', W') axial slices holding foreground."""
-        slices = sample_axial_slices(batch, int(self.options()["slices_per_step"]), gen)
+        slices = sample_axial_slices(batch, self.model.slices_per_step, gen)
         return {k: self._pad(v) for k, v in slices.items()}
 
     def draw_noise(self, target: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,13 +112,14 @@ class ConditionalDDPM(Method):
 
     def sampling_scheduler(self) -> Scheduler:
         """The configured sampler: DDIM with `sample_steps` steps, or the full DDPM chain."""
-        if self.options()["sampler"] == "ddpm":
+        if self.model.sampler == "ddpm":
             return self.scheduler
         ddim = DDIMScheduler(num_train_timesteps=self.scheduler.num_train_timesteps)
-        ddim.set_timesteps(int(self.options()["sample_steps"]))
+        ddim.set_timesteps(self.model.sample_steps)
         return ddim
 
-    def _denoise(self, condition: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler, step_gen: torch.Generator) -> torch.Tensor:
+    def _denoise(self, condition: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler, step_gen: torch.Generator,
+                 inference: InferenceConfig) -> torch.Tensor:
         # DiffusionInferer.sample (MONAI 1.6.1) calls scheduler.step without a generator, so DDPM's per-step noise
         # would come from the global RNG; this is its loop (concat mode, no guidance) with our generator passed on.
         # The network call of each step splits its slices over the CPU's threads (it is deterministic per slice); the
@@ -117,14 +130,14 @@ class ConditionalDDPM(Method):
 
             def predict_noise(x: torch.Tensor, t: int = int(t)) -> torch.Tensor:
                 timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-                with self.autocast(inference=True):
+                with self.inference_autocast(inference):
                     return net(x, timesteps=timesteps).float()
 
             eps = split_across_threads(predict_noise)(torch.cat([image, condition], dim=1))
             image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
         return image
 
-    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """Sample slices given their source slices; every draw comes from `gen` (seed 0 when None)."""
         gen = gen if gen is not None else torch.Generator().manual_seed(0)
         scheduler = self.sampling_scheduler()
@@ -134,9 +147,9 @@ class ConditionalDDPM(Method):
             h, w = condition.shape[-2:]
             condition = self._pad(condition)
             noise = torch.randn(condition.shape, generator=gen).to(condition.device)
-            return self._denoise(condition, noise, scheduler, step_gen)[..., :h, :w]
+            return self._denoise(condition, noise, scheduler, step_gen, inference)[..., :h, :w]
 
         return sample
 
-    def application(self) -> Application:
-        return Application("slices", batch_size=int(self.options()["predict_batch"]))
+    def application(self, inference: InferenceConfig) -> Application:
+        return Application("slices", batch_size=inference.slices_per_batch)

@@ -8,17 +8,25 @@ between the bins' (mean source, mean target) points and holds the end values bey
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..data.datasets import PreparedSubject
 from .base import Application, Method, register
 
 DEFAULT_BINS = 256
+
+
+@dataclass(frozen=True)
+class LutSettings(NetworkSettings):
+    """The table's resolution: equal source-intensity bins over [-1, 1]."""
+
+    bins: int = DEFAULT_BINS
 
 
 def fit_table(sources: list[np.ndarray], targets: list[np.ndarray], bins: int = DEFAULT_BINS) -> np.ndarray:
@@ -44,11 +52,11 @@ class IntensityLUT(Method):
 
     trainable = False
 
-    recipe = {"model": {"bins": DEFAULT_BINS}}
+    network_settings = LutSettings
 
     def __init__(self, config: TrainConfig, training: bool = True):
         super().__init__(config, training)
-        self.bins = int(self.options()["bins"])
+        self.bins = self.model.bins
         self.table: torch.Tensor | None = None
 
     def fit_closed_form(self, subjects: list[PreparedSubject]) -> None:
@@ -60,7 +68,7 @@ class IntensityLUT(Method):
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         raise RuntimeError("the look-up table is fitted in closed form (fit_closed_form), not by optimiser steps")
 
-    def inference_function(self, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """Interpolate between the table's (mean source, mean target) points, voxel by voxel."""
         if self.table is None:
             raise RuntimeError("the look-up table is not fitted: call fit_closed_form or load a checkpoint")
@@ -72,7 +80,7 @@ class IntensityLUT(Method):
 
         return look_up
 
-    def application(self) -> Application:
+    def application(self, inference: InferenceConfig) -> Application:
         return Application("volume")
 
     def generator(self) -> nn.Module | None:

@@ -8,13 +8,21 @@ command line) wins over the recipe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import InferenceConfig
 from .base import Application, register
-from .gan3d import ConditionalGAN
+from .gan3d import ConditionalGAN, GanNetwork
 from .slices import sample_axial_slices
 
-DEFAULTS = {"disc_layers": 3, "slices_per_step": 8, "predict_batch": 16}
+
+@dataclass(frozen=True)
+class Pix2PixNetwork(GanNetwork):
+    """The 2D ResUNet and 70x70 PatchGAN, and how many axial slices of each volume a training step sees."""
+
+    slices_per_step: int = 8
 
 
 @register("pix2pix2d")
@@ -22,11 +30,13 @@ class Pix2Pix2D(ConditionalGAN):
     """Conditional GAN on 2D axial slices; `slices_per_step` foreground slices per volume and step; slice-loop prediction."""
 
     spatial_dims = 2
-    recipe = {"lr": 2e-4, "lr_schedule": "linear-decay", "betas": (0.5, 0.999), "l1_weight": 100.0, "model": {**ConditionalGAN.recipe["model"], **DEFAULTS}}
+    recipe = {"lr": 2e-4, "lr_schedule": "linear-decay", "betas": (0.5, 0.999), "l1_weight": 100.0}
+    network_settings = Pix2PixNetwork
+    inference_defaults = InferenceConfig(slices_per_batch=16)
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """(N, 1, D, H, W) volumes or patches -> (N * slices_per_step, 1, H, W) axial slices holding foreground."""
-        return sample_axial_slices(batch, int(self.options()["slices_per_step"]), gen)
+        return sample_axial_slices(batch, self.model.slices_per_step, gen)
 
-    def application(self) -> Application:
-        return Application("slices", batch_size=int(self.options()["predict_batch"]), parallel=True)
+    def application(self, inference: InferenceConfig) -> Application:
+        return Application("slices", batch_size=inference.slices_per_batch, parallel=True)
