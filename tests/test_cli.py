@@ -11,7 +11,7 @@ import pytest
 
 from modalsynth.cli import _grid_option, _join_triplets
 from modalsynth.errors import UserError
-from modalsynth.inspect import inspect_path
+from modalsynth.inspection import inspect_path
 
 from .conftest import blob_volume
 

@@ -207,7 +207,7 @@ def test_lut_recovers_a_monotone_mapping_inside_the_foreground():
     mask[:, 5:25, 5:25] = True
     target = np.where(mask, mapping(source), 5.0)  # the background holds garbage that must be ignored
     method = _built(_resolved({"method": "lut"}))
-    assert method.nets == {} and method.generator() is None and not method.trainable
+    assert method.nets == {} and method.reported_network() is None and not method.trainable
     method.fit_closed_form([_subject(source, target, mask)])
     query = torch.from_numpy(rng.uniform(-0.99, 0.99, (1, 1, 4, 10, 10)).astype(np.float32))
     pred = apply_method(method, query, method.config.inference)

@@ -333,3 +333,12 @@ def test_no_module_reads_a_setting_with_a_fallback():
                 if name in settings_names or (isinstance(receiver, ast.Call) and getattr(receiver.func, "attr", "") == "options"):
                     found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+def test_inspect_prints_the_resolved_settings_a_checkpoint_holds(tiny_run, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(tiny_run / "last.pt"))
+    assert code == 0, err
+    ckpt = Checkpoint.load(tiny_run / "last.pt")
+    assert yaml.safe_load(out) == ckpt.config and "step 2" in out.splitlines()[0]
+    code, out, _ = run_cli(monkeypatch, capsys, "inspect", "builtin:flair-t1")
+    assert code == 0 and yaml.safe_load(out)["model"]["head_kernel"] == 3  # an older format, shown fully resolved

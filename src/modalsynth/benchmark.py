@@ -141,7 +141,7 @@ def run_benchmark(
             subjects=tested,
         )
         method = predictor.method
-        generator = method.generator()
+        generator = method.reported_network()
         row = {
             "method": name,
             "budget": asked,

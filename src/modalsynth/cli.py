@@ -88,17 +88,25 @@ def simulate(
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A NIfTI file or a data folder."),
+    path: str = typer.Argument(..., help="A NIfTI file, a data folder, or a checkpoint (RUN/best.pt, builtin:NAME)."),
     source: str = typer.Option("flair", "--source", help="Source modality name (for folders)."),
     target: str = typer.Option("t1", "--target", help="Target modality name (for folders)."),
 ) -> None:
-    """Describe a NIfTI file or a data folder: grids, orientation, intensities, pairs and problems.
+    """Describe a NIfTI file or a data folder (grids, orientation, intensities, pairs, problems), or print the resolved
+    settings a checkpoint's run used.
 
-    Example: modalsynth inspect data/sim
+    Example: modalsynth inspect data/sim; modalsynth inspect runs/gan/best.pt
     """
-    from .inspect import inspect_path
+    from . import builtin
 
-    code = inspect_path(path, source=source, target=target)
+    if path.startswith(builtin.PREFIX) or path.endswith(".pt"):
+        from .inference import checkpoint_summary
+
+        typer.echo(checkpoint_summary(builtin.resolve(path)), nl=False)
+        raise typer.Exit(0)
+    from .inspection import inspect_path
+
+    code = inspect_path(Path(path), source=source, target=target)
     raise typer.Exit(code)
 
 

@@ -1,6 +1,6 @@
 """Volume -> volume. The only place a method's network is applied to volumes, and the one `Predictor`.
 
-A method hands over a function and an `Application` (whole volume, MONAI sliding windows, or axial slices); the
+A method hands over a function and an `InferencePlan` (whole volume, MONAI sliding windows, or axial slices); the
 `Predictor` (nnU-Net's idea) adds preprocessing, postprocessing, file naming and timing, and is used alike by
 `modalsynth predict`, by validation during training and by the benchmark.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ def slicewise_predict(
 @torch.no_grad()
 def apply_method(method: Method, source: torch.Tensor, inference: InferenceConfig,
                  gen: torch.Generator | None = None) -> torch.Tensor:
-    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `Application` for these inference
+    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `InferencePlan` for these inference
     settings says; float32 in [-1, 1]."""
     network, how = method.inference_function(inference, gen), method.application(inference)
 
@@ -265,6 +266,15 @@ class Predictor:
                             + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
                             "so the data needs a file of that source modality per subject")
         return jobs
+
+
+def checkpoint_summary(checkpoint: Path) -> str:
+    """What a checkpoint holds and, as YAML, the fully resolved settings its run used (`modalsynth inspect RUN/best.pt`)."""
+    ckpt = Checkpoint.load(checkpoint)
+    config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(checkpoint))
+    head = (f"# {checkpoint}: step {ckpt.step}, {ckpt.elapsed_s / 60:.1f} minutes of training, checkpoint format "
+            f"{ckpt.format_version}, written by modalsynth {ckpt.package_version}\n")
+    return head + yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:

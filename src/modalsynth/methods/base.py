@@ -1,6 +1,6 @@
 """What every method is: networks, optimisers, one training step, and how its network is applied; plus the registry.
 
-A method does not run inference itself: it hands over a function and an `Application` (whole volume, sliding
+A method does not run inference itself: it hands over a function and an `InferencePlan` (whole volume, sliding
 windows or slices, the idea of MONAI's inferers) and `modalsynth.inference` applies it.
 """
 
@@ -34,7 +34,7 @@ def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
 
 
 @dataclass(frozen=True)
-class Application:
+class InferencePlan:
     """How inference applies a method's function to a whole (1, 1, D, H, W) volume.
 
     mode 'volume': once on the whole volume; 'window': Gaussian-blended sliding windows of `roi` (falls back to
@@ -121,7 +121,7 @@ class Method(ABC):
         """The function inference applies to each volume, window or slice batch (source in [-1, 1] -> target)."""
 
     @abstractmethod
-    def application(self, inference: InferenceConfig) -> Application:
+    def application(self, inference: InferenceConfig) -> InferencePlan:
         """How that function is applied to a whole volume."""
 
     @classmethod
@@ -132,7 +132,7 @@ class Method(ABC):
     def fit_closed_form(self, subjects: list[Any]) -> None:
         """Fit without optimiser steps (only methods with `trainable = False`)."""
 
-    def generator(self) -> nn.Module:
+    def reported_network(self) -> nn.Module:
         """The network whose size and speed the benchmark reports."""
         return self.nets["generator"]
 

@@ -22,7 +22,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..threads import split_across_threads
-from .base import Application, Method, register
+from .base import InferencePlan, Method, register
 from .slices import sample_axial_slices
 
 BACKGROUND = -1.0  # the value slices are padded with
@@ -151,5 +151,5 @@ class ConditionalDDPM(Method):
 
         return sample
 
-    def application(self, inference: InferenceConfig) -> Application:
-        return Application("slices", batch_size=inference.slices_per_batch)
+    def application(self, inference: InferenceConfig) -> InferencePlan:
+        return InferencePlan("slices", batch_size=inference.slices_per_batch)

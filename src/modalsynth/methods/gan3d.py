@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..losses import discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from ..nets.cpu_bf16 import cpu_bf16_copy
-from .base import Application, Method, register
+from .base import InferencePlan, Method, register
 
 Norm = Literal["instance", "batch"]
 
@@ -150,11 +150,11 @@ class GAN3D(ConditionalGAN):
         grid = self.config.preprocess.grid
         return None if grid == "auto" else tuple(grid)  # type: ignore[return-value]
 
-    def application(self, inference: InferenceConfig) -> Application:
+    def application(self, inference: InferenceConfig) -> InferencePlan:
         """Sliding windows (`inference.window`, else the training window); the whole volume for `window: volume` or
         for 'auto' grids trained whole."""
         roi = inference.window if inference.window is not None else self.training_window()
         if roi is None or roi == "volume":
-            return Application("volume")
-        return Application("window", tuple(roi), inference.overlap, inference.windows_per_batch, inference.sigma,
+            return InferencePlan("volume")
+        return InferencePlan("window", tuple(roi), inference.overlap, inference.windows_per_batch, inference.sigma,
                            parallel=True)

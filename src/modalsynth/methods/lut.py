@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..data.datasets import PreparedSubject
-from .base import Application, Method, register
+from .base import InferencePlan, Method, register
 
 DEFAULT_BINS = 256
 
@@ -48,7 +48,7 @@ def fit_table(sources: list[np.ndarray], targets: list[np.ndarray], bins: int = 
 
 @register("lut")
 class IntensityLUT(Method):
-    """Target = f(source) voxel by voxel; no network (`nets` is empty and `generator()` returns None)."""
+    """Target = f(source) voxel by voxel; no network (`nets` is empty and `reported_network()` returns None)."""
 
     trainable = False
 
@@ -80,10 +80,10 @@ class IntensityLUT(Method):
 
         return look_up
 
-    def application(self, inference: InferenceConfig) -> Application:
-        return Application("volume")
+    def application(self, inference: InferenceConfig) -> InferencePlan:
+        return InferencePlan("volume")
 
-    def generator(self) -> nn.Module | None:
+    def reported_network(self) -> nn.Module | None:
         """No network: the benchmark reports no parameters or FLOPs for this row."""
         return None
 

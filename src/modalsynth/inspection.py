@@ -91,6 +91,7 @@ def inspect_path(path: Path, source: str = "flair", target: str = "t1") -> int:
         raise UserError(f"{path}: no such file or folder; check the path")
     if is_analyze(path):
         read_header(path)  # says how to convert it
+
     if not is_nifti(path) and path.is_file():
         raise UserError(f"{path}: not a NIfTI file (.nii or .nii.gz) or a data folder; pass one of those")
     rows = describe_file(path)
