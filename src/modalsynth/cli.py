@@ -207,9 +207,9 @@ def evaluate(
 
     Example: modalsynth evaluate --pred preds --ref data/sim --target t1 --out report
     """
-    from .evaluation import evaluate_folders
+    from .evaluation import EvaluationOptions, evaluate_folders
 
-    evaluate_folders(pred, ref, target=target, out=out, source=source, fid=fid, fid_weights=fid_weights)
+    evaluate_folders(pred, ref, target, out, EvaluationOptions(source=source, fid=fid, fid_weights=fid_weights))
 
 
 @app.command()
