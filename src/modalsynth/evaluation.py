@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -94,8 +95,10 @@ def evaluate_folders(pred: Path, ref: Path, target: str, out: Path, options: Eva
     _warn_unmatched(unmatched)
     network, fid_status = _feature_network(options)
     collected = _Collected(options, target, network)
-    for subject in tqdm(matched, desc="evaluating", unit="subject", disable=not options.progress, file=sys.stderr):
-        collected.add(load_subject(subject, pred_files[subject], ref_files[subject], target, options.source))
+    with _progress_bar(len(matched), options.progress) as bar:
+        for subject in matched:
+            collected.add(load_subject(subject, pred_files[subject], ref_files[subject], target, options.source))
+            bar.update()
     if network is not None:
         fid_status = _fid_summary(collected.features, network, options.fid_max_slices)
     summary = {
@@ -161,6 +164,20 @@ def score_subject(data: SubjectData) -> dict[str, float]:
     except ValueError as exc:
         raise UserError(f"{data.subject}: {data.pred_path}: {exc}") from exc
     return {**metrics, **brasyn_metrics(data.pred_stored, data.ref_stored, data.lesion)}
+
+
+@contextmanager
+def _progress_bar(total: int, shown: bool) -> Iterator[tqdm]:
+    """A progress bar over the subjects, on a terminal only; one that an error interrupts (a file whose voxels turn
+    out to be unusable) is erased, so the one-line error stands alone."""
+    bar = tqdm(total=total, desc="evaluating", unit="subject", disable=None if shown else True, file=sys.stderr)
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
 
 
 def _warn_unmatched(unmatched: dict[str, list[str]]) -> None:
