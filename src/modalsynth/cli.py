@@ -203,7 +203,7 @@ def evaluate(
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID with the offline InceptionV3 weights."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Another TorchScript feature network."),
 ) -> None:
-    """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency.
+    """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency, BraSyn SSIM.
 
     Example: modalsynth evaluate --pred preds --ref data/sim --target t1 --out report
     """

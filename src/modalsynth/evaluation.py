@@ -181,6 +181,7 @@ def _progress_bar(total: int, shown: bool) -> Iterator[tqdm]:
 
 
 def _warn_unmatched(unmatched: dict[str, list[str]]) -> None:
+    """One stderr line per side that has subjects without a partner (they are listed in the report too)."""
     for side, names in unmatched.items():
         if names:
             print(f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}", file=sys.stderr)
@@ -198,7 +199,7 @@ def _feature_network(options: EvaluationOptions) -> tuple[fidlib.FeatureNetwork 
 
 
 def match_subjects(
-    pred: Path, ref: Path, target: str, subjects: list[str] | None = None
+    pred: Path, ref: Path, target: str, subjects: Sequence[str] | None = None
 ) -> tuple[list[str], dict[str, list[str]], dict[str, dict[str, Path]], dict[str, dict[str, Path]]]:
     """Subjects with both a prediction and a reference of `target` (only `subjects` if given), those missing
     either, and the files found."""
