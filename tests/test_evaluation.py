@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -16,11 +17,12 @@ from scipy import ndimage
 
 from modalsynth import fid as fidlib
 from modalsynth.errors import UserError
-from modalsynth.evaluation import evaluate_folders
+from modalsynth.evaluation import EvaluationOptions, evaluate_folders
 from modalsynth.report import centre_slice, figure4_montage, markdown_table, summarise, table1_markdown
 
 from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
 AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
+QUIET = EvaluationOptions(fid=False, figures=False, progress=False)
 SHAPE = (20, 24, 22)
 
 
@@ -56,7 +58,7 @@ def make_folders(root: Path, subjects=("s1", "s2", "s3"), noise=30.0, lesion=Tru
 def test_report_files_and_numbers(tmp_path, capsys):
     pred, ref = make_folders(tmp_path)
     out = tmp_path / "report"
-    summary = evaluate_folders(pred, ref, "t1", out, fid=False, progress=False)
+    summary = evaluate_folders(pred, ref, "t1", out, EvaluationOptions(fid=False, progress=False))
     assert summary["subjects"] == ["s1", "s2", "s3"]
     for name in ("per_subject.csv", "summary.json", "summary.md", "figure4_axial.png", "figure4_coronal.png",
                  "figure4_sagittal.png", "metric_distributions.png", "through_plane.png"):
@@ -79,7 +81,7 @@ def test_report_files_and_numbers(tmp_path, capsys):
 
 def test_self_evaluation_is_perfect(tmp_path):
     _, ref = make_folders(tmp_path, lesion=False)
-    summary = evaluate_folders(ref, ref, "t1", tmp_path / "out", fid=False, figures=False, progress=False)
+    summary = evaluate_folders(ref, ref, "t1", tmp_path / "out", QUIET)
     metrics = summary["metrics"]
     assert metrics["ssim_brain"]["mean"] == pytest.approx(1.0) and metrics["ssim_volume"]["mean"] == pytest.approx(1.0)
     assert metrics["mae_brain"]["mean"] == 0.0 and metrics["rmse_volume"]["mean"] == 0.0
@@ -94,13 +96,13 @@ def test_partial_overlap_evaluates_matches_and_lists_the_rest(tmp_path, capsys):
     for f in (pred / "s2").iterdir():
         f.unlink()
     (pred / "s2").rmdir()
-    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", fid=False, figures=False, progress=False)
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", QUIET)
     assert summary["subjects"] == ["s1", "s3"]
     assert summary["unmatched"] == {"missing_prediction": ["s2"], "missing_reference": ["extra"]}
     err = capsys.readouterr().err
     assert "s2" in err and "extra" in err
     assert "no prediction: s2" in (tmp_path / "out" / "summary.md").read_text()
-    only = evaluate_folders(pred, ref, "t1", tmp_path / "o2", fid=False, figures=False, progress=False, subjects=["s3", "s2"])
+    only = evaluate_folders(pred, ref, "t1", tmp_path / "o2", replace(QUIET, subjects=["s3", "s2"]))
     assert only["subjects"] == ["s3"]
     assert only["unmatched"] == {"missing_prediction": ["s2"], "missing_reference": []}
 
@@ -124,14 +126,47 @@ def test_bad_input_is_one_clear_user_error(tmp_path):
     for prepare, pred_dir, ref_dir, target, message in cases:
         prepare()
         with pytest.raises(UserError, match=message) as caught:
-            evaluate_folders(pred_dir, ref_dir, target, tmp_path / "o", fid=False, figures=False)
+            evaluate_folders(pred_dir, ref_dir, target, tmp_path / "o", EvaluationOptions(fid=False, figures=False))
         assert "\n" not in str(caught.value)
+
+
+def test_each_file_is_read_once_and_a_late_bad_file_leaves_no_report(tmp_path, monkeypatch):
+    from modalsynth import evaluation
+
+    pred, ref = make_folders(tmp_path, subjects=("s1", "s2"))
+    reads: list[str] = []
+    real_load = evaluation.load_volume
+    monkeypatch.setattr(evaluation, "load_volume", lambda path, **kw: reads.append(str(path)) or real_load(path, **kw))
+    evaluate_folders(pred, ref, "t1", tmp_path / "out", replace(QUIET, source="flair"))
+    files = sorted(str(f) for f in (*pred.rglob("*.nii.gz"), *ref.rglob("*.nii.gz")))
+    assert sorted(reads) == files  # prediction, reference, lesion and source of each subject, each once
+    broken = head(1)
+    broken[5, 5, 5] = np.nan  # a voxel-level problem, seen only when the voxels are read
+    save(broken, pred / "s2" / "t1.nii.gz")
+    with pytest.raises(UserError, match=r"s2/t1.nii.gz: 1 voxel\(s\) are NaN"):
+        evaluate_folders(pred, ref, "t1", tmp_path / "late", QUIET)
+    assert not (tmp_path / "late").exists()
+
+
+def test_brasyn_columns_are_the_challenge_scores_of_the_stored_volumes(tmp_path):
+    from modalsynth.metrics import BRASYN_LABELS, brasyn_metrics
+
+    pred, ref = make_folders(tmp_path, subjects=("s1",))
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", QUIET)
+    row = next(csv.DictReader((tmp_path / "out" / "per_subject.csv").open()))
+    volumes = [nib.load(str(d / "s1" / name)).get_fdata() for d, name in ((pred, "t1.nii.gz"), (ref, "t1.nii.gz"), (ref, "lesion.nii.gz"))]
+    expected = brasyn_metrics(*volumes)  # the stored (x, y, z) arrays: SSIM does not depend on the axis order
+    for name, label in BRASYN_LABELS.items():
+        assert float(row[name]) == pytest.approx(expected[name], abs=1e-9)
+        assert summary["metrics"][name]["n"] == 1
+        assert label in (tmp_path / "out" / "summary.md").read_text()
+    assert expected["brasyn_ssim_tumour"] != pytest.approx(float(row["ssim_lesion"]), abs=1e-3)
 
 
 def test_fid_unavailable_keeps_the_other_metrics(tmp_path, monkeypatch):
     pred, ref = make_folders(tmp_path, subjects=("s1",))
     monkeypatch.setattr(fidlib, "default_weights_path", lambda: None)
-    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", fid=True, figures=False, progress=False)
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", replace(QUIET, fid=True))
     assert "not installed" in summary["fid"]["reason"]
     assert summary["metrics"]["ssim_brain"]["n"] == 1
     assert "FID, 2D slices | unavailable" in (tmp_path / "out" / "summary.md").read_text()
@@ -146,17 +181,17 @@ def test_fid_with_a_user_network(tmp_path):
     pred, ref = make_folders(tmp_path, subjects=("s1", "s2"))
     weights = tmp_path / "net.pt"
     torch.jit.save(torch.jit.script(MeanPool()), str(weights))
-    options = dict(fid_weights=weights, fid_max_slices=3, figures=False, progress=False)
-    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", **options)
+    options = EvaluationOptions(fid_weights=weights, fid_max_slices=3, figures=False, progress=False)
+    summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", options)
     axial, pooled = summary["fid"]["axial"], summary["fid"]["2.5d"]
     assert axial["n_pred_slices"] == 6 and pooled["n_pred_slices"] == 18
     assert "user-supplied" in axial["network"]
     assert "not a 3D FID" in (tmp_path / "out" / "summary.md").read_text()
     # the FID orders predictions: the references against themselves 0, noisy predictions above that, and five
     # times the noise clearly higher still (a wrong formula, or one side's features used twice, breaks this)
-    same = evaluate_folders(ref, ref, "t1", tmp_path / "same", **options)["fid"]
+    same = evaluate_folders(ref, ref, "t1", tmp_path / "same", options)["fid"]
     noisier = evaluate_folders(make_folders(tmp_path / "noisier", ("s1", "s2"), noise=150.0)[0], ref, "t1",
-                               tmp_path / "out2", **options)["fid"]
+                               tmp_path / "out2", options)["fid"]
     for plane, entry in (("axial", axial), ("2.5d", pooled)):
         assert same[plane]["value"] == pytest.approx(0.0, abs=1e-9)
         assert entry["value"] > 1e-3
@@ -214,12 +249,12 @@ def _strided_copy(subject: str, root: Path) -> Path:
 @pytest.mark.skipif(not REAL_DEV.exists(), reason="real-dev data absent")
 def test_real_dev_self_is_perfect_and_flair_as_t1_scores_low(tmp_path):
     ref = _strided_copy("brats2018-case0", tmp_path)
-    self_eval = evaluate_folders(ref, ref, "t1", tmp_path / "self", fid=False, figures=False, progress=False)["metrics"]
+    self_eval = evaluate_folders(ref, ref, "t1", tmp_path / "self", QUIET)["metrics"]
     assert self_eval["ssim_brain"]["mean"] == pytest.approx(1.0) and self_eval["mae_brain"]["mean"] == 0.0
     flair_pred = tmp_path / "flair_as_t1" / "brats2018-case0" / "t1.nii.gz"
     flair_pred.parent.mkdir(parents=True)
     flair_pred.symlink_to(ref / "brats2018-case0" / "flair.nii.gz")
     flair_dir = flair_pred.parent.parent
-    wrong = evaluate_folders(flair_dir, ref, "t1", tmp_path / "flair", fid=False, figures=False, progress=False)["metrics"]
+    wrong = evaluate_folders(flair_dir, ref, "t1", tmp_path / "flair", QUIET)["metrics"]
     assert wrong["ssim_brain"]["mean"] < 0.2
     assert wrong["ssim_volume"]["mean"] > wrong["ssim_brain"]["mean"] + 0.4  # the background inflation

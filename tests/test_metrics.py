@@ -219,3 +219,81 @@ def test_streak_ratio_sees_local_slice_streaks_that_in_plane_noise_hides_from_th
     offsets = smooth + rng.normal(0, 0.05, (shape[0], 1, 1))  # and whole slices brighter or darker
     assert M.streak_ratio(offsets, ref, brain) > 3 * t["streak_ratio"]
     assert math.isnan(M.streak_ratio(ref, ref, brain)) and math.isnan(M.streak_ratio(ref, ref, np.zeros(shape, bool)))
+
+
+def _challenge_ssim(gt: np.ndarray, prediction: np.ndarray, seg: np.ndarray) -> dict[str, float]:
+    """The BraSyn organisers' scoring (hongweilibran/BraSyn ssim.py at ecdaf00) step by step on torch tensors, with
+    torchmetrics' SSIM; its map is averaged without the 5-voxel border, as torchmetrics <= 1.4.1 (the 2023 and 2024
+    challenges) did inside StructuralSimilarityIndexMeasure()."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    def percentile_clip(volume: torch.Tensor) -> torch.Tensor:
+        v_min, v_max = np.percentile(volume, [0.5, 99.5])
+        v_min = 0 if v_min < 0 else v_min
+        return (torch.clip(volume, v_min, v_max) - v_min) / (v_max - v_min)
+
+    def ssim(preds: torch.Tensor, target: torch.Tensor) -> float:
+        _, full = structural_similarity_index_measure(preds, target, return_full_image=True)
+        return float(full[..., 5:-5, 5:-5, 5:-5].mean())
+
+    gt_t, pred_t = (percentile_clip(torch.from_numpy(v.astype(np.float32))[None, None]) for v in (gt, prediction))
+    mask = torch.from_numpy(seg)[None, None]
+    mask[mask > 0] = 1
+    mask = mask.type(torch.int64)
+    return {
+        "brasyn_ssim_tumour": ssim(pred_t * mask, gt_t * mask),
+        "brasyn_ssim_non_tumour": ssim(pred_t * (1 - mask), gt_t * (1 - mask)),
+        "brasyn_ssim_whole": ssim(pred_t, gt_t),
+    }
+
+
+def test_brasyn_ssim_matches_the_challenge_script_with_torchmetrics():
+    rng = np.random.default_rng(7)
+    shape = (24, 28, 26)
+    for seed in range(3):
+        a, b = smooth_pair(shape=shape, noise=0.2, seed=seed)
+        inside = np.zeros(shape, bool)
+        inside[3:-3, 4:-4, 3:-3] = True  # a 'brain' on a zero background, with a negative outlier as scanners give
+        gt = np.where(inside, 200 + 800 * a, 0.0)
+        gt[0, 0, 0] = -50.0
+        prediction = np.where(inside, 150 + 900 * b + 20 * rng.standard_normal(shape), 0.0)
+        gt[17:21, 18:24, 15:21] += 3000  # a bright spot outside the tumour holds the top percentiles, so the
+        prediction[17:21, 18:24, 15:21] += 2500  # tumour's data range is below 1 (torchmetrics' default range)
+        seg = np.zeros(shape, np.int16)
+        seg[9:15, 10:17, 8:14] = 2  # BraTS labels (1, 2, 4): any label > 0 is tumour
+        seg[11:13, 12:15, 10:12] = 4
+        ours = M.brasyn_metrics(prediction, gt, seg)
+        expected = _challenge_ssim(gt, prediction, seg)
+        assert set(ours) == set(M.BRASYN_LABELS)
+        for name, value in expected.items():
+            assert ours[name] == pytest.approx(value, abs=1e-4), name
+        # the three regions score differently (a tumour mask that was ignored would not)
+        assert len({round(v, 3) for v in ours.values()}) == 3
+    assert math.isnan(M.brasyn_metrics(prediction, gt, None)["brasyn_ssim_tumour"])
+    assert math.isnan(M.brasyn_metrics(prediction, gt, np.zeros(shape))["brasyn_ssim_non_tumour"])
+
+
+def test_brasyn_ssim_map_is_torchmetrics_map_and_differs_from_skimage_at_the_border():
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = smooth_pair(seed=5)
+    _, full = structural_similarity_index_measure(torch.from_numpy(b)[None, None], torch.from_numpy(a)[None, None],
+                                                  data_range=1.0, return_full_image=True)
+    ours = M.ssim_map(b, a, 1.0, border="mirror", sample_covariance=False)
+    assert np.abs(ours - full[0, 0].numpy()).max() < 1e-6
+    assert np.abs(M.ssim_map(b, a, 1.0) - ours).max() > 1e-3  # skimage's borders and sample covariance differ
+
+
+def test_brasyn_scale_uses_whole_volume_percentiles():
+    rng = np.random.default_rng(3)
+    volume = np.zeros((20, 20, 20))
+    volume[5:15, 5:15, 5:15] = rng.normal(100, 10, (10, 10, 10))
+    low, high = np.percentile(volume, [0.5, 99.5])  # background included, unlike scale_to_unit's brain percentiles
+    assert low == 0.0
+    scaled = M.brasyn_scale(volume)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    assert np.allclose(scaled[volume < high], volume[volume < high] / high)
+    assert not np.allclose(scaled, M.scale_to_unit(volume, volume > 0))
+    assert np.all(M.brasyn_scale(np.full((4, 4, 4), 3.0)) == 0.0)

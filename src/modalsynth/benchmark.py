@@ -82,7 +82,7 @@ def run_benchmark(
     interrupted fold, or a larger budget for a run whose learning rate has not begun to decay: `train` refuses to
     extend one that has, naming how to train longer).
     """
-    from .evaluation import evaluate_folders
+    from .evaluation import EvaluationOptions, evaluate_folders
 
     methods = methods or ["lut", "gan3d", "pix2pix2d", "ddpm"]
     unknown = [m for m in methods if m not in method_names()]
@@ -136,10 +136,8 @@ def run_benchmark(
             _, fold_times = predictor.predict_folder(data, pred_dir, "test", progress=False)
             times += fold_times
         infer_s, timed = predictor.time_volume(load_volume(by_name[tested[0]].source), timing_repeats, times)
-        summary = evaluate_folders(
-            pred_dir, data, target=target, out=eval_dir, source=source, fid=fid, figures=False, progress=False,
-            subjects=tested,
-        )
+        options = EvaluationOptions(source=source, fid=fid, figures=False, progress=False, subjects=tested)
+        summary = evaluate_folders(pred_dir, data, target, eval_dir, options)
         method = predictor.method
         generator = method.reported_network()
         row = {

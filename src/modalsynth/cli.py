@@ -211,13 +211,13 @@ def evaluate(
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID with the offline InceptionV3 weights."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Another TorchScript feature network."),
 ) -> None:
-    """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency.
+    """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency, BraSyn SSIM.
 
     Example: modalsynth evaluate --pred preds --ref data/sim --target t1 --out report
     """
-    from .evaluation import evaluate_folders
+    from .evaluation import EvaluationOptions, evaluate_folders
 
-    evaluate_folders(pred, ref, target=target, out=out, source=source, fid=fid, fid_weights=fid_weights)
+    evaluate_folders(pred, ref, target, out, EvaluationOptions(source=source, fid=fid, fid_weights=fid_weights))
 
 
 @app.command()

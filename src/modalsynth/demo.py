@@ -28,7 +28,7 @@ def demo_config(steps: int = DEMO_STEPS) -> TrainConfig:
 
 def run_demo(out: Path, subjects: int = DEMO_SUBJECTS, steps: int = DEMO_STEPS) -> dict:
     """Simulate `subjects` pairs, train the 3D GAN for `steps`, predict the test split, evaluate it; returns the summary."""
-    from .evaluation import evaluate_folders
+    from .evaluation import EvaluationOptions, evaluate_folders
 
     out = Path(out)
     started = time.perf_counter()
@@ -40,7 +40,7 @@ def run_demo(out: Path, subjects: int = DEMO_SUBJECTS, steps: int = DEMO_STEPS) 
     print(f"[3/4] predicting the held-out test subjects -> {pred}")
     predict_path(best, data, pred, device="auto", split="test")
     print(f"[4/4] evaluating -> {report}")
-    summary = evaluate_folders(pred, data, target="t1", out=report, source="flair", fid=True)
+    summary = evaluate_folders(pred, data, "t1", report, EvaluationOptions(source="flair", fid=True))
     minutes = (time.perf_counter() - started) / 60
     print(f"demo finished in {minutes:.1f} min: synthetic T1 in {pred}, report in {report}/summary.md")
     return summary

@@ -1,11 +1,14 @@
 """Image-quality metrics for synthetic volumes under one fixed protocol (pure functions on numpy arrays).
 
-Protocol (as in the BraSyn challenge): prediction and reference are each clipped to their own 0.5-99.5
-percentile inside the brain and scaled to [0, 1]; every metric below then uses data range 1.
+Protocol: prediction and reference are each clipped to their own 0.5-99.5 percentile inside the brain and scaled
+to [0, 1]; every metric below then uses data range 1.
 SSIM is true 3D SSIM (Gaussian window sigma 1.5, truncated at 3.5 sigma = 11 voxels, K1 0.01, K2 0.03,
 sample covariance as scikit-image's default), reported over the whole volume (border of 5 voxels cropped,
 exactly as `skimage.metrics.structural_similarity`), and as the mean of the SSIM map inside the brain,
 the lesion and the healthy brain. Arrays are (D, H, W) = (axial slice, row, column).
+
+The BraSyn challenge's SSIM (`brasyn_metrics`) is reported beside these under the challenge's own protocol, which
+differs in its percentiles (whole volume), window borders, variance and data range: see `brasyn_ssim`.
 """
 
 from __future__ import annotations
@@ -56,7 +59,15 @@ METRIC_LABELS: dict[str, str] = {
     "gw_contrast_ratio": "grey/white contrast kept (1 = the real's)",
     "lesion_contrast_error": "lesion contrast error",
 }
-HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr")) for name in METRIC_LABELS}
+# The BraSyn challenge's SSIM, computed as its organisers' scoring script does (`brasyn_metrics`).
+BRASYN_LABELS: dict[str, str] = {
+    "brasyn_ssim_tumour": "BraSyn SSIM, tumour (challenge protocol)",
+    "brasyn_ssim_non_tumour": "BraSyn SSIM, non-tumour (challenge protocol)",
+    "brasyn_ssim_whole": "BraSyn SSIM, whole volume (challenge protocol)",
+}
+#: every per-subject column of an evaluation report: the protocol's metrics, then the BraSyn challenge's SSIM
+REPORT_LABELS: dict[str, str] = {**METRIC_LABELS, **BRASYN_LABELS}
+HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr", "brasyn_ssim")) for name in REPORT_LABELS}
 #: metrics whose ideal value is 1 (a ratio to the reference's own figure): neither higher nor lower is better
 BEST_AT_ONE = frozenset({"gw_contrast_ratio"})
 
@@ -75,11 +86,16 @@ def scale_to_unit(volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple
     return (np.clip(data, low, high) - low) / (high - low)
 
 
-def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[int, ...] | None = None) -> np.ndarray:
+def ssim_map(
+    a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[int, ...] | None = None, *,
+    border: str = "reflect", sample_covariance: bool = True,
+) -> np.ndarray:
     """The SSIM map of two arrays, filtering along `axes` (all axes by default: 3D SSIM; two axes: 2D per plane).
 
-    Same formula as scikit-image's `structural_similarity(gaussian_weights=True)`: Gaussian sigma 1.5 truncated to an
-    11-tap window, 'reflect' borders, sample covariance scaled by NP / (NP - 1) with NP = 11 ** len(axes).
+    By default the same formula as scikit-image's `structural_similarity(gaussian_weights=True)`: Gaussian sigma 1.5
+    truncated to an 11-tap window, scipy's 'reflect' borders (edge voxel repeated), sample covariance scaled by
+    NP / (NP - 1) with NP = 11 ** len(axes). `border="mirror"` and `sample_covariance=False` give torchmetrics'
+    formula (its 'reflect' padding does not repeat the edge voxel; population variance).
     """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -90,12 +106,12 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[
     sigma = [SSIM_SIGMA if ax in axes else 0.0 for ax in range(a.ndim)]
 
     def smooth(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
+        return ndimage.gaussian_filter(x, sigma=sigma, truncate=SSIM_TRUNCATE, mode=border)
 
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     n_window = win ** len(axes)
-    cov_norm = n_window / (n_window - 1)
+    cov_norm = n_window / (n_window - 1) if sample_covariance else 1.0
     ux, uy = smooth(x), smooth(y)
     vx = cov_norm * (smooth(x * x) - ux * ux)
     vy = cov_norm * (smooth(y * y) - uy * uy)
@@ -372,3 +388,51 @@ def subject_metrics(
     result["gw_contrast_ratio"] = gw_contrast_ratio(pred, ref, healthy)
     result["lesion_contrast_error"] = lesion_contrast_error(pred, ref, lesion, healthy) if has_lesion else math.nan
     return {name: float(result[name]) for name in METRIC_LABELS}
+
+
+# ---------------------------------------------------------------- the BraSyn challenge's SSIM
+# As the organisers' scoring script computes it: github.com/hongweilibran/BraSyn, ssim.py at commit
+# ecdaf0020c42e5c301a69508656310bbdd2187ab (compute_metrics and __percentile_clip), which calls torchmetrics'
+# StructuralSimilarityIndexMeasure() with its defaults. torchmetrics up to 1.4.1 (the versions of the 2023 and 2024
+# challenges) averages the SSIM map without a 5-voxel border; 1.4.2 and later average the whole map, which puts the
+# background's SSIM of 1 in the border into the score. The challenge's script reports tumour and non-tumour only;
+# the whole-volume figure is the same computation without a mask.
+
+
+def brasyn_scale(volume: np.ndarray) -> np.ndarray:
+    """The challenge's intensity scaling: clip to the volume's own 0.5-99.5 percentiles over all voxels, background
+    included (a negative lower bound becomes 0), and scale that range to [0, 1] (all zeros for a constant volume,
+    where the challenge's script divides by zero)."""
+    data = np.asarray(volume, dtype=np.float64)
+    low, high = np.percentile(data, PERCENTILES)
+    low = max(float(low), 0.0)
+    if high <= low:
+        return np.zeros(data.shape)
+    return (np.clip(data, low, high) - low) / (high - low)
+
+
+def brasyn_ssim(pred: np.ndarray, ref: np.ndarray, region: np.ndarray | None = None) -> float:
+    """SSIM of the challenge on volumes already scaled by `brasyn_scale`: both multiplied by the region mask (whole
+    volumes without one), torchmetrics' 3D SSIM (Gaussian sigma 1.5, 11 voxels, mirrored borders, population
+    variance, data range the larger of the two masked volumes' ranges), the mean of the map without its 5-voxel
+    border; NaN when both masked volumes are constant (the challenge's script divides 0 by 0 there)."""
+    if region is not None:
+        pred, ref = pred * region, ref * region
+    data_range = max(float(np.ptp(pred)), float(np.ptp(ref)))
+    if data_range == 0:
+        return math.nan
+    return _border_cropped_mean(ssim_map(pred, ref, data_range, border="mirror", sample_covariance=False))
+
+
+def brasyn_metrics(pred: np.ndarray, ref: np.ndarray, lesion_mask: np.ndarray | None) -> dict[str, float]:
+    """The BraSyn columns (keys of `BRASYN_LABELS`) from the volumes as stored: tumour = lesion mask > 0, non-tumour
+    = everything else, background included; both NaN without a lesion mask or with an empty one."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, reference {ref.shape}")
+    pred, ref = brasyn_scale(pred), brasyn_scale(ref)
+    result = {"brasyn_ssim_tumour": math.nan, "brasyn_ssim_non_tumour": math.nan, "brasyn_ssim_whole": brasyn_ssim(pred, ref)}
+    tumour = None if lesion_mask is None else np.asarray(lesion_mask) > 0
+    if tumour is not None and tumour.any():
+        result["brasyn_ssim_tumour"] = brasyn_ssim(pred, ref, tumour)
+        result["brasyn_ssim_non_tumour"] = brasyn_ssim(pred, ref, ~tumour)
+    return result

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .data.preprocess import bounding_box  # noqa: E402
-from .metrics import BEST_AT_ONE, HIGHER_IS_BETTER, METRIC_LABELS, PLANE_AXES  # noqa: E402
+from .metrics import BEST_AT_ONE, HIGHER_IS_BETTER, PLANE_AXES, REPORT_LABELS  # noqa: E402
 
 #: Table 1 of a benchmark: (summary key, column label); brain-masked figures lead, as the evaluation protocol says.
 #: The ↑ / ↓ / →1 after each label comes from `HIGHER_IS_BETTER` and `BEST_AT_ONE`.
@@ -43,7 +43,7 @@ DISTRIBUTION_METRICS = (
 # ---------------------------------------------------------------- tables
 
 
-def summarise(rows: Sequence[Mapping[str, float]], metrics: Sequence[str] = tuple(METRIC_LABELS)) -> dict[str, dict]:
+def summarise(rows: Sequence[Mapping[str, float]], metrics: Sequence[str] = tuple(REPORT_LABELS)) -> dict[str, dict]:
     """Per metric: mean, sample sd, median and n over the subjects where it is defined (NaN values skipped;
     an infinite PSNR of a perfect prediction is kept, so the mean becomes inf)."""
     summary: dict[str, dict] = {}
@@ -69,11 +69,11 @@ def format_value(name: str, value: float) -> str:
 
 
 def markdown_table(summary: Mapping[str, Mapping], fid: Mapping | None = None, title: str | None = None) -> str:
-    """A Markdown table of a summary (brain-masked figures first, as ordered in METRIC_LABELS), FID rows after."""
+    """A Markdown table of a summary (brain-masked figures first, as ordered in REPORT_LABELS), FID rows after."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| metric | mean ± sd | median | n | better |", "| --- | --- | --- | --- | --- |"]
     for name, stats in summary.items():
-        label = METRIC_LABELS.get(name, name)
+        label = REPORT_LABELS.get(name, name)
         if stats["n"] == 0:
             lines.append(f"| {label} | n/a | n/a | 0 | |")
             continue
@@ -226,7 +226,7 @@ def write_json(data: Mapping, path: Path) -> Path:
     return path
 
 
-def write_per_subject_csv(rows: Sequence[Mapping[str, float]], path: Path, metrics: Sequence[str] = tuple(METRIC_LABELS)) -> Path:
+def write_per_subject_csv(rows: Sequence[Mapping[str, float]], path: Path, metrics: Sequence[str] = tuple(REPORT_LABELS)) -> Path:
     """One line per subject: `subject` then every metric (empty cell where undefined, 'inf' for a perfect PSNR)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +354,7 @@ def plot_metric_distributions(
         for p, d in zip(positions, data):
             ax.scatter(p + rng.uniform(-0.12, 0.12, d.size), d, s=14, alpha=0.7, zorder=3)
         ax.set_xticks(positions, list(groups), fontsize=8, rotation=20 if len(groups) > 2 else 0)
-        ax.set_title(METRIC_LABELS.get(name, name), fontsize=8)
+        ax.set_title(REPORT_LABELS.get(name, name), fontsize=8)
         ax.set_xlim(0.4, len(data) + 0.6)
         if not shown and not notes:
             notes.append("undefined for every subject")
