@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from modalsynth.benchmark import run_benchmark
+from modalsynth.benchmark import BenchmarkPlan, run_benchmark
 
 from .conftest import TINY_GRID, TINY_MODEL
 
@@ -23,9 +23,9 @@ def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, c
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(TINY_METHODS))
     out = tmp_path / "bench"
-    kwargs = dict(methods=["lut", "gan3d", "pix2pix2d", "ddpm"], steps=2, grid=TINY_GRID, device="cpu", fid=False,
+    kwargs = dict(methods=("lut", "gan3d", "pix2pix2d", "ddpm"), steps=2, grid=TINY_GRID, device="cpu", fid=False,
                   config=config, timing_repeats=1)
-    table = run_benchmark(tiny_sim, out, **kwargs)
+    table = run_benchmark(tiny_sim, out, BenchmarkPlan(**kwargs))
     assert [r["method"] for r in table["rows"]] == ["lut", "gan3d", "pix2pix2d", "ddpm"]
     markdown = (out / "table1.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| method")]
@@ -40,15 +40,15 @@ def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, c
     assert all((out / f"figure4_{p}.png").stat().st_size > 1000 for p in ("axial", "coronal", "sagittal"))
     capsys.readouterr()
     before = (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns
-    again = run_benchmark(tiny_sim, out, resume=True, **kwargs)
+    again = run_benchmark(tiny_sim, out, BenchmarkPlan(resume=True, **kwargs))
     assert (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns == before  # not retrained
     assert "finished earlier" in capsys.readouterr().out
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in saved["rows"]]
 
 
 def test_benchmark_cross_validation_tests_every_subject_once(tiny_sim, tmp_path):
-    table = run_benchmark(tiny_sim, tmp_path / "cv", methods=["lut"], folds=3, grid=TINY_GRID, device="cpu", fid=False,
-                          timing_repeats=1)
+    plan = BenchmarkPlan(methods=("lut",), folds=3, grid=TINY_GRID, device="cpu", fid=False, timing_repeats=1)
+    table = run_benchmark(tiny_sim, tmp_path / "cv", plan)
     tests = [s for split in table["splits"] for s in split["test"]]
     subjects = sorted(p.name for p in tiny_sim.iterdir() if p.is_dir())
     assert sorted(tests) == subjects and len(tests) == len(set(tests))  # each subject tested exactly once
@@ -77,15 +77,15 @@ def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, c
 
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({"gan3d": TINY_METHODS["gan3d"]}))
-    kwargs = dict(methods=["gan3d"], grid=TINY_GRID, device="cpu", fid=False, config=config, timing_repeats=1, folds=2)
-    run_benchmark(tiny_sim, tmp_path / "ext", steps=1, **kwargs)
+    kwargs = dict(methods=("gan3d",), grid=TINY_GRID, device="cpu", fid=False, config=config, timing_repeats=1, folds=2)
+    run_benchmark(tiny_sim, tmp_path / "ext", BenchmarkPlan(steps=1, **kwargs))
     first_half_s = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
     capsys.readouterr()
     resumed, real_train = [], benchmark.train
     monkeypatch.setattr(benchmark, "train", lambda *a, **k: resumed.append(k.get("resume")) or real_train(*a, **k))
-    extended = run_benchmark(tiny_sim, tmp_path / "ext", steps=2, resume=True, **kwargs)
+    extended = run_benchmark(tiny_sim, tmp_path / "ext", BenchmarkPlan(steps=2, resume=True, **kwargs))
     assert "continuing its runs" in capsys.readouterr().out and resumed == [True, True]  # each fold from its last.pt
-    straight = run_benchmark(tiny_sim, tmp_path / "straight", steps=2, **kwargs)
+    straight = run_benchmark(tiny_sim, tmp_path / "straight", BenchmarkPlan(steps=2, **kwargs))
     assert extended["rows"][0]["train_steps"] == straight["rows"][0]["train_steps"] == 2
     elapsed = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
     assert all(e > s for e, s in zip(elapsed, first_half_s))  # the time budget carried over the resume

@@ -6,6 +6,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,14 @@ from .training import train
 DEFAULT_STEPS = 200
 
 
-def _method_config(method: str, base: dict[str, Any], steps: int | None, grid: Any, device: str, source: str, target: str,
-                   origin: str = "benchmark config", minutes: float | None = None) -> TrainConfig:
-    """A method's config: its recipe, the YAML section for it (if any), then the shared budget and grid."""
-    shared: dict[str, Any] = {"method": method, "steps": steps, "minutes": minutes, "device": device, "source": source,
-                              "target": target}
-    if grid is not None:
-        shared["preprocess"] = {"grid": grid}
-    section = base.get(method) or {}
+def _method_config(method: str, sections: dict[str, Any], plan: BenchmarkPlan) -> TrainConfig:
+    """A method's settings: its defaults, the YAML section for it (if any), then the shared budget and grid."""
+    shared: dict[str, Any] = {"method": method, **plan.budget, "device": plan.device, "source": plan.source,
+                              "target": plan.target}
+    if plan.grid is not None:
+        shared["preprocess"] = {"grid": plan.grid}
+    section = sections.get(method) or {}
+    origin = str(plan.config or "benchmark config")
     if not isinstance(section, dict):
         raise UserError(f"{origin}: the section for {method} must be a mapping of settings, e.g. '{method}: {{lr: 1e-4}}'")
     return resolve_config([(f"{origin} [{method}]", section), ("the benchmark's shared budget", shared)], method_class)
@@ -58,115 +59,151 @@ def _method_sections(path: Path) -> dict[str, Any]:
     return sections
 
 
-def run_benchmark(
-    data: Path,
-    out: Path,
-    source: str = "flair",
-    target: str = "t1",
-    methods: list[str] | None = None,
-    steps: int | None = None,
-    grid: Any = None,
-    device: str = "auto",
-    resume: bool = False,
-    fid: bool = True,
-    config: Path | None = None,
-    timing_repeats: int = 3,
-    minutes: float | None = None,
-    folds: int | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """What `modalsynth benchmark` runs: methods, budget, split, where, and whether to resume or score FID."""
+
+    source: str = "flair"
+    target: str = "t1"
+    methods: tuple[str, ...] = ("lut", "gan3d", "pix2pix2d", "ddpm")
+    steps: int | None = None  # with neither steps nor minutes: DEFAULT_STEPS
+    minutes: float | None = None
+    folds: int | None = None  # K-fold cross-validation instead of one train/val/test split
+    grid: Any = None
+    device: str = "auto"
+    resume: bool = False
+    fid: bool = True
+    config: Path | None = None  # YAML with one section of training settings per method
+    timing_repeats: int = 3
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        steps = DEFAULT_STEPS if self.steps is None and self.minutes is None else self.steps
+        return {"steps": steps, "minutes": self.minutes}
+
+    @property
+    def budget_text(self) -> str:
+        steps, minutes = self.budget["steps"], self.budget["minutes"]
+        return " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
+
+
+def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) -> dict:
     """Train, predict and evaluate every method on the same split(s) and budget; write OUT/table1.{md,json} and montages.
 
-    One split (train/val/test) by default; `folds` K: K-fold cross-validation, every subject tested once, the table
-    pooling all subjects (mean ± sd over subjects). The budget is `steps` and/or `minutes` of training per run.
-    `resume`: a method finished with the same budget is re-used; otherwise each run continues from its last.pt (an
-    interrupted fold, or a larger budget for a run whose learning rate has not begun to decay: `train` refuses to
-    extend one that has, naming how to train longer).
+    One split (train/val/test) by default; `plan.folds` K: K-fold cross-validation, every subject tested once, the
+    table pooling all subjects (mean ± sd over subjects). With `plan.resume` a method finished with the same budget is
+    re-used; otherwise each run continues from its last.pt (an interrupted fold, or a larger budget for a run whose
+    learning rate has not begun to decay: `train` refuses to extend one that has, naming how to train longer).
     """
-    from .evaluation import EvaluationOptions, evaluate_folders
-
-    methods = methods or ["lut", "gan3d", "pix2pix2d", "ddpm"]
-    unknown = [m for m in methods if m not in method_names()]
+    unknown = [m for m in plan.methods if m not in method_names()]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(method_names())}")
-    base = _method_sections(Path(config)) if config else {}
-    if steps is None and minutes is None:
-        steps = DEFAULT_STEPS
-    configs = {name: _method_config(name, base, steps, grid, device, source, target, str(config or "benchmark"), minutes)
-               for name in methods}  # every setting checked before any data loads or any folder is made
-    pairs = require_pairs(data, source, target)
-    subjects = [p.subject for p in pairs]
-    splits = fold_splits(subjects, folds) if folds else None
-    dev = resolve_device(device)
+    sections = _method_sections(Path(plan.config)) if plan.config else {}
+    configs = {name: _method_config(name, sections, plan) for name in plan.methods}  # checked before any data loads
+    pairs = require_pairs(data, plan.source, plan.target)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if splits is None:
-        splits = [load_or_make_split(out, subjects, seed=0)]
-    else:
-        (out / "folds.json").write_text(json.dumps(splits, indent=1))
+    splits = _splits(out, [p.subject for p in pairs], plan.folds)
     tested = sorted(sum((s["test"] for s in splits), []))
-    budget = " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
-    by_name = {p.subject: p for p in pairs}
-    asked = {"steps": steps, "minutes": minutes}
+    timing_source = {p.subject: p.source for p in pairs}[tested[0]]
     rows = []
-    for name in methods:
-        method_dir, pred_dir, eval_dir = out / "runs" / name, out / "predictions" / name, out / "evaluation" / name
-        done_file = method_dir / "done.json"
-        if resume and done_file.exists():
-            done = json.loads(done_file.read_text())
-            if done.get("budget", asked) == asked:
-                rows.append(done)
-                print(f"[{name}] finished earlier; re-using {done_file}")
-                continue
-            print(f"[{name}] finished earlier with another budget; continuing its runs to {budget}")
-        train_s, train_steps, times = [], [], []
-        for k, split in enumerate(splits):
-            run_dir = method_dir / f"fold-{k}" if folds else method_dir
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "split.json").write_text(json.dumps(split, indent=1))
-            where = f" (fold {k + 1}/{len(splits)})" if folds else ""
-            print(f"[{name}] training{where} for {budget} on {len(split['train'])} subjects")
-            started = time.perf_counter()
-            best = train(configs[name], data, run_dir, resume=resume and (run_dir / "last.pt").exists())
-            last = Checkpoint.load(run_dir / "last.pt")
-            # the run's training seconds across resumes, validation included (a closed-form fit records none)
-            train_s.append(last.elapsed_s or time.perf_counter() - started)
-            train_steps.append(last.step)
-            predictor = Predictor.from_checkpoint(best, dev)
-            print(f"[{name}] predicting {len(split['test'])} test subject(s)")
-            _, fold_times = predictor.predict_folder(data, pred_dir, "test", progress=False)
-            times += fold_times
-        infer_s, timed = predictor.time_volume(load_volume(by_name[tested[0]].source), timing_repeats, times)
-        options = EvaluationOptions(source=source, fid=fid, figures=False, progress=False, subjects=tested)
-        summary = evaluate_folders(pred_dir, data, target, eval_dir, options)
-        method = predictor.method
-        generator = method.reported_network()
-        row = {
-            "method": name,
-            "budget": asked,
-            "train_steps": int(round(statistics.mean(train_steps))) if method.trainable else 0,
-            "train_s": statistics.mean(train_s),
-            "steps_per_min": statistics.mean(n / (s / 60) for n, s in zip(train_steps, train_s)) if method.trainable else 0.0,
-            "infer_s_per_volume": infer_s,
-            "infer_timing": timed,
-            "device": str(dev),
-            "params": count_parameters(generator) if generator is not None else 0,
-            "metrics": {k: summary["metrics"][k] for k in TABLE1_METRICS if k in summary["metrics"]},
-            "fid": {k: v.get("value") for k, v in summary.get("fid", {}).items() if isinstance(v, dict)},
-            "test_subjects": summary["subjects"],
-            "per_subject": _per_subject_rows(eval_dir / "per_subject.csv"),
-            "config": predictor.config.to_dict(),
-        }
+    for name in plan.methods:
+        done_file = out / "runs" / name / "done.json"
+        done = json.loads(done_file.read_text()) if plan.resume and done_file.exists() else None
+        if done is not None and done.get("budget", plan.budget) == plan.budget:
+            print(f"[{name}] finished earlier; re-using {done_file}")
+            rows.append(done)
+            continue
+        if done is not None:
+            print(f"[{name}] finished earlier with another budget; continuing its runs to {plan.budget_text}")
+        runs = _train_and_predict(name, configs[name], data, out, splits, plan)
+        row = _method_row(name, runs, data, out, tested, timing_source, plan)
         done_file.write_text(json.dumps(row, indent=1))
         rows.append(row)
-    budget_text = budget + " of training per learned method and run (the LUT is fitted in closed form)"
-    if folds:
-        budget_text += f"; {folds}-fold cross-validation, every subject tested once"
-    table = {"data": str(data), "source": source, "target": target, "splits": splits, "split": splits[0], "steps": steps,
-             "minutes": minutes, "folds": folds, "rows": rows}
+    return _write_table(rows, data, out, splits, tested, plan)
+
+
+@dataclass
+class _Runs:
+    """One method's training runs over the splits: steps and seconds per run, prediction seconds per volume."""
+
+    predictor: Predictor
+    train_steps: list[int]
+    train_s: list[float]
+    predict_s: list[float]
+
+
+def _splits(out: Path, subjects: list[str], folds: int | None) -> list[dict[str, list[str]]]:
+    """K folds (written to OUT/folds.json), or the one split of OUT/split.json (made if absent)."""
+    if not folds:
+        return [load_or_make_split(out, subjects, seed=0)]
+    splits = fold_splits(subjects, folds)
+    (out / "folds.json").write_text(json.dumps(splits, indent=1))
+    return splits
+
+
+def _train_and_predict(name: str, config: TrainConfig, data: Path, out: Path, splits: list[dict], plan: BenchmarkPlan) -> _Runs:
+    """Train `name` on every split (resuming where asked) and predict each split's test subjects."""
+    steps, seconds, predict_s = [], [], []
+    for k, split in enumerate(splits):
+        run_dir = out / "runs" / name / f"fold-{k}" if plan.folds else out / "runs" / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "split.json").write_text(json.dumps(split, indent=1))
+        where = f" (fold {k + 1}/{len(splits)})" if plan.folds else ""
+        print(f"[{name}] training{where} for {plan.budget_text} on {len(split['train'])} subjects")
+        started = time.perf_counter()
+        best = train(config, data, run_dir, resume=plan.resume and (run_dir / "last.pt").exists())
+        last = Checkpoint.load(run_dir / "last.pt")
+        # the run's training seconds across resumes, validation included (a closed-form fit records none)
+        seconds.append(last.elapsed_s or time.perf_counter() - started)
+        steps.append(last.step)
+        predictor = Predictor.from_checkpoint(best, resolve_device(plan.device))
+        print(f"[{name}] predicting {len(split['test'])} test subject(s)")
+        predict_s += predictor.predict_folder(data, out / "predictions" / name, "test", progress=False)[1]
+    return _Runs(predictor, steps, seconds, predict_s)
+
+
+def _method_row(name: str, runs: _Runs, data: Path, out: Path, tested: list[str], timing_source: Path,
+                plan: BenchmarkPlan) -> dict[str, Any]:
+    """Score one method's predictions and gather its Table 1 row (metrics, FID, speed, size, settings)."""
+    from .evaluation import EvaluationOptions, evaluate_folders
+
+    predictor, eval_dir = runs.predictor, out / "evaluation" / name
+    infer_s, timed = predictor.time_volume(load_volume(timing_source), plan.timing_repeats, runs.predict_s)
+    options = EvaluationOptions(source=plan.source, fid=plan.fid, figures=False, progress=False, subjects=tested)
+    summary = evaluate_folders(out / "predictions" / name, data, plan.target, eval_dir, options)
+    method = predictor.method
+    network = method.reported_network()
+    per_minute = [n / (s / 60) for n, s in zip(runs.train_steps, runs.train_s)]
+    return {
+        "method": name,
+        "budget": plan.budget,
+        "train_steps": int(round(statistics.mean(runs.train_steps))) if method.trainable else 0,
+        "train_s": statistics.mean(runs.train_s),
+        "steps_per_min": statistics.mean(per_minute) if method.trainable else 0.0,
+        "infer_s_per_volume": infer_s,
+        "infer_timing": timed,
+        "device": str(predictor.device),
+        "params": count_parameters(network) if network is not None else 0,
+        "metrics": {k: summary["metrics"][k] for k in TABLE1_METRICS if k in summary["metrics"]},
+        "fid": {k: v.get("value") for k, v in summary.get("fid", {}).items() if isinstance(v, dict)},
+        "test_subjects": summary["subjects"],
+        "per_subject": _per_subject_rows(eval_dir / "per_subject.csv"),
+        "config": predictor.config.to_dict(),
+    }
+
+
+def _write_table(rows: list[dict], data: Path, out: Path, splits: list[dict], tested: list[str], plan: BenchmarkPlan) -> dict:
+    """OUT/table1.json, OUT/table1.md (printed too) and the Figure-4 montages."""
+    budget_text = plan.budget_text + " of training per learned method and run (the LUT is fitted in closed form)"
+    if plan.folds:
+        budget_text += f"; {plan.folds}-fold cross-validation, every subject tested once"
+    table = {"data": str(data), "source": plan.source, "target": plan.target, "splits": splits, "split": splits[0],
+             **plan.budget, "folds": plan.folds, "rows": rows}
     (out / "table1.json").write_text(json.dumps(table, indent=1, default=float))
     markdown = table1_markdown(rows, budget_text, len(tested))
     (out / "table1.md").write_text(markdown)
-    _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), source, target)
+    _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), plan.source, plan.target)
     print(markdown)
     return table
 

@@ -242,13 +242,12 @@ def benchmark(
 
     Example: modalsynth benchmark --data data/sim --methods lut,gan3d,pix2pix2d,ddpm --out bench --steps 300
     """
-    from .benchmark import run_benchmark
+    from .benchmark import BenchmarkPlan, run_benchmark
 
-    run_benchmark(
-        data=data, out=out, source=source, target=target, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        steps=steps, grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config, minutes=minutes,
-        folds=folds,
-    )
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    plan = BenchmarkPlan(source=source, target=target, methods=names, steps=steps, minutes=minutes, folds=folds,
+                         grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config)
+    run_benchmark(data, out, plan)
 
 
 @app.command()
