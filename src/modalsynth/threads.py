@@ -13,8 +13,8 @@ def split_across_threads(net: Callable[[torch.Tensor], torch.Tensor]) -> Callabl
     by side, each on N // chunks threads, instead of every convolution split N ways: the generator's thin
     full-resolution layers are memory-bound and gain little from a second intra-op thread, whole windows in parallel
     do (and a busy core slows one chunk, not every layer's barrier). Chunks keep two items or more because PyTorch
-    runs a batch of one 3D input with few channels on its slow im2col convolution instead of oneDNN's (measured: 0.28
-    s per 64^3 window alone, 0.13 s in pairs). Same arithmetic per item, so the output equals the plain call's up to
+    runs a batch of one 3D input with few channels on its slow im2col convolution instead of oneDNN's (RESULTS.md §2).
+    Same arithmetic per item, so the output equals the plain call's up to
     float rounding. Written by hand: neither PyTorch nor MONAI's sliding_window_inference run a batch this way."""
 
     def run(batch: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ class ChannelsLastInstanceNorm(nn.Module):
 
 
 class Float32Upsample(nn.Module):
-    """An upsampling layer run in float32: PyTorch's trilinear upsampling of channels-last bfloat16 tensors takes about
-    twice as long as of float32 ones on a CPU (RESULTS.md §2)."""
+    """An upsampling layer run in float32: PyTorch's trilinear upsampling of channels-last bfloat16 tensors is slower
+    than of float32 ones on a CPU (RESULTS.md §2)."""
 
     def __init__(self, upsample: nn.Module):
         super().__init__()
