@@ -71,6 +71,9 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Output grid D H W (default the paper's 48 288 240)."),
     small: bool = typer.Option(False, "--small", help="Small grid for CPU demos and tests."),
+    head: bool = typer.Option(
+        False, "--head", help="Whole heads (scalp, skull, CSF rim, eyes, neck around the brain), as a scanner writes them."
+    ),
 ) -> None:
     """Make paired FLAIR/T1 subjects from the MNI152 anatomy that nilearn ships.
 
@@ -82,7 +85,7 @@ def simulate(
     g = _grid_option(grid, small)
     if g == "auto":
         raise UserError("--grid auto is not valid for simulate; give D H W or --small")
-    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True)
+    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True, head=head)
     typer.echo(f"wrote {len(paths)} subjects to {out}")
 
 
@@ -140,6 +143,10 @@ def train(
     resample_target: bool = typer.Option(
         False, "--resample-target", help="Targets on another grid than their source are resampled onto it (affines)."
     ),
+    skull_strip: Optional[str] = typer.Option(
+        None, "--skull-strip", help="auto | always | never (default never): raw pairs are skull-stripped first (auto: "
+        "those that look like whole heads), with a subject's brain mask if it has one, else deepbet's on the source.",
+    ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
 
@@ -152,7 +159,7 @@ def train(
         "method": method, "source": source, "target": target, "epochs": epochs, "steps": steps, "minutes": minutes,
         "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout, "init": init, "preset": preset,
         "resample_target": True if resample_target else None,
-        "preprocess": None if grid_value is None else {"grid": grid_value},
+        "preprocess": {k: v for k, v in (("grid", grid_value), ("skull_strip", skull_strip)) if v is not None} or None,
     }
     train_from_cli(data=data, out=out, options=options, config=config, resume=resume)
 
@@ -175,17 +182,45 @@ def predict(
     flip_average: bool = typer.Option(
         False, "--flip-average", help="Also predict the left-right mirrored source and average the two (twice the time).",
     ),
+    skull_strip: str = typer.Option(
+        "auto", "--skull-strip", help="auto | always | never. auto: an input that shows more than a brain (a raw "
+        "scan with skull and scalp) is skull-stripped first, a skull-stripped one is used as it is.",
+    ),
+    keep_head: bool = typer.Option(
+        False, "--keep-head", help="Around the synthetic brain, show the input's head (scaled to the output's range) "
+        "instead of zero, so the output looks like a whole scan.",
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
     Example: modalsynth predict --input flair.nii.gz --output t1.nii.gz
     """
     from . import builtin
+    from .data.skullstrip import SkullStrip
     from .inference import predict_path
 
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
-                 check_input=builtin.is_builtin(checkpoint), inference_changes=changes)
+                 check_input=builtin.is_builtin(checkpoint), inference_changes=changes,
+                 skull=SkullStrip(skull_strip, keep_head))
+
+
+@app.command()
+def strip(
+    input: Path = typer.Option(..., "--input", help="A NIfTI file of a whole head (any MRI contrast)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="The skull-stripped volume (non-brain zero)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
+) -> None:
+    """Skull-strip one volume offline with deepbet (pip install 'modalsynth[strip]'): the brain mask and/or the brain.
+
+    Example: modalsynth strip --input head.nii.gz --output brain.nii.gz --mask brain_mask.nii.gz
+    """
+    from .data.skullstrip import strip_file
+    from .inference import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([input], [p for p in (output, mask) if p is not None])
+    for path in strip_file(input, output, mask):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from .checkpoints import Checkpoint
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
+from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .input_checks import input_warnings
 from .io import Volume, is_nifti, load_volume, save_volume
@@ -149,6 +150,7 @@ class Predictor:
     split: Mapping[str, list[str]] = field(default_factory=dict)
     origin: Path | None = None
     check_input: bool = False  # warn when a volume does not look like the model's expected input (built-in models)
+    skull: SkullStrip | None = None  # brain extraction of raw inputs; None: as the model was trained (its preprocess)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto", check_input: bool = False) -> "Predictor":
@@ -187,10 +189,16 @@ class Predictor:
         return out.cpu().numpy()[0, 0]
 
     def predict_volume(self, volume: Volume, seed: int = 0) -> Volume:
-        """Predict the target for one source volume; the result is on the source's grid, affine and header."""
+        """Predict the target for one source volume (skull-stripped first as `self.skull` says); the result is on the
+        source's grid, affine and header."""
+        skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
+        return skull.around(volume, lambda brain: self._predict_brain(brain, seed))
+
+    def _predict_brain(self, volume: Volume, seed: int) -> Volume:
+        """Predict the target for one skull-stripped source volume."""
         foreground = foreground_mask(volume.data)  # once: the grid, the intensity scaling and the output use it
         if self.check_input:
-            for warning in input_warnings(volume, self.config.source, foreground):
+            for warning in input_warnings(volume, self.config.source):
                 print(f"warning: {volume.path}: {warning}", file=sys.stderr)
         pre = preprocess(volume, self.config.preprocess, mask=Volume(foreground.astype(np.uint8), volume.affine, volume.header))
         pred = self.predict_array(pre.array, seed)
@@ -302,13 +310,16 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
-                 check_input: bool = False, inference_changes: Mapping[str, object] | None = None) -> list[Path]:
+                 check_input: bool = False, inference_changes: Mapping[str, object] | None = None,
+                 skull: SkullStrip | None = None) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
     `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
+    `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
     """
     predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
+    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull)
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()

@@ -6,10 +6,9 @@ import numpy as np
 from scipy import ndimage
 
 from .data.preprocess import foreground_mask
+from .data.skullstrip import MAX_BRAIN_ML, outline_ml
 from .io import Volume
 
-#: a skull-stripped adult brain holds about 1.0-1.8 litres; a head with skull and scalp about 3-5 litres
-MAX_BRAIN_ML = 2200.0
 #: inside the brain, scaled to its 1-99 % range: a T1 has its median high (white matter is the brightest tissue) and a
 #: wide dark half (grey matter, then CSF); a FLAIR's dark half is narrow. On the 7 real-dev subjects the FLAIRs had
 #: p50 - p10 of 0.10-0.22 and the T1s 0.245-0.41, medians 0.30-0.70 and 0.59-0.78: the threshold sits between (a thin
@@ -30,15 +29,13 @@ def brain_intensity_profile(data: np.ndarray) -> tuple[float, float]:
     return float(p50 - lo) / span, float(p50 - p10) / span
 
 
-def input_warnings(volume: Volume, expected: str, foreground: np.ndarray | None = None) -> list[str]:
-    """Warnings (strings) when a volume does not look like a skull-stripped `expected` image; empty when it does.
-    `foreground`: the volume's `foreground_mask`, when the caller has it already."""
+def input_warnings(volume: Volume, expected: str) -> list[str]:
+    """Warnings (strings) when a volume does not look like a skull-stripped `expected` image; empty when it does."""
     warnings = []
-    foreground = foreground_mask(volume.data) if foreground is None else foreground
-    litres = float(foreground.sum()) * float(np.prod(volume.spacing)) / 1e6
-    if litres * 1000 > MAX_BRAIN_ML:
-        warnings.append(f"its foreground holds {litres:.1f} litres, more than a brain; the model expects a skull-stripped "
-                        f"{expected} (run a skull stripper such as SynthStrip or HD-BET first)")
+    millilitres = outline_ml(volume)
+    if millilitres > MAX_BRAIN_ML:
+        warnings.append(f"it shows {millilitres / 1000:.1f} litres, more than a brain; "
+                        f"the model expects a skull-stripped {expected} (predict with --skull-strip auto or always)")
     if expected == "flair":
         median, dark_spread = brain_intensity_profile(volume.data)
         if median >= T1_LIKE_MIN_MEDIAN and dark_spread >= T1_LIKE_MIN_DARK_SPREAD:

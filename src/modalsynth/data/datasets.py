@@ -18,6 +18,7 @@ from ..io import Volume, load_volume
 from .augment import augment_item
 from .pairs import Pair
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig, crop_window, preprocess
+from .skullstrip import SkullStrip, masked
 
 
 @dataclass
@@ -44,12 +45,21 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     """Load and preprocess one pair: the geometry is planned on the source and applied to the target and mask."""
     source = load_volume(pair.source)
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
+    # skull stripping (raw pairs): a given brain mask, else deepbet's on the source; both images are zeroed outside it
+    brain = None
+    if config.skull_strip != "never":
+        brain = mask.data > 0 if mask is not None else SkullStrip(config.skull_strip).brain_of(source)
+    if brain is not None:
+        source = masked(source, brain)
+        mask = mask if mask is not None else Volume(brain.astype(np.uint8), source.affine, source.header)
     pre_src = preprocess(source, config, mask=mask)
     target = pre_tgt = None
     if pair.target is not None:
         target = load_volume(pair.target)
         if pair.resample_target:
             target = resample_like(target, source)
+        if brain is not None:
+            target = masked(target, brain)
         pre_tgt = preprocess(target, config, grid=pre_src.grid, mask=mask)
         pre_tgt.intensity.background = float(np.percentile(target.data, 1))  # the value of the empty background
     return PreparedSubject(

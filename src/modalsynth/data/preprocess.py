@@ -25,6 +25,8 @@ PAPER_SPACING: tuple[float, float, float] = (3.0, 0.8, 0.8)
 #: grid) covers this
 PAPER_FOV_MM: tuple[float, float, float] = tuple(g * s for g, s in zip(PAPER_GRID, PAPER_SPACING))  # type: ignore[assignment]
 _RAS = axcodes2ornt(("R", "A", "S"))
+#: skull stripping before preprocessing (data/skullstrip.py): when the input looks like a whole head, always, or never
+STRIP_MODES = ("auto", "always", "never")
 
 
 def grid_spacing(grid: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -43,6 +45,7 @@ class PreprocessConfig:
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     clip: bool = True  # clip scaled intensities to [-1, 1] (the generator's tanh range)
+    skull_strip: Literal[STRIP_MODES] = "never"  # type: ignore[valid-type]  # brain extraction of each source first (raw scans)
 
     def target_spacing(self, native: tuple[float, float, float]) -> tuple[float, float, float]:
         """The spacing the volume is resampled to."""

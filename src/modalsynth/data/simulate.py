@@ -36,7 +36,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ..errors import UserError
-from ..io import save_array
+from ..io import Volume, save_array, voxel_spacing
+from .head import add_head, head_image, head_labels
+from .preprocess import foreground_mask, from_zyx, to_zyx
 from .preprocess import PAPER_FOV_MM as FIELD_OF_VIEW_MM  # every simulated grid covers it; spacing = grid_spacing(grid)
 from .preprocess import PAPER_GRID, PAPER_SPACING, grid_spacing  # noqa: F401  (PAPER_SPACING: part of this module's API)
 
@@ -382,8 +384,9 @@ def _supported(coords: np.ndarray, template: _Template) -> np.ndarray:
     return np.flatnonzero(template.support[tuple(block)])
 
 
-def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID) -> SimulatedSubject:
-    """Simulate one paired FLAIR/T1 subject with tissue labels and a lesion mask on `grid` (z, y, x)."""
+def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: bool = False) -> SimulatedSubject:
+    """Simulate one paired FLAIR/T1 subject with tissue labels and a lesion mask on `grid` (z, y, x); with `head`,
+    whole-head images (data/head.py around the brain; labels and lesion stay the brain's, the head is label 0)."""
     grid = _check_grid(grid)
     spacing = grid_spacing(grid)
     rng = np.random.default_rng(seed)
@@ -407,6 +410,11 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID) -> Simu
     in_lesion = np.flatnonzero(lesion_frac > 1e-3)
     share = np.maximum(lesion_share[in_lesion], 1e-6)
     lesion_t1, lesion_t2, lesion_pd = (_sample(lesion_maps[k], at_lesions[:, in_lesion]) / share for k in (1, 2, 3))
+    if head:  # its own random stream, so a subject's brain is the same with and without a head
+        brain = np.zeros(grid, dtype=bool)
+        brain.ravel()[inside] = background < 0.5
+        around = head_labels(brain, spacing, np.random.default_rng([seed, 1]))
+        params["head"] = True
 
     images = {}
     for name, equation, sequence in (
@@ -421,9 +429,12 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID) -> Simu
         signal[in_lesion] += lesion_frac[in_lesion] * equation(lesion_pd, lesion_t1, lesion_t2, **timing)
         scanner = params["scanner"]
         level = scanner[f"{name}_wm_level"]
-        bias = _bias_field(rng, grid, scanner[f"{name}_bias_std"]).ravel()[inside]
+        bias = _bias_field(rng, grid, scanner[f"{name}_bias_std"])
         clean = np.zeros(grid, dtype=np.float32)
-        clean.ravel()[inside] = signal * np.float32(level / tissue_signal["wm"]) * bias
+        clean.ravel()[inside] = signal * np.float32(level / tissue_signal["wm"]) * bias.ravel()[inside]
+        if head:
+            sequence = functools.partial(equation, **timing)
+            clean += head_image(around, sequence, level / tissue_signal["wm"], spacing) * bias
         # whole numbers, as scanners write them (the step is far below the noise; the files gzip 3x smaller)
         images[name] = np.round(_rician(clean, scanner[f"{name}_noise_fraction"] * level, rng))
 
@@ -498,8 +509,10 @@ def simulate_dataset(
     seed: int = 0,
     grid: tuple[int, int, int] = PAPER_GRID,
     progress: bool = False,
+    head: bool = False,
 ) -> list[Path]:
-    """Write `subjects` simulated pairs as OUT/sim-000/{flair,t1,labels,lesion}.nii.gz; same seed, same bytes."""
+    """Write `subjects` simulated pairs as OUT/sim-000/{flair,t1,labels,lesion}.nii.gz; same seed, same bytes; with
+    `head`, whole-head (not skull-stripped) FLAIR and T1."""
     out = Path(out)
     grid = _check_grid(grid)
     if subjects < 1:
@@ -514,6 +527,32 @@ def simulate_dataset(
         indices = tqdm(indices, desc="simulate", unit="subject")
     folders = []
     for index in indices:
-        subject = simulate_subject(subject_seed(seed, index), grid)
+        subject = simulate_subject(subject_seed(seed, index), grid, head)
         folders.append(write_subject(subject, out / f"{SUBJECT_PREFIX}{index:03d}"))
     return folders
+
+
+# ----------------------------------------------------------------------------------------------- heads for real brains
+
+#: nominal 3 T timings (ms) for a head around a real brain: the middle of the simulator's ranges
+NOMINAL_SEQUENCES = {
+    "flair": functools.partial(inversion_recovery, tr=9000.0, te=100.0, ti=null_inversion_time(TISSUES_3T["csf"][0], 9000.0)),
+    "t1": functools.partial(spin_echo, tr=550.0, te=12.0),
+}
+
+
+def with_head(volume: Volume, contrast: str, seed: int = 0) -> tuple[Volume, np.ndarray]:
+    """A whole-head version of a skull-stripped FLAIR or T1 (its brain voxels unchanged) and the brain mask, both on
+    its grid: the head of data/head.py, scaled so a half-grey, half-white-matter voxel matches the brain's median,
+    its CSF rim at the brain's own CSF level (the brain's darkest percent: CSF is its darkest tissue in both)."""
+    zyx, ornt, affine = to_zyx(volume)
+    brain = foreground_mask(zyx)
+    spacing = voxel_spacing(affine)
+    rng = np.random.default_rng(seed)
+    labels = head_labels(brain, spacing, rng)
+    sequence = NOMINAL_SEQUENCES[contrast]
+    darkest, median = (float(v) for v in np.percentile(zyx[brain], [1, 50]))
+    reference = np.mean([sequence(pd, t1, t2) for t1, t2, pd in (TISSUES_3T["gm"], TISSUES_3T["wm"])])
+    head = head_image(labels, sequence, median / reference, spacing, csf=darkest)
+    whole = add_head(zyx, brain, labels, head, 0.02 * median, rng)
+    return Volume(from_zyx(whole, ornt), volume.affine, volume.header, volume.path), from_zyx(brain, ornt)

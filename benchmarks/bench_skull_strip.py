@@ -1,0 +1,118 @@
+"""Raw scans: the built-in model on whole heads (a simulated head around real skull-stripped brains) against the
+same brains given skull-stripped, side by side in one process.
+
+Per subject: the stripped FLAIR gets a head (modalsynth.data.simulate.with_head: scalp, skull, CSF rim, eyes, neck;
+brain voxels unchanged); deepbet's brain mask of the head is scored by Dice against the stripped brain; the built-in
+model predicts the T1 with the default `--skull-strip auto` from the whole head and from the stripped FLAIR, and
+both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain, as `modalsynth evaluate`). Seconds: the
+mask alone, and each prediction (the head's minus the stripped one's is what skull handling adds).
+
+    python benchmarks/bench_skull_strip.py --data DATA --json /tmp/bench_skull_strip.json [--threads 2] [--subjects A,B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modalsynth import builtin
+from modalsynth.data.pairs import discover_subjects
+from modalsynth.data.preprocess import foreground_mask, to_zyx
+from modalsynth.data.simulate import with_head
+from modalsynth.data.skullstrip import SkullStrip, brain_mask, looks_skull_stripped
+from modalsynth.inference import Predictor
+from modalsynth.io import Volume, load_volume
+from modalsynth.metrics import scale_to_unit, ssim3d
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks."""
+    return float(2.0 * np.logical_and(a, b).sum() / max(int(a.sum()) + int(b.sum()), 1))
+
+
+def brain_ssim(pred: Volume, ref: Volume) -> float:
+    """3D SSIM inside the reference's brain, both scaled to [0, 1] by their brain percentiles (the evaluation's)."""
+    pred_zyx, ref_zyx = to_zyx(pred)[0], to_zyx(ref)[0]
+    brain = foreground_mask(ref_zyx)
+    return ssim3d(scale_to_unit(pred_zyx, brain), scale_to_unit(ref_zyx, brain), brain)
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AMX tiles or AVX-512 bf16 (speed figures depend on them)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return f"{model} (amx_tile: {'amx_tile' in flags}, avx512_bf16: {'avx512_bf16' in flags})"
+
+
+def timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: int) -> dict:
+    """One subject's row: auto's decisions, the mask's Dice and seconds, both predictions' brain SSIM and seconds."""
+    flair, t1 = load_volume(files["flair"]), load_volume(files["t1"])
+    head, brain = with_head(flair, "flair", seed)
+    auto_skips, check_s = timed(looks_skull_stripped, flair)
+    mask, strip_s = timed(brain_mask, head)
+    from_head, head_s = timed(predictor.predict_volume, head)
+    from_brain, brain_s = timed(predictor.predict_volume, flair)
+    row = {
+        "subject": name, "shape": list(flair.shape),
+        "auto_strips_head": not looks_skull_stripped(head), "auto_skips_stripped": auto_skips, "auto_check_s": check_s,
+        "dice": dice(mask, brain), "strip_s": strip_s, "predict_head_s": head_s, "predict_stripped_s": brain_s,
+        "ssim_head": brain_ssim(from_head, t1), "ssim_stripped": brain_ssim(from_brain, t1),
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="data folder of skull-stripped FLAIR/T1 subjects")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--subjects", default="", help="comma-separated subject names (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    subjects = discover_subjects(args.data)
+    if args.subjects:
+        subjects = {name: subjects[name] for name in args.subjects.split(",")}
+    rows = [run_subject(predictor, name, files, seed) for seed, (name, files) in enumerate(sorted(subjects.items()))]
+    header = ("subject", "auto strips head", "auto skips stripped", "auto check s", "mask Dice", "mask s", "predict s (head)",
+              "predict s (stripped)", "added s", "brain SSIM (head)", "brain SSIM (stripped)", "diff")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append(f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | {r['dice']:.4f} | "
+                     f"{r['strip_s']:.1f} | {r['predict_head_s']:.1f} | {r['predict_stripped_s']:.1f} | "
+                     f"{r['predict_head_s'] - r['predict_stripped_s']:.1f} | {r['ssim_head']:.4f} | "
+                     f"{r['ssim_stripped']:.4f} | {r['ssim_head'] - r['ssim_stripped']:+.4f} |")
+    median = {k: float(np.median([r[k] for r in rows]))
+              for k in ("auto_check_s", "dice", "strip_s", "predict_head_s", "predict_stripped_s")}
+    worst = {"dice": min(r["dice"] for r in rows), "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows)}
+    lines.append(f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | {median['strip_s']:.1f} | "
+                 f"{median['predict_head_s']:.1f} | {median['predict_stripped_s']:.1f} | "
+                 f"{median['predict_head_s'] - median['predict_stripped_s']:.1f} | | | max abs {worst['ssim_diff']:.4f} |")
+    print("\n".join(lines))
+    print(f"{cpu_name()}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} at the end")
+    machine = {"cpu": cpu_name(), "threads": args.threads,
+               "load": os.getloadavg(), "torch": torch.__version__}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine, "rows": rows, "median": median, "worst": worst}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

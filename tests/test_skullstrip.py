@@ -1,0 +1,159 @@
+"""Raw scans: the simulator's whole heads, `auto` telling heads from brains, the prediction hook (brain only, non-brain
+zero or the input's head), training on raw pairs, the one-line error without deepbet, and deepbet itself on a
+simulated head (offline: no socket is opened)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from modalsynth.data import skullstrip
+from modalsynth.data.datasets import prepare_pair
+from modalsynth.data.pairs import Pair
+from modalsynth.data.preprocess import PreprocessConfig
+from modalsynth.data.simulate import SMALL_GRID, simulate_subject, with_head, write_subject
+from modalsynth.data.skullstrip import SkullStrip, looks_skull_stripped
+from modalsynth.errors import UserError
+from modalsynth.io import Volume, load_volume
+
+from .conftest import TINY_GRID
+
+
+@pytest.fixture(scope="module")
+def heads():
+    """One simulated subject on the tiny grid without and with a head (the same brain)."""
+    return simulate_subject(7, TINY_GRID), simulate_subject(7, TINY_GRID, head=True)
+
+
+def _volume(subject, name: str) -> Volume:
+    return Volume(np.ascontiguousarray(getattr(subject, name).transpose(2, 1, 0)), subject.affine, nib.Nifti1Header())
+
+
+def test_simulated_head_keeps_the_brain_and_adds_tissues_with_their_contrasts(heads):
+    brainy, whole = heads
+    brain = whole.labels > 0
+    assert np.array_equal(brainy.labels, whole.labels)
+    for name in ("flair", "t1"):
+        assert np.array_equal(getattr(brainy, name)[brain], getattr(whole, name)[brain])  # the brain is unchanged
+    outside = ~brain
+    # a head, not a shell: much more tissue outside the brain than a thin rim, with a bright (fat) and a dark (bone,
+    # CSF) population on T1, where fat is brighter than white matter
+    wm = whole.t1[whole.labels == 3].mean()
+    head_t1 = whole.t1[outside & (whole.t1 > 0.3 * wm)]
+    assert head_t1.size > 0.5 * brain.sum()
+    assert np.percentile(head_t1, 95) > 1.3 * wm
+    assert looks_skull_stripped(_volume(brainy, "flair")) and not looks_skull_stripped(_volume(whole, "flair"))
+
+
+def test_with_head_around_a_stripped_volume_changes_only_the_outside(heads):
+    brainy, _ = heads
+    volume = _volume(brainy, "t1")
+    volume.data[volume.data < 0.2 * volume.data.max()] = 0  # skull-stripped: an exactly-zero background
+    whole, brain = with_head(volume, "t1", seed=1)
+    assert np.array_equal(whole.data[brain], volume.data[brain])
+    assert (whole.data[~brain] > 0).mean() > 0.9  # the head's tissue and the air's noise
+    assert not looks_skull_stripped(whole)
+
+
+def _fake_mask(monkeypatch, mask: np.ndarray) -> list:
+    """Replace deepbet with a known mask; returns the list of volumes it was asked about."""
+    calls = []
+    monkeypatch.setattr(skullstrip, "brain_mask", lambda volume: calls.append(volume) or mask)
+    return calls
+
+
+def test_prediction_sees_only_the_brain_and_writes_zero_or_the_head(heads, monkeypatch):
+    _, whole = heads
+    volume = _volume(whole, "flair")
+    mask = whole.labels.transpose(2, 1, 0) > 0
+    calls = _fake_mask(monkeypatch, mask)
+    seen = []
+
+    def predict(brain: Volume) -> Volume:  # a stand-in model: 2 x input, its background 0
+        seen.append(brain)
+        return Volume(2.0 * brain.data, brain.affine, brain.header)
+
+    out = SkullStrip("auto").around(volume, predict)
+    assert len(calls) == 1 and np.all(seen[0].data[~mask] == 0) and np.array_equal(seen[0].data[mask], volume.data[mask])
+    assert np.all(out.data[~mask] == 0) and out.shape == volume.shape
+    kept = SkullStrip("auto", keep_head=True).around(volume, predict)
+    np.testing.assert_allclose(kept.data[mask], 2.0 * volume.data[mask])
+    np.testing.assert_allclose(kept.data[~mask], 2.0 * volume.data[~mask], rtol=1e-4, atol=1e-2)  # head in output units
+    # a brain is used as it is by `auto` (no network pass), stripped anyway by `always`, never by `never`
+    stripped = skullstrip.masked(volume, mask)
+    SkullStrip("auto").around(stripped, predict)
+    SkullStrip("never").around(volume, predict)
+    assert len(calls) == 2
+    SkullStrip("always").around(stripped, predict)
+    assert len(calls) == 3
+
+
+def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeypatch):
+    _, whole = heads
+    folder = write_subject(whole, tmp_path / "sim-000")
+    mask = whole.labels.transpose(2, 1, 0) > 0
+    _fake_mask(monkeypatch, mask)
+    pair = Pair(subject="sim-000", source=folder / "flair.nii.gz", target=folder / "t1.nii.gz")
+    config = PreprocessConfig(grid=TINY_GRID)
+    raw, stripped = prepare_pair(pair, config), prepare_pair(pair, PreprocessConfig(grid=TINY_GRID, skull_strip="auto"))
+    brain = whole.labels > 0
+    assert (raw.source > -0.9).sum() > 1.3 * (stripped.source > -0.9).sum()  # the head shows only without stripping
+    assert stripped.mask.sum() == brain.sum()  # the whole brain, in a window centred on it
+    outside = ~stripped.mask
+    assert np.all(stripped.source[outside] == -1.0) and np.all(stripped.target[outside] == -1.0)
+
+
+def test_bad_mode_and_missing_deepbet_are_one_line_errors(heads, monkeypatch):
+    with pytest.raises(UserError, match="choose auto, always, never"):
+        SkullStrip("sometimes")
+    monkeypatch.setitem(sys.modules, "deepbet", None)  # `import deepbet` raises ImportError
+    skullstrip._extractor.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"pip install 'modalsynth\[strip\]'"):
+            SkullStrip("auto").around(_volume(heads[1], "flair"), lambda v: v)
+    finally:
+        skullstrip._extractor.cache_clear()
+
+
+@pytest.mark.slow
+def test_strip_command_finds_the_brain_of_a_simulated_head_offline(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("deepbet")
+    from modalsynth import cli
+
+    subject = simulate_subject(3, SMALL_GRID, head=True)
+    folder = write_subject(subject, tmp_path / "sim-003")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the skull stripper opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(sys, "argv", ["modalsynth", "strip", "--input", str(folder / "flair.nii.gz"),
+                                      "--output", str(tmp_path / "brain.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz")])
+    with pytest.raises(SystemExit) as done:  # typer exits when the command returns
+        cli.main()
+    assert done.value.code == 0 and capsys.readouterr().out.count("wrote") == 2
+    mask = load_volume(tmp_path / "mask.nii.gz", allow_constant=True).data.transpose(2, 1, 0) > 0
+    brain = subject.labels > 0
+    assert 2 * (mask & brain).sum() / (mask.sum() + brain.sum()) >= 0.95
+    stripped = load_volume(tmp_path / "brain.nii.gz").data.transpose(2, 1, 0)
+    assert np.all(stripped[~mask] == 0) and np.array_equal(stripped[mask], subject.flair[mask])
+
+
+def test_skull_strip_is_a_preprocessing_setting_checked_once():
+    from modalsynth.checkpoints import FORMAT_VERSION
+    from modalsynth.config import config_from_checkpoint
+    from modalsynth.methods import method_class
+
+    from .conftest import tiny_config
+
+    config = tiny_config(preprocess={"grid": list(TINY_GRID), "skull_strip": "auto"})
+    assert config.preprocess.skull_strip == "auto"
+    saved = config_from_checkpoint(config.to_dict(), FORMAT_VERSION, method_class, "the test")
+    assert saved.preprocess.skull_strip == "auto"  # recorded in the checkpoint
+    with pytest.raises(UserError, match="sometimes"):
+        tiny_config(preprocess={"grid": list(TINY_GRID), "skull_strip": "sometimes"})
