@@ -119,7 +119,9 @@ def test_failed_nifti_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(nib, "save", no_space)
+    import modalsynth.io
+
+    monkeypatch.setattr(modalsynth.io, "write_nifti", no_space)  # nibabel's save, or its .nii.gz through ISA-L
     volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4), nib.Nifti1Header(), None)
     with pytest.raises(UserError, match=r"out.nii.gz: could not be written \(\[Errno 28\] No space left on device\); free disk space"):
         save_volume(volume, tmp_path / "out.nii.gz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional
@@ -190,6 +191,10 @@ def predict(
         False, "--keep-head", help="Around the synthetic brain, show the input's head (scaled to the output's range) "
         "instead of zero, so the output looks like a whole scan.",
     ),
+    onnx: Optional[Path] = typer.Option(
+        None, "--onnx", help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
+        "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
@@ -197,9 +202,18 @@ def predict(
     """
     from . import builtin
     from .data.skullstrip import SkullStrip
-    from .inference import predict_path
+    from .inference import predict_path, run_predictor
 
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
+    if onnx is not None:
+        if checkpoint is not None or device not in ("auto", "cpu"):
+            raise UserError("--onnx runs the exported model on the CPU through ONNX Runtime; leave out --checkpoint "
+                            "and --device")
+        from .export import onnx_predictor
+
+        predictor = onnx_predictor(onnx).with_inference(**changes)
+        run_predictor(dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from)
+        return
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
                  check_input=builtin.is_builtin(checkpoint), inference_changes=changes,
                  skull=SkullStrip(skull_strip, keep_head))
@@ -221,6 +235,25 @@ def strip(
     refuse_overwriting_inputs([input], [p for p in (output, mask) if p is not None])
     for path in strip_file(input, output, mask):
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def export(
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="A gan3d checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1)."
+    ),
+    onnx: Path = typer.Option(..., "--onnx", help="The ONNX file to write (e.g. model.onnx)."),
+) -> None:
+    """Write a gan3d model's generator as one ONNX file, its preprocessing contract in the file's metadata.
+
+    Example: modalsynth export --checkpoint builtin:flair-t1 --onnx flair-t1.onnx
+    """
+    from . import builtin
+    from .export import export_onnx
+    from .inference import Predictor
+
+    written = export_onnx(Predictor.from_checkpoint(builtin.resolve(checkpoint), "cpu"), onnx)
+    typer.echo(f"wrote {written} (run it with: modalsynth predict --onnx {written} --input IN --output OUT)")
 
 
 @app.command()

@@ -320,6 +320,11 @@ def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "aut
     """
     predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
     predictor = dataclasses.replace(predictor, skull=skull or predictor.skull)
+    return run_predictor(predictor, input, output, split)
+
+
+def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | None = None) -> list[Path]:
+    """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz, printing the time per volume."""
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()

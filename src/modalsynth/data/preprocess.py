@@ -137,7 +137,8 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
     else:
         from skimage.filters import threshold_otsu
 
-        mask = array > 0.5 * threshold_otsu(array)
+        # on the flat values: Otsu is a histogram threshold, and skimage takes a (N, M, 3) or (N, M, 4) array for an RGB image
+        mask = array > 0.5 * threshold_otsu(array.ravel())
     if not mask.any():
         return np.ones_like(array, dtype=bool)
     # Opening and hole filling inside the mask's bounding box: the same result as on the whole array (outside the box

@@ -56,7 +56,20 @@ class InferencePlan:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has AMX tiles, where oneDNN's bf16 convolutions beat float32; without them (AVX512-BF16 alone
     included) bf16 training steps are not trusted (benchmarks/RESULTS.md §1). Asked once: autocast() runs every step."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return _cpu_supports("amx_tile")
+
+
+@functools.cache
+def cpu_bf16_predicts_natively() -> bool:
+    """Whether this CPU runs bfloat16 convolutions in hardware for prediction: AMX tiles, or AVX512-BF16 without them
+    (an AMD EPYC: about 0.55x the float32 time per 64^3 window, finite outputs, brain SSIM within 0.0005 of float32 on
+    real volumes, benchmarks/RESULTS.md §13). Only training steps showed NaN there, so they keep `cpu_has_native_bf16`."""
+    return _cpu_supports("amx_tile") or _cpu_supports("avx512_bf16")
+
+
+def _cpu_supports(feature: str) -> bool:
+    """torch's probe of one CPU feature, by its flags (False where this torch has no such probe)."""
+    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
     return bool(check is not None and check())
 
 
@@ -175,12 +188,13 @@ class Method(ABC):
 
     def predicts_in_bf16(self, inference: InferenceConfig) -> bool:
         """Whether prediction runs under bfloat16 autocast: precision 'auto' on CUDA, or on a CPU with native bfloat16
-        for methods whose quality was measured with it (`cpu_bf16_inference`)."""
+        convolutions (AMX or AVX512-BF16: `cpu_bf16_predicts_natively`) for methods whose quality was measured with it
+        (`cpu_bf16_inference`)."""
         if inference.precision != "auto":
             return False
         if self.device.type == "cuda":
             return True
-        return self.device.type == "cpu" and self.cpu_bf16_inference and cpu_has_native_bf16()
+        return self.device.type == "cpu" and self.cpu_bf16_inference and cpu_bf16_predicts_natively()
 
     def inference_autocast(self, inference: InferenceConfig) -> contextlib.AbstractContextManager:
         """The autocast a prediction runs under (`predicts_in_bf16`)."""
