@@ -10,7 +10,7 @@ same table at the smaller N. Then the loader's throughput (batches per second: 6
 default 'light' augmentation) with 0, 1 and 2 workers, beside gan3d's step time on this CPU and a labelled
 estimate of the paper-width step on a GPU (its FLOPs over an assumed rate).
 
-Training runs use a tiny gan3d (base 8, depth 2) on 32x64x64 patches, so 50 steps measure the data path, not the
+Training runs use a tiny gan3d (base 8, depth 2) on 16x32x32 patches, so 50 steps measure the data path, not the
 network.
 
     python benchmarks/bench_data_scale.py --real DIR --work /work/bench-scale --json out.json [--sizes 50,200,1000]
@@ -33,7 +33,7 @@ from pathlib import Path
 
 GRID = (48, 288, 240)
 TRAIN_STEPS = 50
-TINY = ["--patch", "32", "64", "64", "--init", "none", "--holdout", "none", "--device", "cpu"]
+TINY = ["--patch", "16", "32", "32", "--init", "none", "--holdout", "none", "--device", "cpu"]
 TINY_YAML = "model: {base_channels: 8, depth: 2, disc_channels: 8, disc_layers: 2, window: null}\nlog_every: 1\n"
 #: the GPU rate the paper-width step estimate assumes (bf16 3D convolutions at ~30 % of an H100/H200's dense peak)
 ASSUMED_GPU_TFLOPS = 300.0
