@@ -27,12 +27,11 @@ class Cohort:
     def __init__(self, out_root: Path, identity: dict[str, Any]):
         self.out_root, self.identity = Path(out_root), json.loads(json.dumps(identity))
         self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.same = False
         self._own_group = False
 
     def __enter__(self) -> "Cohort":
-        """Read the folder's record, then (after every rank has read it) let rank 0 write this run's."""
+        """Read the folder's record; every rank reads it before `begin` may replace it."""
         path = self.out_root / RECORD
         try:
             self.same = path.exists() and json.loads(path.read_text()) == self.identity
@@ -43,10 +42,13 @@ class Cohort:
             self._own_group = True
         if self.world > 1:
             dist.barrier()
+        return self
+
+    def begin(self) -> None:
+        """Record this run's model and settings (rank 0), once the inputs are checked and outputs are about to come."""
         if self.rank == 0:
             text = json.dumps(self.identity, indent=1, sort_keys=True)
-            atomic_write(path, ".json", lambda tmp: Path(tmp).write_text(text))
-        return self
+            atomic_write(self.out_root / RECORD, ".json", lambda tmp: Path(tmp).write_text(text))
 
     def __exit__(self, *exc: object) -> None:
         if self._own_group:

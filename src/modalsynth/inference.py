@@ -248,6 +248,8 @@ class Predictor:
             if len(todo) < len(share):
                 print(f"skipped {len(share) - len(todo)} output(s) already written by this model and settings")
         check_volumes([path for (_, path), _ in todo])  # every source readable before the first output is written
+        if cohort is not None:
+            cohort.begin()
         written, times = [], []
         for (subject, path), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
             start = time.perf_counter()

@@ -202,7 +202,8 @@ def train(
         resume_config(saved_config, [("the resumed settings", config.to_dict())], out / "last.pt", method_class)
         check_schedule_extension(saved_config, config, _steps_per_epoch(len(saved.split.get("train", [])), ctx, config),
                                  saved, out)
-    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
+    # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
+    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target, check_data=False)
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -215,6 +216,12 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
                      saved: Checkpoint | None, progress: bool, on_finish: Callable[[Method], None] | None,
                      stop: dict, data: Path) -> None:
     """The body of `train` once the inputs are checked and the run folder is ours."""
+    if saved is not None and saved.world != ctx.world:
+        raise UserError(f"{out / 'last.pt'}: the run was trained on {saved.world} rank(s), this one has {ctx.world}; resume "
+                        f"with torchrun --nproc_per_node {saved.world} (or that many ranks over the nodes), or start a new "
+                        f"run from its weights with --init {out / 'last.pt'}")
+    show = progress and ctx.is_main
+    cache, manifest = _update_cache(config, ctx, data, out, pairs, show)  # before the run folder gets anything
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
@@ -222,12 +229,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         dist.barrier()
     if not ctx.is_main:
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
-    show = progress and ctx.is_main
-    if saved is not None and saved.world != ctx.world:
-        raise UserError(f"{out / 'last.pt'}: the run was trained on {saved.world} rank(s), this one has {ctx.world}; resume "
-                        f"with torchrun --nproc_per_node {saved.world} (or that many ranks over the nodes), or start a new "
-                        f"run from its weights with --init {out / 'last.pt'}")
-    train_set, val_entries = _cached_subjects(config, ctx, data, out, pairs, split, show)
+    train_set, val_entries = _split_subjects(cache, manifest, split)
     val_set = LoadedSubjects(val_entries)
     intensity = typical_intensity(train_set)
 
@@ -370,22 +372,25 @@ def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, ste
     )
 
 
-def _cached_subjects(config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list, split: dict,
-                     show: bool) -> tuple[list[CachedSubject], list[CachedSubject]]:
-    """The split's train subjects and a bounded set of its validation subjects, as cache entries (the cache brought up
-    to date first: by rank 0, then by the first rank of each other node, which finds it ready on a shared filesystem
-    and builds its own on node-local disk)."""
+def _update_cache(config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list,
+                  show: bool) -> tuple[Path, dict[str, Any]]:
+    """Bring the cache of every subject up to date (test ones too: each is read, and its voxels checked, before
+    training starts): rank 0 first, then the first rank of each other node, which finds it ready on a shared
+    filesystem and builds its own on node-local disk. Returns the cache folder and its manifest."""
     cache = Path(config.cache) if config.cache else default_cache_dir(data, out, config.source, config.target)
     settings = CacheSettings(config.source, config.target, config.resample_target, config.preprocess)
-    used = set(split["train"]) | set(split["val"])
-    wanted = [p for p in pairs if p.subject in used]
-    manifest = build_cache(wanted, settings, cache, progress=show) if ctx.is_main else None
+    manifest = build_cache(pairs, settings, cache, progress=show) if ctx.is_main else None
     if ctx.world > 1:
         dist.barrier()
         if ctx.local_rank == 0 and not ctx.is_main:
-            build_cache(wanted, settings, cache, progress=False)
+            build_cache(pairs, settings, cache, progress=False)
         dist.barrier()
         manifest = read_manifest(cache)
+    return cache, manifest
+
+
+def _split_subjects(cache: Path, manifest: dict[str, Any], split: dict) -> tuple[list[CachedSubject], list[CachedSubject]]:
+    """The split's train subjects and at most VAL_SUBJECTS of its validation subjects, as checked cache entries."""
     val_names = split["val"]
     if len(val_names) > VAL_SUBJECTS:
         val_names = [val_names[i] for i in np.linspace(0, len(val_names) - 1, VAL_SUBJECTS).round().astype(int)]
@@ -519,10 +524,10 @@ def train_from_cli(
 
 def prepare_from_cli(data: Path, cache: Path, options: dict[str, Any], config: Path | None, workers: int | None) -> None:
     """`modalsynth prepare`: the settings resolved as `train` resolves them, then the cache brought up to date."""
-    layers: list[Layer] = [(str(config), TrainConfig.yaml_settings(config))] if config else []
+    layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)
-    pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target)
+    pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
     print(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")

@@ -91,7 +91,8 @@ def _same_stat(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple[str, dict[str, Any]]:
     """Preprocess one pair and write its arrays into a temporary folder renamed into place (runs in a worker);
-    returns the subject and its manifest entry, input hashes included."""
+    returns the subject and its manifest entry, input hashes included. Reading the volumes checks every voxel (NaN,
+    Inf, blank, truncated: a one-line `UserError`), which is why training checks only the headers of its inputs."""
     files = {role: {**_stat(p), "sha256": sha256(p)} for role, p in _inputs(pair).items()}
     prepared = prepare_pair(pair, preprocess)
     final = _entry_dir(cache, pair.subject)
@@ -206,20 +207,28 @@ def _build(todo: list[Pair], preprocess: PreprocessConfig, cache: Path, manifest
     """Preprocess `todo` in a process pool; each finished entry joins the manifest, saved every few seconds and at
     the end (also when interrupted), so the entries written so far count on the next start."""
     workers = max(1, min(workers or available_cpus(), len(todo)))
-    bar = tqdm(total=len(todo), desc=f"caching ({workers} processes)", unit="subject", disable=not progress)
-    saved = time.monotonic()
+    # a bar on a terminal; a log file gets one line at the end instead (and an input error stays its only line)
+    bar = tqdm(total=len(todo), desc=f"caching ({workers} processes)", unit="subject",
+               disable=not (progress and sys.stderr.isatty()))
+    saved = started = time.monotonic()
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending = {pool.submit(_write_entry, pair, preprocess, cache) for pair in todo}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    subject, entry = future.result()
-                    manifest["subjects"][subject] = entry
-                    bar.update(1)
-                if time.monotonic() - saved > SAVE_EVERY_S:
-                    _save_manifest(cache, manifest)
-                    saved = time.monotonic()
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        subject, entry = future.result()  # an unreadable input: its UserError, here
+                        manifest["subjects"][subject] = entry
+                        bar.update(1)
+                    if time.monotonic() - saved > SAVE_EVERY_S:
+                        _save_manifest(cache, manifest)
+                        saved = time.monotonic()
+            finally:
+                for future in pending:  # stop at the first failure (or Ctrl-C) instead of building the rest
+                    future.cancel()
+        if progress and bar.disable:
+            print(f"{cache}: cached {len(todo)} subject(s) in {time.monotonic() - started:.0f} s ({workers} processes)")
     finally:
         bar.close()
         _save_manifest(cache, manifest)
