@@ -99,12 +99,12 @@ def test_a_resume_on_another_number_of_ranks_is_refused_in_one_line(tiny_sim, tm
     from modalsynth.errors import UserError
     from modalsynth.training import train
 
-    train(tiny_config(steps=1, method="lut"), tiny_sim, tmp_path, progress=False)
+    train(tiny_config(steps=1, method="lut", model={}), tiny_sim, tmp_path, progress=False)
     ckpt = Checkpoint.load(tmp_path / "last.pt")
     ckpt.world = 2
     ckpt.save(tmp_path / "last.pt")
     with pytest.raises(UserError, match="trained on 2 rank.*this one has 1.*--nproc_per_node 2"):
-        train(tiny_config(steps=2, method="lut"), tiny_sim, tmp_path, resume=True, progress=False)
+        train(tiny_config(steps=2, method="lut", model={}), tiny_sim, tmp_path, resume=True, progress=False)
 
 
 def _predict_worker(rank: int, world: int, port: int, checkpoint: str, data: str, out: str, tag: str) -> None:
