@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--before-sizes", default="50,200", help="N at which today's loader runs too")
     parser.add_argument("--before", default="main", help="git revision of today's loader (its merge base with HEAD)")
     parser.add_argument("--workers", type=int, default=2, help="cache build processes")
+    parser.add_argument("--no-loader", action="store_true", help="skip the loader throughput and step times")
     parser.add_argument("--paper-cpu-step", action="store_true", help="also time one paper-width whole-grid step on the CPU")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
@@ -203,7 +204,7 @@ def main() -> None:
         row["cache_gb_all"] = sum(p.stat().st_blocks * 512 for p in cache.glob("subjects/*/*.npy")) / 1e9
         print(f"N={n}: built {row['built']} in {row['build_s']:.0f} s", flush=True)
         for label, environ, extra in (("after", env, ["--cache", str(cache)]), ("before", env_before, [])):
-            if label == "before" and n not in [int(b) for b in args.before_sizes.split(",")]:
+            if label == "before" and n not in [int(b) for b in args.before_sizes.split(",") if b]:
                 continue
             out = work / f"run-{label}-{n}"
             shutil.rmtree(out, ignore_errors=True)
@@ -212,7 +213,7 @@ def main() -> None:
             row[label] = run_training(cmd, environ, out / "log.csv")
             print(f"N={n} {label}: {row[label]}", flush=True)
         result["rows"].append(row)
-        if "loader" not in result:  # measured at the smallest N, so that a run stopped at a larger N keeps them
+        if "loader" not in result and not args.no_loader:  # at the smallest N: a run stopped later keeps them
             result["loader"] = loader_throughput(cache, [f"s{i:04d}" for i in range(n)], batches=20)
             result["steps"] = gan_step_times(args.paper_cpu_step)
         args.json.write_text(json.dumps(result, indent=1))
