@@ -1,7 +1,9 @@
 """What every method's training shares: device, seeding, DDP under torchrun, the step loop, validation, logs, checkpoints.
 
-Resuming is exact: data order comes from a DistributedSampler re-seeded per epoch and every other random choice
-from a generator seeded by (seed, step, rank), so k steps + resume + k steps equals 2k steps straight.
+Resuming is exact on the same number of ranks: the batch of step k comes from the cache through data/stream.py
+(a DistributedSampler re-seeded per epoch, patches and augmentation from `data_generator(seed, step, rank)`) and the
+method's own random choices from `step_generator(seed, step, rank)`, so k steps + resume + k steps equals 2k steps
+straight, for any number of loader workers.
 """
 
 from __future__ import annotations
