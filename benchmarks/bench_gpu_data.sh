@@ -52,8 +52,8 @@ from pathlib import Path
 label, results, steps, start, end = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 rows = [r for r in csv.DictReader(open(results / f"log-{label}.csv")) if r["key"] == "s_per_step"]
 elapsed = {int(r["step"]): float(r["value"]) * int(r["step"]) for r in rows}
-first = min(s for s in elapsed if s >= 10)  # steps/s after the first 10 (cuDNN autotuning, worker start-up)
-rate = (steps - first) / (elapsed[steps] - elapsed[first])
+first, last = min(s for s in elapsed if s >= 10), max(elapsed)  # after the first 10 (autotuning, worker start-up)
+rate = (last - first) / (elapsed[last] - elapsed[first])
 smi = [l.split(",") for l in open(results / f"smi-{label}.csv") if l.strip()]
 started = next((i for i, (_, m) in enumerate(smi) if float(m) > 1024), 0)  # the model is on the GPU from here
 busy = [float(u) for u, _ in smi[started:]]
