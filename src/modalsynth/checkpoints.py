@@ -35,6 +35,7 @@ class Checkpoint:
     target_intensity: dict[str, Any] = field(default_factory=dict)
     split: dict[str, list[str]] = field(default_factory=dict)
     elapsed_s: float = 0.0  # training wall-clock seconds used so far (a `--minutes` budget continues from it)
+    world: int = 1  # the number of ranks that trained it (a resume needs as many)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -148,6 +148,13 @@ def train(
         None, "--skull-strip", help="auto | always | never (default never): raw pairs are skull-stripped first (auto: "
         "those that look like whole heads), with a subject's brain mask if it has one, else deepbet's on the source.",
     ),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Folder of preprocessed arrays (made or updated here; default $MODALSYNTH_CACHE/<data>, "
+        "else OUT/../.modalsynth-cache/<data>)."
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8)."
+    ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
 
@@ -161,8 +168,37 @@ def train(
         "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout, "init": init, "preset": preset,
         "resample_target": True if resample_target else None,
         "preprocess": {k: v for k, v in (("grid", grid_value), ("skull_strip", skull_strip)) if v is not None} or None,
+        "cache": None if cache is None else str(cache), "workers": workers,
     }
     train_from_cli(data=data, out=out, options=options, config=config, resume=resume)
+
+
+@app.command()
+def prepare(
+    data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
+    cache: Path = typer.Option(..., "--cache", help="Folder for the preprocessed arrays (give train the same --cache)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source modality (default flair)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target modality (default t1)."),
+    method: Optional[str] = typer.Option(None, "--method", help="The method whose preprocessing to use (default gan3d)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A method's named settings, e.g. 'paper'."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file, as for train."),
+    resample_target: bool = typer.Option(False, "--resample-target", help="As for train."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes (default: every CPU)."),
+) -> None:
+    """Preprocess every subject once into a cache that `train --cache` reads by memory map (run it before a large
+    or multi-node training run; train also brings the cache up to date itself).
+
+    Example: modalsynth prepare --data data/brats --cache /scratch/cache/brats --preset paper
+    """
+    from .training import prepare_from_cli
+
+    options = {
+        "method": method, "source": source, "target": target, "preset": preset, "init": "none",
+        "resample_target": True if resample_target else None,
+        "preprocess": None if (g := _grid_option(grid)) is None else {"grid": g},
+    }
+    prepare_from_cli(data=data, cache=cache, options=options, config=config, workers=workers)
 
 
 @app.command()

@@ -102,6 +102,8 @@ class TrainConfig:
     val_every: int | None = None  # validate every N steps; None: `val_minutes`, else at epoch ends, at most ~10 % of the time
     val_minutes: float | None = None  # validate every N minutes of training (when `val_every` is not set)
     log_every: int = 10
+    workers: int | None = None  # DataLoader worker processes per rank; None: from the CPU count (data/stream.py)
+    cache: str | None = None  # folder of the preprocessed-array cache; None: $MODALSYNTH_CACHE or beside the run (data/cache.py)
     model: NetworkSettings = field(default_factory=NetworkSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -130,7 +132,8 @@ Methods = Callable[[str], MethodDefaults]
 Layer = tuple[str, Mapping[str, Any]]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
 
 #: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
-RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes"})
+RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes", "workers",
+                               "cache"})
 #: settings that are mappings merged key by key across layers (a YAML `model: {depth: 3}` keeps the other options)
 _NESTED = ("model", "preprocess", "inference")
 #: what a fine-tuning run takes from its --init checkpoint, so that the network and its input match the weights

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from .checkpoints import Checkpoint
+from .cohort import Cohort
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import canonical_modality, check_volumes, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
@@ -240,14 +242,24 @@ class Predictor:
         refuse_overwriting_inputs([source], [output])
         return save_volume(self.predict_volume(load_volume(source)), output)
 
-    def predict_folder(self, root: Path, out_root: Path, split: str | None = None, progress: bool = True) -> tuple[list[Path], list[float]]:
-        """Every subject's source under `root` (optionally one recorded split) -> OUT/<subject>/<target>.nii.gz."""
+    def predict_folder(self, root: Path, out_root: Path, split: str | None = None, progress: bool = True,
+                       cohort: Cohort | None = None) -> tuple[list[Path], list[float]]:
+        """Every subject's source under `root` (optionally one recorded split) -> OUT/<subject>/<target>.nii.gz; with a
+        `cohort`, only this rank's share, skipping the outputs an earlier run of the same model already wrote."""
         jobs = self.folder_jobs(root, split)
         outputs = [self.output_path(out_root, subject) for subject, _ in jobs]
         refuse_overwriting_inputs([path for _, path in jobs] + _all_files(root), outputs)
-        check_volumes([path for _, path in jobs])  # every source readable before the first output is written
+        todo = list(zip(jobs, outputs))
+        if cohort is not None:
+            share = cohort.share(todo)
+            todo = [(job, out) for job, out in share if not cohort.finished(job[1], out)]
+            if len(todo) < len(share):
+                print(f"skipped {len(share) - len(todo)} output(s) already written by this model and settings")
+        check_volumes([path for (_, path), _ in todo])  # every source readable before the first output is written
+        if cohort is not None:
+            cohort.begin()
         written, times = [], []
-        for (subject, path), output in tqdm(list(zip(jobs, outputs)), desc="predicting", unit="volume", disable=not progress):
+        for (subject, path), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
             start = time.perf_counter()
             result = self.predict_volume(load_volume(path))
             times.append(time.perf_counter() - start)
@@ -318,19 +330,38 @@ def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "aut
     `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
     `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
     """
+    input = Path(input)
+    folder = not (input.is_file() or is_nifti(input))
+    if folder and int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolve_device(device).type == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank of a torchrun job
     predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
     predictor = dataclasses.replace(predictor, skull=skull or predictor.skull)
-    return run_predictor(predictor, input, output, split)
+    return run_predictor(predictor, input, output, split, model_file=checkpoint)
 
 
-def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | None = None) -> list[Path]:
-    """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz, printing the time per volume."""
+def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | None = None,
+                  model_file: Path | None = None) -> list[Path]:
+    """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz (under torchrun: this rank's share; a
+    rerun skips outputs already written with the same model and settings), printing the time per volume."""
     input, output = Path(input), Path(output)
     if input.is_file() or is_nifti(input):
         start = time.perf_counter()
         written = predictor.predict_file(input, output)
         print(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
         return [written]
-    written, times = predictor.predict_folder(input, output, split)
-    print(f"wrote {len(written)} volume(s) to {output} ({np.median(times):.2f} s per volume on {predictor.device})")
+    skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
+    record = {"checkpoint": _file_identity(Path(model_file or predictor.origin)), "inference": predictor.inference.to_dict(),
+              "skull": skull}
+    cohort = Cohort(output, record)
+    with cohort:
+        written, times = predictor.predict_folder(input, output, split, cohort=cohort)
+    rank = f"rank {cohort.rank}: " if cohort.world > 1 else ""
+    speed = f" ({np.median(times):.2f} s per volume on {predictor.device})" if times else ""
+    print(f"{rank}wrote {len(written)} volume(s) to {output}{speed}")
     return written
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """A checkpoint file's path, size and mtime: a rerun with another file redoes a folder's outputs."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -1,7 +1,9 @@
 """What every method's training shares: device, seeding, DDP under torchrun, the step loop, validation, logs, checkpoints.
 
-Resuming is exact: data order comes from a DistributedSampler re-seeded per epoch and every other random choice
-from a generator seeded by (seed, step, rank), so k steps + resume + k steps equals 2k steps straight.
+Resuming is exact on the same number of ranks: the batch of step k comes from the cache through data/stream.py
+(a DistributedSampler re-seeded per epoch, patches and augmentation from `data_generator(seed, step, rank)`) and the
+method's own random choices from `step_generator(seed, step, rank)`, so k steps + resume + k steps equals 2k steps
+straight, for any number of loader workers.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .checkpoints import Checkpoint
 from .config import Layer, TrainConfig, config_from_checkpoint, read_settings_file, resolve_config, resume_config
-from .data.datasets import PreparedSubject, make_batch, prepare_pairs, step_generator, typical_intensity
+from .data.cache import (CachedSubject, CacheSettings, LoadedSubjects, build_cache, cache_size_bytes, default_cache_dir,
+                         open_subjects, read_manifest)
+from .data.datasets import PreparedSubject, step_generator, typical_intensity
+from .data.stream import BatchPlan, StepBatches, default_workers, stream_batches
 from .data.pairs import load_or_make_split, require_pairs
 from .data.preprocess import IntensityRecord
 from .errors import TrainingStopped, UserError
@@ -37,6 +41,8 @@ from .runlock import RunLock
 
 #: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
 VAL_SHARE = 0.1
+#: validation scores at most this many of the split's validation subjects (evenly spread), read one at a time
+VAL_SUBJECTS = 16
 
 
 @contextmanager
@@ -98,7 +104,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validate(predictor: Predictor, subjects: list[PreparedSubject]) -> dict[str, float]:
+def validate(predictor: Predictor, subjects: Sequence[PreparedSubject] | LoadedSubjects) -> dict[str, float]:
     """Mean MAE and SSIM on [0, 1] inside the foreground over the validation subjects.
 
     Whole volumes (3D SSIM), unless the method asks for `validation_slices` (a slow sampler such as the DDPM): then
@@ -164,10 +170,11 @@ class RunLogger:
 
 
 def _checkpoint(method: Method, config: TrainConfig, step: int, best: float, intensity: IntensityRecord, split: dict,
-                elapsed_s: float) -> Checkpoint:
+                elapsed_s: float, world: int = 1) -> Checkpoint:
     return Checkpoint(
         config=config.to_dict(), state=method.state(), step=step, best_val_mae=best, elapsed_s=elapsed_s,
         target_intensity={"low": intensity.low, "high": intensity.high, "background": intensity.background}, split=split,
+        world=world,
     )
 
 
@@ -197,7 +204,8 @@ def train(
         resume_config(saved_config, [("the resumed settings", config.to_dict())], out / "last.pt", method_class)
         check_schedule_extension(saved_config, config, _steps_per_epoch(len(saved.split.get("train", [])), ctx, config),
                                  saved, out)
-    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target)
+    # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
+    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target, check_data=False)
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -210,6 +218,12 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
                      saved: Checkpoint | None, progress: bool, on_finish: Callable[[Method], None] | None,
                      stop: dict, data: Path) -> None:
     """The body of `train` once the inputs are checked and the run folder is ours."""
+    if saved is not None and saved.world != ctx.world:
+        raise UserError(f"{out / 'last.pt'}: the run was trained on {saved.world} rank(s), this one has {ctx.world}; resume "
+                        f"with torchrun --nproc_per_node {saved.world} (or that many ranks over the nodes), or start a new "
+                        f"run from its weights with --init {out / 'last.pt'}")
+    show = progress and ctx.is_main
+    cache, manifest = _update_cache(config, ctx, data, out, pairs, show)  # before the run folder gets anything
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
@@ -217,10 +231,8 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         dist.barrier()
     if not ctx.is_main:
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
-    by_name = {p.subject: p for p in pairs}
-    show = progress and ctx.is_main
-    train_set = prepare_pairs([by_name[s] for s in split["train"]], config.preprocess, show, "loading train")
-    val_set = prepare_pairs([by_name[s] for s in split["val"]], config.preprocess, show, "loading val")
+    train_set, val_entries = _split_subjects(cache, manifest, split)
+    val_set = LoadedSubjects(val_entries)
     intensity = typical_intensity(train_set)
 
     seed_everything(config.seed)
@@ -246,7 +258,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         improved = bool(metrics) and metrics["val_mae"] < best
         if improved:
             best = metrics["val_mae"]
-        ckpt = _checkpoint(method, config, step, best, intensity, split, elapsed)
+        ckpt = _checkpoint(method, config, step, best, intensity, split, elapsed, ctx.world)
         if improved or not val_set or not (out / "best.pt").exists():  # without validation, best is the latest
             ckpt.save(out / "best.pt")
         ckpt.save(out / "last.pt")
@@ -259,7 +271,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
             "weight and start again", exit_code=3)
 
     if not method.trainable:
-        method.fit_closed_form(train_set)
+        method.fit_closed_form(LoadedSubjects(train_set))
         if ctx.is_main:
             metrics = validate(predictor, val_set)
             best = metrics.get("val_mae", math.nan)
@@ -271,8 +283,11 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
         ids = [device.index] if device.type == "cuda" else None
         method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
 
-    sampler = DistributedSampler(range(len(train_set)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed)
+    plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
+    batches = StepBatches(train_set, plan)
     steps_per_epoch = _steps_per_epoch(len(train_set), ctx, config)
+    workers = config.workers if config.workers is not None else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    stream = stream_batches(batches, step, workers, pin_memory=device.type == "cuda")
     budget = Budget.of(config, steps_per_epoch)
     logger = RunLogger(out, ctx.is_main)
     method.train_mode(True)
@@ -281,17 +296,11 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     last_val_s, since_val = 0.0, 0.0
     (finished,) = _agree(ctx, device, budget.done(step, elapsed))
     while not finished:
-        epoch, within = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        indices = order[within * config.batch_size : (within + 1) * config.batch_size] or order[: config.batch_size]
         if config.lr_schedule != "constant":  # rank 0's progress: a time share could differ by process
             (progress,) = _agree_values(ctx, device, budget.progress(step, elapsed))
             set_lr_factor(method, lr_factor(config.lr_schedule, progress))
-        gen = step_generator(config.seed, step, ctx.rank)
-        batch = make_batch(train_set, indices, config.patch, config.augment, gen)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        losses = method.training_step(batch, gen)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
+        losses = method.training_step(batch, step_generator(config.seed, step, ctx.rank))
         step += 1
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad:
@@ -328,6 +337,7 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
                     f"stopped by {name} at step {step}; {out / 'last.pt'} holds it; continue with: "
                     f"modalsynth train --data {data} --out {out} --resume", exit_code=128 + int(stop.get("signal") or 2))
             break
+    del stream  # stops the loader's workers
     bar.close()
     logger.close()
     if on_finish is not None:
@@ -362,6 +372,34 @@ def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, ste
         f"{saved.step} of its budget ({before}); the new budget ({budget}) would raise it to {new:.2f}; keep the "
         f"budget, or train longer as a new run: modalsynth train --init {out / 'last.pt'} --out NEW_FOLDER ..."
     )
+
+
+def _update_cache(config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list,
+                  show: bool) -> tuple[Path, dict[str, Any]]:
+    """Bring the cache of every subject up to date (test ones too: each is read, and its voxels checked, before
+    training starts): rank 0 first, then the first rank of each other node, which finds it ready on a shared
+    filesystem and builds its own on node-local disk. Returns the cache folder and its manifest."""
+    cache = Path(config.cache) if config.cache else default_cache_dir(data, out, config.source, config.target)
+    settings = CacheSettings(config.source, config.target, config.resample_target, config.preprocess)
+    manifest = build_cache(pairs, settings, cache, progress=show) if ctx.is_main else None
+    if ctx.world > 1:
+        dist.barrier()
+        if ctx.local_rank == 0 and not ctx.is_main:
+            build_cache(pairs, settings, cache, progress=False)
+        dist.barrier()
+        manifest = read_manifest(cache)
+    return cache, manifest
+
+
+def _split_subjects(cache: Path, manifest: dict[str, Any], split: dict) -> tuple[list[CachedSubject], list[CachedSubject]]:
+    """The split's train subjects and at most VAL_SUBJECTS of its validation subjects, as checked cache entries."""
+    val_names = split["val"]
+    if len(val_names) > VAL_SUBJECTS:
+        val_names = [val_names[i] for i in np.linspace(0, len(val_names) - 1, VAL_SUBJECTS).round().astype(int)]
+    train_set, val_set = open_subjects(cache, manifest, split["train"]), open_subjects(cache, manifest, val_names)
+    for subject in train_set + val_set:
+        subject.check()
+    return train_set, val_set
 
 
 def _last_checkpoint(out: Path) -> Checkpoint:
@@ -484,3 +522,14 @@ def train_from_cli(
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
     return best
+
+
+def prepare_from_cli(data: Path, cache: Path, options: dict[str, Any], config: Path | None, workers: int | None) -> None:
+    """`modalsynth prepare`: the settings resolved as `train` resolves them, then the cache brought up to date."""
+    layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
+    layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
+    cfg = resolve_config(layers, method_class)
+    pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
+    settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
+    manifest = build_cache(pairs, settings, cache, workers=workers)
+    print(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")

@@ -86,15 +86,22 @@ def typical_intensity(subjects: list[PreparedSubject]) -> IntensityRecord:
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The random generator of one training step (stateless: depends only on seed, step and rank)."""
+    """The random generator of one training step's method (stateless: depends only on seed, step and rank)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + rank) % (2**63))
+
+
+def data_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random generator of one step's batch (patches, augmentation): a stream independent of `step_generator`'s,
+    so the loader's workers and the training step each draw their own numbers."""
+    state = np.random.SeedSequence([seed % (2**32), step, rank, 1]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
 def sample_item(
     subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training example (source, target, mask) as (D, H, W) arrays: the whole grid or a random patch, augmented at level `augment`."""
-    src, tgt, mask = subject.source, subject.target, subject.mask.astype(np.float32)
+    src, tgt, mask = subject.source, subject.target, subject.mask
     if patch is not None:
         start = None
         for _ in range(10):  # prefer patches that hold some foreground
@@ -104,6 +111,8 @@ def sample_item(
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
         src, tgt, mask = (crop_window(a, start, patch, f) for a, f in ((src, -1.0), (tgt, -1.0), (mask, 0.0)))
+    # float32 from here on: a cached subject is memory-mapped float16 (and a whole grid is read here, once)
+    src, tgt, mask = (np.asarray(a, dtype=np.float32) for a in (src, tgt, mask))
     return augment_item(src, tgt, mask, augment, gen)
 
 
