@@ -232,116 +232,169 @@ def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device:
     if not ctx.is_main:
         split = load_or_make_split(out, [p.subject for p in pairs], config.seed, config.holdout)
     train_set, val_entries = _split_subjects(cache, manifest, split)
-    val_set = LoadedSubjects(val_entries)
-    intensity = typical_intensity(train_set)
+    run = RunFolder(out, data, split, ctx)
+    trainer = Trainer(config, run, device, train_set, LoadedSubjects(val_entries), saved)
+    if not trainer.method.trainable:
+        trainer.fit_closed_form()
+        return
+    trainer.run(progress=show, stop=stop)
+    if on_finish is not None:
+        on_finish(trainer.method)
 
-    seed_everything(config.seed)
-    method = build_method(config).to(device)
-    predictor = Predictor(method, config, intensity, config.inference, split)
-    if ctx.is_main:
-        config.write_yaml(out / "config.yaml")
-    method.make_optimizers()
-    step, best, elapsed = 0, math.inf, 0.0
-    if saved is not None:
-        method.load_state(saved.state)
-        step, best, elapsed = saved.step, float(saved.best_val_mae), float(saved.elapsed_s)
-    elif config.init:
-        _load_init(method, config.init)
 
-    saved_step = step
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run lives and who it is: its folder, its data, its split and this process's rank."""
 
-    def save(step: int, metrics: dict[str, float], elapsed: float) -> None:
-        """last.pt always; best.pt when validation improved (or none exists yet). Never a diverged state."""
-        nonlocal best, saved_step
-        if not _finite_weights(method):
-            diverged(step, "the weights")
-        improved = bool(metrics) and metrics["val_mae"] < best
+    out: Path
+    data: Path
+    split: dict
+    ctx: DistContext
+
+
+class Trainer:
+    """One training run's state in one place: the method, its predictor for validation, the step, the training time
+    used and the best validation score; `run` is the step loop, `save` the only writer of checkpoints."""
+
+    def __init__(self, config: TrainConfig, run: RunFolder, device: torch.device, train_set: list[CachedSubject],
+                 val_set: LoadedSubjects, saved: Checkpoint | None):
+        self.config, self.folder, self.device = config, run, device
+        self.train_set, self.val_set = train_set, val_set
+        self.intensity = typical_intensity(train_set)
+        seed_everything(config.seed)
+        self.method = build_method(config).to(device)
+        self.predictor = Predictor(self.method, config, self.intensity, config.inference, run.split)
+        if run.ctx.is_main:
+            config.write_yaml(run.out / "config.yaml")
+        self.method.make_optimizers()
+        self.step, self.best, self.elapsed = 0, math.inf, 0.0
+        if saved is not None:
+            self.method.load_state(saved.state)
+            self.step, self.best, self.elapsed = saved.step, float(saved.best_val_mae), float(saved.elapsed_s)
+        elif config.init:
+            _load_init(self.method, config.init)
+        self.saved_step = self.step
+
+    @property
+    def ctx(self) -> DistContext:
+        return self.folder.ctx
+
+    def save(self, metrics: dict[str, float], elapsed: float) -> None:
+        """last.pt always; best.pt when validation improved (or none exists yet), recording `elapsed` seconds of
+        training. Never a diverged state."""
+        if not _finite_weights(self.method):
+            self.diverged("the weights")
+        improved = bool(metrics) and metrics["val_mae"] < self.best
         if improved:
-            best = metrics["val_mae"]
-        ckpt = _checkpoint(method, config, step, best, intensity, split, elapsed, ctx.world)
-        if improved or not val_set or not (out / "best.pt").exists():  # without validation, best is the latest
+            self.best = metrics["val_mae"]
+        ckpt = _checkpoint(self.method, self.config, self.step, self.best, self.intensity, self.folder.split,
+                           elapsed, self.ctx.world)
+        out = self.folder.out
+        if improved or not self.val_set or not (out / "best.pt").exists():  # without validation, best is the latest
             ckpt.save(out / "best.pt")
         ckpt.save(out / "last.pt")
-        saved_step = step
+        self.saved_step = self.step
 
-    def diverged(step: int, what: str) -> None:
-        kept = f"{out / 'last.pt'} (step {saved_step}) is kept" if (out / "last.pt").exists() else "no checkpoint was written"
+    def diverged(self, what: str) -> None:
+        """Stop the run (exit 3), keeping the last good checkpoint."""
+        last = self.folder.out / "last.pt"
+        kept = f"{last} (step {self.saved_step}) is kept" if last.exists() else "no checkpoint was written"
         raise TrainingStopped(
-            f"step {step}: training diverged ({what} not finite); {kept}; lower the learning rate (lr) or the L1 "
+            f"step {self.step}: training diverged ({what} not finite); {kept}; lower the learning rate (lr) or the L1 "
             "weight and start again", exit_code=3)
 
-    if not method.trainable:
-        method.fit_closed_form(LoadedSubjects(train_set))
-        if ctx.is_main:
-            metrics = validate(predictor, val_set)
-            best = metrics.get("val_mae", math.nan)
-            for name in ("last.pt", "best.pt"):
-                _checkpoint(method, config, 0, best, intensity, split, 0.0).save(out / name)
-            print(f"fitted {config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return
-    if ctx.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
+    def fit_closed_form(self) -> None:
+        """A method fitted without optimiser steps (the look-up table): fit, validate, write both checkpoints."""
+        self.method.fit_closed_form(LoadedSubjects(self.train_set))
+        if not self.ctx.is_main:
+            return
+        metrics = validate(self.predictor, self.val_set)
+        self.best = metrics.get("val_mae", math.nan)
+        for name in ("last.pt", "best.pt"):
+            _checkpoint(self.method, self.config, 0, self.best, self.intensity, self.folder.split, 0.0).save(self.folder.out / name)
+        print(f"fitted {self.config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
-    batches = StepBatches(train_set, plan)
-    steps_per_epoch = _steps_per_epoch(len(train_set), ctx, config)
-    workers = config.workers if config.workers is not None else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    stream = stream_batches(batches, step, workers, pin_memory=device.type == "cuda")
-    budget = Budget.of(config, steps_per_epoch)
-    logger = RunLogger(out, ctx.is_main)
-    method.train_mode(True)
-    bar = tqdm(total=budget.steps, initial=step, desc=f"train {config.method}", unit="step", disable=not show, dynamic_ncols=True)
-    clock = time.perf_counter()
-    last_val_s, since_val = 0.0, 0.0
-    (finished,) = _agree(ctx, device, budget.done(step, elapsed))
-    while not finished:
+    def run(self, progress: bool, stop: dict) -> None:
+        """Optimiser steps until the budget is used or a signal arrives; validation and checkpoints on schedule."""
+        config, ctx, device = self.config, self.ctx, self.device
+        if ctx.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
+        plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
+        workers = config.workers if config.workers is not None else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        stream = stream_batches(StepBatches(self.train_set, plan), self.step, workers, pin_memory=device.type == "cuda")
+        steps_per_epoch = _steps_per_epoch(len(self.train_set), ctx, config)
+        budget = Budget.of(config, steps_per_epoch)
+        logger = RunLogger(self.folder.out, ctx.is_main)
+        self.method.train_mode(True)
+        bar = tqdm(total=budget.steps, initial=self.step, desc=f"train {config.method}", unit="step",
+                   disable=not progress, dynamic_ncols=True)
+        clock = time.perf_counter()
+        last_val_s, since_val = 0.0, 0.0
+        (finished,) = _agree(ctx, device, budget.done(self.step, self.elapsed))
+        while not finished:
+            losses = self.take_step(next(stream), budget)
+            now = time.perf_counter()
+            self.elapsed, since_val, clock = self.elapsed + now - clock, since_val + now - clock, now
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_loss", "d_loss", "loss", "g_l1")})
+            if ctx.is_main and self.step % config.log_every == 0:
+                logger.log(self.step, {**losses, "s_per_step": self.elapsed / max(1, self.step)})
+            due = _validation_due(config, self.step, steps_per_epoch, since_val, last_val_s)
+            finished, validate_now = _agree(ctx, device, budget.done(self.step, self.elapsed), due)
+            if validate_now or finished:
+                last_val_s = self.validate_and_save(logger, bar)
+                now = time.perf_counter()
+                self.elapsed, since_val, clock = self.elapsed + now - clock, 0.0, now
+            (stopping,) = _agree(ctx, device, bool(stop.get("signal")))  # after validation: a signal during it counts now
+            if stopping and not finished:
+                bar.close()
+                self.stop_on_signal(stop)
+                break
+        del stream  # stops the loader's workers
+        bar.close()
+        logger.close()
+
+    def take_step(self, batch: dict[str, torch.Tensor], budget: "Budget") -> dict[str, float]:
+        """One optimiser step at the schedule's learning rate; a non-finite loss stops the run."""
+        config, ctx = self.config, self.ctx
         if config.lr_schedule != "constant":  # rank 0's progress: a time share could differ by process
-            (progress,) = _agree_values(ctx, device, budget.progress(step, elapsed))
-            set_lr_factor(method, lr_factor(config.lr_schedule, progress))
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
-        losses = method.training_step(batch, step_generator(config.seed, step, ctx.rank))
-        step += 1
+            (progress,) = _agree_values(ctx, self.device, budget.progress(self.step, self.elapsed))
+            set_lr_factor(self.method, lr_factor(config.lr_schedule, progress))
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        losses = self.method.training_step(batch, step_generator(config.seed, self.step, ctx.rank))
+        self.step += 1
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad:
-            diverged(step, f"loss {bad[0]} = {losses[bad[0]]}")
-        now = time.perf_counter()
-        elapsed, since_val, clock = elapsed + now - clock, since_val + now - clock, now
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_loss", "d_loss", "loss", "g_l1")})
-        if ctx.is_main and step % config.log_every == 0:
-            logger.log(step, {**losses, "s_per_step": elapsed / max(1, step)})
-        finished, validate_now = _agree(
-            ctx, device, budget.done(step, elapsed), _validation_due(config, step, steps_per_epoch, since_val, last_val_s))
-        if validate_now or finished:
-            if ctx.is_main:
-                started = time.perf_counter()
-                metrics = validate(predictor, val_set)
-                last_val_s = time.perf_counter() - started
-                logger.log(step, {**metrics, "val_s": last_val_s})
-                save(step, metrics, elapsed + last_val_s)
-                if metrics:
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if ctx.world > 1:
-                dist.barrier()
-            now = time.perf_counter()
-            elapsed, since_val, clock = elapsed + now - clock, 0.0, now
-        (stopping,) = _agree(ctx, device, bool(stop.get("signal")))  # after validation: a signal during it counts now
-        if stopping and not finished:
-            if ctx.is_main:
-                if saved_step != step:
-                    save(step, {}, elapsed)
-                name = signal.Signals(stop["signal"]).name if stop.get("signal") else "a signal"
-                bar.close()
-                raise TrainingStopped(
-                    f"stopped by {name} at step {step}; {out / 'last.pt'} holds it; continue with: "
-                    f"modalsynth train --data {data} --out {out} --resume", exit_code=128 + int(stop.get("signal") or 2))
-            break
-    del stream  # stops the loader's workers
-    bar.close()
-    logger.close()
-    if on_finish is not None:
-        on_finish(method)
+            self.diverged(f"loss {bad[0]} = {losses[bad[0]]}")
+        return losses
+
+    def validate_and_save(self, logger: RunLogger, bar: tqdm) -> float:
+        """Validate and checkpoint on rank 0 (the others wait); returns the seconds validation took."""
+        seconds = 0.0
+        if self.ctx.is_main:
+            started = time.perf_counter()
+            metrics = validate(self.predictor, self.val_set)
+            seconds = time.perf_counter() - started
+            logger.log(self.step, {**metrics, "val_s": seconds})
+            self.save(metrics, self.elapsed + seconds)
+            if metrics:
+                bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if self.ctx.world > 1:
+            dist.barrier()
+        return seconds
+
+    def stop_on_signal(self, stop: dict) -> None:
+        """Ctrl-C or SIGTERM: save the step reached (rank 0) and stop with the command that resumes it."""
+        if not self.ctx.is_main:
+            return
+        if self.saved_step != self.step:
+            self.save({}, self.elapsed)
+        name = signal.Signals(stop["signal"]).name if stop.get("signal") else "a signal"
+        out = self.folder.out
+        raise TrainingStopped(
+            f"stopped by {name} at step {self.step}; {out / 'last.pt'} holds it; continue with: "
+            f"modalsynth train --data {self.folder.data} --out {out} --resume", exit_code=128 + int(stop.get("signal") or 2))
 
 
 def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
