@@ -194,13 +194,15 @@ class Predictor:
         """Predict the target for one source volume (skull-stripped first as `self.skull` says); the result is on the
         source's grid, affine and header."""
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
-        return skull.around(volume, lambda brain: self._predict_brain(brain, seed))
+        checked = skull.mode != "never"
+        return skull.around(volume, lambda brain: self._predict_brain(brain, seed, whole_head_checked=checked))
 
-    def _predict_brain(self, volume: Volume, seed: int) -> Volume:
-        """Predict the target for one skull-stripped source volume."""
-        foreground = foreground_mask(volume.data)  # once: the grid, the intensity scaling and the output use it
+    def _predict_brain(self, volume: Volume, seed: int, whole_head_checked: bool) -> Volume:
+        """Predict the target for one skull-stripped source volume (`whole_head_checked`: skull stripping has looked
+        at it already)."""
+        foreground = foreground_mask(volume.data)  # once: the checks, the grid, the intensity scaling and the output
         if self.check_input:
-            for warning in input_warnings(volume, self.config.source):
+            for warning in input_warnings(volume, self.config.source, foreground, check_whole_head=not whole_head_checked):
                 print(f"warning: {volume.path}: {warning}", file=sys.stderr)
         pre = preprocess(volume, self.config.preprocess, mask=Volume(foreground.astype(np.uint8), volume.affine, volume.header))
         pred = self.predict_array(pre.array, seed)

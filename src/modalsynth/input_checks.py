@@ -30,9 +30,12 @@ def neighbour_correlation(data: np.ndarray) -> float:
     return float(np.mean(correlations)) if correlations else 0.0
 
 
-def input_warnings(volume: Volume, expected: str) -> list[str]:
-    """Warnings (strings) when a volume does not look like a skull-stripped `expected` head scan; empty when it does."""
-    foreground = foreground_mask(volume.data)
+def input_warnings(volume: Volume, expected: str, foreground: np.ndarray | None = None,
+                   check_whole_head: bool = True) -> list[str]:
+    """Warnings (strings) when a volume does not look like a skull-stripped `expected` head scan; empty when it does.
+    `foreground`: the volume's `foreground_mask`, when the caller has it already; `check_whole_head` False when skull
+    stripping has already looked at the volume (so a whole head cannot reach here)."""
+    foreground = foreground_mask(volume.data) if foreground is None else foreground
     millilitres = float(foreground.sum()) * float(np.prod(volume.spacing)) / 1e3
     step = max(1, min(volume.shape) // 48)  # about 48 voxels along the shortest axis are plenty
     correlation = neighbour_correlation(volume.data[::step, ::step, ::step])
@@ -40,7 +43,7 @@ def input_warnings(volume: Volume, expected: str) -> list[str]:
         return [f"it does not look like a head scan ({millilitres:.0f} ml of foreground, neighbouring voxels correlate "
                 f"{correlation:.2f}; a brain holds 1000-1800 ml and its voxels correlate above {MIN_NEIGHBOUR_CORRELATION}); "
                 f"the model expects a skull-stripped {expected} MRI of a head and will give a meaningless image"]
-    outline = outline_ml(volume)
+    outline = outline_ml(volume) if check_whole_head else 0.0
     if outline > MAX_BRAIN_ML:
         return [f"it shows {outline / 1000:.1f} litres, more than a brain; the model expects a skull-stripped "
                 f"{expected} (predict with --skull-strip auto or always)"]
