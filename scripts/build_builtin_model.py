@@ -20,6 +20,7 @@ import torch
 
 from modalsynth import builtin
 from modalsynth.checkpoints import Checkpoint
+from modalsynth.io import file_sha256
 from modalsynth.config import config_from_checkpoint
 from modalsynth.methods import method_class
 from modalsynth.methods.gan3d import GAN3D
@@ -38,7 +39,7 @@ def export(run: Path, destination: Path) -> str:
                       step=ckpt.step, best_val_mae=ckpt.best_val_mae, target_intensity=ckpt.target_intensity,
                       split=ckpt.split, elapsed_s=ckpt.elapsed_s)
     slim.save(destination)
-    return builtin.sha256_of(destination)
+    return file_sha256(destination)
 
 
 def main() -> None:

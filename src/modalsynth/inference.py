@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from .data.preprocess import IntensityRecord, foreground_mask, postprocess, prep
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .input_checks import input_warnings
-from .io import Volume, is_nifti, load_volume, save_volume
+from .io import Volume, file_identity, is_nifti, load_volume, save_volume
 from .methods import Method, build_method, method_class
 from .threads import split_across_threads
 
@@ -352,7 +351,7 @@ def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | 
         print(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
         return [written]
     skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
-    record = {"checkpoint": _file_identity(Path(model_file or predictor.origin)), "inference": predictor.inference.to_dict(),
+    record = {"checkpoint": file_identity(Path(model_file or predictor.origin)), "inference": predictor.inference.to_dict(),
               "skull": skull}
     cohort = Cohort(output, record)
     with cohort:
@@ -362,8 +361,3 @@ def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | 
     print(f"{rank}wrote {len(written)} volume(s) to {output}{speed}")
     return written
 
-
-def _file_identity(path: Path) -> dict[str, Any]:
-    """A checkpoint file's path, size and mtime: a rerun with another file redoes a folder's outputs."""
-    st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import tempfile
 import zlib
@@ -267,6 +268,18 @@ def atomic_write(path: Path, suffix: str, write: Callable[[str], object]) -> Pat
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def file_sha256(path: Path | str) -> str:
+    """The SHA-256 of a file's content."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_identity(path: Path | str) -> dict[str, object]:
+    """A file's resolved path, size and modification time: what tells, without reading it, that it may have changed."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _short(exc: BaseException) -> str:

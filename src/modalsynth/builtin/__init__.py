@@ -6,11 +6,11 @@ load, its model card (`<name>.md`) beside it, and the script that reproduces it 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import file_sha256
 
 PREFIX = "builtin:"
 HERE = Path(__file__).resolve().parent
@@ -54,14 +54,6 @@ MODELS: dict[str, BuiltinModel] = {
 DEFAULT = "flair-t1"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_builtin(spec: str | Path | None) -> bool:
     return spec is None or str(spec).startswith(PREFIX)
 
@@ -76,7 +68,7 @@ def resolve(spec: str | Path | None) -> Path:
     model = MODELS[name]
     if not model.path.is_file():
         raise UserError(f"{model.path}: the built-in model's weights are missing from this installation; reinstall modalsynth")
-    found = sha256_of(model.path)
+    found = file_sha256(model.path)
     if found != model.sha256:
         raise UserError(f"{model.path}: sha256 {found[:12]}... does not match the model card's {model.sha256[:12]}...; "
                         "the file is damaged or replaced: reinstall modalsynth")

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_write
+from ..io import atomic_write, file_identity, file_sha256
 from .datasets import PreparedSubject, prepare_pair
 from .pairs import Pair
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig
@@ -70,17 +70,6 @@ def _entry_dir(cache: Path, subject: str) -> Path:
     return cache / "subjects" / quote(subject, safe="")
 
 
-def sha256(path: Path) -> str:
-    """The SHA-256 of a file's content."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _stat(path: Path) -> dict[str, Any]:
-    st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def _inputs(pair: Pair) -> dict[str, Path]:
     return {role: Path(p) for role, p in (("source", pair.source), ("target", pair.target), ("mask", pair.mask)) if p}
 
@@ -93,7 +82,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
     """Preprocess one pair and write its arrays into a temporary folder renamed into place (runs in a worker);
     returns the subject and its manifest entry, input hashes included. Reading the volumes checks every voxel (NaN,
     Inf, blank, truncated: a one-line `UserError`), which is why training checks only the headers of its inputs."""
-    files = {role: {**_stat(p), "sha256": sha256(p)} for role, p in _inputs(pair).items()}
+    files = {role: {**file_identity(p), "sha256": file_sha256(p)} for role, p in _inputs(pair).items()}
     prepared = prepare_pair(pair, preprocess)
     final = _entry_dir(cache, pair.subject)
     tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
@@ -146,12 +135,12 @@ def _up_to_date(cache: Path, pair: Pair, entry: dict[str, Any] | None) -> bool |
     names = [n for n in ARRAYS if n != "target" or entry["has_target"]]
     if not all((_entry_dir(cache, pair.subject) / f"{n}.npy").is_file() for n in names):
         return False
-    return True if all(_same_stat(_stat(p), entry["files"][r]) for r, p in inputs.items()) else None
+    return True if all(_same_stat(file_identity(p), entry["files"][r]) for r, p in inputs.items()) else None
 
 
 def _content_unchanged(pair: Pair, entry: dict[str, Any]) -> bool:
     """After a size or mtime change: whether every input still has its recorded hash (its stat is then updated)."""
-    fresh = {role: {**_stat(p), "sha256": sha256(p)} for role, p in _inputs(pair).items()}
+    fresh = {role: {**file_identity(p), "sha256": file_sha256(p)} for role, p in _inputs(pair).items()}
     if any(fresh[r]["sha256"] != entry["files"][r]["sha256"] for r in fresh):
         return False
     entry["files"] = fresh
