@@ -71,7 +71,7 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
     how = predictor.method.application(predictor.inference)
     if how.roi is None:
         raise UserError(f"{predictor.origin}: predicts whole volumes of varying size, not fixed windows; train it with "
-                        "`model.window` set (e.g. [64, 64, 64]) to export it")
+                        "`inference.window` set (e.g. [64, 64, 64]) to export it")
     generator = predictor.method.nets["generator"].eval().float()
     example = torch.zeros(2, 1, *how.roi)
     batch = torch.export.Dim("windows", min=1, max=1024)
@@ -91,9 +91,8 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
     return atomic_write(Path(path), ".onnx", lambda tmp: onnx.save_model(model, tmp))
 
 
-def onnx_function(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A batch of windows -> the generator's output, run by ONNX Runtime's CPU provider on `threads` threads."""
-    session = _session(path, threads)
+def onnx_function(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch of windows -> the generator's output, run by an ONNX Runtime session."""
     name = session.get_inputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -105,7 +104,7 @@ def onnx_function(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Te
 
 def onnx_predictor(path: Path) -> Predictor:
     """A Predictor whose windows run through ONNX Runtime: settings and intensities from the file's metadata."""
-    session = _session(path, 1)
+    session = _session(path, torch.get_num_threads())
     meta = session.get_modelmeta().custom_metadata_map
     if "modalsynth.config" not in meta:
         raise UserError(f"{path}: has no modalsynth metadata; export it with `modalsynth export --checkpoint C --onnx "
@@ -114,7 +113,7 @@ def onnx_predictor(path: Path) -> Predictor:
                                     method_class, str(path))
     method = build_method(config, training=False)
     method.train_mode(False)
-    runtime = OnnxRuntimeMethod(method, onnx_function(path, torch.get_num_threads()))
+    runtime = OnnxRuntimeMethod(method, onnx_function(session))
     return Predictor(runtime, config, IntensityRecord(**json.loads(meta["modalsynth.intensity"])),  # type: ignore[arg-type]
                      config.inference, origin=Path(path))
 
