@@ -30,7 +30,7 @@ from .config import Layer, TrainConfig, config_from_checkpoint, read_settings_fi
 from .data.cache import (CachedSubject, CacheSettings, LoadedSubjects, build_cache, cache_size_bytes, default_cache_dir,
                          open_subjects, read_manifest)
 from .data.datasets import PreparedSubject, step_generator, typical_intensity
-from .data.stream import BatchPlan, StepBatches, default_workers, stream_batches
+from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
 from .data.pairs import load_or_make_split, require_pairs
 from .data.preprocess import IntensityRecord
 from .errors import TrainingStopped, UserError
@@ -202,8 +202,8 @@ def train(
         saved = _last_checkpoint(out)
         saved_config = _saved_config(saved, out / "last.pt")
         resume_config(saved_config, [("the resumed settings", config.to_dict())], out / "last.pt", method_class)
-        check_schedule_extension(saved_config, config, _steps_per_epoch(len(saved.split.get("train", [])), ctx, config),
-                                 saved, out)
+        per_epoch = steps_per_epoch(len(saved.split.get("train", [])), ctx.world, config.batch_size)
+        check_schedule_extension(saved_config, config, per_epoch, saved, out)
     # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
     pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target, check_data=False)
     with ExitStack() as stack:
@@ -322,9 +322,9 @@ class Trainer:
             self.method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
         plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
         workers = config.workers if config.workers is not None else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        stream = stream_batches(StepBatches(self.train_set, plan), self.step, workers, pin_memory=device.type == "cuda")
-        steps_per_epoch = _steps_per_epoch(len(self.train_set), ctx, config)
-        budget = Budget.of(config, steps_per_epoch)
+        batches = StepBatches(self.train_set, plan)
+        stream = stream_batches(batches, self.step, workers, pin_memory=device.type == "cuda")
+        budget = Budget.of(config, batches.steps_per_epoch)
         logger = RunLogger(self.folder.out, ctx.is_main)
         self.method.train_mode(True)
         bar = tqdm(total=budget.steps, initial=self.step, desc=f"train {config.method}", unit="step",
@@ -340,7 +340,7 @@ class Trainer:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("g_loss", "d_loss", "loss", "g_l1")})
             if ctx.is_main and self.step % config.log_every == 0:
                 logger.log(self.step, {**losses, "s_per_step": self.elapsed / max(1, self.step)})
-            due = _validation_due(config, self.step, steps_per_epoch, since_val, last_val_s)
+            due = _validation_due(config, self.step, batches.steps_per_epoch, since_val, last_val_s)
             finished, validate_now = _agree(ctx, device, budget.done(self.step, self.elapsed), due)
             if validate_now or finished:
                 last_val_s = self.validate_and_save(logger, bar)
@@ -399,11 +399,6 @@ class Trainer:
 
 def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
     return config_from_checkpoint(saved.config, saved.format_version, method_class, str(path))
-
-
-def _steps_per_epoch(subjects: int, ctx: DistContext, config: TrainConfig) -> int:
-    """Optimiser steps in an epoch: each rank's share of the subjects (a DistributedSampler's), in batches."""
-    return max(1, math.ceil(math.ceil(subjects / ctx.world) / config.batch_size))
 
 
 def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, steps_per_epoch: int, saved: Checkpoint,

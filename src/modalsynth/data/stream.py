@@ -37,6 +37,11 @@ class BatchPlan:
     augment: str
 
 
+def steps_per_epoch(subjects: int, world: int, batch_size: int) -> int:
+    """Optimiser steps in an epoch: each rank's share of the subjects (a DistributedSampler's, padded), in batches."""
+    return max(1, math.ceil(math.ceil(subjects / world) / batch_size))
+
+
 class StepBatches(Dataset):
     """Map-style dataset whose item `step` is that step's batch for this rank (subjects: cache entries or arrays)."""
 
@@ -44,7 +49,7 @@ class StepBatches(Dataset):
         self.subjects, self.plan = subjects, plan
         self.sampler = DistributedSampler(range(len(subjects)), num_replicas=plan.world, rank=plan.rank, shuffle=True,
                                           seed=plan.seed)
-        self.steps_per_epoch = max(1, math.ceil(len(self.sampler) / plan.batch_size))
+        self.steps_per_epoch = steps_per_epoch(len(subjects), plan.world, plan.batch_size)
 
     def indices(self, step: int) -> list[int]:
         """The subjects (indices into `subjects`) of this rank's batch at `step`."""
