@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 from modalsynth import builtin, io
 from modalsynth.data.preprocess import foreground_mask
 from modalsynth.inference import Predictor
 from modalsynth.metrics import subject_metrics
+
+from bench_default_vs_yardstick import yardstick_predict as yardstick_loop  # the yardstick's own path
 from modalsynth.nets.cpu_bf16 import cpu_bf16_copy
 
 REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
@@ -95,17 +96,6 @@ def save_with_zlib(volume: io.Volume, path: pathlib.Path) -> pathlib.Path:
         return io.save_volume(volume, path)
     finally:
         io.GZIP_WRITER = fast
-
-
-def yardstick_loop(net: torch.nn.Module, data: np.ndarray) -> np.ndarray:
-    """The yardstick's own prediction (its scaling, 64^3 windows at overlap 0.25, 4 per batch, whole volume)."""
-    mask = data > 0
-    lo, hi = np.percentile(data[mask], [0.5, 99.5])
-    scaled = (np.clip((data - lo) / max(hi - lo, 1e-8), 0, 1) * mask).astype(np.float32)
-    with torch.no_grad():
-        out = sliding_window_inference(torch.from_numpy(scaled)[None, None], (64, 64, 64), 4, net, overlap=0.25,
-                                       mode="gaussian")
-    return np.clip(out[0, 0].numpy(), 0, 1) * mask
 
 
 def build_rows(spec: str | None, workdir: pathlib.Path, wanted: list[str]) -> dict[str, tuple[str, Any, Any]]:
