@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Paper-width gan3d (--preset paper) on 48x288x240 over N linked subjects on one GPU: steps per second, GPU
-# utilisation (nvidia-smi) and peak GPU memory with 0 loader workers vs the default. Self-contained: it simulates
+# utilisation (nvidia-smi) and peak GPU memory with 0 loader workers vs the default, then the loader's own rate and
+# the step rate with no loader at all (bench_gpu_loader.py). Self-contained: it simulates
 # a few paper-grid subjects and links them under N names (each name is its own cache entry). About 5-8 minutes.
 #
 #   bash benchmarks/bench_gpu_data.sh            # N=200, 60 steps; results in $OUT (or /tmp/bench-gpu-data)
@@ -66,3 +67,4 @@ EOF
 run workers0 --workers 0
 run default
 cat "$RESULTS"/result-*.json
+$PY benchmarks/bench_gpu_loader.py --cache "$WORK/cache" --json "$RESULTS/loader-vs-step.json"
