@@ -25,7 +25,7 @@ def test_target_on_another_grid_is_resampled_onto_the_source(tmp_path):
     assert "affines" in find_pairs(tmp_path, "flair", "t1").problems["s"]
     pair = find_pairs(tmp_path, "flair", "t1", resample_target=True).pairs[0]
     prepared = prepare_pair(pair, PreprocessConfig(grid="auto", spacing=(1.0, 1.0, 1.0), depth=2))
-    np.testing.assert_allclose(prepared.target, prepared.source, atol=1e-4)
+    np.testing.assert_allclose(prepared.target, prepared.source[0], atol=1e-4)
 
 
 def _subject(shape=(8, 16, 16)):
@@ -33,7 +33,7 @@ def _subject(shape=(8, 16, 16)):
 
     rng = np.random.default_rng(0)
     src = rng.uniform(-1, 1, shape).astype(np.float32)
-    return PreparedSubject("x", src, -src, np.ones(shape, bool), None, None)
+    return PreparedSubject("x", src[None], -src, np.ones(shape, bool), None, None)
 
 
 def test_sampling_depends_only_on_seed_and_step():
@@ -44,7 +44,7 @@ def test_sampling_depends_only_on_seed_and_step():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
     src, tgt, _ = sample_item(subject, (4, 8, 8), "none", step_generator(0, 5))
-    np.testing.assert_array_equal(tgt, -src)  # the patch is the same window of source and target
+    np.testing.assert_array_equal(tgt, -src[0])  # the patch is the same window of source and target
 
 
 def test_batch_shapes():
@@ -57,14 +57,14 @@ def test_mri_augmentation_is_reproducible_and_changes_the_source_not_the_target_
     src = rng.uniform(-1, 1, (24, 24, 24)).astype(np.float32)
     tgt = np.full_like(src, 0.3)  # a constant target: any geometric move leaves it 0.3, any intensity change would not
     mask = np.ones_like(src)
-    runs = [[augment_item(src, tgt, mask, "mri", step_generator(0, s)) for s in range(12)] for _ in range(2)]
+    runs = [[augment_item(src[None], tgt, mask, "mri", step_generator(0, s)) for s in range(12)] for _ in range(2)]
     assert all(np.array_equal(a, b) for x, y in zip(*runs) for a, b in zip(x, y))  # resumed runs draw the same
     for s, t, m in runs[0]:
-        assert s.shape == t.shape == m.shape == src.shape and s.dtype == t.dtype == m.dtype == np.float32
+        assert s.shape == (1, *src.shape) and t.shape == m.shape == src.shape and s.dtype == t.dtype == m.dtype == np.float32
         assert s.min() >= -1.0 and s.max() <= 1.0
         np.testing.assert_allclose(t, 0.3, atol=1e-5)
         assert set(np.unique(m)) <= {0.0, 1.0}
-    light = [augment_item(src, tgt, mask, "light", step_generator(0, s))[0] for s in range(12)]
+    light = [augment_item(src[None], tgt, mask, "light", step_generator(0, s))[0] for s in range(12)]
     mri = [item[0] for item in runs[0]]
     # beyond the light level's scale/shift (|change| <= 0.1 + flip), MONAI's bias field, gamma and noise move the source
     assert max(float(np.abs(a - b).max()) for a, b in zip(light, mri)) > 0.2
@@ -80,7 +80,8 @@ def test_mri_augmentation_moves_source_target_and_mask_together():
     tgt, mask = src.copy(), (src > 0).astype(np.float32)
     moved = 0
     for s in range(30):
-        a, b, m = augment_item(src, tgt, mask, "mri", step_generator(3, s))
+        a, b, m = augment_item(src[None], tgt, mask, "mri", step_generator(3, s))
+        a = a[0]
         if not np.array_equal(b, tgt) and not np.array_equal(b, tgt[..., ::-1]):
             moved += 1  # a rotation/scaling was drawn: the mask follows the target's cube
             assert np.mean((b > 0) == (m > 0.5)) > 0.99

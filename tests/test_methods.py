@@ -121,7 +121,7 @@ def test_pix2pix2d_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     predictor = Predictor.from_checkpoint(best, "cpu")
     method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference)
+    pred = apply_method(method, torch.from_numpy(subject.source)[None], method.config.inference)
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -181,7 +181,7 @@ def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     predictor = Predictor.from_checkpoint(best, "cpu")
     method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference, torch.Generator().manual_seed(0))
+    pred = apply_method(method, torch.from_numpy(subject.source)[None], method.config.inference, torch.Generator().manual_seed(0))
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -196,7 +196,7 @@ def test_ddpm_unknown_sampler_is_a_user_error():
 
 
 def _subject(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> PreparedSubject:
-    return PreparedSubject("s", source.astype(np.float32), target.astype(np.float32), mask, None, None)  # type: ignore[arg-type]
+    return PreparedSubject("s", source.astype(np.float32)[None], target.astype(np.float32), mask, None, None)  # type: ignore[arg-type]
 
 
 def test_lut_recovers_a_monotone_mapping_inside_the_foreground():
@@ -256,11 +256,11 @@ def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     again.fit_closed_form(subjects)
     assert torch.allclose(method.table, again.table)
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None, None], method.config.inference).numpy()[0, 0]
+    pred = apply_method(method, torch.from_numpy(subject.source)[None], method.config.inference).numpy()[0, 0]
     assert pred.shape == TINY_GRID and pred.min() >= -1 and pred.max() <= 1
     # a pointwise map fitted on FLAIR -> T1 inverts the contrast: it beats copying the source inside the brain
     inside = subject.mask > 0
-    assert np.abs(pred - subject.target)[inside].mean() < np.abs(subject.source - subject.target)[inside].mean()
+    assert np.abs(pred - subject.target)[inside].mean() < np.abs(subject.source[0] - subject.target)[inside].mean()
 
 
 def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predict_whole_volumes():

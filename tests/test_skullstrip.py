@@ -73,7 +73,7 @@ def test_prediction_sees_only_the_brain_and_writes_zero_or_the_head(heads, monke
     calls = _fake_mask(monkeypatch, mask)
     seen = []
 
-    def predict(brain: Volume) -> Volume:  # a stand-in model: 2 x input, its background 0
+    def predict(brain: Volume, others: list[Volume]) -> Volume:  # a stand-in model: 2 x input, its background 0
         seen.append(brain)
         return Volume(2.0 * brain.data, brain.affine, brain.header)
 
@@ -104,7 +104,7 @@ def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeyp
     assert (raw.source > -0.9).sum() > 1.3 * (stripped.source > -0.9).sum()  # the head shows only without stripping
     assert stripped.mask.sum() == brain.sum()  # the whole brain, in a window centred on it
     outside = ~stripped.mask
-    assert np.all(stripped.source[outside] == -1.0) and np.all(stripped.target[outside] == -1.0)
+    assert np.all(stripped.source[0][outside] == -1.0) and np.all(stripped.target[outside] == -1.0)
 
 
 def test_bad_mode_and_missing_deepbet_are_one_line_errors(heads, monkeypatch):
@@ -114,7 +114,7 @@ def test_bad_mode_and_missing_deepbet_are_one_line_errors(heads, monkeypatch):
     skullstrip._extractor.cache_clear()
     try:
         with pytest.raises(UserError, match=r"pip install 'modalsynth\[strip\]'"):
-            SkullStrip("auto").around(_volume(heads[1], "flair"), lambda v: v)
+            SkullStrip("auto").around(_volume(heads[1], "flair"), lambda v, _: v)
     finally:
         skullstrip._extractor.cache_clear()
 

@@ -43,7 +43,7 @@ def test_gan_learns_beyond_untrained_and_copying_the_source(tiny_sim, tmp_path):
     torch.manual_seed(0)
     intensity = IntensityRecord(0.0, 1.0, 0.0)  # validation scores on the network grid: the record is not used
     untrained = validate(Predictor(build_method(config), config, intensity, config.inference), val)["val_mae"]
-    copy = float(np.mean([mae((s.source + 1) / 2, (s.target + 1) / 2, s.mask) for s in val]))
+    copy = float(np.mean([mae((s.source[0] + 1) / 2, (s.target + 1) / 2, s.mask) for s in val]))
     trained = Checkpoint.load(best).best_val_mae
     assert trained < 0.5 * untrained, (trained, untrained)
     assert trained < copy, (trained, copy)

@@ -75,8 +75,12 @@ def simulate(
     head: bool = typer.Option(
         False, "--head", help="Whole heads (scalp, skull, CSF rim, eyes, neck around the brain), as a scanner writes them."
     ),
+    sequences: str = typer.Option(
+        "flair,t1", "--sequences", help="Images per subject: flair and t1, plus t2 and/or pd (spin echoes of the same "
+        "tissues), e.g. flair,t1,t2.",
+    ),
 ) -> None:
-    """Make paired FLAIR/T1 subjects from the MNI152 anatomy that nilearn ships.
+    """Make paired FLAIR/T1 subjects (and T2, PD on request) from the MNI152 anatomy that nilearn ships.
 
     Example: modalsynth simulate --out data/sim --subjects 8 --small
     """
@@ -86,7 +90,9 @@ def simulate(
     g = _grid_option(grid, small)
     if g == "auto":
         raise UserError("--grid auto is not valid for simulate; give D H W or --small")
-    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True, head=head)
+    wanted = tuple(dict.fromkeys(("flair", "t1", *(s.strip().lower() for s in sequences.split(",")))))
+    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True, head=head,
+                             sequences=wanted)
     typer.echo(f"wrote {len(paths)} subjects to {out}")
 
 
@@ -118,7 +124,10 @@ def inspect(
 def train(
     data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs, split."),
-    source: Optional[str] = typer.Option(None, "--source", help="Source modality (default flair)."),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="Source modality (default flair), or several comma-separated (flair,t2): one network "
+        "input each; trained with source dropout, the model predicts from any subset.",
+    ),
     target: Optional[str] = typer.Option(None, "--target", help="Target modality (default t1)."),
     method: Optional[str] = typer.Option(None, "--method", help="gan3d | pix2pix2d | ddpm | lut (default gan3d)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (default 100, the paper's)."),
@@ -208,6 +217,10 @@ def predict(
     ),
     input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
     output: Path = typer.Option(..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="Which of a multi-source model's inputs to read (e.g. flair, or flair,t2; default all "
+        "it takes); a single --input file is the first of them. A folder's subjects use those they have.",
+    ),
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
     subjects_from: Optional[str] = typer.Option(
         None, "--split", help="Only the subjects of this split (train, val, test) as recorded in the checkpoint."
@@ -247,12 +260,12 @@ def predict(
                             "and --device")
         from .export import onnx_predictor
 
-        predictor = onnx_predictor(onnx).with_inference(**changes)
+        predictor = onnx_predictor(onnx).with_inference(**changes).with_sources(source)
         run_predictor(dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from)
         return
     predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
                  check_input=builtin.is_builtin(checkpoint), inference_changes=changes,
-                 skull=SkullStrip(skull_strip, keep_head))
+                 skull=SkullStrip(skull_strip, keep_head), sources=source)
 
 
 @app.command()

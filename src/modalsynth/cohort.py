@@ -58,6 +58,6 @@ class Cohort:
         """This rank's items: every `world`-th one from `rank` (disjoint across ranks, together all of them)."""
         return list(items[self.rank :: self.world])
 
-    def finished(self, source: Path, output: Path) -> bool:
-        """Whether `output` was written by an earlier run of this model and settings after `source` last changed."""
-        return self.same and output.exists() and output.stat().st_mtime_ns >= Path(source).stat().st_mtime_ns
+    def finished(self, sources: Sequence[Path], output: Path) -> bool:
+        """Whether `output` was written by an earlier run of this model and settings after its sources last changed."""
+        return self.same and output.exists() and all(output.stat().st_mtime_ns >= Path(s).stat().st_mtime_ns for s in sources)

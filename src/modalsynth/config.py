@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import yaml
 
 from .data.augment import AUGMENTATIONS
-from .data.pairs import HOLDOUTS
+from .data.pairs import HOLDOUTS, canonical_modality
 from .data.preprocess import PreprocessConfig
 from .errors import UserError
 
@@ -73,7 +73,7 @@ class TrainConfig:
     """Everything a training run needs, fully resolved; saved whole inside every checkpoint."""
 
     method: str = "gan3d"
-    source: str = "flair"
+    source: str = "flair"  # the input sequence, or several comma-separated ('flair,t2'): one network channel each
     target: str = "t1"
     # budget
     epochs: int = 100  # the paper's
@@ -92,6 +92,7 @@ class TrainConfig:
     augment: Augmentation = "light"  # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
     holdout: Holdout = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
+    source_dropout: float = 0.3  # several sources: the chance each is left out of a training example (at least one stays)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     # where the weights start
     preset: str | None = None  # a method's named settings over its defaults, e.g. 'paper' for gan3d
@@ -107,12 +108,37 @@ class TrainConfig:
     model: NetworkSettings = field(default_factory=NetworkSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The input sequences in channel order (the first one sets the geometry)."""
+        return source_list(self.source)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the settings travel in a `weights_only` checkpoint and in YAML."""
         return _plain(asdict(self))
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def source_list(text: str) -> tuple[str, ...]:
+    """'flair, T2w' -> ('flair', 't2'): the sequences of a source setting, in canonical names (`canonical_modality`)."""
+    return tuple(canonical_modality(part.strip()) for part in str(text).split(","))
+
+
+def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> TrainConfig:
+    """The config with its source list in canonical form; an empty or repeated name, the target among the sources,
+    several sources for a method without them, or a dropout outside [0, 1) is a one-line `UserError`."""
+    sources = source_list(config.source)
+    if any(not s for s in sources) or len(set(sources)) < len(sources):
+        raise UserError(f"{origin}: source {config.source!r}: give distinct sequence names separated by commas, e.g. flair,t2")
+    if canonical_modality(config.target) in sources:
+        raise UserError(f"{origin}: {config.target} is the target and one of the sources; drop it from --source")
+    if len(sources) > 1 and not multi_source:
+        raise UserError(f"{origin}: {config.method} takes one source; use --method gan3d or pix2pix2d for several")
+    if not 0.0 <= config.source_dropout < 1.0:
+        raise UserError(f"{origin}: source_dropout {config.source_dropout}: give a chance in [0, 1)")
+    return dataclasses.replace(config, source=",".join(sources))
 
 
 class MethodDefaults(Protocol):
@@ -124,6 +150,7 @@ class MethodDefaults(Protocol):
     network_settings: type[NetworkSettings]
     inference_defaults: InferenceConfig
     network_keys: tuple[str, ...]
+    multi_source: bool
 
     def size_multiple(self, config: TrainConfig) -> tuple[int, int, int]: ...
 
@@ -358,7 +385,8 @@ def _resolve_layers(layers: list[Layer], methods: Methods, inherited: dict[str, 
     for origin, layer in layers:
         build_config(merge_settings(values, _plain(dict(layer))), methods, origin)  # names the origin of a bad setting
         values = merge_settings(values, _plain(dict(layer)))
-    config = build_config(values, methods, " + ".join(o for o, _ in layers) or "defaults")
+    origin = " + ".join(o for o, _ in layers) or "defaults"
+    config = check_sources(build_config(values, methods, origin), method_class.multi_source, origin)
     return fit_sizes(config, method_class.size_multiple(config))
 
 

@@ -56,7 +56,10 @@ def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
                           "background_where": "outside the input's foreground"},
         "windows": {"size": list(how.roi) if how.roi else None, "min_overlap": how.overlap,
                     "placement": "evenly spread per axis", "blend": "Gaussian", "sigma_fraction": how.sigma_scale},
-        "input": "float32 (N, 1, D, H, W), N windows", "output": "float32 (N, 1, D, H, W) in [-1, 1]",
+        "input": f"float32 (N, {predictor.method.input_channels}, D, H, W), N windows"
+                 + ("" if len(predictor.config.sources) == 1 else ": the sources in the order of 'source' (a missing one "
+                    "zero), then one constant channel each, 1 where that source is given, else 0"),
+        "output": "float32 (N, 1, D, H, W) in [-1, 1]",
     }
 
 
@@ -73,7 +76,7 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
         raise UserError(f"{predictor.origin}: predicts whole volumes of varying size, not fixed windows; train it with "
                         "`inference.window` set (e.g. [64, 64, 64]) to export it")
     generator = predictor.method.nets["generator"].eval().float()
-    example = torch.zeros(2, 1, *how.roi)
+    example = torch.zeros(2, predictor.method.input_channels, *how.roi)
     batch = torch.export.Dim("windows", min=1, max=1024)
     with _quiet_exporter():
         program = torch.onnx.export(generator, (example,), dynamo=True, opset_version=OPSET, input_names=["source"],

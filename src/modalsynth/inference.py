@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,15 @@ from tqdm import tqdm
 
 from .checkpoints import Checkpoint
 from .cohort import Cohort
-from .config import InferenceConfig, TrainConfig, config_from_checkpoint
-from .data.pairs import canonical_modality, check_volumes, discover_subjects
+from .config import InferenceConfig, TrainConfig, config_from_checkpoint, source_list
+from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .input_checks import input_warnings
 from .io import Volume, file_identity, is_nifti, load_volume, save_volume
 from .methods import Method, build_method, method_class
+from .methods.sources import network_input
 from .threads import split_across_threads
 
 #: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
@@ -152,6 +154,19 @@ class Predictor:
     origin: Path | None = None
     check_input: bool = False  # warn when a volume does not look like the model's expected input (built-in models)
     skull: SkullStrip | None = None  # brain extraction of raw inputs; None: as the model was trained (its preprocess)
+    sources: tuple[str, ...] | None = None  # which of the model's sources to read (None: all); a single file is the first
+
+    def with_sources(self, text: str | None) -> "Predictor":
+        """This predictor reading only the sources named in `text` ('flair' or 'flair,t2'; None: all the model's);
+        a name the model does not take is a `UserError`."""
+        if text is None:
+            return dataclasses.replace(self, sources=None)
+        asked = source_list(text)
+        unknown = [s for s in asked if s not in self.config.sources]
+        if unknown or not all(asked):
+            raise UserError(f"--source {text}: {self.origin or 'the model'} takes {self.config.source} (any of them, "
+                            f"for a model trained with several); choose --source from those")
+        return dataclasses.replace(self, sources=tuple(s for s in self.config.sources if s in asked))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto", check_input: bool = False) -> "Predictor":
@@ -174,12 +189,15 @@ class Predictor:
     def device(self) -> torch.device:
         return self.method.device
 
-    def predict_array(self, source: np.ndarray, seed: int = 0) -> np.ndarray:
-        """A preprocessed (D, H, W) source in [-1, 1] -> the synthetic target in [-1, 1] on the same grid."""
+    def predict_array(self, source: np.ndarray, seed: int = 0, present: Sequence[bool] | None = None) -> np.ndarray:
+        """Preprocessed sources (S, D, H, W), or one (D, H, W), in [-1, 1] -> the synthetic target in [-1, 1] on the
+        same grid. `present`: which of the model's S sources are given (None: all; the others may hold anything)."""
         was_training = [net.training for net in self.method.nets.values()]
         self.method.train_mode(False)
         try:
-            tensor = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None].to(self.device)
+            channels = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)).reshape(-1, *source.shape[-3:])
+            flags = None if present is None else torch.tensor([list(present)])
+            tensor = network_input(channels[None], flags).to(self.device)
             out = apply_method(self.method, tensor, self.inference, torch.Generator().manual_seed(seed))
             if self.inference.flip_average:  # the left-right mirror image predicted too, mirrored back and averaged
                 mirrored = apply_method(self.method, tensor.flip(-1), self.inference, torch.Generator().manual_seed(seed))
@@ -189,22 +207,45 @@ class Predictor:
                 net.train(mode)
         return out.cpu().numpy()[0, 0]
 
+    @property
+    def file_source(self) -> str:
+        """The sequence a single input file is taken to be: the first of the sources read."""
+        return (self.sources or self.config.sources)[0]
+
     def predict_volume(self, volume: Volume, seed: int = 0) -> Volume:
-        """Predict the target for one source volume (skull-stripped first as `self.skull` says); the result is on the
+        """Predict the target from one source volume (`file_source`); see `predict_sources`."""
+        return self.predict_sources({self.file_source: volume}, seed)
+
+    def predict_sources(self, volumes: Mapping[str, Volume], seed: int = 0) -> Volume:
+        """Predict the target from the sources given (sequence -> volume: any non-empty subset of the model's),
+        skull-stripped first as `self.skull` says (the brain found on the first); the result is on the first
         source's grid, affine and header."""
+        order = [name for name in self.config.sources if name in volumes]
+        if not order or len(order) < len(volumes):
+            raise UserError(f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}")
+        first = volumes[order[0]]
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
-        return skull.around(volume, lambda brain: self._predict_brain(brain, seed, whole_head_checked=checked))
+        return skull.around(first, lambda brain, others: self._predict_brain(dict(zip(order, [brain, *others])), seed, checked),
+                            [volumes[name] for name in order[1:]])
 
-    def _predict_brain(self, volume: Volume, seed: int, whole_head_checked: bool) -> Volume:
-        """Predict the target for one skull-stripped source volume (`whole_head_checked`: skull stripping has looked
-        at it already)."""
+    def _predict_brain(self, volumes: dict[str, Volume], seed: int, whole_head_checked: bool) -> Volume:
+        """Predict the target from skull-stripped sources, the first setting the grid (`whole_head_checked`: skull
+        stripping has looked at them already)."""
+        name, volume = next(iter(volumes.items()))
         foreground = foreground_mask(volume.data)  # once: the checks, the grid, the intensity scaling and the output
         if self.check_input:
-            for warning in input_warnings(volume, self.config.source, foreground, check_whole_head=not whole_head_checked):
+            for warning in input_warnings(volume, name, foreground, check_whole_head=not whole_head_checked):
                 print(f"warning: {volume.path}: {warning}", file=sys.stderr)
-        pre = preprocess(volume, self.config.preprocess, mask=Volume(foreground.astype(np.uint8), volume.affine, volume.header))
-        pred = self.predict_array(pre.array, seed)
+        fg = Volume(foreground.astype(np.uint8), volume.affine, volume.header)
+        pre = preprocess(volume, self.config.preprocess, mask=fg)
+        arrays = {name: pre.array}
+        for other, image in list(volumes.items())[1:]:
+            check_same_grid(volume, image)
+            arrays[other] = preprocess(image, self.config.preprocess, grid=pre.grid, mask=fg).array
+        zeros = np.zeros_like(pre.array)
+        stacked = np.stack([arrays.get(s, zeros) for s in self.config.sources])
+        pred = self.predict_array(stacked, seed, [s in arrays for s in self.config.sources])
         out = postprocess(pred, pre.grid, self.intensity, volume.header)
         # outside the source's foreground there is nothing to synthesise: give it the targets' background value
         background = self.intensity.low if self.intensity.background is None else self.intensity.background
@@ -241,6 +282,9 @@ class Predictor:
         if not is_nifti(output):
             raise UserError(f"{output}: for a single input file give an output file ending in .nii.gz")
         refuse_overwriting_inputs([source], [output])
+        if len(self.config.sources) > 1:
+            print(f"predicting from {self.file_source} only (the model takes {self.config.source}; give a data folder "
+                  "for several)")
         return save_volume(self.predict_volume(load_volume(source)), output)
 
     def predict_folder(self, root: Path, out_root: Path, split: str | None = None, progress: bool = True,
@@ -249,26 +293,30 @@ class Predictor:
         `cohort`, only this rank's share, skipping the outputs an earlier run of the same model already wrote."""
         jobs = self.folder_jobs(root, split)
         outputs = [self.output_path(out_root, subject) for subject, _ in jobs]
-        refuse_overwriting_inputs([path for _, path in jobs] + _all_files(root), outputs)
+        refuse_overwriting_inputs([p for _, files in jobs for p in files.values()] + _all_files(root), outputs)
         todo = list(zip(jobs, outputs))
         if cohort is not None:
             share = cohort.share(todo)
-            todo = [(job, out) for job, out in share if not cohort.finished(job[1], out)]
+            todo = [(job, out) for job, out in share if not cohort.finished(list(job[1].values()), out)]
             if len(todo) < len(share):
                 print(f"skipped {len(share) - len(todo)} output(s) already written by this model and settings")
-        check_volumes([path for (_, path), _ in todo])  # every source readable before the first output is written
+        check_volumes([p for (_, files), _ in todo for p in files.values()])  # all readable before the first output
         if cohort is not None:
             cohort.begin()
+        if len(self.config.sources) > 1:
+            used = Counter("+".join(files) for (_, files), _ in todo)
+            print("predicting from " + "; ".join(f"{k} ({n} subject(s))" for k, n in used.items()))
         written, times = [], []
-        for (subject, path), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
+        for (subject, files), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
             start = time.perf_counter()
-            result = self.predict_volume(load_volume(path))
+            result = self.predict_sources({name: load_volume(path) for name, path in files.items()})
             times.append(time.perf_counter() - start)
             written.append(save_volume(result, output))
         return written, times
 
-    def folder_jobs(self, root: Path, split: str | None = None) -> list[tuple[str, Path]]:
-        """(subject, source file) for every subject under `root` that has the source, restricted to a split if asked."""
+    def folder_jobs(self, root: Path, split: str | None = None) -> list[tuple[str, dict[str, Path]]]:
+        """(subject, {sequence: file}) for every subject under `root` that has at least one of the sources read (the
+        model's, or those chosen by `with_sources`), restricted to a split if asked."""
         subjects = discover_subjects(root)
         wanted = None
         if split:
@@ -277,9 +325,11 @@ class Predictor:
             wanted = set(self.split.get(split, []))
             if not wanted:
                 raise UserError(f"{self.origin}: the checkpoint records no subjects in split {split!r}; drop --split")
-        key = canonical_modality(self.config.source)
-        jobs = [(s, f[key]) for s, f in subjects.items() if key in f and (wanted is None or s in wanted)]
-        missing = [s for s, f in subjects.items() if key not in f and (wanted is None or s in wanted)]
+        read = self.sources or self.config.sources
+        key = " or ".join(read)
+        chosen = {s: {m: f[m] for m in read if m in f} for s, f in subjects.items() if wanted is None or s in wanted}
+        jobs = [(s, files) for s, files in chosen.items() if files]
+        missing = [s for s, files in chosen.items() if not files]
         if missing:
             print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
         if not jobs:
@@ -287,6 +337,13 @@ class Predictor:
                             + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
                             "so the data needs a file of that source modality per subject")
         return jobs
+
+
+def check_same_grid(first: Volume, other: Volume) -> None:
+    """Several sources must share one voxel grid (modalsynth does not register): a one-line `UserError` otherwise."""
+    if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
+        raise UserError(f"{other.path}: not on the grid of {first.path} (shape or affine differ); register the "
+                        "sequences to one grid first (modalsynth does not register), or predict from one of them")
 
 
 def checkpoint_summary(checkpoint: Path) -> str:
@@ -324,19 +381,20 @@ def _all_files(root: Path) -> list[Path]:
 
 def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
                  check_input: bool = False, inference_changes: Mapping[str, object] | None = None,
-                 skull: SkullStrip | None = None) -> list[Path]:
+                 skull: SkullStrip | None = None, sources: str | None = None) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
     `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
     `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
+    `sources`: which of a multi-source model's inputs to read ('flair' or 'flair,t2'; None: all).
     """
     input = Path(input)
     folder = not (input.is_file() or is_nifti(input))
     if folder and int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolve_device(device).type == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank of a torchrun job
     predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
-    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull)
+    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull).with_sources(sources)
     return run_predictor(predictor, input, output, split, model_file=checkpoint)
 
 
@@ -352,7 +410,7 @@ def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | 
         return [written]
     skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
     record = {"checkpoint": file_identity(Path(model_file or predictor.origin)), "inference": predictor.inference.to_dict(),
-              "skull": skull}
+              "skull": skull, "sources": list(predictor.sources or predictor.config.sources)}
     cohort = Cohort(output, record)
     with cohort:
         written, times = predictor.predict_folder(input, output, split, cohort=cohort)

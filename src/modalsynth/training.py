@@ -118,7 +118,7 @@ def validate(predictor: Predictor, subjects: Sequence[PreparedSubject] | LoadedS
         source, target, mask = s.source, s.target, s.mask
         if limit:
             chosen = _foreground_slices(mask, limit)
-            source, target, mask = source[chosen], target[chosen], mask[chosen]
+            source, target, mask = source[:, chosen], target[chosen], mask[chosen]
         pred01, ref01 = (predictor.predict_array(source) + 1) / 2, (target + 1) / 2
         maes.append(mae(pred01, ref01, mask))
         ssims.append(ssim2d_masked(pred01, ref01, mask, "axial") if limit else ssim3d(pred01, ref01, mask))

@@ -38,25 +38,27 @@ def _seed(gen: torch.Generator) -> int:
 
 
 def _mri(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The 'mri' level's MONAI transforms on arrays in [-1, 1] (mask in {0, 1})."""
+    """The 'mri' level's MONAI transforms on arrays in [-1, 1] (sources (S, D, H, W); mask in {0, 1})."""
     source_only, geometric = _mri_transforms()
-    unit = (src[None] + 1.0) / 2.0  # bias field and gamma are defined on non-negative intensities
+    unit = (src + 1.0) / 2.0  # bias field and gamma are defined on non-negative intensities
     for transform in source_only:
         transform.set_random_state(seed=_seed(gen))
         unit = transform(unit)
-    src = np.clip(np.asarray(unit)[0] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    src = np.clip(np.asarray(unit) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
     geometric.set_random_state(seed=_seed(gen))
-    if src.ndim == 3 and min(src.shape) > 1:
-        moved = np.asarray(geometric(np.stack([src, tgt, mask])))
-        src, tgt = (np.clip(a, -1.0, 1.0).astype(np.float32) for a in moved[:2])
-        mask = (moved[2] > 0.5).astype(np.float32)
+    if mask.ndim == 3 and min(mask.shape) > 1:
+        moved = np.asarray(geometric(np.concatenate([src, tgt[None], mask[None]])))
+        src = np.clip(moved[:-2], -1.0, 1.0).astype(np.float32)
+        tgt = np.clip(moved[-2], -1.0, 1.0).astype(np.float32)
+        mask = (moved[-1] > 0.5).astype(np.float32)
     return src, tgt, mask
 
 
 def augment_item(
     src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, level: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Augment one (D, H, W) example in [-1, 1] at `level` (see AUGMENTATIONS); the target keeps its intensities."""
+    """Augment one example in [-1, 1] (sources (S, D, H, W), target and mask (D, H, W)) at `level` (see
+    AUGMENTATIONS); the target keeps its intensities."""
     if level not in AUGMENTATIONS:
         raise ValueError(f"augmentation level {level!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if level == "none":

@@ -1,6 +1,7 @@
 """An on-disk cache of every subject's network-grid arrays: preprocessed once, in parallel, then read by memory map.
 
-Layout: CACHE/manifest.json and CACHE/subjects/<subject>/{source,target,mask}.npy. As in nnU-Net v2's preprocessed
+Layout: CACHE/manifest.json and CACHE/subjects/<subject>/{source,target,mask}.npy (source: one channel per input
+sequence). As in nnU-Net v2's preprocessed
 folder, there is one entry per case, keyed by its identifier (never by content: a volume repeated under another name
 is another entry), beside the records that undo the preprocessing; as in MONAI's PersistentDataset, an entry is
 written under a temporary name and renamed into place. The manifest (written last, atomically) records the settings
@@ -33,7 +34,7 @@ from .datasets import PreparedSubject, prepare_pair
 from .pairs import Pair
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig
 
-CACHE_FORMAT = "modalsynth-cache-1"
+CACHE_FORMAT = "modalsynth-cache-2"  # 2: source arrays hold a channel axis (several sequences)
 MANIFEST = "manifest.json"
 #: where `train` keeps its cache when `--cache` is not given: this variable's folder, else beside the run folder
 CACHE_ENV = "MODALSYNTH_CACHE"
@@ -71,7 +72,9 @@ def _entry_dir(cache: Path, subject: str) -> Path:
 
 
 def _inputs(pair: Pair) -> dict[str, Path]:
-    return {role: Path(p) for role, p in (("source", pair.source), ("target", pair.target), ("mask", pair.mask)) if p}
+    extra = [(f"source{i}", p) for i, p in enumerate(pair.more_sources, start=1)]
+    roles = [("source", pair.source), *extra, ("target", pair.target), ("mask", pair.mask)]
+    return {role: Path(p) for role, p in roles if p}
 
 
 def _same_stat(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -98,7 +101,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
     os.replace(tmp, final)
     entry = {
         "files": files,
-        "shape": list(prepared.source.shape),
+        "shape": list(prepared.mask.shape),
         "has_target": prepared.target is not None,
         "grid": json.loads(json.dumps(asdict(prepared.grid))),
         "target_intensity": asdict(prepared.target_intensity) if prepared.target_intensity else None,
@@ -115,7 +118,7 @@ def read_manifest(cache: Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: corrupt cache manifest ({exc}); delete {cache} and run again to rebuild it") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("modalsynth-cache-"):
         raise UserError(f"{path}: not a modalsynth cache manifest; choose another --cache folder or delete {cache}")
     return manifest
 
@@ -154,6 +157,10 @@ def build_cache(pairs: list[Pair], settings: CacheSettings, cache: Path, workers
     cache = Path(cache)
     wanted = settings.to_dict()
     manifest = read_manifest(cache)
+    if manifest is not None and manifest["format"] != CACHE_FORMAT:
+        print(f"{cache}: made by another version of modalsynth ({manifest['format']}); rebuilding it", file=sys.stderr)
+        shutil.rmtree(cache / "subjects", ignore_errors=True)
+        manifest = None
     if manifest is not None and manifest.get("settings") != wanted:
         differ = sorted(k for k in set(wanted) | set(manifest.get("settings", {}))
                         if manifest.get("settings", {}).get(k) != wanted.get(k))
@@ -229,7 +236,8 @@ class CachedSubject:
 
     name: str
     folder: Path
-    shape: tuple[int, int, int]
+    shape: tuple[int, int, int]  # the grid; the source array is (sources, *shape)
+    sources: int
     has_target: bool
     grid: GridRecord
     target_intensity: IntensityRecord | None
@@ -241,8 +249,9 @@ class CachedSubject:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise corrupt(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-        if array.shape != self.shape or array.dtype != DTYPES[name]:
-            raise corrupt(path, f"holds {array.dtype}{list(array.shape)}, the manifest says {np.dtype(DTYPES[name])}{list(self.shape)}")
+        shape = (self.sources, *self.shape) if name == "source" else self.shape
+        if array.shape != shape or array.dtype != DTYPES[name]:
+            raise corrupt(path, f"holds {array.dtype}{list(array.shape)}, the manifest says {np.dtype(DTYPES[name])}{list(shape)}")
         return array
 
     @property
@@ -286,7 +295,9 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
         grid = GridRecord(**{k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
                              for k, v in entry["grid"].items()})
         intensity = IntensityRecord(**entry["target_intensity"]) if entry["target_intensity"] else None
-        out.append(CachedSubject(name, _entry_dir(cache, name), tuple(entry["shape"]), entry["has_target"], grid, intensity))
+        sources = len(manifest["settings"]["source"].split(","))
+        out.append(CachedSubject(name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid,
+                                 intensity))
     return out
 
 

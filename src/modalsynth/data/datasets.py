@@ -23,7 +23,8 @@ from .skullstrip import SkullStrip, masked
 
 @dataclass
 class PreparedSubject:
-    """One subject on the network grid: source and target in [-1, 1], foreground mask, and the source geometry."""
+    """One subject on the network grid: sources (S, D, H, W) and target (D, H, W) in [-1, 1], the foreground mask,
+    and the first source's geometry."""
 
     name: str
     source: np.ndarray
@@ -42,17 +43,20 @@ def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
 
 
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
-    """Load and preprocess one pair: the geometry is planned on the source and applied to the target and mask."""
+    """Load and preprocess one pair: the geometry is planned on the first source and applied to the other sources,
+    the target and the mask; each image is scaled by its own intensities."""
     source = load_volume(pair.source)
+    more = [load_volume(path) for path in pair.more_sources]
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
-    # skull stripping (raw pairs): a given brain mask, else deepbet's on the source; both images are zeroed outside it
+    # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed outside it
     brain = None
     if config.skull_strip != "never":
         brain = mask.data > 0 if mask is not None else SkullStrip(config.skull_strip).brain_of(source)
     if brain is not None:
-        source = masked(source, brain)
+        source, more = masked(source, brain), [masked(v, brain) for v in more]
         mask = mask if mask is not None else Volume(brain.astype(np.uint8), source.affine, source.header)
     pre_src = preprocess(source, config, mask=mask)
+    arrays = [pre_src.array] + [preprocess(v, config, grid=pre_src.grid, mask=mask).array for v in more]
     target = pre_tgt = None
     if pair.target is not None:
         target = load_volume(pair.target)
@@ -64,7 +68,7 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         pre_tgt.intensity.background = float(np.percentile(target.data, 1))  # the value of the empty background
     return PreparedSubject(
         name=pair.subject,
-        source=pre_src.array,
+        source=np.stack(arrays),
         target=pre_tgt.array if pre_tgt else None,
         mask=pre_src.mask,
         grid=pre_src.grid,
@@ -100,17 +104,19 @@ def data_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 def sample_item(
     subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training example (source, target, mask) as (D, H, W) arrays: the whole grid or a random patch, augmented at level `augment`."""
+    """One training example: sources (S, D, H, W), target and mask (D, H, W); the whole grid or a random patch,
+    augmented at level `augment`."""
     src, tgt, mask = subject.source, subject.target, subject.mask
     if patch is not None:
         start = None
         for _ in range(10):  # prefer patches that hold some foreground
             start = tuple(
-                int(torch.randint(min(0, n - p), max(0, n - p) + 1, (1,), generator=gen)) for n, p in zip(src.shape, patch)
+                int(torch.randint(min(0, n - p), max(0, n - p) + 1, (1,), generator=gen)) for n, p in zip(mask.shape, patch)
             )
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
-        src, tgt, mask = (crop_window(a, start, patch, f) for a, f in ((src, -1.0), (tgt, -1.0), (mask, 0.0)))
+        src = np.stack([crop_window(channel, start, patch, -1.0) for channel in src])
+        tgt, mask = crop_window(tgt, start, patch, -1.0), crop_window(mask, start, patch, 0.0)
     # float32 from here on: a cached subject is memory-mapped float16 (and a whole grid is read here, once)
     src, tgt, mask = (np.asarray(a, dtype=np.float32) for a in (src, tgt, mask))
     return augment_item(src, tgt, mask, augment, gen)
@@ -123,12 +129,10 @@ def make_batch(
     augment: str,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """Stack sampled items into tensors (N, 1, D, H, W): keys source, target, mask."""
+    """Stack sampled items into tensors: source (N, S, D, H, W), target and mask (N, 1, D, H, W)."""
     items = [sample_item(subjects[i], patch, augment, gen) for i in indices]
-    shapes = {item[0].shape for item in items}
+    shapes = {item[1].shape for item in items}
     if len(shapes) > 1:
         raise ValueError(f"volumes of different grids {sorted(shapes)} cannot share a batch; set --patch or batch_size 1")
-    return {
-        key: torch.from_numpy(np.stack([item[k] for item in items]))[:, None]
-        for k, key in enumerate(("source", "target", "mask"))
-    }
+    batch = {key: torch.from_numpy(np.stack([item[k] for item in items])) for k, key in enumerate(("source", "target", "mask"))}
+    return {"source": batch["source"], "target": batch["target"][:, None], "mask": batch["mask"][:, None]}

@@ -135,14 +135,19 @@ def _from_csv(manifest: Path) -> dict[str, dict[str, Path]]:
 
 @dataclass
 class Pair:
-    """One usable subject: source and target files on one grid, plus optional brain and lesion masks."""
+    """One usable subject: source(s) and target files on one grid, plus optional brain and lesion masks."""
 
     subject: str
-    source: Path
+    source: Path  # the first source: it sets the geometry
     target: Path | None
     mask: Path | None = None
     lesion: Path | None = None
     resample_target: bool = False
+    more_sources: tuple[Path, ...] = ()  # the other sources of a multi-source run, in the config's order
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return (self.source, *self.more_sources)
 
 
 @dataclass
@@ -196,34 +201,42 @@ def find_pairs(
 ) -> PairReport:
     """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
 
-    A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data` also reads
-    every source and target voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
+    `source` names one sequence or several, comma-separated (every subject needs each; they share the first one's
+    grid). A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data`
+    also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
     report = PairReport()
-    subjects = discover_subjects(root, (source, target))
-    for name, role in ((source, "source"), (target, "target")):
+    sources = tuple(part.strip() for part in source.split(","))
+    subjects = discover_subjects(root, (*sources, target))
+    for name, role in [(s, "source") for s in sources] + [(target, "target")]:
         if name and not any(_modality_file(files, name, role) for files in subjects.values()):
             found = sorted({m for files in subjects.values() for m in files})
             option = "--source" if role == "source" else "--target"
             raise UserError(f"{option} {name}: no subject in {root} has a {name} file (found: {', '.join(found)}); "
                             f"choose {option} from those names")
     for subject, files in subjects.items():
-        src = _modality_file(files, source, "source")
+        srcs = [_modality_file(files, name, "source") for name in sources]
         tgt = _modality_file(files, target, "target") if target else None
-        missing = [name for name, f in ((source, src), (target, tgt)) if name and f is None]
+        missing = [name for name, f in (*zip(sources, srcs), (target, tgt)) if name and f is None]
         if missing:
             have = ", ".join(sorted(files)) or "nothing"
             where = next(iter(files.values())).parent if files else Path(root) / subject
             report.problems[subject] = (f"{where}: missing {' and '.join(missing)} (found: {have}); add the file, move "
                                         "the subject out of the data folder, or list the usable pairs in a CSV manifest")
             continue
-        pair = Pair(subject, src, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES))
+        src = srcs[0]
+        pair = Pair(subject, src, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES),
+                    more_sources=tuple(srcs[1:]))  # type: ignore[arg-type]
         if check_grids:
             try:
                 problem = grid_mismatch(src, tgt) if tgt is not None else None
+                unregistered = next(filter(None, (grid_mismatch(src, other) for other in pair.more_sources)), None)
                 if problem is None:
                     grid_of(src)
             except UserError as exc:
                 report.problems[subject] = str(exc)
+                continue
+            if unregistered:
+                report.problems[subject] = f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
                 continue
             if problem and not resample_target:
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
@@ -231,7 +244,7 @@ def find_pairs(
             pair.resample_target = problem is not None
         if check_data:
             try:
-                for path in (src, tgt):
+                for path in (*pair.sources, tgt):
                     if path is not None:
                         load_volume(path)
             except UserError as exc:

@@ -48,7 +48,10 @@ SMALL_GRID: tuple[int, int, int] = (32, 96, 80)
 FOV_CENTRE_MM = np.array([0.0, -17.0, 18.0])
 
 LABEL_NAMES = ("background", "csf", "gm", "wm", "lesion")
-SUBJECT_FILES = ("flair.nii.gz", "t1.nii.gz", "labels.nii.gz", "lesion.nii.gz", "simulation.json")
+SUBJECT_FILES = ("flair.nii.gz", "t1.nii.gz", "t2.nii.gz", "pd.nii.gz", "labels.nii.gz", "lesion.nii.gz",
+                 "simulation.json")
+#: the sequences the simulator can write: FLAIR and T1 always, T2 and PD on request (no contrast agent: no T1ce)
+SEQUENCES = ("flair", "t1", "t2", "pd")
 MARKER_FILE = ".modalsynth-simulated.json"
 SUBJECT_PREFIX = "sim-"
 
@@ -60,6 +63,7 @@ TISSUES_3T: dict[str, tuple[float, float, float]] = {
 }
 _COARSE_STEP_MM = 6.0  # control-grid spacing of the elastic displacement and the bias fields
 _TEMPLATE_MARGIN = 6  # voxels kept around the brain box when cropping the template
+SCANNER_KEYS = ("wm_level", "bias_std", "noise_fraction")  # per sequence: gain, bias-field strength, Rician noise
 _BLOCK = 4  # voxels per side of the blocks of the template's support map (where tissue may be sampled)
 
 
@@ -73,6 +77,7 @@ class SimulatedSubject:
     lesion: np.ndarray
     affine: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    more: dict[str, np.ndarray] = field(default_factory=dict)  # the other sequences asked for (t2, pd)
 
 
 @dataclass(frozen=True)
@@ -384,10 +389,26 @@ def _supported(coords: np.ndarray, template: _Template) -> np.ndarray:
     return np.flatnonzero(template.support[tuple(block)])
 
 
-def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: bool = False) -> SimulatedSubject:
+def _draw_more_sequences(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Timings and scanner levels of the optional T2-weighted and proton-density spin echoes (their own stream)."""
+    return {
+        "t2": {"tr_ms": rng.uniform(4000.0, 6000.0), "te_ms": rng.uniform(85.0, 110.0), "wm_level": rng.uniform(180.0, 260.0),
+               "bias_std": rng.uniform(0.04, 0.12), "noise_fraction": rng.uniform(0.015, 0.04)},
+        "pd": {"tr_ms": rng.uniform(2500.0, 3500.0), "te_ms": rng.uniform(10.0, 20.0), "wm_level": rng.uniform(350.0, 450.0),
+               "bias_std": rng.uniform(0.04, 0.12), "noise_fraction": rng.uniform(0.015, 0.04)},
+    }
+
+
+def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: bool = False,
+                     sequences: tuple[str, ...] = ("flair", "t1")) -> SimulatedSubject:
     """Simulate one paired FLAIR/T1 subject with tissue labels and a lesion mask on `grid` (z, y, x); with `head`,
-    whole-head images (data/head.py around the brain; labels and lesion stay the brain's, the head is label 0)."""
+    whole-head images (data/head.py around the brain; labels and lesion stay the brain's, the head is label 0).
+    `sequences` may add 't2' and 'pd' (spin echoes of the same tissue maps, drawn from their own random stream, so
+    the FLAIR and T1 of a seed do not change)."""
     grid = _check_grid(grid)
+    unknown = sorted(set(sequences) - set(SEQUENCES))
+    if unknown:
+        raise UserError(f"--sequences {','.join(unknown)}: the simulator writes {', '.join(SEQUENCES)}")
     spacing = grid_spacing(grid)
     rng = np.random.default_rng(seed)
     template = _blurred_template(tuple(round(s, 6) for s in spacing))  # type: ignore[arg-type]
@@ -416,33 +437,40 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: b
         around = head_labels(brain, spacing, np.random.default_rng([seed, 1]))
         params["head"] = True
 
+    scanner = params["scanner"]
+    protocols = [("flair", inversion_recovery, params["flair"], {k: scanner[f"flair_{k}"] for k in SCANNER_KEYS}, rng),
+                 ("t1", spin_echo, params["t1w"], {k: scanner[f"t1_{k}"] for k in SCANNER_KEYS}, rng)]
+    more = [name for name in ("t2", "pd") if name in sequences]
+    if more:
+        more_rng = np.random.default_rng([seed, 2])
+        drawn = _draw_more_sequences(more_rng)
+        for name in more:
+            params[name] = drawn[name]
+            timing = {k: v for k, v in drawn[name].items() if k in ("tr_ms", "te_ms")}
+            protocols.append((name, spin_echo, timing, {k: drawn[name][k] for k in SCANNER_KEYS}, more_rng))
     images = {}
-    for name, equation, sequence in (
-        ("flair", inversion_recovery, params["flair"]),
-        ("t1", spin_echo, params["t1w"]),
-    ):
+    for name, equation, sequence, levels, stream in protocols:
         timing = {k[:-3]: v for k, v in sequence.items()}  # tr_ms -> tr, ...
         tissue_signal = {
             t: float(equation(p["pd"], p["t1_ms"], p["t2_ms"], **timing)) for t, p in params["tissues"].items()
         }
         signal = gm * tissue_signal["gm"] + csf * tissue_signal["csf"] + wm * tissue_signal["wm"]
         signal[in_lesion] += lesion_frac[in_lesion] * equation(lesion_pd, lesion_t1, lesion_t2, **timing)
-        scanner = params["scanner"]
-        level = scanner[f"{name}_wm_level"]
-        bias = _bias_field(rng, grid, scanner[f"{name}_bias_std"])
+        level = levels["wm_level"]
+        bias = _bias_field(stream, grid, levels["bias_std"])
         clean = np.zeros(grid, dtype=np.float32)
         clean.ravel()[inside] = signal * np.float32(level / tissue_signal["wm"]) * bias.ravel()[inside]
         if head:
-            sequence = functools.partial(equation, **timing)
-            clean += head_image(around, sequence, level / tissue_signal["wm"], spacing) * bias
+            clean += head_image(around, functools.partial(equation, **timing), level / tissue_signal["wm"], spacing) * bias
         # whole numbers, as scanners write them (the step is far below the noise; the files gzip 3x smaller)
-        images[name] = np.round(_rician(clean, scanner[f"{name}_noise_fraction"] * level, rng))
+        images[name] = np.round(_rician(clean, levels["noise_fraction"] * level, stream))
 
     labels = np.zeros(grid, dtype=np.uint8)
     labels.ravel()[inside] = np.argmax(np.stack([background, csf, gm, wm, lesion_frac]), axis=0)
     lesion = (labels == 4).astype(np.uint8)
     return SimulatedSubject(
-        flair=images["flair"], t1=images["t1"], labels=labels, lesion=lesion, affine=grid_affine(grid), params=params
+        flair=images["flair"], t1=images["t1"], labels=labels, lesion=lesion, affine=grid_affine(grid), params=params,
+        more={name: images[name] for name in more},
     )
 
 
@@ -495,9 +523,10 @@ def _json_default(value: Any) -> Any:
 def write_subject(subject: SimulatedSubject, folder: Path) -> Path:
     """Write a subject's four NIfTI files ((z, y, x) arrays stored as (x, y, z), RAS affine) and its parameters."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, dtype in (("flair", np.float32), ("t1", np.float32), ("labels", np.uint8), ("lesion", np.uint8)):
-        data = np.ascontiguousarray(getattr(subject, name).transpose(2, 1, 0))
-        save_array(data, subject.affine, folder / f"{name}.nii.gz", dtype=dtype)
+    arrays = {"flair": subject.flair, "t1": subject.t1, **subject.more, "labels": subject.labels, "lesion": subject.lesion}
+    for name, array in arrays.items():
+        data = np.ascontiguousarray(array.transpose(2, 1, 0))
+        save_array(data, subject.affine, folder / f"{name}.nii.gz", dtype=np.uint8 if name in ("labels", "lesion") else np.float32)
     text = json.dumps(subject.params, indent=1, sort_keys=True, default=_json_default)
     (folder / "simulation.json").write_text(text + "\n")
     return folder
@@ -510,9 +539,10 @@ def simulate_dataset(
     grid: tuple[int, int, int] = PAPER_GRID,
     progress: bool = False,
     head: bool = False,
+    sequences: tuple[str, ...] = ("flair", "t1"),
 ) -> list[Path]:
-    """Write `subjects` simulated pairs as OUT/sim-000/{flair,t1,labels,lesion}.nii.gz; same seed, same bytes; with
-    `head`, whole-head (not skull-stripped) FLAIR and T1."""
+    """Write `subjects` simulated pairs as OUT/sim-000/{flair,t1,labels,lesion}.nii.gz (and t2, pd if `sequences`
+    asks); same seed, same bytes; with `head`, whole-head (not skull-stripped) images."""
     out = Path(out)
     grid = _check_grid(grid)
     if subjects < 1:
@@ -527,7 +557,7 @@ def simulate_dataset(
         indices = tqdm(indices, desc="simulate", unit="subject")
     folders = []
     for index in indices:
-        subject = simulate_subject(subject_seed(seed, index), grid, head)
+        subject = simulate_subject(subject_seed(seed, index), grid, head, sequences)
         folders.append(write_subject(subject, out / f"{SUBJECT_PREFIX}{index:03d}"))
     return folders
 

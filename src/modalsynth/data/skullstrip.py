@@ -10,7 +10,7 @@ a network pass.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +106,15 @@ class SkullStrip:
             return None
         return brain_mask(volume)
 
-    def around(self, volume: Volume, predict: Callable[[Volume], Volume]) -> Volume:
-        """`predict` applied to the brain of `volume`; the result is on the input's grid, non-brain as `predict` left
-        it (its background) or, with `keep_head`, the input's head."""
+    def around(self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume],
+               companions: Sequence[Volume] = ()) -> Volume:
+        """`predict(brain, companions' brains)`: the brain of `volume` and of images on its grid (other sequences),
+        found on `volume`; the result is on the input's grid, non-brain as `predict` left it (its background) or,
+        with `keep_head`, the input's head."""
         mask = self.brain_of(volume)
         if mask is None:
-            return predict(volume)
-        out = predict(masked(volume, mask))
+            return predict(volume, list(companions))
+        out = predict(masked(volume, mask), [masked(v, mask) for v in companions])
         if self.keep_head:
             out.data[~mask] = head_in_range_of(volume, out, mask)
         return out

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from .sources import input_channels
 
 #: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
 REGISTRY: dict[str, type["Method"]] = {}
@@ -97,6 +98,8 @@ class Method(ABC):
     #: predict under bfloat16 autocast on a CPU with native bf16 too (precision 'auto'), where it was measured to keep
     #: the method's quality; otherwise CPU prediction stays float32
     cpu_bf16_inference: ClassVar[bool] = False
+    #: the network takes several sources (`--source flair,t2`: methods/sources.py)
+    multi_source: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, training: bool = True):
         self.config = config
@@ -106,6 +109,11 @@ class Method(ABC):
         self.train_nets: dict[str, nn.Module] = {}  # the same modules, wrapped by DDP when distributed
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.device = torch.device("cpu")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input: one per source, plus a presence flag each when there are several."""
+        return input_channels(len(self.config.sources))
 
     def to(self, device: torch.device) -> "Method":
         self.device = device
@@ -127,11 +135,13 @@ class Method(ABC):
 
     @abstractmethod
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
-        """One optimiser step on a batch of (N, 1, D, H, W) tensors on `self.device`; returns the losses to log."""
+        """One optimiser step on a batch on `self.device` (source (N, S, D, H, W) for S sources; target and mask
+        (N, 1, D, H, W)); returns the losses to log."""
 
     @abstractmethod
     def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The function inference applies to each volume, window or slice batch (source in [-1, 1] -> target)."""
+        """The function inference applies to each volume, window or slice batch (network input, `sources.network_input`,
+        in [-1, 1] -> target)."""
 
     @abstractmethod
     def application(self, inference: InferenceConfig) -> InferencePlan:

@@ -13,6 +13,7 @@ from ..losses import discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from ..nets.cpu_bf16 import cpu_bf16_copy
 from .base import InferencePlan, Method, register
+from .sources import draw_presence, network_input
 
 Norm = Literal["instance", "batch"]
 
@@ -37,19 +38,20 @@ class ConditionalGAN(Method):
     """Generator G(x) and discriminator D(x, y) trained with adversarial + lambda * L1 (pix2pix's recipe, eq. (1))."""
 
     network_settings = GanNetwork
+    multi_source = True
 
     def __init__(self, config: TrainConfig, training: bool = True):
         super().__init__(config, training)
         model: GanNetwork = config.model  # type: ignore[assignment]
         self.nets["generator"] = ResUNet(
-            spatial_dims=self.spatial_dims, base_channels=model.base_channels, depth=model.depth, norm=model.norm,
-            checkpointing=config.checkpointing, stem=model.stem, full_res_channels=model.full_res_channels,
+            spatial_dims=self.spatial_dims, in_channels=self.input_channels, base_channels=model.base_channels,
+            depth=model.depth, norm=model.norm, checkpointing=config.checkpointing, stem=model.stem, full_res_channels=model.full_res_channels,
             head_kernel=model.head_kernel, upsample=model.upsample,
         )
         if not training:
             return  # prediction needs only the generator
         self.nets["discriminator"] = PatchDiscriminator(
-            spatial_dims=self.spatial_dims, in_channels=2, base_channels=model.disc_channels, n_layers=model.disc_layers,
+            spatial_dims=self.spatial_dims, in_channels=self.input_channels + 1, base_channels=model.disc_channels, n_layers=model.disc_layers,
             norm=model.disc_norm,
         )
         self.make_optimizers()
@@ -76,10 +78,17 @@ class ConditionalGAN(Method):
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
         return batch
 
+    def training_input(self, sources: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The network input of a training batch: with several sources, each left out with chance `source_dropout`."""
+        if sources.shape[1] == 1:
+            return sources
+        present = draw_presence(sources.shape[0], sources.shape[1], self.config.source_dropout, gen)
+        return network_input(sources, present.to(sources.device))
+
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """One discriminator step on (x, y) vs (x, G(x)), then one generator step on adversarial + lambda * L1."""
         b = self.model_batch(batch, gen)
-        x, y = b["source"], b["target"]
+        x, y = self.training_input(b["source"], gen), b["target"]
         G, D = self.train_nets["generator"], self.train_nets["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         with self.autocast():

@@ -62,7 +62,7 @@ class IntensityLUT(Method):
     def fit_closed_form(self, subjects: list[PreparedSubject]) -> None:
         """Bin the training subjects' foreground voxels (source value -> mean target value)."""
         with_target = [s for s in subjects if s.target is not None]
-        table = fit_table([s.source[s.mask > 0] for s in with_target], [s.target[s.mask > 0] for s in with_target], self.bins)
+        table = fit_table([s.source[0][s.mask > 0] for s in with_target], [s.target[s.mask > 0] for s in with_target], self.bins)
         self.table = torch.from_numpy(table.astype(np.float32))
 
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:

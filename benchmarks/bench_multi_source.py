@@ -1,0 +1,100 @@
+"""What a second source buys: gan3d FLAIR -> T1 vs FLAIR + T2 -> T1 on simulated subjects, at equal minutes.
+
+Simulates subjects with FLAIR, T1 and T2 (`modalsynth simulate --sequences flair,t1,t2`), trains two gan3d models
+from random weights side by side in one run (two processes, one thread each, the same minutes, so both see the same
+machine load): FLAIR alone, and FLAIR + T2 with the default source dropout. Then predicts the held-out subjects with
+the single-source model and with the two-source model from both sources, from FLAIR alone and from T2 alone, and
+scores each with `modalsynth evaluate` (brain SSIM, PSNR, MAE; lesion SSIM). Prints a table and writes JSON.
+
+    python benchmarks/bench_multi_source.py --work /tmp/bench-multi --json out.json [--minutes 10 --subjects 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+METRICS = ("ssim_brain", "psnr_brain", "mae_brain", "ssim_lesion")
+
+
+def modalsynth(*args: str, threads: int = 1, wait: bool = True) -> subprocess.Popen | None:
+    """Run `python -m modalsynth ARGS` with `threads` torch threads (returns the process when not waiting)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    process = subprocess.Popen([sys.executable, "-m", "modalsynth", *args], env=env)
+    if wait:
+        if process.wait() != 0:
+            raise SystemExit(f"modalsynth {' '.join(args)} failed")
+        return None
+    return process
+
+
+def train_side_by_side(data: Path, work: Path, minutes: float) -> dict[str, Path]:
+    """Both models at once, `minutes` each, one thread each (a fair split of a 2-core machine), with gan3d's default
+    recipe (its own grid, 64^3 patches)."""
+    runs = {"flair": work / "run-flair", "flair,t2": work / "run-flair-t2"}
+    common = ["--data", str(data), "--target", "t1", "--minutes", str(minutes), "--steps", "100000", "--init", "none",
+              "--holdout", "val+test", "--device", "cpu", "--workers", "0"]
+    processes = [modalsynth("train", "--source", source, "--out", str(out), *common, wait=False)
+                 for source, out in runs.items()]
+    if any(p.wait() != 0 for p in processes):  # type: ignore[union-attr]
+        raise SystemExit("a training run failed")
+    return runs
+
+
+def score(run: Path, data: Path, work: Path, label: str, source: str) -> dict[str, float]:
+    """Predict the run's test subjects from `source` and evaluate them against the real T1."""
+    pred, report = work / f"pred-{label}", work / f"eval-{label}"
+    modalsynth("predict", "--checkpoint", str(run / "best.pt"), "--input", str(data), "--output", str(pred),
+               "--split", "test", "--source", source, "--device", "cpu", "--skull-strip", "never", threads=2)
+    modalsynth("evaluate", "--pred", str(pred), "--ref", str(data), "--target", "t1", "--out", str(report), "--no-fid",
+               threads=2)
+    metrics = json.loads((report / "summary.json").read_text())["metrics"]
+    return {m: metrics[m]["mean"] for m in METRICS} | {"n": metrics["ssim_brain"]["n"]}
+
+
+def steps_of(run: Path) -> int:
+    import torch
+
+    return int(torch.load(run / "last.pt", map_location="cpu", weights_only=False)["step"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--subjects", type=int, default=24)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--grid", default="32 96 80", help="the simulated subjects' grid D H W")
+    args = parser.parse_args()
+    work, data, grid = args.work, args.work / "data", args.grid.split()
+    work.mkdir(parents=True, exist_ok=True)
+    if not (data / f"sim-{args.subjects - 1:03d}").is_dir():
+        modalsynth("simulate", "--out", str(data), "--subjects", str(args.subjects), "--grid", *grid,
+                   "--sequences", "flair,t1,t2", threads=2)
+    runs = train_side_by_side(data, work, args.minutes)
+    rows = [
+        {"model": "FLAIR -> T1", "predicted from": "flair", **score(runs["flair"], data, work, "single", "flair")},
+        {"model": "FLAIR + T2 -> T1", "predicted from": "flair,t2", **score(runs["flair,t2"], data, work, "both", "flair,t2")},
+        {"model": "FLAIR + T2 -> T1", "predicted from": "flair", **score(runs["flair,t2"], data, work, "both-flair", "flair")},
+        {"model": "FLAIR + T2 -> T1", "predicted from": "t2", **score(runs["flair,t2"], data, work, "both-t2", "t2")},
+    ]
+    steps = {source: steps_of(run) for source, run in runs.items()}
+    result = {"cpu": platform.processor() or platform.machine(), "minutes": args.minutes, "subjects": args.subjects,
+              "grid": grid, "steps": steps, "rows": rows}
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"\n{args.minutes:g} minutes each (steps: {steps}); test subjects: {rows[0]['n']}\n")
+    print("| model | predicted from | brain SSIM | brain PSNR | brain MAE | lesion SSIM |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['predicted from']} | {r['ssim_brain']:.4f} | {r['psnr_brain']:.2f} | "
+              f"{r['mae_brain']:.4f} | {r['ssim_lesion']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

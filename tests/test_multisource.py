@@ -1,0 +1,140 @@
+"""Several input sequences: the network input, source dropout, the simulator's T2/PD, training and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modalsynth.data.cache import CacheSettings, build_cache, open_subjects, read_manifest
+from modalsynth.data.pairs import find_pairs
+from modalsynth.data.preprocess import PreprocessConfig
+from modalsynth.data.simulate import simulate_dataset, simulate_subject
+from modalsynth.errors import UserError
+from modalsynth.inference import Predictor
+from modalsynth.io import load_volume, save_array
+from modalsynth.methods.sources import draw_presence, input_channels, network_input
+from modalsynth.training import train
+
+from .conftest import TINY_GRID, tiny_config
+from .test_settings import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_multi(tmp_path_factory):
+    """Four simulated subjects with FLAIR, T1 and T2 on the tiny grid."""
+    root = tmp_path_factory.mktemp("tiny-multi")
+    simulate_dataset(root, subjects=4, seed=3, grid=TINY_GRID, sequences=("flair", "t1", "t2"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def multi_run(tiny_multi, tmp_path_factory):
+    """A 3-step gan3d run on FLAIR + T2 -> T1."""
+    out = tmp_path_factory.mktemp("multi-run")
+    train(tiny_config(steps=3, source="flair,t2", holdout="none"), tiny_multi, out, progress=False)
+    return out
+
+
+def test_network_input_zeroes_missing_sources_and_appends_presence_flags():
+    sources = torch.rand(2, 3, 4, 5, 6) + 1.0
+    present = torch.tensor([[True, False, True], [False, False, True]])
+    x = network_input(sources, present)
+    assert x.shape == (2, 6, 4, 5, 6) and input_channels(3) == 6
+    for n in range(2):
+        for s in range(3):
+            assert torch.equal(x[n, s], sources[n, s] if present[n, s] else torch.zeros(4, 5, 6))
+            assert torch.all(x[n, 3 + s] == float(present[n, s]))
+    one = torch.rand(1, 1, 4, 5, 6)
+    assert network_input(one) is one and input_channels(1) == 1  # single-source models keep one channel
+
+
+def test_source_dropout_keeps_at_least_one_and_drops_at_the_asked_rate():
+    present = draw_presence(20000, 2, 0.3, torch.Generator().manual_seed(0))
+    assert present.any(dim=1).all()
+    # each dropped with 0.3, but both dropped (0.09) is turned into one kept: P(dropped) = 0.3 - 0.09 / 2
+    assert abs(float((~present).float().mean()) - 0.255) < 0.01
+    assert draw_presence(50, 3, 0.0, torch.Generator()).all()
+
+
+def test_simulator_t2_and_pd_come_from_the_same_tissues_and_leave_flair_t1_unchanged():
+    plain = simulate_subject(5, TINY_GRID)
+    more = simulate_subject(5, TINY_GRID, sequences=("flair", "t1", "t2", "pd"))
+    assert np.array_equal(plain.flair, more.flair) and np.array_equal(plain.t1, more.t1)
+    labels = more.labels
+    t2, pd = more.more["t2"], more.more["pd"]
+    # T2-weighted: CSF brightest, then grey, then white matter; proton density: grey above white matter, and CSF far
+    # less bright than on T2 (its long T1 is not recovered at a PD's TR)
+    assert np.median(t2[labels == 1]) > np.median(t2[labels == 2]) > np.median(t2[labels == 3])
+    assert np.median(pd[labels == 2]) > np.median(pd[labels == 3])
+    assert np.median(t2[labels == 1]) / np.median(t2[labels == 3]) > np.median(pd[labels == 1]) / np.median(pd[labels == 3])
+    with pytest.raises(UserError, match="t1ce"):
+        simulate_subject(5, TINY_GRID, sequences=("flair", "t1", "t1ce"))
+
+
+def test_pairs_and_cache_hold_one_channel_per_source(tiny_multi, tmp_path):
+    pairs = find_pairs(tiny_multi, "flair,t2", "t1").pairs
+    assert len(pairs) == 4 and all(p.sources[1].name == "t2.nii.gz" for p in pairs)
+    settings = CacheSettings("flair,t2", "t1", False, PreprocessConfig(grid=TINY_GRID))
+    manifest = build_cache(pairs, settings, tmp_path / "cache", workers=1, progress=False)
+    subject = open_subjects(tmp_path / "cache", manifest, [pairs[0].subject])[0]
+    assert subject.source.shape == (2, *TINY_GRID)
+    flair, t2 = (np.asarray(a, np.float32) for a in subject.source)
+    assert np.corrcoef(flair.ravel(), t2.ravel())[0, 1] < 0.99  # two different images, not one copied
+    assert set(read_manifest(tmp_path / "cache")["subjects"][pairs[0].subject]["files"]) == {"source", "source1", "target"}
+
+
+def test_a_source_on_another_grid_is_a_problem_naming_both_files(tiny_multi, tmp_path):
+    import shutil
+
+    folder = tmp_path / "s"
+    shutil.copytree(tiny_multi / "sim-000", folder)
+    t2 = load_volume(folder / "t2.nii.gz")
+    save_array(t2.data[:, :, :-2], t2.affine, folder / "t2.nii.gz")
+    problem = find_pairs(tmp_path, "flair,t2", "t1").problems["s"]
+    assert "t2.nii.gz" in problem and "flair.nii.gz" in problem and "register" in problem
+
+
+def test_bad_source_lists_are_one_line_errors():
+    with pytest.raises(UserError, match="distinct"):
+        tiny_config(source="flair,flair")
+    with pytest.raises(UserError, match="target and one of the sources"):
+        tiny_config(source="flair,t1")
+    with pytest.raises(UserError, match="takes one source"):
+        tiny_config(source="flair,t2", method="lut", model={})
+    assert tiny_config(source="FLAIR, T2w").source == "flair,t2"
+
+
+def test_a_multi_source_model_predicts_from_any_subset_and_says_which(multi_run, tiny_multi, tmp_path, monkeypatch, capsys):
+    predictor = Predictor.from_checkpoint(multi_run / "best.pt", "cpu")
+    assert predictor.config.sources == ("flair", "t2")
+    assert predictor.method.nets["generator"].in_channels == 4
+    volumes = {name: load_volume(tiny_multi / "sim-000" / f"{name}.nii.gz") for name in ("flair", "t2")}
+    both = predictor.predict_sources(volumes).data
+    flair_only = predictor.predict_sources({"flair": volumes["flair"]}).data
+    t2_only = predictor.predict_sources({"t2": volumes["t2"]}).data
+    assert both.shape == flair_only.shape == t2_only.shape == volumes["flair"].shape
+    assert not np.allclose(both, flair_only) and not np.allclose(both, t2_only)
+
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
+                             str(tiny_multi), "--output", str(tmp_path / "both"), "--device", "cpu")
+    assert code == 0 and "predicting from flair+t2 (4 subject(s))" in out
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
+                             str(tiny_multi), "--output", str(tmp_path / "flair"), "--device", "cpu", "--source", "flair")
+    assert code == 0 and "predicting from flair (4 subject(s))" in out
+    np.testing.assert_allclose(load_volume(tmp_path / "flair" / "sim-000" / "t1.nii.gz").data, flair_only, atol=1e-4)
+    np.testing.assert_allclose(load_volume(tmp_path / "both" / "sim-000" / "t1.nii.gz").data, both, atol=1e-4)
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
+                             str(tiny_multi / "sim-001" / "t2.nii.gz"), "--output", str(tmp_path / "one.nii.gz"),
+                             "--device", "cpu", "--source", "t2")
+    assert code == 0 and "from t2 only" in out
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
+                             str(tiny_multi), "--output", str(tmp_path / "pd"), "--device", "cpu", "--source", "pd")
+    assert code == 2 and "takes flair,t2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_single_source_models_keep_one_input_channel(tiny_sim):
+    from modalsynth.methods import build_method
+
+    method = build_method(tiny_config())
+    assert method.nets["generator"].in_channels == 1 and method.nets["discriminator"].in_channels == 2
