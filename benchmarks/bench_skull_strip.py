@@ -2,7 +2,8 @@
 same brains given skull-stripped, side by side in one process.
 
 Per subject: the stripped FLAIR gets a head (modalsynth.data.simulate.with_head: scalp, skull, CSF rim, eyes, neck;
-brain voxels unchanged); deepbet's brain mask of the head is scored by Dice against the stripped brain; the built-in
+brain voxels unchanged); deepbet's brain mask of the head (what `modalsynth strip --mask` writes) and the region a
+prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM) are scored by Dice against the stripped brain; the built-in
 model predicts the T1 with the default `--skull-strip auto` from the whole head and from the stripped FLAIR, and
 both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain, as `modalsynth evaluate`). Seconds: the
 mask alone, and each prediction (the head's minus the stripped one's is what skull handling adds).
@@ -28,7 +29,7 @@ from modalsynth import builtin
 from modalsynth.data.pairs import discover_subjects
 from modalsynth.data.preprocess import foreground_mask, to_zyx
 from modalsynth.data.simulate import with_head
-from modalsynth.data.skullstrip import SkullStrip, brain_mask, looks_skull_stripped
+from modalsynth.data.skullstrip import SkullStrip, brain_mask, kept_region, looks_skull_stripped
 from modalsynth.inference import Predictor
 from modalsynth.io import Volume, load_volume
 from modalsynth.metrics import scale_to_unit, ssim3d
@@ -62,7 +63,8 @@ def timed(function, *args):
 
 
 def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: int) -> dict:
-    """One subject's row: auto's decisions, the mask's Dice and seconds, both predictions' brain SSIM and seconds."""
+    """One subject's row: auto's decisions, the mask's and the kept region's Dice, the mask's seconds, both predictions'
+    brain SSIM and seconds."""
     flair, t1 = load_volume(files["flair"]), load_volume(files["t1"])
     head, brain = with_head(flair, "flair", seed)
     auto_skips, check_s = timed(looks_skull_stripped, flair)
@@ -72,7 +74,8 @@ def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: i
     row = {
         "subject": name, "shape": list(flair.shape),
         "auto_strips_head": not looks_skull_stripped(head), "auto_skips_stripped": auto_skips, "auto_check_s": check_s,
-        "dice": dice(mask, brain), "strip_s": strip_s, "predict_head_s": head_s, "predict_stripped_s": brain_s,
+        "dice": dice(mask, brain), "dice_kept": dice(kept_region(mask, head.spacing), brain), "strip_s": strip_s,
+        "predict_head_s": head_s, "predict_stripped_s": brain_s,
         "ssim_head": brain_ssim(from_head, t1), "ssim_stripped": brain_ssim(from_brain, t1),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
@@ -92,18 +95,21 @@ def main() -> None:
     if args.subjects:
         subjects = {name: subjects[name] for name in args.subjects.split(",")}
     rows = [run_subject(predictor, name, files, seed) for seed, (name, files) in enumerate(sorted(subjects.items()))]
-    header = ("subject", "auto strips head", "auto skips stripped", "auto check s", "mask Dice", "mask s", "predict s (head)",
-              "predict s (stripped)", "added s", "brain SSIM (head)", "brain SSIM (stripped)", "diff")
+    header = ("subject", "auto strips head", "auto skips stripped", "auto check s", "mask Dice", "kept Dice", "mask s",
+              "predict s (head)", "predict s (stripped)", "added s", "brain SSIM (head)", "brain SSIM (stripped)", "diff")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | {r['dice']:.4f} | "
+        lines.append(f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | "
+                     f"{r['dice']:.4f} | {r['dice_kept']:.4f} | "
                      f"{r['strip_s']:.1f} | {r['predict_head_s']:.1f} | {r['predict_stripped_s']:.1f} | "
                      f"{r['predict_head_s'] - r['predict_stripped_s']:.1f} | {r['ssim_head']:.4f} | "
                      f"{r['ssim_stripped']:.4f} | {r['ssim_head'] - r['ssim_stripped']:+.4f} |")
     median = {k: float(np.median([r[k] for r in rows]))
-              for k in ("auto_check_s", "dice", "strip_s", "predict_head_s", "predict_stripped_s")}
-    worst = {"dice": min(r["dice"] for r in rows), "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows)}
-    lines.append(f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | {median['strip_s']:.1f} | "
+              for k in ("auto_check_s", "dice", "dice_kept", "strip_s", "predict_head_s", "predict_stripped_s")}
+    worst = {"dice": min(r["dice"] for r in rows), "dice_kept": min(r["dice_kept"] for r in rows),
+             "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows)}
+    lines.append(f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | "
+                 f"{median['dice_kept']:.4f} / {worst['dice_kept']:.4f} | {median['strip_s']:.1f} | "
                  f"{median['predict_head_s']:.1f} | {median['predict_stripped_s']:.1f} | "
                  f"{median['predict_head_s'] - median['predict_stripped_s']:.1f} | | | max abs {worst['ssim_diff']:.4f} |")
     print("\n".join(lines))

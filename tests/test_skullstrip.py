@@ -16,9 +16,9 @@ from modalsynth.data.datasets import prepare_pair
 from modalsynth.data.pairs import Pair
 from modalsynth.data.preprocess import PreprocessConfig
 from modalsynth.data.simulate import SMALL_GRID, simulate_subject, with_head, write_subject
-from modalsynth.data.skullstrip import SkullStrip, looks_skull_stripped
+from modalsynth.data.skullstrip import SkullStrip, kept_region, looks_skull_stripped, strip_file
 from modalsynth.errors import UserError
-from modalsynth.io import Volume, load_volume
+from modalsynth.io import Volume, load_volume, voxel_spacing
 
 from .conftest import TINY_GRID
 
@@ -60,17 +60,20 @@ def test_with_head_around_a_stripped_volume_changes_only_the_outside(heads):
 
 
 def _fake_mask(monkeypatch, mask: np.ndarray) -> list:
-    """Replace deepbet with a known mask; returns the list of volumes it was asked about."""
+    """Replace deepbet with a known mask and widen the margin to one in-plane voxel of the tiny grid (4.8 mm; the real
+    1 mm margin grows nothing there); returns the list of volumes deepbet was asked about."""
     calls = []
     monkeypatch.setattr(skullstrip, "brain_mask", lambda volume: calls.append(volume) or mask)
+    monkeypatch.setattr(skullstrip, "BRAIN_MARGIN_MM", 5.0)
     return calls
 
 
-def test_prediction_sees_only_the_brain_and_writes_zero_or_the_head(heads, monkeypatch):
+def test_prediction_sees_only_the_brain_with_its_margin_and_writes_zero_or_the_head(heads, monkeypatch):
     _, whole = heads
     volume = _volume(whole, "flair")
     mask = whole.labels.transpose(2, 1, 0) > 0
     calls = _fake_mask(monkeypatch, mask)
+    region = kept_region(mask, volume.spacing)
     seen = []
 
     def predict(brain: Volume, others: list[Volume]) -> Volume:  # a stand-in model: 2 x input, its background 0
@@ -78,11 +81,13 @@ def test_prediction_sees_only_the_brain_and_writes_zero_or_the_head(heads, monke
         return Volume(2.0 * brain.data, brain.affine, brain.header)
 
     out = SkullStrip("auto").around(volume, predict)
-    assert len(calls) == 1 and np.all(seen[0].data[~mask] == 0) and np.array_equal(seen[0].data[mask], volume.data[mask])
-    assert np.all(out.data[~mask] == 0) and out.shape == volume.shape
+    # the model sees the brain and the margin around it, nothing else
+    assert len(calls) == 1 and np.all(seen[0].data[~region] == 0)
+    assert np.array_equal(seen[0].data[region], volume.data[region])
+    assert np.all(out.data[~region] == 0) and np.any(out.data[region & ~mask] != 0) and out.shape == volume.shape
     kept = SkullStrip("auto", keep_head=True).around(volume, predict)
-    np.testing.assert_allclose(kept.data[mask], 2.0 * volume.data[mask])
-    np.testing.assert_allclose(kept.data[~mask], 2.0 * volume.data[~mask], rtol=1e-4, atol=1e-2)  # head in output units
+    np.testing.assert_allclose(kept.data[region], 2.0 * volume.data[region])
+    np.testing.assert_allclose(kept.data[~region], 2.0 * volume.data[~region], rtol=1e-4, atol=1e-2)  # head in output units
     # a brain is used as it is by `auto` (no network pass), stripped anyway by `always`, never by `never`
     stripped = skullstrip.masked(volume, mask)
     SkullStrip("auto").around(stripped, predict)
@@ -101,10 +106,30 @@ def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeyp
     config = PreprocessConfig(grid=TINY_GRID)
     raw, stripped = prepare_pair(pair, config), prepare_pair(pair, PreprocessConfig(grid=TINY_GRID, skull_strip="auto"))
     brain = whole.labels > 0
-    assert (raw.source > -0.9).sum() > 1.3 * (stripped.source > -0.9).sum()  # the head shows only without stripping
-    assert stripped.mask.sum() == brain.sum()  # the whole brain, in a window centred on it
+    # the head shows only without stripping (on the tiny grid the one-voxel margin adds a seventh to the brain)
+    assert (raw.source > -0.9).sum() > 1.1 * (stripped.source > -0.9).sum()
+    region = kept_region(mask, voxel_spacing(whole.affine))
+    assert stripped.mask.sum() == region.sum() > brain.sum()  # the whole brain and its margin, in a window centred on it
     outside = ~stripped.mask
     assert np.all(stripped.source[0][outside] == -1.0) and np.all(stripped.target[outside] == -1.0)
+
+
+def test_strip_writes_the_brain_mask_and_the_volume_as_predict_strips_it(heads, tmp_path, monkeypatch):
+    _, whole = heads
+    folder = write_subject(whole, tmp_path / "sim-000")
+    mask = whole.labels.transpose(2, 1, 0) > 0
+    _fake_mask(monkeypatch, mask)
+    source = load_volume(folder / "flair.nii.gz")
+    region = kept_region(mask, source.spacing)
+    assert region.sum() > 1.1 * mask.sum()  # the margin adds voxels around the brain
+    strip_file(folder / "flair.nii.gz", tmp_path / "brain.nii.gz", tmp_path / "mask.nii.gz")
+    written = load_volume(tmp_path / "mask.nii.gz", allow_constant=True).data
+    assert np.array_equal(written > 0, mask)  # the brain mask itself, not grown
+    stripped = load_volume(tmp_path / "brain.nii.gz").data
+    assert np.all(stripped[~region] == 0) and np.allclose(stripped[region], source.data[region])
+    seen = []
+    SkullStrip("always").around(source, lambda brain, _: seen.append(brain) or brain)
+    np.testing.assert_allclose(seen[0].data, stripped)  # what predict gives the model
 
 
 def test_bad_mode_and_missing_deepbet_are_one_line_errors(heads, monkeypatch):
@@ -141,7 +166,8 @@ def test_strip_command_finds_the_brain_of_a_simulated_head_offline(tmp_path, mon
     brain = subject.labels > 0
     assert 2 * (mask & brain).sum() / (mask.sum() + brain.sum()) >= 0.95
     stripped = load_volume(tmp_path / "brain.nii.gz").data.transpose(2, 1, 0)
-    assert np.all(stripped[~mask] == 0) and np.array_equal(stripped[mask], subject.flair[mask])
+    region = kept_region(mask, voxel_spacing(subject.affine)[::-1])  # (z, y, x) as the arrays here
+    assert np.all(stripped[~region] == 0) and np.array_equal(stripped[region], subject.flair[region])
 
 
 def test_skull_strip_is_a_preprocessing_setting_checked_once():

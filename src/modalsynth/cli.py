@@ -271,7 +271,8 @@ def predict(
 @app.command()
 def strip(
     input: Path = typer.Option(..., "--input", help="A NIfTI file of a whole head (any MRI contrast)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="The skull-stripped volume (non-brain zero)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="The skull-stripped volume as `predict` strips it: zero outside "
+                                          "the brain mask grown by a 1 mm margin."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
 ) -> None:
     """Skull-strip one volume offline with deepbet (pip install 'modalsynth[strip]'): the brain mask and/or the brain.

@@ -51,7 +51,7 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed outside it
     brain = None
     if config.skull_strip != "never":
-        brain = mask.data > 0 if mask is not None else SkullStrip(config.skull_strip).brain_of(source)
+        brain = mask.data > 0 if mask is not None else SkullStrip(config.skull_strip).region_of(source)
     if brain is not None:
         source, more = masked(source, brain), [masked(v, brain) for v in more]
         mask = mask if mask is not None else Volume(brain.astype(np.uint8), source.affine, source.header)

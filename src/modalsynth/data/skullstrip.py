@@ -2,9 +2,10 @@
 
 deepbet (MIT, Fisch et al. 2024) ships its two TorchScript networks inside its wheel, so nothing is downloaded at run
 time; it works on the voxel grid it is given (a 128^3 pass to find the brain's box, a 256^3 pass inside it) and its
-mask comes back on the input's grid. `auto` skips it for an input that already looks skull-stripped: a foreground of
-at most MAX_BRAIN_ML inside its outline (a brain, not a head), which costs a threshold and a hole filling instead of
-a network pass.
+mask comes back on the input's grid. That mask is the brain mask (`strip --mask`); a prediction keeps it grown by
+BRAIN_MARGIN_MM (`kept_region`), so no brain edge the mask misses is lost. `auto` skips it for an input that already
+looks skull-stripped: a foreground of at most MAX_BRAIN_ML inside its outline (a brain, not a head), which costs a
+threshold and a hole filling instead of a network pass.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .preprocess import STRIP_MODES
 #: a head with skull and scalp shows 3-5 litres in a brain MRI's field of view
 MAX_BRAIN_ML = 2500.0
 INSTALL_HINT = "pip install 'modalsynth[strip]'"
-#: deepbet's mask grown by this margin: a brain voxel left out becomes background in the synthetic image (and drags its
-#: percentile scaling), an extra CSF voxel at the edge costs little (benchmarks/RESULTS.md, "Raw scans")
+#: a prediction keeps deepbet's mask grown by this margin: a brain voxel left out becomes background in the synthetic
+#: image (and drags its percentile scaling), an extra CSF voxel at the edge costs little; the brain mask itself stays
+#: deepbet's, the closest to the brain (benchmarks/RESULTS.md, "Raw scans")
 BRAIN_MARGIN_MM = 1.0
 
 
@@ -73,15 +75,19 @@ def _extractor() -> Any:
 
 
 def brain_mask(volume: Volume) -> np.ndarray:
-    """The brain of a whole-head volume as a boolean array on its own grid: deepbet's (threshold 0.5) grown by
-    BRAIN_MARGIN_MM."""
+    """The brain of a whole-head volume as a boolean array on its own grid: deepbet's mask (threshold 0.5)."""
     image = nib.Nifti1Image(np.asarray(volume.data, dtype=np.float32), volume.affine, volume.header)
     try:
         _, mask, _ = _extractor().run(image)
     except AssertionError as exc:  # deepbet asserts when its first pass finds no brain
         raise UserError(f"{volume.path or 'input'}: the skull stripper found no brain ({exc}); is it a head MRI?") from None
-    inside = np.asarray(mask.dataobj) > 0
-    return inside | (ndimage.distance_transform_edt(~inside, sampling=volume.spacing) <= BRAIN_MARGIN_MM)
+    return np.asarray(mask.dataobj) > 0
+
+
+def kept_region(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The voxels a prediction keeps around a brain mask (`spacing` in mm per array axis): the mask grown by
+    BRAIN_MARGIN_MM, so a brain edge the mask misses is synthesised rather than blanked."""
+    return mask | (ndimage.distance_transform_edt(~mask, sampling=spacing) <= BRAIN_MARGIN_MM)
 
 
 def masked(volume: Volume, mask: np.ndarray) -> Volume:
@@ -100,23 +106,24 @@ class SkullStrip:
     def __post_init__(self) -> None:
         check_mode(self.mode)
 
-    def brain_of(self, volume: Volume) -> np.ndarray | None:
-        """The brain mask to strip `volume` with, or None when it is used as it is."""
+    def region_of(self, volume: Volume) -> np.ndarray | None:
+        """The region to strip `volume` with (the brain mask grown by the margin, `kept_region`), or None when it is
+        used as it is."""
         if self.mode == "never" or (self.mode == "auto" and looks_skull_stripped(volume)):
             return None
-        return brain_mask(volume)
+        return kept_region(brain_mask(volume), volume.spacing)
 
     def around(self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume],
                companions: Sequence[Volume] = ()) -> Volume:
-        """`predict(brain, companions' brains)`: the brain of `volume` and of images on its grid (other sequences),
-        found on `volume`; the result is on the input's grid, non-brain as `predict` left it (its background) or,
-        with `keep_head`, the input's head."""
-        mask = self.brain_of(volume)
-        if mask is None:
+        """`predict(brain, companions' brains)`: the brain of `volume` (with its margin) and of images on its grid
+        (other sequences), found on `volume`; the result is on the input's grid, the rest as `predict` left it (its
+        background) or, with `keep_head`, the input's head."""
+        region = self.region_of(volume)
+        if region is None:
             return predict(volume, list(companions))
-        out = predict(masked(volume, mask), [masked(v, mask) for v in companions])
+        out = predict(masked(volume, region), [masked(v, region) for v in companions])
         if self.keep_head:
-            out.data[~mask] = head_in_range_of(volume, out, mask)
+            out.data[~region] = head_in_range_of(volume, out, region)
         return out
 
 
@@ -128,7 +135,8 @@ def head_in_range_of(volume: Volume, out: Volume, mask: np.ndarray) -> np.ndarra
 
 
 def strip_file(source: Path, output: Path | None = None, mask_path: Path | None = None) -> list[Path]:
-    """`modalsynth strip`: write the brain mask (uint8) and/or the skull-stripped volume of one file."""
+    """`modalsynth strip`: write the brain mask (uint8) and/or the skull-stripped volume of one file, the latter as
+    `predict` strips it (zero outside the mask's `kept_region`), so predicting from it equals predicting from the head."""
     from ..io import load_volume, save_array, save_volume
 
     if output is None and mask_path is None:
@@ -139,5 +147,5 @@ def strip_file(source: Path, output: Path | None = None, mask_path: Path | None 
     if mask_path is not None:
         written.append(save_array(mask.astype(np.uint8), volume.affine, mask_path, header=volume.header, dtype=np.uint8))
     if output is not None:
-        written.append(save_volume(masked(volume, mask), output))
+        written.append(save_volume(masked(volume, kept_region(mask, volume.spacing)), output))
     return written
