@@ -138,3 +138,17 @@ def test_single_source_models_keep_one_input_channel(tiny_sim):
 
     method = build_method(tiny_config())
     assert method.nets["generator"].in_channels == 1 and method.nets["discriminator"].in_channels == 2
+
+
+def test_a_multi_source_model_exports_to_onnx_with_its_channels(multi_run, tiny_multi, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from modalsynth.export import export_onnx, onnx_predictor
+
+    predictor = Predictor.from_checkpoint(multi_run / "best.pt", "cpu").with_inference(precision="float32")
+    export_onnx(predictor, tmp_path / "m.onnx")
+    exported = onnx_predictor(tmp_path / "m.onnx")
+    assert exported.method.input_channels == 4
+    volumes = {name: load_volume(tiny_multi / "sim-002" / f"{name}.nii.gz") for name in ("flair", "t2")}
+    for given in ({"flair": volumes["flair"]}, volumes):
+        reference = predictor.predict_sources(given).data
+        np.testing.assert_allclose(exported.predict_sources(given).data, reference, atol=1e-3 * float(np.ptp(reference)))
