@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 GRID = (48, 288, 240)
 TRAIN_STEPS = 50
@@ -109,6 +110,16 @@ def build_cache(data: Path, cache: Path, workers: int, env: dict[str, str]) -> d
     return {"built": built, "build_s": seconds, "build_s_per_subject": seconds / max(1, built)}
 
 
+def batches_per_second(stream: Iterator[Any], batches: int) -> float:
+    """How fast a loader's stream delivers batches, after 3 warm-up batches (worker start-up is not counted)."""
+    for _ in range(3):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches / (time.perf_counter() - start)
+
+
 def loader_throughput(cache: Path, names: list[str], batches: int) -> list[dict]:
     """Batches per second from the streaming loader over cached subjects, for 0, 1 and 2 workers (after 3 warm-up
     batches, so worker start-up is not counted)."""
@@ -121,12 +132,7 @@ def loader_throughput(cache: Path, names: list[str], batches: int) -> list[dict]
     for label, patch in (("64^3 patch", (64, 64, 64)), ("whole 48x288x240", None)):
         for workers in (0, 1, 2):
             stream = stream_batches(StepBatches(subjects, BatchPlan(0, 0, 1, 1, patch, "light")), 0, workers, False)
-            for _ in range(3):
-                next(stream)
-            start = time.perf_counter()
-            for _ in range(batches):
-                next(stream)
-            rate = batches / (time.perf_counter() - start)
+            rate = batches_per_second(stream, batches)
             del stream
             rows.append({"what": label, "workers": workers, "batches_per_s": rate})
             print(f"loader {label:>18}  workers {workers}: {rate:7.2f} batches/s", flush=True)

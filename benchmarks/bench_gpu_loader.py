@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_data_scale import batches_per_second
 
 from modalsynth.config import resolve_config
 from modalsynth.data.cache import open_subjects, read_manifest
@@ -30,12 +31,7 @@ def loader_rate(cache: Path, workers: int, batches: int) -> float:
     manifest = read_manifest(cache)
     subjects = open_subjects(cache, manifest, sorted(manifest["subjects"]))
     stream = stream_batches(StepBatches(subjects, BatchPlan(0, 0, 1, 1, None, "light")), 0, workers, True)
-    for _ in range(3):
-        next(stream)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches / (time.perf_counter() - start)
+    return batches_per_second(stream, batches)
 
 
 def step_rate_without_loader(steps: int) -> float:

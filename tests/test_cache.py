@@ -122,3 +122,20 @@ def test_the_batch_of_step_k_is_the_same_for_0_and_2_workers_and_after_a_resume(
     for a, b in zip(serial[4:], resumed):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(serial[0]["source"], serial[1]["source"])  # the steps really differ
+
+
+def test_a_cache_of_an_older_format_is_rebuilt_by_prepare_and_refused_when_read_directly(tiny_sim, tmp_path, capsys):
+    import json
+
+    data, cache = _data(tiny_sim, tmp_path, count=2), tmp_path / "cache"
+    pairs = require_pairs(data, "flair", "t1")
+    build_cache(pairs, SETTINGS, cache, workers=1, progress=False)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["format"] = "modalsynth-cache-1"  # before sources had a channel axis
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="another version of modalsynth.*rebuild"):
+        open_subjects(cache, read_manifest(cache), [pairs[0].subject])
+    capsys.readouterr()
+    manifest = build_cache(pairs, SETTINGS, cache, workers=1, progress=False)
+    assert "made by another version of modalsynth (modalsynth-cache-1); rebuilding it" in capsys.readouterr().err
+    assert open_subjects(cache, manifest, [pairs[0].subject])[0].source.shape == (1, *TINY_GRID)

@@ -286,7 +286,10 @@ def corrupt(path: Path, reason: str) -> UserError:
 
 
 def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> list[CachedSubject]:
-    """The cache entries of `names`, in that order (each must be in the manifest)."""
+    """The cache entries of `names`, in that order (each must be in the manifest, in this version's format)."""
+    if manifest["format"] != CACHE_FORMAT:
+        raise UserError(f"{cache}: made by another version of modalsynth ({manifest['format']}); run modalsynth "
+                        "prepare (or train) to rebuild it")
     out = []
     for name in names:
         entry = manifest["subjects"].get(name)
