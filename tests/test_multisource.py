@@ -152,3 +152,19 @@ def test_a_multi_source_model_exports_to_onnx_with_its_channels(multi_run, tiny_
     for given in ({"flair": volumes["flair"]}, volumes):
         reference = predictor.predict_sources(given).data
         np.testing.assert_allclose(exported.predict_sources(given).data, reference, atol=1e-3 * float(np.ptp(reference)))
+
+
+def test_the_benchmark_runs_a_multi_source_model(tiny_multi, tmp_path):
+    import yaml
+
+    from modalsynth.benchmark import BenchmarkPlan, run_benchmark
+
+    from .conftest import TINY_MODEL
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"gan3d": {"model": TINY_MODEL}}))
+    plan = BenchmarkPlan(methods=("gan3d",), source="flair,t2", steps=2, grid=TINY_GRID, device="cpu", fid=False,
+                         config=config, timing_repeats=1)
+    table = run_benchmark(tiny_multi, tmp_path / "bench", plan)
+    assert table["source"] == "flair,t2" and 0 < table["rows"][0]["metrics"]["ssim_brain"]["mean"] <= 1
+    assert (tmp_path / "bench" / "figure4_axial.png").stat().st_size > 1000

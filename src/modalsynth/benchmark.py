@@ -12,7 +12,7 @@ from typing import Any
 
 
 from .checkpoints import Checkpoint
-from .config import TrainConfig, read_yaml_mapping, resolve_config
+from .config import TrainConfig, read_yaml_mapping, resolve_config, source_list
 from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
@@ -203,7 +203,7 @@ def _write_table(rows: list[dict], data: Path, out: Path, splits: list[dict], te
     (out / "table1.json").write_text(json.dumps(table, indent=1, default=float))
     markdown = table1_markdown(rows, budget_text, len(tested))
     (out / "table1.md").write_text(markdown)
-    _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), plan.source, plan.target)
+    _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), source_list(plan.source)[0], plan.target)
     print(markdown)
     return table
 
