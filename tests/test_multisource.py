@@ -14,7 +14,6 @@ from modalsynth.errors import UserError
 from modalsynth.inference import Predictor
 from modalsynth.io import load_volume, save_array
 from modalsynth.methods.sources import draw_presence, input_channels, network_input
-from modalsynth.training import train
 
 from .conftest import TINY_GRID, tiny_config
 from .test_settings import run_cli
@@ -30,9 +29,21 @@ def tiny_multi(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multi_run(tiny_multi, tmp_path_factory):
-    """A 3-step gan3d run on FLAIR + T2 -> T1."""
+    """A 3-step gan3d run on FLAIR + T2 -> T1, started as a user does: `modalsynth train --source flair,t2`."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from modalsynth.cli import app
+
+    from .conftest import TINY_MODEL
+
     out = tmp_path_factory.mktemp("multi-run")
-    train(tiny_config(steps=3, source="flair,t2", holdout="none"), tiny_multi, out, progress=False)
+    settings = out.parent / f"{out.name}.yaml"
+    settings.write_text(yaml.safe_dump({"model": TINY_MODEL, "patch": None, "log_every": 1000}))
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_multi), "--source", "flair,t2", "--target", "t1",
+                                      "--out", str(out), "--steps", "3", "--grid", "x".join(map(str, TINY_GRID)), "--holdout",
+                                      "none", "--device", "cpu", "--config", str(settings), "--workers", "0"])
+    assert result.exit_code == 0, result.output
     return out
 
 
