@@ -34,13 +34,16 @@ def modalsynth(*args: str, threads: int = 1, wait: bool = True) -> subprocess.Po
     return process
 
 
-def train_side_by_side(data: Path, work: Path, minutes: float) -> dict[str, Path]:
+def train_side_by_side(data: Path, work: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Both models at once, `minutes` each, one thread each (a fair split of a 2-core machine), with gan3d's default
-    recipe (its own grid, 64^3 patches)."""
+    recipe (its own grid, 64^3 patches); the two-source one with `--source-dropout` when given."""
     runs = {"flair": work / "run-flair", "flair,t2": work / "run-flair-t2"}
-    common = ["--data", str(data), "--target", "t1", "--minutes", str(minutes), "--steps", "100000", "--init", "none",
-              "--holdout", "val+test", "--device", "cpu", "--workers", "0"]
-    processes = [modalsynth("train", "--source", source, "--out", str(out), *common, wait=False)
+    common = ["--data", str(data), "--target", "t1", "--minutes", str(args.minutes), "--steps", "100000", "--init",
+              "none", "--holdout", "val+test", "--device", "cpu", "--workers", "0", "--seed", str(args.seed)]
+    settings = work / "multi.yaml"
+    settings.write_text("" if args.source_dropout is None else f"source_dropout: {args.source_dropout}\n")
+    extra = {"flair": [], "flair,t2": ["--config", str(settings)]}
+    processes = [modalsynth("train", "--source", source, "--out", str(out), *common, *extra[source], wait=False)
                  for source, out in runs.items()]
     if any(p.wait() != 0 for p in processes):  # type: ignore[union-attr]
         raise SystemExit("a training run failed")
@@ -71,13 +74,16 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=24)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--grid", default="32 96 80", help="the simulated subjects' grid D H W")
+    parser.add_argument("--data", type=Path, help="simulated subjects to reuse (default WORK/data, made if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
+    parser.add_argument("--source-dropout", type=float, help="the two-source run's source_dropout (default: modalsynth's)")
     args = parser.parse_args()
-    work, data, grid = args.work, args.work / "data", args.grid.split()
+    work, data, grid = args.work, args.data or args.work / "data", args.grid.split()
     work.mkdir(parents=True, exist_ok=True)
     if not (data / f"sim-{args.subjects - 1:03d}").is_dir():
         modalsynth("simulate", "--out", str(data), "--subjects", str(args.subjects), "--grid", *grid,
                    "--sequences", "flair,t1,t2", threads=2)
-    runs = train_side_by_side(data, work, args.minutes)
+    runs = train_side_by_side(data, work, args)
     rows = [
         {"model": "FLAIR -> T1", "predicted from": "flair", **score(runs["flair"], data, work, "single", "flair")},
         {"model": "FLAIR + T2 -> T1", "predicted from": "flair,t2", **score(runs["flair,t2"], data, work, "both", "flair,t2")},
@@ -86,7 +92,7 @@ def main() -> None:
     ]
     steps = {source: steps_of(run) for source, run in runs.items()}
     result = {"cpu": platform.processor() or platform.machine(), "minutes": args.minutes, "subjects": args.subjects,
-              "grid": grid, "steps": steps, "rows": rows}
+              "grid": grid, "seed": args.seed, "source_dropout": args.source_dropout, "steps": steps, "rows": rows}
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\n{args.minutes:g} minutes each (steps: {steps}); test subjects: {rows[0]['n']}\n")
     print("| model | predicted from | brain SSIM | brain PSNR | brain MAE | lesion SSIM |")
