@@ -179,3 +179,20 @@ def test_the_benchmark_runs_a_multi_source_model(tiny_multi, tmp_path):
     table = run_benchmark(tiny_multi, tmp_path / "bench", plan)
     assert table["source"] == "flair,t2" and 0 < table["rows"][0]["metrics"]["ssim_brain"]["mean"] <= 1
     assert (tmp_path / "bench" / "figure4_axial.png").stat().st_size > 1000
+
+
+def test_sources_on_different_grids_are_refused_before_anything_runs(multi_run, tiny_multi, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    folder = tmp_path / "data" / "s"
+    shutil.copytree(tiny_multi / "sim-000", folder)
+    t2 = load_volume(folder / "t2.nii.gz")
+    save_array(t2.data[:, :, :-2], t2.affine, folder / "t2.nii.gz")
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
+                             str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--device", "cpu",
+                             "--skull-strip", "always")
+    assert code == 2 and "t2.nii.gz" in err and "flair.nii.gz" in err and "register the sequences" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / "s").exists()
+    with pytest.raises(UserError, match="not on the grid of"):  # the library call checks too, before stripping
+        Predictor.from_checkpoint(multi_run / "best.pt", "cpu").predict_sources(
+            {name: load_volume(folder / f"{name}.nii.gz") for name in ("flair", "t2")})

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoints import Checkpoint
 from .cohort import Cohort
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint, source_list
-from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects
+from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .data.skullstrip import SkullStrip
 from .errors import UserError
@@ -223,11 +223,16 @@ class Predictor:
         order = [name for name in self.config.sources if name in volumes]
         if not order or len(order) < len(volumes):
             raise UserError(f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}")
-        first = volumes[order[0]]
+        first, others = volumes[order[0]], [volumes[name] for name in order[1:]]
+        for other in others:
+            check_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
-        return skull.around(first, lambda brain, others: self._predict_brain(dict(zip(order, [brain, *others])), seed, checked),
-                            [volumes[name] for name in order[1:]])
+
+        def predict(brain: Volume, other_brains: list[Volume]) -> Volume:
+            return self._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
+
+        return skull.around(first, predict, others)
 
     def _predict_brain(self, volumes: dict[str, Volume], seed: int, whole_head_checked: bool) -> Volume:
         """Predict the target from skull-stripped sources, the first setting the grid (`whole_head_checked`: skull
@@ -241,7 +246,6 @@ class Predictor:
         pre = preprocess(volume, self.config.preprocess, mask=fg)
         arrays = {name: pre.array}
         for other, image in list(volumes.items())[1:]:
-            check_same_grid(volume, image)
             arrays[other] = preprocess(image, self.config.preprocess, grid=pre.grid, mask=fg).array
         zeros = np.zeros_like(pre.array)
         stacked = np.stack([arrays.get(s, zeros) for s in self.config.sources])
@@ -301,6 +305,11 @@ class Predictor:
             if len(todo) < len(share):
                 print(f"skipped {len(share) - len(todo)} output(s) already written by this model and settings")
         check_volumes([p for (_, files), _ in todo for p in files.values()])  # all readable before the first output
+        for (_, files), _ in todo:
+            first, *others = files.values()
+            problem = next(filter(None, (grid_mismatch(first, other) for other in others)), None)
+            if problem:
+                raise UserError(f"{problem}; {NOT_REGISTERED}")
         if cohort is not None:
             cohort.begin()
         if len(self.config.sources) > 1:
@@ -339,11 +348,13 @@ class Predictor:
         return jobs
 
 
+NOT_REGISTERED = "register the sequences to one grid first (modalsynth does not register), or predict from one (--source)"
+
+
 def check_same_grid(first: Volume, other: Volume) -> None:
     """Several sources must share one voxel grid (modalsynth does not register): a one-line `UserError` otherwise."""
     if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
-        raise UserError(f"{other.path}: not on the grid of {first.path} (shape or affine differ); register the "
-                        "sequences to one grid first (modalsynth does not register), or predict from one of them")
+        raise UserError(f"{other.path}: not on the grid of {first.path} (shape or affine differ); {NOT_REGISTERED}")
 
 
 def checkpoint_summary(checkpoint: Path) -> str:
