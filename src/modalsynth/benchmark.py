@@ -12,8 +12,8 @@ from typing import Any
 
 
 from .checkpoints import Checkpoint
-from .config import TrainConfig, read_yaml_mapping, resolve_config, source_list
-from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs
+from .config import TrainConfig, read_yaml_mapping, resolve_config
+from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs, source_list
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
 from .flops import count_parameters

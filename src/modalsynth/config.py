@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import yaml
 
 from .data.augment import AUGMENTATIONS
-from .data.pairs import HOLDOUTS, canonical_modality
+from .data.pairs import HOLDOUTS, canonical_modality, source_list
 from .data.preprocess import PreprocessConfig
 from .errors import UserError
 
@@ -119,11 +119,6 @@ class TrainConfig:
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def source_list(text: str) -> tuple[str, ...]:
-    """'flair, T2w' -> ('flair', 't2'): the sequences of a source setting, in canonical names (`canonical_modality`)."""
-    return tuple(canonical_modality(part.strip()) for part in str(text).split(","))
 
 
 def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> TrainConfig:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from .checkpoints import Checkpoint
 from .cohort import Cohort
-from .config import InferenceConfig, TrainConfig, config_from_checkpoint, source_list
-from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch
+from .config import InferenceConfig, TrainConfig, config_from_checkpoint
+from .data.pairs import (canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch,
+                         source_list)
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .data.skullstrip import SkullStrip
 from .errors import UserError

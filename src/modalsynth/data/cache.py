@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..io import atomic_write, file_identity, file_sha256
 from .datasets import PreparedSubject, prepare_pair
-from .pairs import Pair
+from .pairs import Pair, source_list
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig
 
 CACHE_FORMAT = "modalsynth-cache-2"  # 2: source arrays hold a channel axis (several sequences)
@@ -290,6 +290,7 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
     if manifest["format"] != CACHE_FORMAT:
         raise UserError(f"{cache}: made by another version of modalsynth ({manifest['format']}); run modalsynth "
                         "prepare (or train) to rebuild it")
+    sources = len(source_list(manifest["settings"]["source"]))
     out = []
     for name in names:
         entry = manifest["subjects"].get(name)
@@ -298,7 +299,6 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
         grid = GridRecord(**{k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
                              for k, v in entry["grid"].items()})
         intensity = IntensityRecord(**entry["target_intensity"]) if entry["target_intensity"] else None
-        sources = len(manifest["settings"]["source"].split(","))
         out.append(CachedSubject(name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid,
                                  intensity))
     return out

@@ -134,5 +134,5 @@ def make_batch(
     shapes = {item[1].shape for item in items}
     if len(shapes) > 1:
         raise ValueError(f"volumes of different grids {sorted(shapes)} cannot share a batch; set --patch or batch_size 1")
-    batch = {key: torch.from_numpy(np.stack([item[k] for item in items])) for k, key in enumerate(("source", "target", "mask"))}
-    return {"source": batch["source"], "target": batch["target"][:, None], "mask": batch["mask"][:, None]}
+    sources, targets, masks = (torch.from_numpy(np.stack(parts)) for parts in zip(*items))
+    return {"source": sources, "target": targets[:, None], "mask": masks[:, None]}

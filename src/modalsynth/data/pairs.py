@@ -29,6 +29,11 @@ def canonical_modality(name: str) -> str:
     return MODALITY_ALIASES.get(key, key)
 
 
+def source_list(text: str) -> tuple[str, ...]:
+    """'flair, T2w' -> ('flair', 't2'): the sequences of a source setting, in canonical names (`canonical_modality`)."""
+    return tuple(canonical_modality(part.strip()) for part in str(text).split(","))
+
+
 def _strip_nifti(name: str) -> str:
     for suffix in NIFTI_SUFFIXES + ANALYZE_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -205,7 +210,7 @@ def find_pairs(
     grid). A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data`
     also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
     report = PairReport()
-    sources = tuple(part.strip() for part in source.split(","))
+    sources = source_list(source)
     subjects = discover_subjects(root, (*sources, target))
     for name, role in [(s, "source") for s in sources] + [(target, "target")]:
         if name and not any(_modality_file(files, name, role) for files in subjects.values()):
