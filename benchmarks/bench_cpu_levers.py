@@ -42,7 +42,6 @@ from modalsynth.metrics import subject_metrics
 from bench_default_vs_yardstick import yardstick_predict as yardstick_loop  # the yardstick's own path
 from modalsynth.nets.cpu_bf16 import cpu_bf16_copy
 
-REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
 SUBJECTS = "brats2018-case1,brats2018-case4,ms-patient07"
 
 
@@ -155,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a gan3d checkpoint (default: builtin:flair-t1)")
     ap.add_argument("--subjects", default=SUBJECTS, help="real subjects (FLAIR in, T1 scored)")
-    ap.add_argument("--data", type=pathlib.Path, default=REAL_DEV)
+    ap.add_argument("--data", type=pathlib.Path, required=True, help="folder of real subjects, one folder each")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default=ROWS, help="the rows to run, the first being the quality reference")

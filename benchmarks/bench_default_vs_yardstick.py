@@ -37,7 +37,6 @@ from modalsynth.inference import Predictor
 from modalsynth.io import load_volume
 from modalsynth.metrics import subject_metrics
 
-REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
 SLOW_PATH = {"window": (64, 64, 64), "overlap": 0.5, "windows_per_batch": 1, "precision": "float32"}
 PREVIOUS_DEFAULT = {"overlap": 0.25, "windows_per_batch": 4, "precision": "float32"}
 
@@ -65,8 +64,8 @@ def yardstick_predict(net: torch.nn.Module, data: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=pathlib.Path, required=True)
-    ap.add_argument("--subjects", default="brats2018-case0,ms-patient07", help="real-dev subjects (FLAIR in, T1 scored)")
-    ap.add_argument("--data", type=pathlib.Path, default=REAL_DEV)
+    ap.add_argument("--subjects", default="brats2018-case0,ms-patient07", help="real subjects (FLAIR in, T1 scored)")
+    ap.add_argument("--data", type=pathlib.Path, required=True, help="folder of real subjects, one folder each")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-slow", action="store_true", help="skip the slow path (its time and quality)")

@@ -1,7 +1,7 @@
 """Seconds to predict one 240x240x155 volume, side by side in one process: windows, overlap, batch, dtype, runtimes.
 
-Untrained generators (speed does not depend on the weights). The volume is BraTS case 0's FLAIR scaled to [-1, 1]
-when ../shared/data/real-dev is present, else noise. Sliding windows are MONAI's sliding_window_inference with
+Untrained generators (speed does not depend on the weights). The volume is the FLAIR given by --flair (RESULTS uses
+BraTS 2018 case 0's) scaled to [-1, 1], else noise. Sliding windows are MONAI's sliding_window_inference with
 Gaussian blending; "whole" pads the volume to a multiple of 16 (value -1) and runs it in one forward.
 
 Rows run round-robin (--repeats passes after one warm-up pass; the minimum is reported), each pass time-bounded.
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 SHAPE = (240, 240, 155)
-FLAIR = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev/brats2018-case0/flair.nii.gz"
 
 
 class TimeBound(Exception):
@@ -51,15 +50,16 @@ def time_bound(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def load_volume() -> tuple[torch.Tensor, str]:
-    if FLAIR.exists():
+def load_volume(flair: pathlib.Path | None) -> tuple[torch.Tensor, str]:
+    """The FLAIR scaled to [-1, 1] inside its brain (-1 outside), or uniform noise when none is given."""
+    if flair is not None:
         import nibabel as nib
 
-        data = np.asarray(nib.load(FLAIR).dataobj, dtype=np.float32)
+        data = np.asarray(nib.load(flair).dataobj, dtype=np.float32)
         mask = data > 0
         lo, hi = np.percentile(data[mask], [0.5, 99.5])
         scaled = np.clip((data - lo) / max(hi - lo, 1e-8), 0, 1) * mask * 2 - 1
-        return torch.from_numpy(scaled.astype(np.float32))[None, None], str(FLAIR.name)
+        return torch.from_numpy(scaled.astype(np.float32))[None, None], str(flair.name)
     return torch.rand(1, 1, *SHAPE) * 2 - 1, "noise"
 
 
@@ -218,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="bench_predict.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flair", type=pathlib.Path, default=None, help="a skull-stripped FLAIR (default: noise)")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after the warm-up (0: report the warm-up)")
     parser.add_argument("--quick", action="store_true", help="fewer rows")
     parser.add_argument("--bound", type=float, default=90.0, help="seconds allowed per pass of one row")
@@ -232,7 +233,7 @@ def main() -> None:
 
     from modalsynth.flops import count_flops
 
-    volume, origin = load_volume()
+    volume, origin = load_volume(args.flair)
     nets = build_nets()
     rows = rows_for(args.quick)
     if args.only:

@@ -1,7 +1,7 @@
 """Leave-one-out test of the built-in model's former "looks like a T1, not a FLAIR" check, on every real FLAIR and T1
 at hand and on simulated pairs whose sequence timings vary well beyond the simulator's own jitter.
 
-The check (removed from modalsynth.input_checks after this test, RESULTS.md §12) warned when, inside the brain and
+The check (removed from modalsynth.input_checks after this test, RESULTS.md §13) warned when, inside the brain and
 scaled to its 1-99 % range, the median was >= 0.55 and the dark half (p50 - p10) >= 0.235: thresholds set just below
 the lowest of the 7 real T1s. Here each volume is held out in turn, the two thresholds are fitted the same way on the
 other real volumes (just below their lowest T1: dark spread - 0.01, median - 0.04, the margins the shipped thresholds
@@ -25,7 +25,6 @@ import modalsynth.data.simulate as simulate
 from modalsynth.data.preprocess import foreground_mask
 from modalsynth.io import load_volume
 
-REAL_DEV = pathlib.Path(__file__).resolve().parents[2] / "shared/data/real-dev"
 DARK_MARGIN, MEDIAN_MARGIN = 0.01, 0.04
 SHIPPED = {"median": 0.55, "dark_spread": 0.235}
 
@@ -69,7 +68,7 @@ def varied_timing(rng: np.random.Generator):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=pathlib.Path, default=REAL_DEV)
+    ap.add_argument("--data", type=pathlib.Path, required=True, help="folder of real subjects, one folder each")
     ap.add_argument("--simulated", type=int, default=12, help="simulated pairs with varied timing")
     ap.add_argument("--json", type=pathlib.Path, default=pathlib.Path("input_check_loo.json"))
     args = ap.parse_args()
