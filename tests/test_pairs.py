@@ -126,3 +126,25 @@ def test_real_dev_pairs_load_on_matching_grids(real_dev):
         src, tgt = load_volume(pair.source), load_volume(pair.target)
         assert src.shape == tgt.shape and np.allclose(src.affine, tgt.affine, atol=1e-3)
         assert pair.lesion is not None
+
+
+def test_csv_manifest_with_a_column_per_sequence_gives_several_sources(tmp_path):
+    for name in ("flair", "t2", "t1", "seg"):
+        _save(tmp_path / "imgs" / f"x_{name}.nii.gz")
+    (tmp_path / "list.csv").write_text(
+        "subject,FLAIR,T2w,T1w,lesion\nx,imgs/x_flair.nii.gz,imgs/x_t2.nii.gz,imgs/x_t1.nii.gz,imgs/x_seg.nii.gz\n")
+    (pair,) = require_pairs(tmp_path / "list.csv", "flair,t2", "t1")
+    assert (pair.source.name, pair.target.name, pair.lesion.name) == ("x_flair.nii.gz", "x_t1.nii.gz", "x_seg.nii.gz")
+    assert [p.name for p in pair.more_sources] == ["x_t2.nii.gz"]
+
+
+def test_a_generic_source_column_is_never_reused_as_a_second_source(tmp_path):
+    _save(tmp_path / "imgs" / "x_src.nii.gz")
+    _save(tmp_path / "imgs" / "x_tgt.nii.gz")
+    (tmp_path / "list.csv").write_text("subject,source,target\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\n")
+    assert require_pairs(tmp_path / "list.csv", "flair", "t1")[0].source.name == "x_src.nii.gz"
+    with pytest.raises(UserError, match=r"--source t2: no subject in .*list.csv has a t2 file"):
+        find_pairs(tmp_path / "list.csv", "flair,t2", "t1")
+    (tmp_path / "one.csv").write_text("subject,flair,lesion\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\n")
+    with pytest.raises(UserError, match=r"one.csv: a manifest needs the header"):
+        find_pairs(tmp_path / "one.csv", "flair", "t1")

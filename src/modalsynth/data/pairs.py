@@ -121,20 +121,25 @@ def _from_bids(root: Path, duplicates: dict) -> dict[str, dict[str, Path]]:
 
 
 def _from_csv(manifest: Path) -> dict[str, dict[str, Path]]:
-    """A CSV with columns subject, source, target[, mask]; paths relative to the CSV's folder."""
+    """A CSV with a `subject` column and one column per file: `source`, `target` or a sequence's name (`flair`, `t2`,
+    `T1w`, ...), and optionally `mask` and `lesion`; paths relative to the CSV's folder, an empty cell for none."""
     with manifest.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or not {"subject", "source", "target"} <= set(rows[0]):
-        raise UserError(f"{manifest}: a manifest needs the header 'subject,source,target[,mask]' and at least one row")
+    header = [c.strip() for c in (rows[0] if rows else {}) if c]
+    columns = [c for c in header if c != "subject"]
+    images = [c for c in columns if canonical_modality(c) not in MASK_NAMES + LESION_NAMES]
+    if "subject" not in header or len(images) < 2:  # a source and a target at least
+        raise UserError(f"{manifest}: a manifest needs the header 'subject,source,target[,mask]' (or one column per "
+                        "sequence, e.g. 'subject,flair,t2,t1[,mask,lesion]') and at least one row")
     subjects: dict[str, dict[str, Path]] = {}
     for row in rows:
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         entry = {}
-        for column in ("source", "target", "mask", "lesion"):
-            value = (row.get(column) or "").strip()
-            if value:
-                path = Path(value)
-                entry[column] = path if path.is_absolute() else manifest.parent / path
-        subjects[row["subject"].strip()] = entry
+        for column in columns:
+            if row.get(column):
+                path = Path(row[column])
+                entry[canonical_modality(column)] = path if path.is_absolute() else manifest.parent / path
+        subjects[row["subject"]] = entry
     return subjects
 
 
@@ -163,8 +168,9 @@ class PairReport:
     problems: dict[str, str] = field(default_factory=dict)
 
 
-def _modality_file(files: dict[str, Path], name: str, csv_role: str) -> Path | None:
-    return files.get(canonical_modality(name)) or files.get(csv_role)
+def _modality_file(files: dict[str, Path], name: str, csv_role: str | None) -> Path | None:
+    """The subject's file of sequence `name`, else its manifest's `csv_role` column (`source`, `target`)."""
+    return files.get(canonical_modality(name)) or (files.get(csv_role) if csv_role else None)
 
 
 def first_present(files: dict[str, Path], names: tuple[str, ...]) -> Path | None:
@@ -212,14 +218,16 @@ def find_pairs(
     report = PairReport()
     sources = source_list(source)
     subjects = discover_subjects(root, (*sources, target))
-    for name, role in [(s, "source") for s in sources] + [(target, "target")]:
+    # a manifest's generic `source` column stands for the first source only; more sources need their own columns
+    roles = [(name, "source" if i == 0 else None) for i, name in enumerate(sources)] + [(target, "target")]
+    for name, role in roles:
         if name and not any(_modality_file(files, name, role) for files in subjects.values()):
             found = sorted({m for files in subjects.values() for m in files})
-            option = "--source" if role == "source" else "--target"
+            option = "--target" if role == "target" else "--source"
             raise UserError(f"{option} {name}: no subject in {root} has a {name} file (found: {', '.join(found)}); "
                             f"choose {option} from those names")
     for subject, files in subjects.items():
-        srcs = [_modality_file(files, name, "source") for name in sources]
+        srcs = [_modality_file(files, name, role) for name, role in roles[:-1]]
         tgt = _modality_file(files, target, "target") if target else None
         missing = [name for name, f in (*zip(sources, srcs), (target, tgt)) if name and f is None]
         if missing:
