@@ -15,7 +15,7 @@ from modalsynth.inference import Predictor
 from modalsynth.io import load_volume, save_array
 from modalsynth.methods.sources import draw_presence, input_channels, network_input
 
-from .conftest import TINY_GRID, tiny_config
+from .conftest import TINY_GRID, TINY_MODEL, tiny_config
 from .test_settings import run_cli
 
 
@@ -196,3 +196,35 @@ def test_sources_on_different_grids_are_refused_before_anything_runs(multi_run, 
     with pytest.raises(UserError, match="not on the grid of"):  # the library call checks too, before stripping
         Predictor.from_checkpoint(multi_run / "best.pt", "cpu").predict_sources(
             {name: load_volume(folder / f"{name}.nii.gz") for name in ("flair", "t2")})
+
+
+@pytest.mark.parametrize("method,stem", [("gan3d", "residual"), ("gan3d", "strided"), ("pix2pix2d", "residual")])
+def test_a_single_source_model_starts_a_multi_source_one_that_computes_the_same(method, stem):
+    from modalsynth.methods import build_method
+
+    torch.manual_seed(0)
+    model = {**TINY_MODEL, "stem": stem, "full_res_channels": 4 if stem == "strided" else None}
+    single = build_method(tiny_config(method=method, model=model))
+    multi = build_method(tiny_config(method=method, model=model, source="t2,flair"))  # flair is the second channel
+    multi.load_init_weights(single.state()["nets"], ("flair",))
+    shape = (2, 1, *TINY_GRID) if method == "gan3d" else (2, 1, *TINY_GRID[1:])
+    flair, t2, target = torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1
+    both = network_input(torch.cat([t2, flair], dim=1))
+    with torch.no_grad():
+        for name in ("generator", "discriminator"):
+            single_net, multi_net = single.nets[name].eval(), multi.nets[name].eval()
+            args = ((flair,), (both,)) if name == "generator" else ((flair, target), (both, target))
+            torch.testing.assert_close(multi_net(*args[1]), single_net(*args[0]), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(multi.nets["generator"](network_input(torch.cat([t2, -flair], dim=1))),
+                                  single.nets["generator"](flair))  # the FLAIR channel is read, not ignored
+
+
+def test_a_multi_source_run_starts_from_the_prior_of_one_of_its_sources():
+    from modalsynth.config import resolve_config
+    from modalsynth.methods import method_class
+
+    config = resolve_config([("the test", {"source": "t2,flair", "target": "t1"})], method_class)
+    assert config.init == "builtin:sim-flair-t1" and config.sources == ("t2", "flair")
+    assert resolve_config([("t", {"source": "t2,pd", "target": "t1"})], method_class).init is None
+    with pytest.raises(UserError, match=r"--init builtin:sim-flair-t1: that model maps flair -> t1, but --source t2,pd"):
+        resolve_config([("t", {"source": "t2,pd", "target": "t1", "init": "builtin:sim-flair-t1"})], method_class)

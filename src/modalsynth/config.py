@@ -343,11 +343,12 @@ def resolve_config(layers: list[Layer], methods: Methods) -> TrainConfig:
 
 def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodDefaults) -> tuple[str, dict[str, Any]] | None:
     """The shipped prior a run starts from when nothing names `init` (its spec and the settings it passes on): the
-    method's one for this source/target pair, if the run's network (`network_keys`) is the prior's and no preset is
-    asked for."""
+    method's one for this source/target pair (for several sources: the first source that has one), if the run's
+    network (`network_keys`) is the prior's and no preset is asked for."""
     if any("init" in layer for _, layer in layers) or config.preset is not None:
         return None
-    prior = method_class.priors.get((config.source, config.target))
+    pairs = [(source, config.target) for source in config.sources]  # a multi-source run: the first with a prior
+    prior = next((method_class.priors[pair] for pair in pairs if pair in method_class.priors), None)
     if prior is None:
         return None
     inherited = _inherited_from(prior)
@@ -386,11 +387,17 @@ def _resolve_layers(layers: list[Layer], methods: Methods, inherited: dict[str, 
 
 
 def _check_init_pair(init: str, inherited: Mapping[str, Any], layers: list[Layer]) -> None:
+    """The --init model must map this run's sources to its target; a single-source model may start a multi-source
+    run that includes its source (`Method.load_init_weights` widens its input)."""
     for _, layer in layers:
         for key in ("source", "target"):
-            if key in layer and key in inherited and layer[key] != inherited[key]:
-                raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
-                                f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
+            if key not in layer or key not in inherited or layer[key] == inherited[key]:
+                continue
+            asked, theirs = source_list(str(layer[key])), source_list(str(inherited[key]))
+            if asked == theirs or (key == "source" and len(theirs) == 1 and theirs[0] in asked):
+                continue
+            raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
+                            f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
 
 
 def _inherited_from(init: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .data.cache import (CachedSubject, CacheSettings, LoadedSubjects, build_cac
                          open_subjects, read_manifest)
 from .data.datasets import PreparedSubject, step_generator, typical_intensity
 from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
-from .data.pairs import load_or_make_split, require_pairs
+from .data.pairs import load_or_make_split, require_pairs, source_list
 from .data.preprocess import IntensityRecord
 from .errors import TrainingStopped, UserError
 from .inference import Predictor, resolve_device
@@ -462,9 +462,9 @@ def _load_init(method: Method, init: str) -> None:
     """Fine-tuning: start from another run's (or a built-in model's) network weights; optimisers start fresh."""
     from . import builtin
 
-    path = builtin.resolve(init)
+    checkpoint = Checkpoint.load(builtin.resolve(init))
     try:
-        method.load_state({"nets": Checkpoint.load(path).state["nets"]}, with_optimizers=False)
+        method.load_init_weights(checkpoint.state["nets"], source_list(checkpoint.config["source"]))
     except RuntimeError as exc:
         raise UserError(f"--init {init}: its network does not match this run's ({str(exc).splitlines()[0][:100]}); "
                         "drop the model settings that differ from it") from exc
@@ -566,7 +566,9 @@ def train_from_cli(
     else:
         cfg = resolve_config(layers, method_class)
         if cfg.init and not any("init" in layer for _, layer in layers):
-            print(f"starting from {cfg.init}'s weights, the default start of this method and pair (--init none: random)")
+            widened = "; the sources it was not trained on start at zero weight" if len(cfg.sources) > 1 else ""
+            print(f"starting from {cfg.init}'s weights, the default start of this method and pair{widened} "
+                  "(--init none: random)")
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
     return best

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
-from .sources import input_channels
+from .sources import input_channels, widen_input_weights
 
 #: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
 REGISTRY: dict[str, type["Method"]] = {}
@@ -177,6 +177,14 @@ class Method(ABC):
                 if k in self.optimizers:
                     self.optimizers[k].load_state_dict(v)
         self.load_extra_state(state.get("extra", {}))
+
+    def load_init_weights(self, nets: dict[str, Any], their_sources: tuple[str, ...]) -> None:
+        """Fine-tuning: another model's network weights, optimisers fresh. A single-source model's weights fill a
+        multi-source network (`widen_input_weights`); the config has checked that its source is one of this run's."""
+        if their_sources != self.config.sources:
+            channel = self.config.sources.index(their_sources[0])
+            nets = {k: widen_input_weights(v, self.nets[k], channel) for k, v in nets.items() if k in self.nets}
+        self.load_state({"nets": nets}, with_optimizers=False)
 
     def extra_state(self) -> dict[str, Any]:
         """Anything besides weights a method must keep (e.g. a look-up table); plain types or tensors only."""

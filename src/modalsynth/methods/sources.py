@@ -8,6 +8,7 @@ which are present, the input layout of the BraSyn challenge's entries that predi
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def input_channels(sources: int) -> int:
@@ -33,3 +34,22 @@ def draw_presence(batch: int, sources: int, dropout: float, gen: torch.Generator
     empty = ~present.any(dim=1)
     present[empty, keep[empty]] = True
     return present
+
+
+def widen_input_weights(state: dict[str, torch.Tensor], net: nn.Module, channel: int) -> dict[str, torch.Tensor]:
+    """A single-source network's weights made to fit `net`, which takes several sources: the old source's weights
+    read input channel `channel` and every other input channel (other sources, presence flags) starts at zero, so
+    the widened network computes what the old one did whenever that source is present."""
+    widened = dict(state)
+    shapes = {name: tensor.shape for name, tensor in net.state_dict().items()}
+    for name, start in net.input_weights().items():  # type: ignore[operator]
+        old, shape = state[name], shapes[name]
+        if old.shape == shape:
+            continue
+        inputs = shape[1] - (old.shape[1] - 1)  # the new input's channels; the weight's other channels stay
+        weight = old.new_zeros(shape)
+        weight[:, :start] = old[:, :start]
+        weight[:, start + channel] = old[:, start]
+        weight[:, start + inputs:] = old[:, start + 1:]
+        widened[name] = weight
+    return widened

@@ -57,6 +57,11 @@ class PatchDiscriminator(nn.Module):
         """The convolutions in the order the input goes through them."""
         return [m for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
 
+    def input_weights(self) -> dict[str, int]:
+        """The weight that reads the input (the conditioning channels first, the target or fake last), with the index
+        of the input's first channel."""
+        return {"net.initial_conv.conv.weight": 0}
+
     @property
     def receptive_field(self) -> int:
         """Input voxels per axis that one output logit depends on (same on every axis)."""

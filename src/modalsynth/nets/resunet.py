@@ -177,6 +177,14 @@ class ResUNet(nn.Module):
                 spatial_dims, channels[1], in_channels, channels[0], out_channels, norm, head_kernel, upsample
             )
 
+    def input_weights(self) -> dict[str, int]:
+        """The weights that read the network input, each with the index of the input's first channel among the
+        channels that weight reads (the full-resolution head reads the upsampled features first)."""
+        offsets = {name: 0 for name in ("stem.conv1.conv.weight", "stem.conv3.conv.weight")}
+        if self.stem_kind == "strided":
+            offsets["head.fuse.conv.weight"] = self.channels[0]
+        return {name: offset for name, offset in offsets.items() if name in self.state_dict()}
+
     @property
     def size_multiple(self) -> int:
         """Every spatial size of the input must be a multiple of this (2**depth, in both stem layouts)."""
