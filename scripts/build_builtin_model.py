@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Reproduce the built-in FLAIR->T1 model: train gan3d's default recipe on every real-dev subject, then export it.
+"""Reproduce the built-in FLAIR->T1 model: train gan3d's default recipe on every real subject given, then export it.
 
 The export keeps what prediction needs (generator weights in half precision, the resolved settings, the target
 intensities) and drops the discriminator and optimiser states, then prints the sha256 for the model card.
 
-    OMP_NUM_THREADS=1 python scripts/build_builtin_model.py --data ../shared/data/real-dev --run runs/builtin --steps 1000
+    OMP_NUM_THREADS=1 python scripts/build_builtin_model.py --data DATA --run runs/builtin --steps 1000
     python scripts/build_builtin_model.py --export-only --run runs/builtin      # export an existing run
 """
 
@@ -44,7 +44,7 @@ def export(run: Path, destination: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/real-dev"))
+    ap.add_argument("--data", type=Path, help="the real subjects (the card says which); needed unless --export-only")
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--steps", type=int, help="training steps (the shipped model's count is in its card)")
     ap.add_argument("--minutes", type=float, help="or a time budget instead")
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, help="a training YAML over the default recipe (e.g. the recipe a shipped model was trained with)")
     args = ap.parse_args()
     if not args.export_only:
+        if args.data is None:
+            ap.error("--data is needed to train (or pass --export-only)")
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes or 40)]
         extra = ["--config", str(args.config)] if args.config else []
         subprocess.run([sys.executable, "-m", "modalsynth", "train", "--data", str(args.data), "--out", str(args.run),
