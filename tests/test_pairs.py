@@ -120,12 +120,14 @@ def test_split_is_deterministic_disjoint_and_reused(tmp_path):
 
 
 def test_real_dev_pairs_load_on_matching_grids(real_dev):
+    # eleven subjects: eight with a lesion mask, five with T2 (the data's SOURCES.md)
     pairs = require_pairs(real_dev, "flair", "t1")
-    assert len(pairs) == 7
+    assert len(pairs) == 11
     for pair in pairs:
         src, tgt = load_volume(pair.source), load_volume(pair.target)
         assert src.shape == tgt.shape and np.allclose(src.affine, tgt.affine, atol=1e-3)
-        assert pair.lesion is not None
+    assert sum(pair.lesion is not None for pair in pairs) == 8
+    assert len(find_pairs(real_dev, "flair,t2", "t1").pairs) == 5
 
 
 def test_csv_manifest_with_a_column_per_sequence_gives_several_sources(tmp_path):

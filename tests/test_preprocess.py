@@ -98,7 +98,7 @@ def test_target_reuses_source_geometry():
 @pytest.mark.slow
 def test_real_dev_every_pair_roundtrips(real_dev):
     pairs = require_pairs(real_dev, "flair", "t1")
-    assert len(pairs) == 7
+    assert len(pairs) == 11
     for pair in pairs:
         for path in (pair.source, pair.target):
             vol = load_volume(path)
