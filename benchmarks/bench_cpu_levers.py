@@ -32,14 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_default_vs_yardstick import yardstick_predict as yardstick_loop  # the yardstick's own path
 from monai.networks.nets import UNet
 
 from modalsynth import builtin, io
 from modalsynth.data.preprocess import foreground_mask
 from modalsynth.inference import Predictor
 from modalsynth.metrics import subject_metrics
-
-from bench_default_vs_yardstick import yardstick_predict as yardstick_loop  # the yardstick's own path
 from modalsynth.nets.cpu_bf16 import cpu_bf16_copy
 
 SUBJECTS = "brats2018-case1,brats2018-case4,ms-patient07"
@@ -53,8 +52,10 @@ def cpu_description() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
-             for name in ("avx512", "avx512_bf16", "amx_tile", "vnni")}
+    flags = {
+        name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+        for name in ("avx512", "avx512_bf16", "amx_tile", "vnni")
+    }
     return {"model": model, "flags": flags, "torch": torch.__version__}
 
 
@@ -100,6 +101,7 @@ def save_with_zlib(volume: io.Volume, path: pathlib.Path) -> pathlib.Path:
 def build_rows(spec: str | None, workdir: pathlib.Path, wanted: list[str]) -> dict[str, tuple[str, Any, Any]]:
     """label -> (kind, runner, writer) for the `wanted` row keys (ROWS): kind 'project' runs Predictor.predict_volume,
     'yardstick' its own loop."""
+
     def fresh() -> Predictor:  # as `modalsynth predict` builds it for a built-in model (its input checks included)
         return Predictor.from_checkpoint(checkpoint, "cpu", check_input=builtin.is_builtin(spec))
 
@@ -107,22 +109,46 @@ def build_rows(spec: str | None, workdir: pathlib.Path, wanted: list[str]) -> di
         return predictor.with_inference(overlap=overlap)
 
     checkpoint = pathlib.Path(builtin.resolve(spec))
-    yardstick = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-                     num_res_units=2).eval()
+    yardstick = UNet(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2
+    ).eval()
     makers: dict[str, tuple[str, Callable[[], tuple[str, Any, Any]]]] = {
-        "today": ("today: float32, 64^3/0.4/4, zlib write", lambda: ("project", with_precision(fresh(), False), save_with_zlib)),
+        "today": (
+            "today: float32, 64^3/0.4/4, zlib write",
+            lambda: ("project", with_precision(fresh(), False), save_with_zlib),
+        ),
         "default": ("default (as predict runs now on this CPU)", lambda: ("project", fresh(), io.save_volume)),
         "f32": ("float32, 0.4, fast write", lambda: ("project", with_precision(fresh(), False), io.save_volume)),
-        "f32-cl": ("float32 channels-last, 0.4, fast write", lambda: ("project", with_float32_channels_last(fresh()), io.save_volume)),
+        "f32-cl": (
+            "float32 channels-last, 0.4, fast write",
+            lambda: ("project", with_float32_channels_last(fresh()), io.save_volume),
+        ),
         "bf16": ("bf16, 0.4, fast write", lambda: ("project", with_precision(fresh(), True), io.save_volume)),
-        "0.375": ("default precision, overlap 0.375 (fewer windows)", lambda: ("project", at_overlap(fresh(), 0.375), io.save_volume)),
-        "bf16-0.35": ("bf16, 0.35, fast write", lambda: ("project", at_overlap(with_precision(fresh(), True), 0.35), io.save_volume)),
-        "f32-0.35": ("float32, 0.35, fast write", lambda: ("project", at_overlap(with_precision(fresh(), False), 0.35), io.save_volume)),
-        "bf16-0.25": ("bf16, 0.25, fast write", lambda: ("project", at_overlap(with_precision(fresh(), True), 0.25), io.save_volume)),
-        "onnx": ("ONNX Runtime float32, 0.4, fast write (predict --onnx)",
-                 lambda: ("project", onnxruntime_predictor(fresh(), workdir / "model.onnx"), io.save_volume)),
+        "0.375": (
+            "default precision, overlap 0.375 (fewer windows)",
+            lambda: ("project", at_overlap(fresh(), 0.375), io.save_volume),
+        ),
+        "bf16-0.35": (
+            "bf16, 0.35, fast write",
+            lambda: ("project", at_overlap(with_precision(fresh(), True), 0.35), io.save_volume),
+        ),
+        "f32-0.35": (
+            "float32, 0.35, fast write",
+            lambda: ("project", at_overlap(with_precision(fresh(), False), 0.35), io.save_volume),
+        ),
+        "bf16-0.25": (
+            "bf16, 0.25, fast write",
+            lambda: ("project", at_overlap(with_precision(fresh(), True), 0.25), io.save_volume),
+        ),
+        "onnx": (
+            "ONNX Runtime float32, 0.4, fast write (predict --onnx)",
+            lambda: ("project", onnxruntime_predictor(fresh(), workdir / "model.onnx"), io.save_volume),
+        ),
         "yardstick-loop": ("yardstick MONAI UNet, its window loop alone", lambda: ("yardstick", yardstick, None)),
-        "yardstick-path": ("yardstick MONAI UNet, load + loop + write", lambda: ("yardstick", yardstick, io.save_volume)),
+        "yardstick-path": (
+            "yardstick MONAI UNet, load + loop + write",
+            lambda: ("yardstick", yardstick, io.save_volume),
+        ),
     }
     unknown = [key for key in wanted if key not in makers]
     if unknown:
@@ -133,7 +159,9 @@ def build_rows(spec: str | None, workdir: pathlib.Path, wanted: list[str]) -> di
 ROWS = "today,default,0.375,f32,f32-cl,bf16,bf16-0.35,f32-0.35,bf16-0.25,onnx,yardstick-loop,yardstick-path"
 
 
-def run_row(kind: str, runner: Any, writer: Any, source: pathlib.Path, out: pathlib.Path) -> tuple[float, float, np.ndarray]:
+def run_row(
+    kind: str, runner: Any, writer: Any, source: pathlib.Path, out: pathlib.Path
+) -> tuple[float, float, np.ndarray]:
     """One timed pass of a row; returns (wall seconds, CPU seconds of every thread, the predicted array)."""
     if kind == "yardstick" and writer is None:
         data = io.load_volume(source).data
@@ -190,12 +218,19 @@ def main() -> None:
                 entry["ssim_delta"] = entry["ssim_brain"] - today["ssim_brain"]
             results.append(entry)
             quality = f"SSIM {entry['ssim_brain']:.4f} ({entry['ssim_delta']:+.4f})" if "ssim_brain" in entry else ""
-            print(f"{subject} | {entry['label']} | {entry['s']:.2f} s | CPU {entry['cpu_s']:.2f} s | {quality}", flush=True)
+            print(
+                f"{subject} | {entry['label']} | {entry['s']:.2f} s | CPU {entry['cpu_s']:.2f} s | {quality}",
+                flush=True,
+            )
 
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
-    print(f"\nCPU: {cpu['model']} ({flags}); torch {cpu['torch']}; {args.threads} threads; min of {args.repeats} passes\n")
-    header = ("| path | " + " | ".join(f"{s} s" for s in args.subjects.split(",")) + " | median s | median CPU s "
-              "| brain SSIM Δ (per volume) |")
+    print(
+        f"\nCPU: {cpu['model']} ({flags}); torch {cpu['torch']}; {args.threads} threads; min of {args.repeats} passes\n"
+    )
+    header = (
+        "| path | " + " | ".join(f"{s} s" for s in args.subjects.split(",")) + " | median s | median CPU s "
+        "| brain SSIM Δ (per volume) |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     summary = []
@@ -203,12 +238,32 @@ def main() -> None:
         mine = [e for e in results if e["label"] == label]
         median, cpu_median = statistics.median(e["s"] for e in mine), statistics.median(e["cpu_s"] for e in mine)
         deltas = ", ".join(f"{e['ssim_delta']:+.4f}" for e in mine) if "ssim_delta" in mine[0] else "–"
-        summary.append({"label": label, "median_s": median, "median_cpu_s": cpu_median,
-                        "ssim_deltas": [e.get("ssim_delta") for e in mine]})
-        print(f"| {label} | " + " | ".join(f"{e['s']:.2f}" for e in mine) + f" | {median:.2f} | {cpu_median:.2f} | {deltas} |")
-    args.json.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "repeats": args.repeats,
-                                     "checkpoint": str(args.checkpoint or "builtin:flair-t1"),
-                                     "rows": results, "summary": summary}, indent=2))
+        summary.append(
+            {
+                "label": label,
+                "median_s": median,
+                "median_cpu_s": cpu_median,
+                "ssim_deltas": [e.get("ssim_delta") for e in mine],
+            }
+        )
+        print(
+            f"| {label} | "
+            + " | ".join(f"{e['s']:.2f}" for e in mine)
+            + f" | {median:.2f} | {cpu_median:.2f} | {deltas} |"
+        )
+    args.json.write_text(
+        json.dumps(
+            {
+                "cpu": cpu,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "checkpoint": str(args.checkpoint or "builtin:flair-t1"),
+                "rows": results,
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 GRID = (48, 288, 240)
 TRAIN_STEPS = 50
@@ -94,17 +95,41 @@ def run_training(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, fl
         time.sleep(0.1)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read()[-2000:]}")
-    return {"first_step_s": first or math.nan, "peak_anon_gb": peak["RssAnon"] / 1e6, "peak_rss_gb": peak["VmRSS"] / 1e6,
-            "peak_file_gb": peak["RssFile"] / 1e6, "total_s": time.perf_counter() - start}
+    return {
+        "first_step_s": first or math.nan,
+        "peak_anon_gb": peak["RssAnon"] / 1e6,
+        "peak_rss_gb": peak["VmRSS"] / 1e6,
+        "peak_file_gb": peak["RssFile"] / 1e6,
+        "total_s": time.perf_counter() - start,
+    }
 
 
 def build_cache(data: Path, cache: Path, workers: int, env: dict[str, str]) -> dict[str, float]:
     """`modalsynth prepare` on the paper's grid; seconds and subjects newly built."""
-    before = len(json.loads((cache / "manifest.json").read_text())["subjects"]) if (cache / "manifest.json").exists() else 0
+    before = (
+        len(json.loads((cache / "manifest.json").read_text())["subjects"]) if (cache / "manifest.json").exists() else 0
+    )
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "modalsynth", "prepare", "--data", str(data), "--cache", str(cache),
-                    "--grid", *map(str, GRID), "--workers", str(workers)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modalsynth",
+            "prepare",
+            "--data",
+            str(data),
+            "--cache",
+            str(cache),
+            "--grid",
+            *map(str, GRID),
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     built = len(json.loads((cache / "manifest.json").read_text())["subjects"]) - before
     return {"built": built, "build_s": seconds, "build_s_per_subject": seconds / max(1, built)}
@@ -184,7 +209,9 @@ def main() -> None:
     parser.add_argument("--before", default="main", help="git revision of today's loader (its merge base with HEAD)")
     parser.add_argument("--workers", type=int, default=2, help="cache build processes")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader throughput and step times")
-    parser.add_argument("--paper-cpu-step", action="store_true", help="also time one paper-width whole-grid step on the CPU")
+    parser.add_argument(
+        "--paper-cpu-step", action="store_true", help="also time one paper-width whole-grid step on the CPU"
+    )
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     work = args.work
@@ -192,7 +219,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     before_src = work / "before-src"
     repo = SRC.parent
-    base = subprocess.run(["git", "merge-base", "HEAD", args.before], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    base = subprocess.run(
+        ["git", "merge-base", "HEAD", args.before], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
     if not before_src.exists():
         archive = subprocess.run(["git", "archive", base, "src"], cwd=repo, capture_output=True, check=True).stdout
         before_src.mkdir()
@@ -200,8 +229,14 @@ def main() -> None:
     env_before = {**os.environ, "PYTHONPATH": str(before_src / "src")}
     (work / "tiny.yaml").write_text(TINY_YAML)
     cache = work / "cache"
-    result = {"cpu": platform.processor() or platform.machine(), "lscpu": _lscpu(), "load": os.getloadavg(),
-              "grid": GRID, "before": base, "rows": []}
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "lscpu": _lscpu(),
+        "load": os.getloadavg(),
+        "grid": GRID,
+        "before": base,
+        "rows": [],
+    }
     for n in sorted(sizes):
         data = work / f"data-{n}"
         link_subjects(args.real, data, n)
@@ -213,8 +248,24 @@ def main() -> None:
                 continue
             out = work / f"run-{label}-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "modalsynth", "train", "--data", str(data), "--out", str(out), "--grid",
-                   *map(str, GRID), "--steps", str(TRAIN_STEPS), "--config", str(work / "tiny.yaml"), *TINY, *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "modalsynth",
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--grid",
+                *map(str, GRID),
+                "--steps",
+                str(TRAIN_STEPS),
+                "--config",
+                str(work / "tiny.yaml"),
+                *TINY,
+                *extra,
+            ]
             row[label] = run_training(cmd, environ, out / "log.csv")
             print(f"N={n} {label}: {row[label]}", flush=True)
         result["rows"].append(row)
@@ -234,7 +285,9 @@ def _lscpu() -> str:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['lscpu']}; load {result['load']}")
-    print("| N | build s/subject (workers) | cache GB | loader | first step s | peak RssAnon GB | peak RSS GB | of which file GB |")
+    print(
+        "| N | build s/subject (workers) | cache GB | loader | first step s | peak RssAnon GB | peak RSS GB | of which file GB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
         for label in ("before", "after"):
@@ -242,8 +295,10 @@ def print_table(result: dict) -> None:
                 r = row[label]
                 build = f"{row['build_s_per_subject']:.2f} ({row['build_workers']})" if label == "after" else "-"
                 size = f"{row['cache_gb_all']:.1f}" if label == "after" else "-"
-                print(f"| {row['n']} | {build} | {size} | {label} | {r['first_step_s']:.1f} | {r['peak_anon_gb']:.2f} | "
-                      f"{r['peak_rss_gb']:.2f} | {r['peak_file_gb']:.2f} |")
+                print(
+                    f"| {row['n']} | {build} | {size} | {label} | {r['first_step_s']:.1f} | {r['peak_anon_gb']:.2f} | "
+                    f"{r['peak_rss_gb']:.2f} | {r['peak_file_gb']:.2f} |"
+                )
     for row in result.get("loader", []):
         print(f"loader {row['what']}, {row['workers']} workers: {row['batches_per_s']:.2f} batches/s")
     for k, v in result.get("steps", {}).items():

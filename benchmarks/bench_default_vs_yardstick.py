@@ -56,8 +56,9 @@ def yardstick_predict(net: torch.nn.Module, data: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(data[mask], [0.5, 99.5])
     scaled = (np.clip((data - lo) / max(hi - lo, 1e-8), 0, 1) * mask).astype(np.float32)
     with torch.no_grad():
-        out = sliding_window_inference(torch.from_numpy(scaled)[None, None], (64, 64, 64), 4, net, overlap=0.25,
-                                       mode="gaussian")
+        out = sliding_window_inference(
+            torch.from_numpy(scaled)[None, None], (64, 64, 64), 4, net, overlap=0.25, mode="gaussian"
+        )
     return np.clip(out[0, 0].numpy(), 0, 1) * mask
 
 
@@ -79,14 +80,17 @@ def main() -> None:
     default = Predictor.from_checkpoint(args.checkpoint, "cpu").with_inference(overlap=args.overlap)
     slow = default.with_inference(**SLOW_PATH)
     previous = default.with_inference(**PREVIOUS_DEFAULT)
-    yardstick = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-                     num_res_units=2).eval()
+    yardstick = UNet(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2
+    ).eval()
     how = default.method.application(default.inference)
     precision = "bf16" if default.method.predicts_in_bf16(default.inference) else "float32"
     windows = "" if how.roi is None else f" {how.roi[0]}^3 / {how.overlap} / {how.batch_size}"
-    rows = {f"gan3d default ({precision}, {how.mode}{windows})": ("project", default),
-            "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick),
-            "gan3d same checkpoint, previous default (float32, 64^3 / 0.25 / 4)": ("project", previous)}
+    rows = {
+        f"gan3d default ({precision}, {how.mode}{windows})": ("project", default),
+        "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick),
+        "gan3d same checkpoint, previous default (float32, 64^3 / 0.25 / 4)": ("project", previous),
+    }
     if not args.no_slow:
         rows["gan3d same checkpoint, slow path (float32, 64^3 / 0.5 / 1)"] = ("project", slow)
     if args.intra_op:  # the default's windows without split_across_threads: every layer split over the threads
@@ -109,8 +113,14 @@ def main() -> None:
                 out = runner.predict_volume(flair).data if kind == "project" else yardstick_predict(runner, flair.data)
             torch.set_num_threads(args.threads)
             bf16 = kind == "project" and runner.method.predicts_in_bf16(runner.inference)
-            entry = {"label": label, "subject": subject, "shape": list(flair.shape), "times": [],
-                     "gflop": counter.get_total_flops() / 1e9, "bf16": bf16}
+            entry = {
+                "label": label,
+                "subject": subject,
+                "shape": list(flair.shape),
+                "times": [],
+                "gflop": counter.get_total_flops() / 1e9,
+                "bf16": bf16,
+            }
             if kind == "project":
                 m = subject_metrics(out, t1.data, brain)
                 entry.update(ssim_brain=m["ssim_brain"], mae_brain=m["mae_brain"])
@@ -128,25 +138,39 @@ def main() -> None:
             results.append(entry)
 
     header = "| subject | path | s/volume | GFLOP/volume | GFLOP/s | × FLOP floor | brain SSIM | brain MAE |"
-    print(f"\nmatmul rate float32 {rate:.0f}, bfloat16 {rate_bf16:.0f} GFLOP/s, {args.threads} threads, "
-          f"min of {args.repeats} passes\n")
+    print(
+        f"\nmatmul rate float32 {rate:.0f}, bfloat16 {rate_bf16:.0f} GFLOP/s, {args.threads} threads, "
+        f"min of {args.repeats} passes\n"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for e in results:
         quality = f"{e['ssim_brain']:.4f} | {e['mae_brain']:.4f}" if "ssim_brain" in e else "– | –"
-        print(f"| {e['subject']} | {e['label']} | {e['s']:.2f} | {e['gflop']:.0f} | {e['gflop'] / e['s']:.0f} | "
-              f"{e['s'] / e['floor_s']:.1f} | {quality} |")
+        print(
+            f"| {e['subject']} | {e['label']} | {e['s']:.2f} | {e['gflop']:.0f} | {e['gflop'] / e['s']:.0f} | "
+            f"{e['s'] / e['floor_s']:.1f} | {quality} |"
+        )
     for subject in args.subjects.split(","):
         mine = [e for e in results if e["subject"] == subject]
         ratio = mine[0]["s"] / mine[1]["s"]
         diffs = "; ".join(f"{e['label']}: {e['max_abs_diff_vs_default']:.3g}" for e in mine[2:])
         print(f"{subject}: default / yardstick time = {ratio:.2f}; max abs diff to the default (T1 units): {diffs}")
-    args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                                     "matmul_gflops": rate, "matmul_gflops_bf16": rate_bf16,
-                                     "checkpoint": str(args.checkpoint), "rows": results,
-                                     "median_default_over_yardstick": statistics.median(
-                                         [results[i]["s"] / results[i + 1]["s"] for i in range(0, len(results), len(rows))])},
-                                    indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "threads": args.threads,
+                "matmul_gflops": rate,
+                "matmul_gflops_bf16": rate_bf16,
+                "checkpoint": str(args.checkpoint),
+                "rows": results,
+                "median_default_over_yardstick": statistics.median(
+                    [results[i]["s"] / results[i + 1]["s"] for i in range(0, len(results), len(rows))]
+                ),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,13 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
     from modalsynth.methods import build_method, method_class
 
     grid = GRIDS[grid_name]
-    settings = {"preset": "paper", "model": dict(MODELS[model_name]), "device": device_name,
-                "checkpointing": checkpointing, "preprocess": {"grid": list(grid)}}
+    settings = {
+        "preset": "paper",
+        "model": dict(MODELS[model_name]),
+        "device": device_name,
+        "checkpointing": checkpointing,
+        "preprocess": {"grid": list(grid)},
+    }
     config = resolve_config([("bench_gan3d", settings)], method_class)
     device = torch.device(device_name)
     method = build_method(config).to(device)
@@ -67,7 +72,11 @@ def measure(grid_name: str, model_name: str, device_name: str, steps: int, check
     step_s = sorted(times)[len(times) // 2]
     # a training step: G forward + backward (~3x forward), D forward+backward on 3 pairs (~9x D forward)
     step_flops = 3 * g_flops + 9 * d_flops
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     return {
         "grid": list(grid),
         "model": model_name,
@@ -127,10 +136,15 @@ def main() -> None:
                 rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr)
     floor = matmul_floor(args.device)
-    result = {"machine": platform.processor() or platform.machine(), "device": args.device, "matmul_gflops_per_s": floor, "cases": rows}
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "device": args.device,
+        "matmul_gflops_per_s": floor,
+        "cases": rows,
+    }
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
-    header = f"| grid | model | train s/step | predict s/volume | peak GiB | G params | G GFLOPs/vol | predict GFLOP/s | train GFLOP/s |"
+    header = "| grid | model | train s/step | predict s/volume | peak GiB | G params | G GFLOPs/vol | predict GFLOP/s | train GFLOP/s |"
     print(header)
     print("|" + "---|" * 9)
     for r in rows:

@@ -157,6 +157,7 @@ def make_predictor(row: Row, net: torch.nn.Module, roi: tuple[int, ...]):
 
         return predictor, torch.inference_mode
     if row.mode == "bf16":
+
         def predictor(x):
             return net(x).float()
 
@@ -170,8 +171,13 @@ def make_predictor(row: Row, net: torch.nn.Module, roi: tuple[int, ...]):
         path = pathlib.Path(tempfile.mkdtemp()) / "net.onnx"
         with torch.no_grad():
             torch.onnx.export(
-                net, torch.zeros(row.batch, 1, *roi), str(path), input_names=["x"], output_names=["y"],
-                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False,
+                net,
+                torch.zeros(row.batch, 1, *roi),
+                str(path),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                dynamo=False,
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -280,9 +286,13 @@ def main() -> None:
                 nets[row.net].to(memory_format=torch.contiguous_format)
     floor = max(floor_before, matmul_gflops())
 
-    references = {r.reference_key: r.output for r in rows if r.mode in ("no_grad", "inference_mode") and r.output is not None}
+    references = {
+        r.reference_key: r.output for r in rows if r.mode in ("no_grad", "inference_mode") and r.output is not None
+    }
     results = []
-    print(f"\n| net | window | overlap | per batch | mode | s/volume | windows | GFLOP/vol | GFLOP/s | % of matmul | max abs diff |")
+    print(
+        "\n| net | window | overlap | per batch | mode | s/volume | windows | GFLOP/vol | GFLOP/s | % of matmul | max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row.error and not row.times:
@@ -291,23 +301,45 @@ def main() -> None:
             continue
         s = min(row.times)
         ref = references.get(row.reference_key)
-        diff = float((row.output - ref).abs().max()) if ref is not None and row.mode not in ("no_grad", "inference_mode") else math.nan
+        diff = (
+            float((row.output - ref).abs().max())
+            if ref is not None and row.mode not in ("no_grad", "inference_mode")
+            else math.nan
+        )
         rate = row.gflop / s
-        results.append({
-            "row": row.label, "s_per_volume": s, "times": row.times, "windows": row.windows, "gflop_per_volume": row.gflop,
-            "gflop_per_s": rate, "fraction_of_matmul": rate / floor, "max_abs_diff_vs_fp32": diff, "error": row.error,
-        })
+        results.append(
+            {
+                "row": row.label,
+                "s_per_volume": s,
+                "times": row.times,
+                "windows": row.windows,
+                "gflop_per_volume": row.gflop,
+                "gflop_per_s": rate,
+                "fraction_of_matmul": rate / floor,
+                "max_abs_diff_vs_fp32": diff,
+                "error": row.error,
+            }
+        )
         diff_text = "-" if math.isnan(diff) else f"{diff:.1e}"
         print(
             f"| {row.label} | {s:.2f} | {row.windows} | {row.gflop:.0f} | {rate:.0f} | {100 * rate / floor:.0f}% | {diff_text} |"
         )
-    print(f"\nfloat32 matmul 2048^3: {floor:.0f} GFLOP/s ({args.threads} threads); volume {tuple(volume.shape[2:])} from {origin};"
-          f" s/volume = min of {args.repeats} timed passes (slow rows: 1); JSON in {args.json}")
+    print(
+        f"\nfloat32 matmul 2048^3: {floor:.0f} GFLOP/s ({args.threads} threads); volume {tuple(volume.shape[2:])} from {origin};"
+        f" s/volume = min of {args.repeats} timed passes (slow rows: 1); JSON in {args.json}"
+    )
     with open(args.json, "w") as fh:
-        json.dump({
-            "machine": platform.processor() or platform.machine(), "threads": args.threads, "volume": origin,
-            "matmul_gflops_per_s": floor, "rows": results,
-        }, fh, indent=1)
+        json.dump(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "threads": args.threads,
+                "volume": origin,
+                "matmul_gflops_per_s": floor,
+                "rows": results,
+            },
+            fh,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

@@ -117,8 +117,10 @@ def main() -> None:
             f"{r['files_mb']:>7.1f}{r['limit_s']:>7.1f}"
             f"  {'yes' if r['within_limit'] else 'NO'}"
         )
-    print("seconds; 'dataset' = one subject simulated and written from a fresh process (templates loaded), "
-          "the number held to the limit; 'cpu' = its CPU time (what it takes on an idle core)")
+    print(
+        "seconds; 'dataset' = one subject simulated and written from a fresh process (templates loaded), "
+        "the number held to the limit; 'cpu' = its CPU time (what it takes on an idle core)"
+    )
     if args.json:
         info = {"python": platform.python_version(), "machine": platform.machine(), "processor_count": _cpus()}
         args.json.write_text(json.dumps({"environment": info, "results": rows}, indent=1) + "\n")

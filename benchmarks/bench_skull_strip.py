@@ -50,8 +50,10 @@ def brain_ssim(pred: Volume, ref: Volume) -> float:
 def cpu_name() -> str:
     """The CPU's model name and whether it has AMX tiles or AVX-512 bf16 (speed figures depend on them)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     return f"{model} (amx_tile: {'amx_tile' in flags}, avx512_bf16: {'avx512_bf16' in flags})"
 
@@ -72,11 +74,18 @@ def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: i
     from_head, head_s = timed(predictor.predict_volume, head)
     from_brain, brain_s = timed(predictor.predict_volume, flair)
     row = {
-        "subject": name, "shape": list(flair.shape),
-        "auto_strips_head": not looks_skull_stripped(head), "auto_skips_stripped": auto_skips, "auto_check_s": check_s,
-        "dice": dice(mask, brain), "dice_kept": dice(kept_region(mask, head.spacing), brain), "strip_s": strip_s,
-        "predict_head_s": head_s, "predict_stripped_s": brain_s,
-        "ssim_head": brain_ssim(from_head, t1), "ssim_stripped": brain_ssim(from_brain, t1),
+        "subject": name,
+        "shape": list(flair.shape),
+        "auto_strips_head": not looks_skull_stripped(head),
+        "auto_skips_stripped": auto_skips,
+        "auto_check_s": check_s,
+        "dice": dice(mask, brain),
+        "dice_kept": dice(kept_region(mask, head.spacing), brain),
+        "strip_s": strip_s,
+        "predict_head_s": head_s,
+        "predict_stripped_s": brain_s,
+        "ssim_head": brain_ssim(from_head, t1),
+        "ssim_stripped": brain_ssim(from_brain, t1),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
@@ -95,29 +104,52 @@ def main() -> None:
     if args.subjects:
         subjects = {name: subjects[name] for name in args.subjects.split(",")}
     rows = [run_subject(predictor, name, files, seed) for seed, (name, files) in enumerate(sorted(subjects.items()))]
-    header = ("subject", "auto strips head", "auto skips stripped", "auto check s", "mask Dice", "kept Dice", "mask s",
-              "predict s (head)", "predict s (stripped)", "added s", "brain SSIM (head)", "brain SSIM (stripped)", "diff")
+    header = (
+        "subject",
+        "auto strips head",
+        "auto skips stripped",
+        "auto check s",
+        "mask Dice",
+        "kept Dice",
+        "mask s",
+        "predict s (head)",
+        "predict s (stripped)",
+        "added s",
+        "brain SSIM (head)",
+        "brain SSIM (stripped)",
+        "diff",
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | "
-                     f"{r['dice']:.4f} | {r['dice_kept']:.4f} | "
-                     f"{r['strip_s']:.1f} | {r['predict_head_s']:.1f} | {r['predict_stripped_s']:.1f} | "
-                     f"{r['predict_head_s'] - r['predict_stripped_s']:.1f} | {r['ssim_head']:.4f} | "
-                     f"{r['ssim_stripped']:.4f} | {r['ssim_head'] - r['ssim_stripped']:+.4f} |")
-    median = {k: float(np.median([r[k] for r in rows]))
-              for k in ("auto_check_s", "dice", "dice_kept", "strip_s", "predict_head_s", "predict_stripped_s")}
-    worst = {"dice": min(r["dice"] for r in rows), "dice_kept": min(r["dice_kept"] for r in rows),
-             "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows)}
-    lines.append(f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | "
-                 f"{median['dice_kept']:.4f} / {worst['dice_kept']:.4f} | {median['strip_s']:.1f} | "
-                 f"{median['predict_head_s']:.1f} | {median['predict_stripped_s']:.1f} | "
-                 f"{median['predict_head_s'] - median['predict_stripped_s']:.1f} | | | max abs {worst['ssim_diff']:.4f} |")
+        lines.append(
+            f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | "
+            f"{r['dice']:.4f} | {r['dice_kept']:.4f} | "
+            f"{r['strip_s']:.1f} | {r['predict_head_s']:.1f} | {r['predict_stripped_s']:.1f} | "
+            f"{r['predict_head_s'] - r['predict_stripped_s']:.1f} | {r['ssim_head']:.4f} | "
+            f"{r['ssim_stripped']:.4f} | {r['ssim_head'] - r['ssim_stripped']:+.4f} |"
+        )
+    median = {
+        k: float(np.median([r[k] for r in rows]))
+        for k in ("auto_check_s", "dice", "dice_kept", "strip_s", "predict_head_s", "predict_stripped_s")
+    }
+    worst = {
+        "dice": min(r["dice"] for r in rows),
+        "dice_kept": min(r["dice_kept"] for r in rows),
+        "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows),
+    }
+    lines.append(
+        f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | "
+        f"{median['dice_kept']:.4f} / {worst['dice_kept']:.4f} | {median['strip_s']:.1f} | "
+        f"{median['predict_head_s']:.1f} | {median['predict_stripped_s']:.1f} | "
+        f"{median['predict_head_s'] - median['predict_stripped_s']:.1f} | | | max abs {worst['ssim_diff']:.4f} |"
+    )
     print("\n".join(lines))
     print(f"{cpu_name()}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} at the end")
-    machine = {"cpu": cpu_name(), "threads": args.threads,
-               "load": os.getloadavg(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "threads": args.threads, "load": os.getloadavg(), "torch": torch.__version__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "rows": rows, "median": median, "worst": worst}, indent=1) + "\n")
+    args.json.write_text(
+        json.dumps({"machine": machine, "rows": rows, "median": median, "worst": worst}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

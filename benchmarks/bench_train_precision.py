@@ -41,8 +41,11 @@ def main() -> None:
             method.train_mode(True)
             cases[f"{name} {'bf16 autocast' if amp else 'float32'}"] = method
     patch = (64, 64, 64)
-    batch = {"source": torch.rand(2, 1, *patch) * 2 - 1, "target": torch.rand(2, 1, *patch) * 2 - 1,
-             "mask": torch.ones(2, 1, *patch, dtype=torch.bool)}
+    batch = {
+        "source": torch.rand(2, 1, *patch) * 2 - 1,
+        "target": torch.rand(2, 1, *patch) * 2 - 1,
+        "mask": torch.ones(2, 1, *patch, dtype=torch.bool),
+    }
     times: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(args.rounds):
         for label, method in cases.items():
@@ -57,7 +60,9 @@ def main() -> None:
         median, base = medians[label], medians[label.split()[0] + " float32"]
         rows.append({"case": label, "s_per_step": median, "speedup": base / median, "all": values})
         print(f"| {label} | {median:.3f} | {base / median:.2f} |")
-    args.json.write_text(json.dumps({"threads": args.threads, "native_bf16": cpu_has_native_bf16(), "rows": rows}, indent=2))
+    args.json.write_text(
+        json.dumps({"threads": args.threads, "native_bf16": cpu_has_native_bf16(), "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

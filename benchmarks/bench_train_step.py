@@ -52,7 +52,12 @@ def build_gan(generator_options: dict, disc_channels: int, extra: str = ""):
     from modalsynth.methods import build_method, method_class
     from modalsynth.nets import ResUNet
 
-    settings = {"model": {"disc_channels": disc_channels, "disc_layers": 3}, "device": "cpu", "patch": list(PATCH), "init": None}
+    settings = {
+        "model": {"disc_channels": disc_channels, "disc_layers": 3},
+        "device": "cpu",
+        "patch": list(PATCH),
+        "init": None,
+    }
     config = resolve_config([("bench_train_step", settings)], method_class)
     method = build_method(config)
     # the method builds ResUNet without the stem options (its default layout); put the variant in its place
@@ -83,7 +88,12 @@ class YardstickStep:
         from monai.networks.nets import UNet
 
         self.net = UNet(
-            spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            channels=(16, 32, 64, 128),
+            strides=(2, 2, 2),
+            num_res_units=2,
         )
         self.opt = torch.optim.Adam(self.net.parameters(), 2e-4)
 
@@ -112,7 +122,9 @@ def main() -> None:
 
     def make_batch(n: int, extra: str) -> dict[str, torch.Tensor]:
         fmt = torch.channels_last_3d if extra == "cl" else torch.contiguous_format
-        return {k: (torch.rand(n, 1, *PATCH) * 2 - 1).contiguous(memory_format=fmt) for k in ("source", "target", "mask")}
+        return {
+            k: (torch.rand(n, 1, *PATCH) * 2 - 1).contiguous(memory_format=fmt) for k in ("source", "target", "mask")
+        }
 
     keep = args.cases.split(",") if args.cases else []
     cases: dict[str, tuple[object, float, dict, int]] = {}
@@ -124,7 +136,9 @@ def main() -> None:
         yardstick = YardstickStep()
         cases[name] = (yardstick, yardstick.flops(n), make_batch(n, ""), n)
     params = {
-        name: sum(p.numel() for p in (obj.net if isinstance(obj, YardstickStep) else obj.nets["generator"]).parameters())
+        name: sum(
+            p.numel() for p in (obj.net if isinstance(obj, YardstickStep) else obj.nets["generator"]).parameters()
+        )
         for name, (obj, *_) in cases.items()
     }
 
@@ -141,14 +155,25 @@ def main() -> None:
     rows = []
     for name, (obj, gflop, _, n) in cases.items():
         s = statistics.median(times[name])
-        rows.append({
-            "case": name, "batch": n, "s_per_step": s, "patches_per_min": 60 * n / s,
-            "speedup_vs_today": 60 * n / s / today, "gflop_per_step": gflop, "gflop_per_s": gflop / s,
-            "generator_params": params[name], "times": times[name],
-        })
+        rows.append(
+            {
+                "case": name,
+                "batch": n,
+                "s_per_step": s,
+                "patches_per_min": 60 * n / s,
+                "speedup_vs_today": 60 * n / s / today,
+                "gflop_per_step": gflop,
+                "gflop_per_s": gflop / s,
+                "generator_params": params[name],
+                "times": times[name],
+            }
+        )
     result = {
-        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "patch": list(PATCH), "rounds": args.rounds, "rows": rows,
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "patch": list(PATCH),
+        "rounds": args.rounds,
+        "rows": rows,
     }
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
@@ -159,7 +184,9 @@ def main() -> None:
             f"| {r['case']} | {r['s_per_step']:.3f} | {r['patches_per_min']:.0f} | {r['speedup_vs_today']:.2f} | "
             f"{r['gflop_per_step']:.1f} | {r['gflop_per_s']:.0f} | {r['generator_params'] / 1e6:.2f} M |"
         )
-    print(f"\n{args.threads} threads, {PATCH[0]}^3 patches; 'x today' = patches/min over today's batch-1 gan3d; JSON in {args.json}")
+    print(
+        f"\n{args.threads} threads, {PATCH[0]}^3 patches; 'x today' = patches/min over today's batch-1 gan3d; JSON in {args.json}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def brain_intensity_profile(data: np.ndarray) -> tuple[float, float]:
 def fit(volumes: list[dict[str, Any]]) -> dict[str, float]:
     """The thresholds as they were fitted: just below the lowest T1 of `volumes` on each feature."""
     t1s = [v for v in volumes if v["kind"] == "t1"]
-    return {"median": min(v["median"] for v in t1s) - MEDIAN_MARGIN,
-            "dark_spread": min(v["dark_spread"] for v in t1s) - DARK_MARGIN}
+    return {
+        "median": min(v["median"] for v in t1s) - MEDIAN_MARGIN,
+        "dark_spread": min(v["dark_spread"] for v in t1s) - DARK_MARGIN,
+    }
 
 
 def flagged(volume: dict[str, Any], thresholds: dict[str, float]) -> bool:
@@ -76,9 +78,11 @@ def main() -> None:
     for subject in sorted(p.name for p in args.data.iterdir() if p.is_dir()):
         for kind in ("flair", "t1"):
             median, dark = brain_intensity_profile(load_volume(args.data / subject / f"{kind}.nii.gz").data)
-            real.append({"name": f"{subject} {kind}", "kind": kind, "origin": "real", "median": median, "dark_spread": dark})
+            real.append(
+                {"name": f"{subject} {kind}", "kind": kind, "origin": "real", "median": median, "dark_spread": dark}
+            )
     for i, volume in enumerate(real):  # leave one out
-        thresholds = fit(real[:i] + real[i + 1:])
+        thresholds = fit(real[:i] + real[i + 1 :])
         volume.update(thresholds=thresholds, loo_flagged=flagged(volume, thresholds))
     simulated = []
     simulate._draw_parameters = varied_timing(np.random.default_rng(123))
@@ -88,24 +92,38 @@ def main() -> None:
         for kind, key in (("flair", "flair"), ("t1", "t1w")):
             median, dark = brain_intensity_profile(getattr(subject, kind))
             timing = ", ".join(f"{k[:-3].upper()} {v:.0f}" for k, v in subject.params[key].items())
-            simulated.append({"name": f"sim {i} {kind} ({timing} ms)", "kind": kind, "origin": "simulated",
-                              "median": median, "dark_spread": dark, "thresholds": all_real,
-                              "loo_flagged": flagged({"median": median, "dark_spread": dark}, all_real)})
+            simulated.append(
+                {
+                    "name": f"sim {i} {kind} ({timing} ms)",
+                    "kind": kind,
+                    "origin": "simulated",
+                    "median": median,
+                    "dark_spread": dark,
+                    "thresholds": all_real,
+                    "loo_flagged": flagged({"median": median, "dark_spread": dark}, all_real),
+                }
+            )
     rows = real + simulated
-    print("\n| volume | median | dark spread | threshold (median / dark) | margin | flagged (held out) | flagged (shipped) |")
+    print(
+        "\n| volume | median | dark spread | threshold (median / dark) | margin | flagged (held out) | flagged (shipped) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for v in rows:
         t = v["thresholds"]
         sign = 1 if v["kind"] == "t1" else -1
         v["margin"] = sign * (v["dark_spread"] - t["dark_spread"])
         v["shipped_flagged"] = flagged(v, SHIPPED)
-        print(f"| {v['name']} | {v['median']:.3f} | {v['dark_spread']:.3f} | {t['median']:.3f} / {t['dark_spread']:.3f} "
-              f"| {v['margin']:+.3f} | {'yes' if v['loo_flagged'] else 'no'} | {'yes' if v['shipped_flagged'] else 'no'} |")
+        print(
+            f"| {v['name']} | {v['median']:.3f} | {v['dark_spread']:.3f} | {t['median']:.3f} / {t['dark_spread']:.3f} "
+            f"| {v['margin']:+.3f} | {'yes' if v['loo_flagged'] else 'no'} | {'yes' if v['shipped_flagged'] else 'no'} |"
+        )
     for origin in ("real", "simulated"):
         for kind in ("flair", "t1"):
             mine = [v for v in rows if v["origin"] == origin and v["kind"] == kind]
-            print(f"{origin} {kind}: {sum(v['loo_flagged'] for v in mine)} of {len(mine)} flagged held out, "
-                  f"{sum(v['shipped_flagged'] for v in mine)} by the shipped thresholds")
+            print(
+                f"{origin} {kind}: {sum(v['loo_flagged'] for v in mine)} of {len(mine)} flagged held out, "
+                f"{sum(v['shipped_flagged'] for v in mine)} by the shipped thresholds"
+            )
     args.json.write_text(json.dumps(rows, indent=1))
 
 

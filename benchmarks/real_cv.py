@@ -19,11 +19,18 @@ import time
 from pathlib import Path
 
 YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "yardsticks" / "monai_unet_l1.py"
-KEYS = [("ssim_brain", "SSIM brain ↑"), ("mae_brain", "MAE brain ↓"), ("rmse_brain", "RMSE brain ↓"),
-        ("psnr_brain", "PSNR brain ↑"), ("ssim2d_brain_coronal", "SSIM coronal ↑"),
-        ("ssim2d_brain_sagittal", "SSIM sagittal ↑"), ("streak_ratio", "slice streaks ↓"),
-        ("slice_jitter", "slice jitter ×1000 ↓"), ("gw_contrast_ratio", "grey/white contrast kept →1"),
-        ("lesion_contrast_error", "lesion contrast err ↓")]
+KEYS = [
+    ("ssim_brain", "SSIM brain ↑"),
+    ("mae_brain", "MAE brain ↓"),
+    ("rmse_brain", "RMSE brain ↓"),
+    ("psnr_brain", "PSNR brain ↑"),
+    ("ssim2d_brain_coronal", "SSIM coronal ↑"),
+    ("ssim2d_brain_sagittal", "SSIM sagittal ↑"),
+    ("streak_ratio", "slice streaks ↓"),
+    ("slice_jitter", "slice jitter ×1000 ↓"),
+    ("gw_contrast_ratio", "grey/white contrast kept →1"),
+    ("lesion_contrast_error", "lesion contrast err ↓"),
+]
 
 
 def run(command: list[str], env: dict, log: Path) -> None:
@@ -49,33 +56,96 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
     started = time.time()
-    bench = [sys.executable, "-m", "modalsynth", "benchmark", "--data", str(args.data), "--out", str(args.out / "project"),
-             "--methods", args.methods, "--minutes", str(args.minutes), "--folds", str(args.folds), "--grid", "auto",
-             "--device", "cpu", "--resume"]
+    bench = [
+        sys.executable,
+        "-m",
+        "modalsynth",
+        "benchmark",
+        "--data",
+        str(args.data),
+        "--out",
+        str(args.out / "project"),
+        "--methods",
+        args.methods,
+        "--minutes",
+        str(args.minutes),
+        "--folds",
+        str(args.folds),
+        "--grid",
+        "auto",
+        "--device",
+        "cpu",
+        "--resume",
+    ]
     if args.config:
         bench += ["--config", str(args.config)]
     run(bench, env, log)
     table = json.loads((args.out / "project" / "table1.json").read_text())
-    rows = [{"method": r["method"], "metrics": r["metrics"], "fid": r["fid"], "infer_s": r["infer_s_per_volume"],
-             "steps_per_min": r.get("steps_per_min"), "patches_per_step": r["config"].get("batch_size", 1)}
-            for r in table["rows"]]
+    rows = [
+        {
+            "method": r["method"],
+            "metrics": r["metrics"],
+            "fid": r["fid"],
+            "infer_s": r["infer_s_per_volume"],
+            "steps_per_min": r.get("steps_per_min"),
+            "patches_per_step": r["config"].get("batch_size", 1),
+        }
+        for r in table["rows"]
+    ]
     if not args.skip_yardstick:
         pred = args.out / "yardstick" / "predictions"
         for k, split in enumerate(table["splits"]):
             if all((pred / s / "t1.nii.gz").exists() for s in split["test"]):
                 continue
-            run([sys.executable, str(YARDSTICK), str(args.data), str(pred), str(args.minutes), "--test", ",".join(split["test"]),
-                 "--threads", str(args.threads)], env, log)
+            run(
+                [
+                    sys.executable,
+                    str(YARDSTICK),
+                    str(args.data),
+                    str(pred),
+                    str(args.minutes),
+                    "--test",
+                    ",".join(split["test"]),
+                    "--threads",
+                    str(args.threads),
+                ],
+                env,
+                log,
+            )
         report = args.out / "yardstick" / "evaluation"
-        run([sys.executable, "-m", "modalsynth", "evaluate", "--pred", str(pred), "--ref", str(args.data), "--target", "t1",
-             "--out", str(report)], env, log)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "modalsynth",
+                "evaluate",
+                "--pred",
+                str(pred),
+                "--ref",
+                str(args.data),
+                "--target",
+                "t1",
+                "--out",
+                str(report),
+            ],
+            env,
+            log,
+        )
         summary = json.loads((report / "summary.json").read_text())
-        rows.append({"method": "yardstick (MONAI UNet + L1)", "metrics": summary["metrics"],
-                     "fid": {k: v.get("value") for k, v in summary["fid"].items() if isinstance(v, dict)}})
-    lines = [f"{args.folds}-fold CV on {args.data} ({sum(len(s['test']) for s in table['splits'])} subjects, each tested "
-             f"once), {args.minutes:g} min of training per fold and method, {args.threads} thread(s)", "",
-             "| method | " + " | ".join(h for _, h in KEYS) + " | FID 2.5D ↓ | steps/min × patches |",
-             "|---|" + "---|" * (len(KEYS) + 2)]
+        rows.append(
+            {
+                "method": "yardstick (MONAI UNet + L1)",
+                "metrics": summary["metrics"],
+                "fid": {k: v.get("value") for k, v in summary["fid"].items() if isinstance(v, dict)},
+            }
+        )
+    lines = [
+        f"{args.folds}-fold CV on {args.data} ({sum(len(s['test']) for s in table['splits'])} subjects, each tested "
+        f"once), {args.minutes:g} min of training per fold and method, {args.threads} thread(s)",
+        "",
+        "| method | " + " | ".join(h for _, h in KEYS) + " | FID 2.5D ↓ | steps/min × patches |",
+        "|---|" + "---|" * (len(KEYS) + 2),
+    ]
     for r in rows:
         cells = []
         for key, _ in KEYS:
@@ -83,10 +153,14 @@ def main() -> None:
             cells.append(f"{m.get('mean', float('nan')):.4f} ± {m.get('sd', float('nan')):.4f}" if m else "n/a")
         fid = r["fid"].get("2.5d")
         rate = f"{r['steps_per_min']:.1f} × {r['patches_per_step']}" if r.get("steps_per_min") else ""
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {fid if fid is None else round(fid, 1)} | {rate} |")
+        lines.append(
+            f"| {r['method']} | " + " | ".join(cells) + f" | {fid if fid is None else round(fid, 1)} | {rate} |"
+        )
     text = "\n".join(lines) + f"\n\n(total {(time.time() - started) / 60:.0f} min)\n"
     (args.out / "real_cv.md").write_text(text)
-    (args.out / "real_cv.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    (args.out / "real_cv.json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+    )
     print(text)
 
 

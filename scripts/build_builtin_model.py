@@ -20,8 +20,8 @@ import torch
 
 from modalsynth import builtin
 from modalsynth.checkpoints import Checkpoint
-from modalsynth.io import file_sha256
 from modalsynth.config import config_from_checkpoint
+from modalsynth.io import file_sha256
 from modalsynth.methods import method_class
 from modalsynth.methods.gan3d import GAN3D
 
@@ -35,9 +35,15 @@ def export(run: Path, destination: Path) -> str:
     # prediction settings follow gan3d's current default (they do not change the weights)
     config = dataclasses.replace(config, inference=GAN3D.inference_defaults)
     generator = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt.state["nets"]["generator"].items()}
-    slim = Checkpoint(config=config.to_dict(), state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
-                      step=ckpt.step, best_val_mae=ckpt.best_val_mae, target_intensity=ckpt.target_intensity,
-                      split=ckpt.split, elapsed_s=ckpt.elapsed_s)
+    slim = Checkpoint(
+        config=config.to_dict(),
+        state={"nets": {"generator": generator}, "optimizers": {}, "extra": {}},
+        step=ckpt.step,
+        best_val_mae=ckpt.best_val_mae,
+        target_intensity=ckpt.target_intensity,
+        split=ckpt.split,
+        elapsed_s=ckpt.elapsed_s,
+    )
     slim.save(destination)
     return file_sha256(destination)
 
@@ -49,15 +55,38 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (the shipped model's count is in its card)")
     ap.add_argument("--minutes", type=float, help="or a time budget instead")
     ap.add_argument("--export-only", action="store_true")
-    ap.add_argument("--config", type=Path, help="a training YAML over the default recipe (e.g. the recipe a shipped model was trained with)")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        help="a training YAML over the default recipe (e.g. the recipe a shipped model was trained with)",
+    )
     args = ap.parse_args()
     if not args.export_only:
         if args.data is None:
             ap.error("--data is needed to train (or pass --export-only)")
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes or 40)]
         extra = ["--config", str(args.config)] if args.config else []
-        subprocess.run([sys.executable, "-m", "modalsynth", "train", "--data", str(args.data), "--out", str(args.run),
-                        "--holdout", "none", "--seed", str(SEED), "--device", "cpu", *budget, *extra], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modalsynth",
+                "train",
+                "--data",
+                str(args.data),
+                "--out",
+                str(args.run),
+                "--holdout",
+                "none",
+                "--seed",
+                str(SEED),
+                "--device",
+                "cpu",
+                *budget,
+                *extra,
+            ],
+            check=True,
+        )
     export_builtin(args.run, builtin.DEFAULT)
 
 

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from build_builtin_model import SEED, export_builtin  # the same generator-only float16 export as the default model
 
 NAME = "sim-flair-t1"
@@ -24,7 +23,9 @@ SUBJECTS, SIM_SEED, SIM_GRID = 24, 26, ("144", "230", "192")  # about 1 mm, the 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True, help="folder for the simulated data (WORK/sim) and the run (WORK/run)")
+    ap.add_argument(
+        "--work", type=Path, required=True, help="folder for the simulated data (WORK/sim) and the run (WORK/run)"
+    )
     ap.add_argument("--steps", type=int, default=1321, help="training steps (the shipped prior's count is in its card)")
     ap.add_argument("--export-only", action="store_true")
     args = ap.parse_args()
@@ -32,10 +33,42 @@ def main() -> None:
     modalsynth = [sys.executable, "-m", "modalsynth"]
     if not args.export_only:
         if not data.is_dir():
-            subprocess.run([*modalsynth, "simulate", "--out", str(data), "--subjects", str(SUBJECTS), "--seed", str(SIM_SEED),
-                            "--grid", " ".join(SIM_GRID)], check=True)
-        subprocess.run([*modalsynth, "train", "--data", str(data), "--out", str(run), "--method", "gan3d",
-                        "--holdout", "none", "--seed", str(SEED), "--device", "cpu", "--steps", str(args.steps)], check=True)
+            subprocess.run(
+                [
+                    *modalsynth,
+                    "simulate",
+                    "--out",
+                    str(data),
+                    "--subjects",
+                    str(SUBJECTS),
+                    "--seed",
+                    str(SIM_SEED),
+                    "--grid",
+                    " ".join(SIM_GRID),
+                ],
+                check=True,
+            )
+        subprocess.run(
+            [
+                *modalsynth,
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--method",
+                "gan3d",
+                "--holdout",
+                "none",
+                "--seed",
+                str(SEED),
+                "--device",
+                "cpu",
+                "--steps",
+                str(args.steps),
+            ],
+            check=True,
+        )
     export_builtin(run, NAME)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -109,6 +109,7 @@ def _voxel_size(size: float) -> Callable[[Path], None]:
         raw = bytearray(gzip.decompress(path.read_bytes()))
         raw[76 + 4 * 2 : 76 + 4 * 3] = np.float32(size).tobytes()  # pixdim[2]: the header's field at byte 76
         path.write_bytes(gzip.compress(bytes(raw)))
+
     return make
 
 
@@ -171,10 +172,22 @@ def _volume_case(make: Callable[[Path], None]) -> Callable[[Path], dict]:
             save(preds / subject / "t1.nii.gz", head(7))
         file = data / "b" / "flair.nii.gz"
         if not os.path.lexists(file) and file.with_name("flair.hdr").exists():  # the Analyze case: pass its .hdr
-            return {"file": file.with_name("flair.hdr"), "data": data, "pred": preds, "ref": data,
-                    "bad": str(Path("b") / "flair.hdr"), "bad2": str(Path("b") / "t1.hdr")}
-        return {"file": file, "data": data, "pred": preds, "ref": data,
-                "bad": str(Path("b") / "flair.nii.gz"), "bad2": str(Path("b") / "t1.nii.gz")}
+            return {
+                "file": file.with_name("flair.hdr"),
+                "data": data,
+                "pred": preds,
+                "ref": data,
+                "bad": str(Path("b") / "flair.hdr"),
+                "bad2": str(Path("b") / "t1.hdr"),
+            }
+        return {
+            "file": file,
+            "data": data,
+            "pred": preds,
+            "ref": data,
+            "bad": str(Path("b") / "flair.nii.gz"),
+            "bad2": str(Path("b") / "t1.nii.gz"),
+        }
 
     return build
 
@@ -211,6 +224,7 @@ def _grid(shape: bool) -> Callable[[Path], dict]:
             affine[:3, 3] = (5.0, 0.0, 0.0)  # shifted by 5 mm
             save(data / "b" / "t1.nii.gz", head(4), affine)
         return {"data": data, "bad": str(Path("b") / "t1.nii.gz")}
+
     return make
 
 
@@ -240,21 +254,35 @@ def _manifest(text: str) -> Callable[[Path], dict]:
         manifest = root / "pairs.csv"
         manifest.write_text(text)
         return {"data": manifest, "bad": "pairs.csv"}
+
     return make
 
 
 def _missing_path(root: Path) -> dict:
-    return {"file": root / "nowhere" / "flair.nii.gz", "data": root / "nowhere", "pred": root / "nowhere",
-            "ref": root / "nowhere", "bad": "nowhere"}
+    return {
+        "file": root / "nowhere" / "flair.nii.gz",
+        "data": root / "nowhere",
+        "pred": root / "nowhere",
+        "ref": root / "nowhere",
+        "bad": "nowhere",
+    }
 
 
 def _unknown_modality(root: Path) -> dict:
     data = root / "data"
     good_pair(data / "a")
     good_pair(data / "b", seed=1)
-    return {"data": data, "bad": "flare", "extra": {"train": ["--source", "flare"], "benchmark": ["--source", "flare"],
-                                                     "inspect": ["--source", "flare"], "evaluate": ["--target", "t11"]},
-            "bad_evaluate": "t11"}
+    return {
+        "data": data,
+        "bad": "flare",
+        "extra": {
+            "train": ["--source", "flare"],
+            "benchmark": ["--source", "flare"],
+            "inspect": ["--source", "flare"],
+            "evaluate": ["--target", "t11"],
+        },
+        "bad_evaluate": "t11",
+    }
 
 
 def _config(text: str, bad: str) -> Callable[[Path], dict]:
@@ -265,6 +293,7 @@ def _config(text: str, bad: str) -> Callable[[Path], dict]:
         config = root / "settings.yaml"
         config.write_text(text)
         return {"data": data, "config": config, "bad": bad}
+
     return make
 
 
@@ -295,9 +324,13 @@ def _checkpoint(kind: str) -> Callable[[Path], dict]:
             ckpt = Checkpoint.load(CHECKPOINT["path"])
             ckpt.config = {**ckpt.config, "source": "t2", "target": "pd"}
             ckpt.save(path)
-        return {"data": data, "file": data / "a" / "flair.nii.gz", "checkpoint": path,
-                "bad": "model.pt",
-                "extra": {"train": ["--init", str(path), "--source", "flair", "--target", "t1"]}}
+        return {
+            "data": data,
+            "file": data / "a" / "flair.nii.gz",
+            "checkpoint": path,
+            "bad": "model.pt",
+            "extra": {"train": ["--init", str(path), "--source", "flair", "--target", "t1"]},
+        }
 
     return make
 
@@ -314,9 +347,9 @@ CHECKPOINT: dict[str, Path] = {}
 
 FILE_COMMANDS = ("inspect", "train", "predict", "evaluate", "benchmark")
 
+
 def volume(name: str, make, hint: str, readme: str) -> Case:
-    return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]],
-                {}, readme)
+    return Case(name, "volume", FILE_COMMANDS, _volume_case(make), hint, lambda p: [p["bad"], p["bad2"]], {}, readme)
 
 
 CASES: list[Case] = [
@@ -328,55 +361,170 @@ CASES: list[Case] = [
     volume("two_d", _array(head()[:, :, 8]), "3D", "2D image → pass the whole 3D volume"),
     volume("single_slice", _array(head()[:, :, 8:9]), "3D", "one slice → pass the whole 3D volume"),
     volume("four_d", _array(np.stack([head(), head(1)], -1)), "split", "4D series → split it and pass one volume"),
-    volume("five_d", _array(head()[..., None, None].repeat(3, -1)), "split", "5D (vector/RGB) → pass one scalar 3D volume"),
+    volume(
+        "five_d", _array(head()[..., None, None].repeat(3, -1)), "split", "5D (vector/RGB) → pass one scalar 3D volume"
+    ),
     volume("rgb", _rgb, "grey", "RGB voxels → save a single-channel (grey) image"),
     volume("complex", _complex, "magnitude", "complex-valued → save the magnitude image"),
     volume("nan", _with_value(np.nan), "replace", "NaN voxels → replace them (fslmaths -nan)"),
     volume("inf", _with_value(np.inf), "replace", "Inf voxels → replace them"),
     volume("constant", _constant(7.0), "blank", "every voxel equal → the image is blank: export it again"),
     volume("all_zero", _constant(0.0), "blank", "all zero → the image is blank: export it again"),
-    volume("header_claims_more", _header_claims_more, "again", "header claims more voxels than the file holds → copy it again"),
+    volume(
+        "header_claims_more",
+        _header_claims_more,
+        "again",
+        "header claims more voxels than the file holds → copy it again",
+    ),
     volume("zero_voxel_size", _voxel_size(0.0), "voxel size", "voxel size 0 → fix the header's voxel sizes"),
-    volume("negative_voxel_size", _voxel_size(-1.0), "voxel size", "negative voxel size → fix the header's voxel sizes"),
+    volume(
+        "negative_voxel_size", _voxel_size(-1.0), "voxel size", "negative voxel size → fix the header's voxel sizes"
+    ),
     volume("degenerate_affine", _degenerate_affine, "affine", "singular affine → fix the orientation (sform/qform)"),
     volume("analyze_pair", _analyze, "convert", "Analyze .hdr/.img → convert to NIfTI"),
     volume("symlink_loop", _symlink_loop, "link", "symlink loop → point the link at the real file"),
     volume("folder_named_like_file", _folder_named_like_file, "folder", "a folder named x.nii.gz → pass the file"),
-    Case("empty_data_folder", "folder", ("inspect", "train", "predict", "evaluate", "benchmark"), _folder_case(_empty_folder),
-         "expected", readme="empty data folder → use ROOT/<subject>/<modality>.nii.gz"),
-    Case("missing_modality", "folder", ("inspect", "train", "benchmark"), _folder_case(_missing_modality), "add",
-         readme="a subject lacks the target → add it, remove the subject, or use a CSV manifest"),
-    Case("grid_shape", "folder", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_grid(True)), "resample",
-         readme="source/target shapes differ → register them, or --resample-target"),
-    Case("grid_affine", "folder", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_grid(False)), "resample",
-         readme="source/target affines differ → register them, or --resample-target"),
-    Case("bids_two_runs", "folder", ("inspect", "train", "predict", "benchmark"), _folder_case(_bids_two_runs), "manifest",
-         readme="two runs of one suffix → keep one run or list pairs in a CSV manifest"),
-    Case("csv_missing_file", "manifest", ("inspect", "train", "benchmark"),
-         _folder_case(_manifest("subject,source,target\na,data/a/flair.nii.gz,data/a/t1.nii.gz\n"
-                                "b,data/b/flair.nii.gz,data/b/T1.nii.gz\n")), "path",
-         names=lambda p: ["T1.nii.gz"], readme="manifest names a missing file → fix the path in the CSV"),
-    Case("csv_missing_column", "manifest", ("inspect", "train", "benchmark"),
-         _folder_case(_manifest("subject,source\na,data/a/flair.nii.gz\n")), "header",
-         readme="manifest lacks a column → header subject,source,target[,mask]"),
-    Case("unknown_modality", "option", ("inspect", "train", "evaluate", "benchmark"), _folder_case(_unknown_modality), "choose",
-         names=lambda p: ["flare", "t11"], readme="unknown modality name → use a name the files carry (flair, t1, ...)"),
-    Case("bad_yaml", "config", ("train", "benchmark"), _config("steps: [1, 2\n", "settings.yaml"), "fix",
-         readme="config is not YAML → fix the syntax"),
-    Case("unknown_setting", "config", ("train",), _config("stepz: 3\n", "stepz"), "setting",
-         readme="unknown setting → use a field of TrainConfig"),
-    Case("wrong_type", "config", ("train",), _config("steps: many\n", "steps"), "number",
-         readme="wrong type → give the right type (e.g. steps: 200)"),
-    Case("missing_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("missing"), "train",
-         readme="checkpoint not found → check the path"),
-    Case("corrupt_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("corrupt"), "modalsynth train",
-         readme="corrupt checkpoint → use the .pt file modalsynth train wrote"),
-    Case("truncated_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("truncated"), "modalsynth train",
-         readme="truncated checkpoint → use another copy"),
-    Case("state_dict_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("state_dict"), "modalsynth train",
-         readme="plain state_dict from another program → use a modalsynth checkpoint"),
-    Case("pickle_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("pickle"), "modalsynth train",
-         readme="pickled objects in the checkpoint → refused unread; use a trusted file"),
-    Case("other_pair_checkpoint", "checkpoint", ("predict", "train"), _checkpoint("other_pair"), "t2",
-         readme="checkpoint for another source/target → use the model trained for your pair"),
+    Case(
+        "empty_data_folder",
+        "folder",
+        ("inspect", "train", "predict", "evaluate", "benchmark"),
+        _folder_case(_empty_folder),
+        "expected",
+        readme="empty data folder → use ROOT/<subject>/<modality>.nii.gz",
+    ),
+    Case(
+        "missing_modality",
+        "folder",
+        ("inspect", "train", "benchmark"),
+        _folder_case(_missing_modality),
+        "add",
+        readme="a subject lacks the target → add it, remove the subject, or use a CSV manifest",
+    ),
+    Case(
+        "grid_shape",
+        "folder",
+        ("inspect", "train", "evaluate", "benchmark"),
+        _folder_case(_grid(True)),
+        "resample",
+        readme="source/target shapes differ → register them, or --resample-target",
+    ),
+    Case(
+        "grid_affine",
+        "folder",
+        ("inspect", "train", "evaluate", "benchmark"),
+        _folder_case(_grid(False)),
+        "resample",
+        readme="source/target affines differ → register them, or --resample-target",
+    ),
+    Case(
+        "bids_two_runs",
+        "folder",
+        ("inspect", "train", "predict", "benchmark"),
+        _folder_case(_bids_two_runs),
+        "manifest",
+        readme="two runs of one suffix → keep one run or list pairs in a CSV manifest",
+    ),
+    Case(
+        "csv_missing_file",
+        "manifest",
+        ("inspect", "train", "benchmark"),
+        _folder_case(
+            _manifest(
+                "subject,source,target\na,data/a/flair.nii.gz,data/a/t1.nii.gz\n"
+                "b,data/b/flair.nii.gz,data/b/T1.nii.gz\n"
+            )
+        ),
+        "path",
+        names=lambda p: ["T1.nii.gz"],
+        readme="manifest names a missing file → fix the path in the CSV",
+    ),
+    Case(
+        "csv_missing_column",
+        "manifest",
+        ("inspect", "train", "benchmark"),
+        _folder_case(_manifest("subject,source\na,data/a/flair.nii.gz\n")),
+        "header",
+        readme="manifest lacks a column → header subject,source,target[,mask]",
+    ),
+    Case(
+        "unknown_modality",
+        "option",
+        ("inspect", "train", "evaluate", "benchmark"),
+        _folder_case(_unknown_modality),
+        "choose",
+        names=lambda p: ["flare", "t11"],
+        readme="unknown modality name → use a name the files carry (flair, t1, ...)",
+    ),
+    Case(
+        "bad_yaml",
+        "config",
+        ("train", "benchmark"),
+        _config("steps: [1, 2\n", "settings.yaml"),
+        "fix",
+        readme="config is not YAML → fix the syntax",
+    ),
+    Case(
+        "unknown_setting",
+        "config",
+        ("train",),
+        _config("stepz: 3\n", "stepz"),
+        "setting",
+        readme="unknown setting → use a field of TrainConfig",
+    ),
+    Case(
+        "wrong_type",
+        "config",
+        ("train",),
+        _config("steps: many\n", "steps"),
+        "number",
+        readme="wrong type → give the right type (e.g. steps: 200)",
+    ),
+    Case(
+        "missing_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("missing"),
+        "train",
+        readme="checkpoint not found → check the path",
+    ),
+    Case(
+        "corrupt_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("corrupt"),
+        "modalsynth train",
+        readme="corrupt checkpoint → use the .pt file modalsynth train wrote",
+    ),
+    Case(
+        "truncated_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("truncated"),
+        "modalsynth train",
+        readme="truncated checkpoint → use another copy",
+    ),
+    Case(
+        "state_dict_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("state_dict"),
+        "modalsynth train",
+        readme="plain state_dict from another program → use a modalsynth checkpoint",
+    ),
+    Case(
+        "pickle_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("pickle"),
+        "modalsynth train",
+        readme="pickled objects in the checkpoint → refused unread; use a trusted file",
+    ),
+    Case(
+        "other_pair_checkpoint",
+        "checkpoint",
+        ("predict", "train"),
+        _checkpoint("other_pair"),
+        "t2",
+        readme="checkpoint for another source/target → use the model trained for your pair",
+    ),
 ]

@@ -12,7 +12,9 @@ import torch
 # One thread per test process: on a shared 2-core machine, two threads per process are several times slower.
 torch.set_num_threads(1)
 
-REAL_DEV = Path(os.environ.get("MODALSYNTH_REAL_DEV", Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev"))
+REAL_DEV = Path(
+    os.environ.get("MODALSYNTH_REAL_DEV", Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev")
+)
 
 
 @pytest.fixture
@@ -51,7 +53,15 @@ def tiny_config(**overrides):
     from modalsynth.config import resolve_config
     from modalsynth.methods import method_class
 
-    values = {"steps": 4, "model": dict(TINY_MODEL), "device": "cpu", "log_every": 1000, "augment": "light",
-              "preprocess": {"grid": list(TINY_GRID)}, "patch": None, "batch_size": 1}
+    values = {
+        "steps": 4,
+        "model": dict(TINY_MODEL),
+        "device": "cpu",
+        "log_every": 1000,
+        "augment": "light",
+        "preprocess": {"grid": list(TINY_GRID)},
+        "patch": None,
+        "batch_size": 1,
+    }
     values.update(overrides)
     return resolve_config([("the test", values)], method_class)

@@ -25,4 +25,6 @@ def test_methods_do_not_import_inference():
     """The circle issue 8 named: a method module importing inference would close it again."""
     for path in (ROOT / "src" / "modalsynth" / "methods").glob("*.py"):
         text = path.read_text()
-        assert "inference" not in "".join(line for line in text.splitlines() if line.lstrip().startswith(("from", "import"))), path
+        assert "inference" not in "".join(
+            line for line in text.splitlines() if line.lstrip().startswith(("from", "import"))
+        ), path

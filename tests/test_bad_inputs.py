@@ -25,8 +25,22 @@ def checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("good-run")
     for i, subject in enumerate("abc"):
         B.good_pair(root / "data" / subject, seed=i)
-    code, _, err = _main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--method", "lut",
-                          "--steps", "1", "--device", "cpu", *B.GRID_ARGS])
+    code, _, err = _main(
+        [
+            "train",
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(root / "run"),
+            "--method",
+            "lut",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            *B.GRID_ARGS,
+        ]
+    )
     assert code == 0, err
     B.CHECKPOINT["path"] = root / "run" / "best.pt"
     return B.CHECKPOINT["path"]
@@ -57,19 +71,69 @@ def _argv(command: str, paths: dict, out: Path, use_file: bool) -> list[str]:
     if command == "inspect":
         return ["inspect", str(paths["file"] if use_file else paths["data"]), *extra]
     if command == "train":
-        return ["train", "--data", str(paths["data"]), "--out", str(out / "run"), "--method", "lut", "--steps", "1",
-                "--device", "cpu", *B.GRID_ARGS, *config, *extra]
+        return [
+            "train",
+            "--data",
+            str(paths["data"]),
+            "--out",
+            str(out / "run"),
+            "--method",
+            "lut",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            *B.GRID_ARGS,
+            *config,
+            *extra,
+        ]
     if command == "predict":
         source = paths["file"] if use_file else paths["data"]
         output = out / "pred.nii.gz" if use_file else out / "preds"
-        return ["predict", "--checkpoint", str(paths.get("checkpoint", B.CHECKPOINT["path"])), "--input", str(source),
-                "--output", str(output), "--device", "cpu", *extra]
+        return [
+            "predict",
+            "--checkpoint",
+            str(paths.get("checkpoint", B.CHECKPOINT["path"])),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            *extra,
+        ]
     if command == "evaluate":
-        return ["evaluate", "--pred", str(paths["pred"]), "--ref", str(paths["ref"]), "--target", "t1",
-                "--out", str(out / "report"), "--no-fid", *extra]
+        return [
+            "evaluate",
+            "--pred",
+            str(paths["pred"]),
+            "--ref",
+            str(paths["ref"]),
+            "--target",
+            "t1",
+            "--out",
+            str(out / "report"),
+            "--no-fid",
+            *extra,
+        ]
     if command == "benchmark":
-        return ["benchmark", "--data", str(paths["data"]), "--out", str(out / "bench"), "--methods", "lut", "--steps", "1",
-                "--device", "cpu", "--no-fid", *B.GRID_ARGS, *config, *extra]
+        return [
+            "benchmark",
+            "--data",
+            str(paths["data"]),
+            "--out",
+            str(out / "bench"),
+            "--methods",
+            "lut",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--no-fid",
+            *B.GRID_ARGS,
+            *config,
+            *extra,
+        ]
     raise AssertionError(command)
 
 

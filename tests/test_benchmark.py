@@ -23,8 +23,15 @@ def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, c
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(TINY_METHODS))
     out = tmp_path / "bench"
-    kwargs = dict(methods=("lut", "gan3d", "pix2pix2d", "ddpm"), steps=2, grid=TINY_GRID, device="cpu", fid=False,
-                  config=config, timing_repeats=1)
+    kwargs = dict(
+        methods=("lut", "gan3d", "pix2pix2d", "ddpm"),
+        steps=2,
+        grid=TINY_GRID,
+        device="cpu",
+        fid=False,
+        config=config,
+        timing_repeats=1,
+    )
     table = run_benchmark(tiny_sim, out, BenchmarkPlan(**kwargs))
     assert [r["method"] for r in table["rows"]] == ["lut", "gan3d", "pix2pix2d", "ddpm"]
     markdown = (out / "table1.md").read_text()
@@ -36,7 +43,12 @@ def test_benchmark_writes_table_with_four_rows_and_resumes(tiny_sim, tmp_path, c
         assert row["test_subjects"] == test_subjects  # one split for every method
         assert row["train_steps"] == (0 if row["method"] == "lut" else 2)
         assert 0 < row["metrics"]["ssim_brain"]["mean"] <= 1 and row["infer_s_per_volume"] > 0
-    assert {r["method"]: r["params"] > 0 for r in saved["rows"]} == {"lut": False, "gan3d": True, "pix2pix2d": True, "ddpm": True}
+    assert {r["method"]: r["params"] > 0 for r in saved["rows"]} == {
+        "lut": False,
+        "gan3d": True,
+        "pix2pix2d": True,
+        "ddpm": True,
+    }
     assert all((out / f"figure4_{p}.png").stat().st_size > 1000 for p in ("axial", "coronal", "sagittal"))
     capsys.readouterr()
     before = (out / "runs" / "gan3d" / "last.pt").stat().st_mtime_ns
@@ -55,7 +67,9 @@ def test_benchmark_cross_validation_tests_every_subject_once(tiny_sim, tmp_path)
     for split in table["splits"]:
         assert not set(split["train"]) & set(split["test"]) and split["val"] == []
     row = table["rows"][0]
-    assert sorted(r["subject"] for r in row["per_subject"]) == subjects and row["metrics"]["mae_brain"]["n"] == len(subjects)
+    assert sorted(r["subject"] for r in row["per_subject"]) == subjects and row["metrics"]["mae_brain"]["n"] == len(
+        subjects
+    )
 
 
 def test_final_model_trains_on_every_subject(tiny_sim, tmp_path):
@@ -66,7 +80,11 @@ def test_final_model_trains_on_every_subject(tiny_sim, tmp_path):
 
     train(tiny_config(method="lut", holdout="none", model={}), tiny_sim, tmp_path, progress=False)
     split = Checkpoint.load(tmp_path / "best.pt").split
-    assert split["val"] == [] and split["test"] == [] and len(split["train"]) == len([p for p in tiny_sim.iterdir() if p.is_dir()])
+    assert (
+        split["val"] == []
+        and split["test"] == []
+        and len(split["train"]) == len([p for p in tiny_sim.iterdir() if p.is_dir()])
+    )
 
 
 def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, capsys, monkeypatch):
@@ -79,7 +97,9 @@ def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, c
     config.write_text(yaml.safe_dump({"gan3d": TINY_METHODS["gan3d"]}))
     kwargs = dict(methods=("gan3d",), grid=TINY_GRID, device="cpu", fid=False, config=config, timing_repeats=1, folds=2)
     run_benchmark(tiny_sim, tmp_path / "ext", BenchmarkPlan(steps=1, **kwargs))
-    first_half_s = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
+    first_half_s = [
+        Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")
+    ]
     capsys.readouterr()
     resumed, real_train = [], benchmark.train
     monkeypatch.setattr(benchmark, "train", lambda *a, **k: resumed.append(k.get("resume")) or real_train(*a, **k))
@@ -87,7 +107,9 @@ def test_benchmark_resume_extends_a_shorter_budget_exactly(tiny_sim, tmp_path, c
     assert "continuing its runs" in capsys.readouterr().out and resumed == [True, True]  # each fold from its last.pt
     straight = run_benchmark(tiny_sim, tmp_path / "straight", BenchmarkPlan(steps=2, **kwargs))
     assert extended["rows"][0]["train_steps"] == straight["rows"][0]["train_steps"] == 2
-    elapsed = [Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")]
+    elapsed = [
+        Checkpoint.load(tmp_path / "ext" / "runs" / "gan3d" / f / "last.pt").elapsed_s for f in ("fold-0", "fold-1")
+    ]
     assert all(e > s for e, s in zip(elapsed, first_half_s))  # the time budget carried over the resume
     assert extended["rows"][0]["train_s"] == pytest.approx(sum(elapsed) / 2)  # both halves count, not the resumed one
     for fold in ("fold-0", "fold-1"):

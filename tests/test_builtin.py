@@ -60,8 +60,17 @@ def test_builtin_predicts_a_small_volume_onto_its_grid(tmp_path):
 
 def test_predict_with_no_checkpoint_uses_the_builtin_model_and_says_how_long(tmp_path, monkeypatch, capsys):
     flair = _small_flair(tmp_path / "flair.nii.gz")
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output", str(tmp_path / "t1.nii.gz"),
-                             "--device", "cpu")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--input",
+        str(flair),
+        "--output",
+        str(tmp_path / "t1.nii.gz"),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert re.search(r"wrote .*t1.nii.gz \(\d+\.\d s on cpu\)", out)
     assert load_volume(tmp_path / "t1.nii.gz").shape == load_volume(flair).shape
@@ -70,19 +79,43 @@ def test_predict_with_no_checkpoint_uses_the_builtin_model_and_says_how_long(tmp
 
 
 def test_predict_overlap_changes_the_windows_and_bad_values_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    flair = _small_flair(tmp_path / "flair.nii.gz", shape=(120, 70, 40))  # grid 48 x 64 x 112: 2 windows at 0.25, 3 at 0.4
+    flair = _small_flair(
+        tmp_path / "flair.nii.gz", shape=(120, 70, 40)
+    )  # grid 48 x 64 x 112: 2 windows at 0.25, 3 at 0.4
     outputs = {}
     for overlap in ("0.25", "0.4"):
-        code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output",
-                               str(tmp_path / f"t1-{overlap}.nii.gz"), "--device", "cpu", "--overlap", overlap)
+        code, _, err = run_cli(
+            monkeypatch,
+            capsys,
+            "predict",
+            "--input",
+            str(flair),
+            "--output",
+            str(tmp_path / f"t1-{overlap}.nii.gz"),
+            "--device",
+            "cpu",
+            "--overlap",
+            overlap,
+        )
         assert code == 0, err
         outputs[overlap] = load_volume(tmp_path / f"t1-{overlap}.nii.gz").data
     default = Predictor.from_checkpoint(builtin.resolve(None), "cpu").predict_volume(load_volume(flair)).data
     np.testing.assert_allclose(outputs["0.4"], default, atol=1e-3)  # the model's own overlap is 0.4
     assert np.abs(outputs["0.25"] - default).max() > 1e-2  # fewer windows, another blend
     for bad in ("1.0", "-0.1"):
-        code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output",
-                               str(tmp_path / "x.nii.gz"), "--device", "cpu", "--overlap", bad)
+        code, _, err = run_cli(
+            monkeypatch,
+            capsys,
+            "predict",
+            "--input",
+            str(flair),
+            "--output",
+            str(tmp_path / "x.nii.gz"),
+            "--device",
+            "cpu",
+            "--overlap",
+            bad,
+        )
         assert code == 2 and "--overlap" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.nii.gz").exists()
 
@@ -99,8 +132,18 @@ def test_flip_average_makes_prediction_mirror_symmetric_and_is_a_predict_option(
     assert not predictor.inference.flip_average  # the first predictor is unchanged
     np.testing.assert_allclose(averaged, 0.5 * (plain + predictor.predict_array(mirrored)[..., ::-1]), atol=1e-5)
     flair = _small_flair(tmp_path / "flair.nii.gz")
-    code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(flair), "--output", str(tmp_path / "t1.nii.gz"),
-                           "--device", "cpu", "--flip-average")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--input",
+        str(flair),
+        "--output",
+        str(tmp_path / "t1.nii.gz"),
+        "--device",
+        "cpu",
+        "--flip-average",
+    )
     assert code == 0, err
     expected = flipping.predict_volume(load_volume(flair)).data
     np.testing.assert_allclose(load_volume(tmp_path / "t1.nii.gz").data, expected, atol=1e-2 * np.ptp(expected))
@@ -137,15 +180,18 @@ def test_init_fine_tunes_from_a_checkpoint_with_its_network(tiny_sim, tmp_path):
     first = train(tiny_config(steps=2, val_every=2), tiny_sim, tmp_path / "first", progress=False)
     start = Checkpoint.load(first).state["nets"]["generator"]
     # the network and grid settings come from the init checkpoint; a near-zero lr keeps the weights near it
-    config = resolve_config([("cli", {"init": str(first), "steps": 1, "lr": 1e-12, "device": "cpu", "val_every": 1})],
-                            method_class)
+    config = resolve_config(
+        [("cli", {"init": str(first), "steps": 1, "lr": 1e-12, "device": "cpu", "val_every": 1})], method_class
+    )
     assert config.model.to_dict() == Checkpoint.load(first).config["model"] and config.init == str(first)
     train(config, tiny_sim, tmp_path / "tuned", progress=False)
     tuned = Checkpoint.load(tmp_path / "tuned" / "last.pt").state["nets"]["generator"]
     assert all(torch.allclose(start[k], tuned[k], atol=1e-6) for k in start)
     torch.manual_seed(0)
     fresh = train(tiny_config(steps=1, val_every=1, lr=1e-12), tiny_sim, tmp_path / "fresh", progress=False)
-    assert not all(torch.allclose(start[k], Checkpoint.load(fresh).state["nets"]["generator"][k], atol=1e-6) for k in start)
+    assert not all(
+        torch.allclose(start[k], Checkpoint.load(fresh).state["nets"]["generator"][k], atol=1e-6) for k in start
+    )
 
 
 def test_the_simulator_prior_fits_the_default_network_and_is_the_fine_tuning_start(tmp_path):
@@ -157,9 +203,12 @@ def test_the_simulator_prior_fits_the_default_network_and_is_the_fine_tuning_sta
     method = method_class(default.method)(default, training=True)
     method.load_state({"nets": prior.state["nets"]}, with_optimizers=False)  # strict: a changed default network fails
     loaded = method.nets["generator"].state_dict()
-    assert all(torch.equal(loaded[k], v.float()) for k, v in prior.state["nets"]["generator"].items() if v.is_floating_point())
+    assert all(
+        torch.equal(loaded[k], v.float()) for k, v in prior.state["nets"]["generator"].items() if v.is_floating_point()
+    )
     assert "generator_ema" not in method.nets or torch.equal(
-        next(iter(method.nets["generator_ema"].parameters())), next(iter(method.nets["generator"].parameters())))
+        next(iter(method.nets["generator_ema"].parameters())), next(iter(method.nets["generator"].parameters()))
+    )
 
 
 def test_a_flair_t1_gan3d_run_starts_from_the_prior_unless_told_or_its_network_differs():
@@ -170,7 +219,9 @@ def test_a_flair_t1_gan3d_run_starts_from_the_prior_unless_told_or_its_network_d
     assert start(init="none") is None and start(init="None") is None  # --init none: random weights
     assert start(init="builtin:flair-t1") == "builtin:flair-t1"
     assert start(model={"base_channels": 8}) is None and start(model={"upsample": "transposed"}) is None
-    assert start(model={"disc_channels": 16, "overlap": 0.5}) == "builtin:sim-flair-t1"  # D and prediction: not the prior's
+    assert (
+        start(model={"disc_channels": 16, "overlap": 0.5}) == "builtin:sim-flair-t1"
+    )  # D and prediction: not the prior's
     assert start(preset="paper") is None and start(method="pix2pix2d") is None
     assert start(source="t1", target="t2") is None
 
@@ -178,7 +229,9 @@ def test_a_flair_t1_gan3d_run_starts_from_the_prior_unless_told_or_its_network_d
 def test_a_tiny_or_noise_volume_gets_one_head_scan_warning_and_no_library_warning(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     tiny = Volume((rng.random((8, 8, 8)) * 100).astype(np.float32), np.eye(4), nib.Nifti1Header(), None)
-    noise = Volume((rng.random((96, 96, 96)) * 100).astype(np.float32), np.eye(4) * [1.5, 1.5, 1.5, 1], nib.Nifti1Header(), None)
+    noise = Volume(
+        (rng.random((96, 96, 96)) * 100).astype(np.float32), np.eye(4) * [1.5, 1.5, 1.5, 1], nib.Nifti1Header(), None
+    )
     for volume in (tiny, noise):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # scikit-image's RGB-shape UserWarning once leaked out of an 8x8x8 input
@@ -188,8 +241,17 @@ def test_a_tiny_or_noise_volume_gets_one_head_scan_warning_and_no_library_warnin
     nib.save(nib.Nifti1Image(tiny.data, np.eye(4)), path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        code, _, err = run_cli(monkeypatch, capsys, "predict", "--input", str(path), "--output", str(tmp_path / "t1.nii.gz"),
-                               "--device", "cpu")
+        code, _, err = run_cli(
+            monkeypatch,
+            capsys,
+            "predict",
+            "--input",
+            str(path),
+            "--output",
+            str(tmp_path / "t1.nii.gz"),
+            "--device",
+            "cpu",
+        )
     assert code == 0, err
     assert err.count("warning:") == 1 and "does not look like a head scan" in err
 

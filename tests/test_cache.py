@@ -97,9 +97,30 @@ def test_a_corrupt_entry_is_one_line_naming_it_and_exit_2(tiny_sim, tmp_path):
         open_subjects(cache, read_manifest(cache), [damaged.parent.name])[0].check()
     grid = [str(g) for g in TINY_GRID]
     result = subprocess.run(
-        [sys.executable, "-m", "modalsynth", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--cache",
-         str(cache), "--grid", *grid, "--method", "lut", "--holdout", "none", "--device", "cpu"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        [
+            sys.executable,
+            "-m",
+            "modalsynth",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--cache",
+            str(cache),
+            "--grid",
+            *grid,
+            "--method",
+            "lut",
+            "--holdout",
+            "none",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(damaged) in lines[0] and f"delete {damaged.parent}" in lines[0], lines

@@ -21,7 +21,13 @@ def _run(*args):
 
 
 def test_grid_parsing():
-    assert _join_triplets(["train", "--grid", "48", "288", "240", "--steps", "3"]) == ["train", "--grid", "48 288 240", "--steps", "3"]
+    assert _join_triplets(["train", "--grid", "48", "288", "240", "--steps", "3"]) == [
+        "train",
+        "--grid",
+        "48 288 240",
+        "--steps",
+        "3",
+    ]
     assert _grid_option("48 288 240") == (48, 288, 240)
     assert _grid_option("32x96x80") == (32, 96, 80)
     assert _grid_option("auto") == "auto"

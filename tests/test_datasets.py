@@ -60,7 +60,11 @@ def test_mri_augmentation_is_reproducible_and_changes_the_source_not_the_target_
     runs = [[augment_item(src[None], tgt, mask, "mri", step_generator(0, s)) for s in range(12)] for _ in range(2)]
     assert all(np.array_equal(a, b) for x, y in zip(*runs) for a, b in zip(x, y))  # resumed runs draw the same
     for s, t, m in runs[0]:
-        assert s.shape == (1, *src.shape) and t.shape == m.shape == src.shape and s.dtype == t.dtype == m.dtype == np.float32
+        assert (
+            s.shape == (1, *src.shape)
+            and t.shape == m.shape == src.shape
+            and s.dtype == t.dtype == m.dtype == np.float32
+        )
         assert s.min() >= -1.0 and s.max() <= 1.0
         np.testing.assert_allclose(t, 0.3, atol=1e-5)
         assert set(np.unique(m)) <= {0.0, 1.0}

@@ -21,6 +21,7 @@ from modalsynth.evaluation import EvaluationOptions, evaluate_folders
 from modalsynth.report import centre_slice, figure4_montage, markdown_table, summarise, table1_markdown
 
 from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
+
 AFFINE = np.diag([1.2, 1.0, 1.0, 1.0])
 QUIET = EvaluationOptions(fid=False, figures=False, progress=False)
 SHAPE = (20, 24, 22)
@@ -60,8 +61,16 @@ def test_report_files_and_numbers(tmp_path, capsys):
     out = tmp_path / "report"
     summary = evaluate_folders(pred, ref, "t1", out, EvaluationOptions(fid=False, progress=False))
     assert summary["subjects"] == ["s1", "s2", "s3"]
-    for name in ("per_subject.csv", "summary.json", "summary.md", "figure4_axial.png", "figure4_coronal.png",
-                 "figure4_sagittal.png", "metric_distributions.png", "through_plane.png"):
+    for name in (
+        "per_subject.csv",
+        "summary.json",
+        "summary.md",
+        "figure4_axial.png",
+        "figure4_coronal.png",
+        "figure4_sagittal.png",
+        "metric_distributions.png",
+        "through_plane.png",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "per_subject.csv").open()))
     assert [r["subject"] for r in rows] == ["s1", "s2", "s3"]
@@ -154,7 +163,10 @@ def test_brasyn_columns_are_the_challenge_scores_of_the_stored_volumes(tmp_path)
     pred, ref = make_folders(tmp_path, subjects=("s1",))
     summary = evaluate_folders(pred, ref, "t1", tmp_path / "out", QUIET)
     row = next(csv.DictReader((tmp_path / "out" / "per_subject.csv").open()))
-    volumes = [nib.load(str(d / "s1" / name)).get_fdata() for d, name in ((pred, "t1.nii.gz"), (ref, "t1.nii.gz"), (ref, "lesion.nii.gz"))]
+    volumes = [
+        nib.load(str(d / "s1" / name)).get_fdata()
+        for d, name in ((pred, "t1.nii.gz"), (ref, "t1.nii.gz"), (ref, "lesion.nii.gz"))
+    ]
     expected = brasyn_metrics(*volumes)  # the stored (x, y, z) arrays: SSIM does not depend on the axis order
     for name, label in BRASYN_LABELS.items():
         assert float(row[name]) == pytest.approx(expected[name], abs=1e-9)
@@ -190,8 +202,9 @@ def test_fid_with_a_user_network(tmp_path):
     # the FID orders predictions: the references against themselves 0, noisy predictions above that, and five
     # times the noise clearly higher still (a wrong formula, or one side's features used twice, breaks this)
     same = evaluate_folders(ref, ref, "t1", tmp_path / "same", options)["fid"]
-    noisier = evaluate_folders(make_folders(tmp_path / "noisier", ("s1", "s2"), noise=150.0)[0], ref, "t1",
-                               tmp_path / "out2", options)["fid"]
+    noisier = evaluate_folders(
+        make_folders(tmp_path / "noisier", ("s1", "s2"), noise=150.0)[0], ref, "t1", tmp_path / "out2", options
+    )["fid"]
     for plane, entry in (("axial", axial), ("2.5d", pooled)):
         assert same[plane]["value"] == pytest.approx(0.0, abs=1e-9)
         assert entry["value"] > 1e-3
@@ -217,7 +230,10 @@ def test_centre_slice_cuts_through_a_lesion_mask():
 
 
 def test_summary_skips_undefined_and_table_orders_brain_first():
-    rows = [{"ssim_brain": 0.5, "ssim_lesion": math.nan, "ssim_volume": 0.9}, {"ssim_brain": 0.7, "ssim_lesion": 0.2, "ssim_volume": 0.95}]
+    rows = [
+        {"ssim_brain": 0.5, "ssim_lesion": math.nan, "ssim_volume": 0.9},
+        {"ssim_brain": 0.7, "ssim_lesion": 0.2, "ssim_volume": 0.95},
+    ]
     summary = summarise(rows, ["ssim_brain", "ssim_lesion", "ssim_volume"])
     assert summary["ssim_lesion"]["n"] == 1 and summary["ssim_lesion"]["mean"] == pytest.approx(0.2)
     assert summary["ssim_brain"]["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
@@ -228,8 +244,16 @@ def test_summary_skips_undefined_and_table_orders_brain_first():
 
 def test_table1_bolds_the_contrast_ratio_closest_to_one():
     def row(method: str, ratio: float) -> dict:
-        return {"method": method, "metrics": {"gw_contrast_ratio": {"mean": ratio, "sd": 0.1}}, "fid": {}, "train_steps": 1,
-                "train_s": 1.0, "infer_s_per_volume": 1.0, "device": "cpu", "params": 1e6}
+        return {
+            "method": method,
+            "metrics": {"gw_contrast_ratio": {"mean": ratio, "sd": 0.1}},
+            "fid": {},
+            "train_steps": 1,
+            "train_s": 1.0,
+            "infer_s_per_volume": 1.0,
+            "device": "cpu",
+            "params": 1e6,
+        }
 
     table = table1_markdown([row("washed", 0.6), row("close", 0.95), row("exaggerated", 1.2)], "1 step", 3)
     assert "grey/white contrast kept →1" in table
@@ -242,7 +266,9 @@ def _strided_copy(subject: str, root: Path) -> Path:
         img = nib.load(str(REAL_DEV / subject / f"{name}.nii.gz"))
         affine = img.affine.copy()
         affine[:3, :3] *= 2
-        save(np.asarray(img.dataobj[::2, ::2, ::2], dtype=np.float32), root / "ref" / subject / f"{name}.nii.gz", affine)
+        save(
+            np.asarray(img.dataobj[::2, ::2, ::2], dtype=np.float32), root / "ref" / subject / f"{name}.nii.gz", affine
+        )
     return root / "ref"
 
 

@@ -47,15 +47,25 @@ def test_onnx_export_predicts_what_pytorch_predicts_with_the_contract_in_its_met
     assert difference <= ONNX_TOLERANCE * float(np.ptp(reference))
 
     out = tmp_path / "t1.nii.gz"
-    result = CliRunner().invoke(app, ["predict", "--onnx", str(tmp_path / "m.onnx"), "--input",
-                                      str(tiny_sim / "sim-000" / "flair.nii.gz"), "--output", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--onnx",
+            str(tmp_path / "m.onnx"),
+            "--input",
+            str(tiny_sim / "sim-000" / "flair.nii.gz"),
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert np.array_equal(load_volume(out).data, exported)
 
 
 def test_onnx_export_refuses_a_model_without_fixed_windows(tmp_path):
-    from modalsynth.errors import UserError
     from modalsynth.data.preprocess import IntensityRecord
+    from modalsynth.errors import UserError
     from modalsynth.methods import build_method
 
     config = tiny_config(inference={"window": "volume"})
@@ -69,5 +79,7 @@ def test_predict_onnx_on_a_file_that_is_not_onnx_is_a_user_error(tmp_path):
 
     bad = tmp_path / "m.onnx"
     bad.write_bytes(b"not a model")
-    result = CliRunner().invoke(app, ["predict", "--onnx", str(bad), "--input", str(bad), "--output", str(tmp_path / "o.nii.gz")])
+    result = CliRunner().invoke(
+        app, ["predict", "--onnx", str(bad), "--input", str(bad), "--output", str(tmp_path / "o.nii.gz")]
+    )
     assert isinstance(result.exception, UserError) and "not a readable ONNX model" in str(result.exception)

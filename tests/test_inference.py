@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from modalsynth.data.pairs import discover_subjects
-from modalsynth.inference import predict_path, resolve_device, slicewise_predict, sliding_window_predict
-from modalsynth.threads import split_across_threads
 from modalsynth.errors import UserError
+from modalsynth.inference import predict_path, resolve_device, slicewise_predict, sliding_window_predict
 from modalsynth.io import load_volume
+from modalsynth.threads import split_across_threads
 from modalsynth.training import train
 
 from .conftest import tiny_config
@@ -32,7 +32,9 @@ def test_sliding_window_of_a_pointwise_net_equals_whole_volume():
 
 def test_split_across_threads_runs_chunks_on_one_thread_each_and_matches_the_plain_call():
     torch.manual_seed(0)
-    conv = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.Conv3d(4, 1, 1))
+    conv = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.Conv3d(4, 1, 1)
+    )
     seen: list[tuple[int, int]] = []  # (items in the call, torch threads inside it)
 
     def net(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,9 @@ def test_predict_folder_and_file_keep_the_input_grid(tiny_sim, tmp_path):
     best = train(tiny_config(steps=2, patch=(16, 32, 32)), tiny_sim, tmp_path / "run", progress=False)
     written = predict_path(best, tiny_sim, tmp_path / "pred", device="cpu", split="test")
     test_subjects = json.loads((tmp_path / "run" / "split.json").read_text())["test"]
-    assert sorted(p.parent.name for p in written) == test_subjects and len(test_subjects) < len(discover_subjects(tiny_sim))
+    assert sorted(p.parent.name for p in written) == test_subjects and len(test_subjects) < len(
+        discover_subjects(tiny_sim)
+    )
     for path in written:
         pred, src = load_volume(path), load_volume(tiny_sim / path.parent.name / "flair.nii.gz")
         assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
@@ -92,8 +96,20 @@ def test_predict_folder_and_file_keep_the_input_grid(tiny_sim, tmp_path):
     predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", single, device="cpu")
     assert load_volume(single).shape == load_volume(tiny_sim / "sim-000" / "t1.nii.gz").shape
     run = subprocess.run(
-        [sys.executable, "-m", "modalsynth", "predict", "--checkpoint", str(tmp_path / "nope.pt"), "--input", str(single), "--output", str(single)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "modalsynth",
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--input",
+            str(single),
+            "--output",
+            str(single),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2 and "nope.pt: checkpoint not found" in run.stderr
 

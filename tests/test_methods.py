@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,11 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from modalsynth.checkpoints import Checkpoint
-from modalsynth.config import TrainConfig
+from modalsynth.config import TrainConfig, resolve_config
 from modalsynth.data.datasets import PreparedSubject, prepare_pairs, step_generator
 from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
-from modalsynth.config import resolve_config
 from modalsynth.inference import Predictor, apply_method, predict_path
 from modalsynth.io import load_volume
 from modalsynth.methods import build_method, method_class
@@ -75,7 +73,9 @@ def test_pix2pix2d_uses_its_own_recipe_unless_the_user_sets_one():
     assert set_on_top.optimizers["discriminator"].param_groups[0]["lr"] == 5e-4 and set_on_top.config.l1_weight == 10.0
     # the bug the old recipe had: an explicit lr equal to TrainConfig's default (1e-4) was replaced by 2e-4
     explicit_default = _resolved({"method": "pix2pix2d"}, {"lr": 1e-4})
-    assert explicit_default.lr == 1e-4 and _built(explicit_default).optimizers["generator"].param_groups[0]["lr"] == 1e-4
+    assert (
+        explicit_default.lr == 1e-4 and _built(explicit_default).optimizers["generator"].param_groups[0]["lr"] == 1e-4
+    )
     # a later layer wins over an earlier one; the YAML's model options merge key by key with the recipe's
     layered = _resolved({"method": "pix2pix2d", "lr": 3e-4, "model": {"depth": 3}}, {"lr": 7e-4})
     assert layered.lr == 7e-4 and layered.model.depth == 3 and layered.model.slices_per_step == 8
@@ -159,7 +159,9 @@ def test_ddpm_sampling_is_reproducible_from_its_seed(sampler, extra):
     first = apply_method(method, source, method.config.inference, torch.Generator().manual_seed(1))
     assert first.shape == source.shape and first.min() >= -1 and first.max() <= 1
     assert torch.equal(first, apply_method(method, source, method.config.inference, torch.Generator().manual_seed(1)))
-    assert not torch.allclose(first, apply_method(method, source, method.config.inference, torch.Generator().manual_seed(2)), atol=1e-3)
+    assert not torch.allclose(
+        first, apply_method(method, source, method.config.inference, torch.Generator().manual_seed(2)), atol=1e-3
+    )
     before = torch.get_num_threads()
     try:  # the network calls split over two threads; the draws stay in one order: the same sample
         four_slices = torch.cat([source, source[:, :, :1]], dim=2)  # two chunks of two slices
@@ -181,7 +183,9 @@ def test_ddpm_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     predictor = Predictor.from_checkpoint(best, "cpu")
     method, cfg = predictor.method, predictor.config
     subject = _val_subject(tiny_sim, tmp_path / "run", cfg)
-    pred = apply_method(method, torch.from_numpy(subject.source)[None], method.config.inference, torch.Generator().manual_seed(0))
+    pred = apply_method(
+        method, torch.from_numpy(subject.source)[None], method.config.inference, torch.Generator().manual_seed(0)
+    )
     assert pred.shape == (1, 1, *TINY_GRID) and pred.min() >= -1 and pred.max() <= 1
     out = predict_path(best, tiny_sim / "sim-000" / "flair.nii.gz", tmp_path / "pred.nii.gz", device="cpu")[0]
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
@@ -233,15 +237,32 @@ def test_lut_table_survives_a_checkpoint(tmp_path):
     restored = _built(_resolved({"method": "lut"}))
     restored.load_state(Checkpoint.load(tmp_path / "lut.pt").state)
     query = torch.linspace(-1, 1, 50).view(1, 1, 2, 5, 5)
-    assert torch.equal(apply_method(method, query, method.config.inference), apply_method(restored, query, restored.config.inference))
+    assert torch.equal(
+        apply_method(method, query, method.config.inference), apply_method(restored, query, restored.config.inference)
+    )
     assert not torch.equal(apply_method(method, query, method.config.inference), query)  # it is not the identity
 
 
 def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "modalsynth", "train", "--data", str(tiny_sim), "--out", str(tmp_path / "run"),
-         "--method", "lut", "--grid", " ".join(map(str, TINY_GRID)), "--device", "cpu"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "modalsynth",
+            "train",
+            "--data",
+            str(tiny_sim),
+            "--out",
+            str(tmp_path / "run"),
+            "--method",
+            "lut",
+            "--grid",
+            " ".join(map(str, TINY_GRID)),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     best = tmp_path / "run" / "best.pt"
@@ -271,11 +292,15 @@ def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predi
     assert norms(method.nets["discriminator"]) == {"InstanceNorm3d"}
     assert method.application(method.config.inference).mode == "volume"
     windowed = build_method(tiny_config(inference={"window": [16, 16, 16]}))
-    assert windowed.application(windowed.config.inference).mode == "window" and windowed.application(windowed.config.inference).roi == (16, 16, 16)
+    assert windowed.application(windowed.config.inference).mode == "window" and windowed.application(
+        windowed.config.inference
+    ).roi == (16, 16, 16)
 
 
 @pytest.mark.parametrize("amp", [True, False])
-def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_the_method_measured_it(amp, monkeypatch):
+def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_the_method_measured_it(
+    amp, monkeypatch
+):
     """amp on a CPU: bfloat16 autocast around training steps when the CPU has AMX tiles; in prediction (precision
     'auto') with AMX or AVX512-BF16, only for methods that set `cpu_bf16_inference` (gan3d, not pix2pix2d); nothing when
     the CPU would only emulate bf16, amp is off (training) or the precision is float32 (prediction)."""
@@ -350,8 +375,10 @@ def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close
     assert 0 < difference.max() < 0.1  # bf16 rounding, not another model (the output spans [-1, 1])
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, train, predict", [(True, False, False, True), (True, True, True, True),
-                                                             (False, True, True, True), (False, False, False, False)])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, train, predict",
+    [(True, False, False, True), (True, True, True, True), (False, True, True, True), (False, False, False, False)],
+)
 def test_cpu_bf16_training_needs_amx_tiles_and_prediction_avx512_bf16(monkeypatch, avx512_bf16, amx, train, predict):
     """AVX512-BF16 alone (an AMD EPYC) gave NaN losses and inexact resumes in training steps under CPU bf16, so only
     AMX counts there; its predictions are finite and within 0.0005 brain SSIM of float32 (RESULTS.md §13), so it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from skimage.metrics import structural_similarity
 from modalsynth import metrics as M
 
 from .conftest import REAL_DEV  # noqa: E402  (one place says where the real data lives)
+
 SK = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=True)
 
 
@@ -54,7 +54,8 @@ def test_2d_ssim_per_plane_matches_skimage_slice_by_slice():
     mask[3:11, 4:15, 2:13] = True
     for plane, axis in M.PLANE_AXES.items():
         results = [
-            structural_similarity(np.take(a, i, axis), np.take(b, i, axis), full=True, **SK) for i in range(a.shape[axis])
+            structural_similarity(np.take(a, i, axis), np.take(b, i, axis), full=True, **SK)
+            for i in range(a.shape[axis])
         ]
         with_brain = [i for i in range(a.shape[axis]) if np.take(mask, i, axis).any()]
         assert M.ssim_slices2d(a, b, plane) == pytest.approx(np.mean([r[0] for r in results]), abs=1e-4)
@@ -279,8 +280,9 @@ def test_brasyn_ssim_map_is_torchmetrics_map_and_differs_from_skimage_at_the_bor
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = smooth_pair(seed=5)
-    _, full = structural_similarity_index_measure(torch.from_numpy(b)[None, None], torch.from_numpy(a)[None, None],
-                                                  data_range=1.0, return_full_image=True)
+    _, full = structural_similarity_index_measure(
+        torch.from_numpy(b)[None, None], torch.from_numpy(a)[None, None], data_range=1.0, return_full_image=True
+    )
     ours = M.ssim_map(b, a, 1.0, border="mirror", sample_covariance=False)
     assert np.abs(ours - full[0, 0].numpy()).max() < 1e-6
     assert np.abs(M.ssim_map(b, a, 1.0) - ours).max() > 1e-3  # skimage's borders and sample covariance differ

@@ -40,9 +40,32 @@ def multi_run(tiny_multi, tmp_path_factory):
     out = tmp_path_factory.mktemp("multi-run")
     settings = out.parent / f"{out.name}.yaml"
     settings.write_text(yaml.safe_dump({"model": TINY_MODEL, "patch": None, "log_every": 1000}))
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_multi), "--source", "flair,t2", "--target", "t1",
-                                      "--out", str(out), "--steps", "3", "--grid", "x".join(map(str, TINY_GRID)), "--holdout",
-                                      "none", "--device", "cpu", "--config", str(settings), "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_multi),
+            "--source",
+            "flair,t2",
+            "--target",
+            "t1",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--grid",
+            "x".join(map(str, TINY_GRID)),
+            "--holdout",
+            "none",
+            "--device",
+            "cpu",
+            "--config",
+            str(settings),
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -78,7 +101,9 @@ def test_simulator_t2_and_pd_come_from_the_same_tissues_and_leave_flair_t1_uncha
     # less bright than on T2 (its long T1 is not recovered at a PD's TR)
     assert np.median(t2[labels == 1]) > np.median(t2[labels == 2]) > np.median(t2[labels == 3])
     assert np.median(pd[labels == 2]) > np.median(pd[labels == 3])
-    assert np.median(t2[labels == 1]) / np.median(t2[labels == 3]) > np.median(pd[labels == 1]) / np.median(pd[labels == 3])
+    assert np.median(t2[labels == 1]) / np.median(t2[labels == 3]) > np.median(pd[labels == 1]) / np.median(
+        pd[labels == 3]
+    )
     with pytest.raises(UserError, match="t1ce"):
         simulate_subject(5, TINY_GRID, sequences=("flair", "t1", "t1ce"))
 
@@ -92,7 +117,11 @@ def test_pairs_and_cache_hold_one_channel_per_source(tiny_multi, tmp_path):
     assert subject.source.shape == (2, *TINY_GRID)
     flair, t2 = (np.asarray(a, np.float32) for a in subject.source)
     assert np.corrcoef(flair.ravel(), t2.ravel())[0, 1] < 0.99  # two different images, not one copied
-    assert set(read_manifest(tmp_path / "cache")["subjects"][pairs[0].subject]["files"]) == {"source", "source1", "target"}
+    assert set(read_manifest(tmp_path / "cache")["subjects"][pairs[0].subject]["files"]) == {
+        "source",
+        "source1",
+        "target",
+    }
 
 
 def test_a_source_on_another_grid_is_a_problem_naming_both_files(tiny_multi, tmp_path):
@@ -116,7 +145,9 @@ def test_bad_source_lists_are_one_line_errors():
     assert tiny_config(source="FLAIR, T2w").source == "flair,t2"
 
 
-def test_a_multi_source_model_predicts_from_any_subset_and_says_which(multi_run, tiny_multi, tmp_path, monkeypatch, capsys):
+def test_a_multi_source_model_predicts_from_any_subset_and_says_which(
+    multi_run, tiny_multi, tmp_path, monkeypatch, capsys
+):
     predictor = Predictor.from_checkpoint(multi_run / "best.pt", "cpu")
     assert predictor.config.sources == ("flair", "t2")
     assert predictor.method.nets["generator"].in_channels == 4
@@ -127,20 +158,69 @@ def test_a_multi_source_model_predicts_from_any_subset_and_says_which(multi_run,
     assert both.shape == flair_only.shape == t2_only.shape == volumes["flair"].shape
     assert not np.allclose(both, flair_only) and not np.allclose(both, t2_only)
 
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
-                             str(tiny_multi), "--output", str(tmp_path / "both"), "--device", "cpu")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(multi_run / "best.pt"),
+        "--input",
+        str(tiny_multi),
+        "--output",
+        str(tmp_path / "both"),
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "predicting from flair+t2 (4 subject(s))" in out
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
-                             str(tiny_multi), "--output", str(tmp_path / "flair"), "--device", "cpu", "--source", "flair")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(multi_run / "best.pt"),
+        "--input",
+        str(tiny_multi),
+        "--output",
+        str(tmp_path / "flair"),
+        "--device",
+        "cpu",
+        "--source",
+        "flair",
+    )
     assert code == 0 and "predicting from flair (4 subject(s))" in out
     np.testing.assert_allclose(load_volume(tmp_path / "flair" / "sim-000" / "t1.nii.gz").data, flair_only, atol=1e-4)
     np.testing.assert_allclose(load_volume(tmp_path / "both" / "sim-000" / "t1.nii.gz").data, both, atol=1e-4)
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
-                             str(tiny_multi / "sim-001" / "t2.nii.gz"), "--output", str(tmp_path / "one.nii.gz"),
-                             "--device", "cpu", "--source", "t2")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(multi_run / "best.pt"),
+        "--input",
+        str(tiny_multi / "sim-001" / "t2.nii.gz"),
+        "--output",
+        str(tmp_path / "one.nii.gz"),
+        "--device",
+        "cpu",
+        "--source",
+        "t2",
+    )
     assert code == 0 and "from t2 only" in out
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
-                             str(tiny_multi), "--output", str(tmp_path / "pd"), "--device", "cpu", "--source", "pd")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(multi_run / "best.pt"),
+        "--input",
+        str(tiny_multi),
+        "--output",
+        str(tmp_path / "pd"),
+        "--device",
+        "cpu",
+        "--source",
+        "pd",
+    )
     assert code == 2 and "takes flair,t2" in err and len(err.strip().splitlines()) == 1
 
 
@@ -162,7 +242,9 @@ def test_a_multi_source_model_exports_to_onnx_with_its_channels(multi_run, tiny_
     volumes = {name: load_volume(tiny_multi / "sim-002" / f"{name}.nii.gz") for name in ("flair", "t2")}
     for given in ({"flair": volumes["flair"]}, volumes):
         reference = predictor.predict_sources(given).data
-        np.testing.assert_allclose(exported.predict_sources(given).data, reference, atol=1e-3 * float(np.ptp(reference)))
+        np.testing.assert_allclose(
+            exported.predict_sources(given).data, reference, atol=1e-3 * float(np.ptp(reference))
+        )
 
 
 def test_the_benchmark_runs_a_multi_source_model(tiny_multi, tmp_path):
@@ -174,28 +256,51 @@ def test_the_benchmark_runs_a_multi_source_model(tiny_multi, tmp_path):
 
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({"gan3d": {"model": TINY_MODEL}}))
-    plan = BenchmarkPlan(methods=("gan3d",), source="flair,t2", steps=2, grid=TINY_GRID, device="cpu", fid=False,
-                         config=config, timing_repeats=1)
+    plan = BenchmarkPlan(
+        methods=("gan3d",),
+        source="flair,t2",
+        steps=2,
+        grid=TINY_GRID,
+        device="cpu",
+        fid=False,
+        config=config,
+        timing_repeats=1,
+    )
     table = run_benchmark(tiny_multi, tmp_path / "bench", plan)
     assert table["source"] == "flair,t2" and 0 < table["rows"][0]["metrics"]["ssim_brain"]["mean"] <= 1
     assert (tmp_path / "bench" / "figure4_axial.png").stat().st_size > 1000
 
 
-def test_sources_on_different_grids_are_refused_before_anything_runs(multi_run, tiny_multi, tmp_path, monkeypatch, capsys):
+def test_sources_on_different_grids_are_refused_before_anything_runs(
+    multi_run, tiny_multi, tmp_path, monkeypatch, capsys
+):
     import shutil
 
     folder = tmp_path / "data" / "s"
     shutil.copytree(tiny_multi / "sim-000", folder)
     t2 = load_volume(folder / "t2.nii.gz")
     save_array(t2.data[:, :, :-2], t2.affine, folder / "t2.nii.gz")
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(multi_run / "best.pt"), "--input",
-                             str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--device", "cpu",
-                             "--skull-strip", "always")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(multi_run / "best.pt"),
+        "--input",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--skull-strip",
+        "always",
+    )
     assert code == 2 and "t2.nii.gz" in err and "flair.nii.gz" in err and "register the sequences" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / "s").exists()
     with pytest.raises(UserError, match="not on the grid of"):  # the library call checks too, before stripping
         Predictor.from_checkpoint(multi_run / "best.pt", "cpu").predict_sources(
-            {name: load_volume(folder / f"{name}.nii.gz") for name in ("flair", "t2")})
+            {name: load_volume(folder / f"{name}.nii.gz") for name in ("flair", "t2")}
+        )
 
 
 @pytest.mark.parametrize("method,stem", [("gan3d", "residual"), ("gan3d", "strided"), ("pix2pix2d", "residual")])
@@ -215,8 +320,9 @@ def test_a_single_source_model_starts_a_multi_source_one_that_computes_the_same(
             single_net, multi_net = single.nets[name].eval(), multi.nets[name].eval()
             args = ((flair,), (both,)) if name == "generator" else ((flair, target), (both, target))
             torch.testing.assert_close(multi_net(*args[1]), single_net(*args[0]), atol=1e-5, rtol=1e-4)
-        assert not torch.allclose(multi.nets["generator"](network_input(torch.cat([t2, -flair], dim=1))),
-                                  single.nets["generator"](flair))  # the FLAIR channel is read, not ignored
+        assert not torch.allclose(
+            multi.nets["generator"](network_input(torch.cat([t2, -flair], dim=1))), single.nets["generator"](flair)
+        )  # the FLAIR channel is read, not ignored
 
 
 def test_a_multi_source_run_starts_from_the_prior_of_one_of_its_sources():
@@ -226,5 +332,7 @@ def test_a_multi_source_run_starts_from_the_prior_of_one_of_its_sources():
     config = resolve_config([("the test", {"source": "t2,flair", "target": "t1"})], method_class)
     assert config.init == "builtin:sim-flair-t1" and config.sources == ("t2", "flair")
     assert resolve_config([("t", {"source": "t2,pd", "target": "t1"})], method_class).init is None
-    with pytest.raises(UserError, match=r"--init builtin:sim-flair-t1: that model maps flair -> t1, but --source t2,pd"):
+    with pytest.raises(
+        UserError, match=r"--init builtin:sim-flair-t1: that model maps flair -> t1, but --source t2,pd"
+    ):
         resolve_config([("t", {"source": "t2,pd", "target": "t1", "init": "builtin:sim-flair-t1"})], method_class)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,9 +49,7 @@ def test_resunet_rejects_indivisible_size_with_clear_error() -> None:
     ("spatial_dims", "shape", "depth"),
     [(2, (2, 1, 32, 48), 1), (2, (2, 1, 32, 48), 3), (3, (1, 1, 16, 32, 32), 1), (3, (2, 1, 16, 32, 48), 4)],
 )
-def test_strided_resunet_output_shape_equals_input_shape(
-    spatial_dims: int, shape: tuple[int, ...], depth: int
-) -> None:
+def test_strided_resunet_output_shape_equals_input_shape(spatial_dims: int, shape: tuple[int, ...], depth: int) -> None:
     torch.manual_seed(0)
     net = ResUNet(spatial_dims=spatial_dims, base_channels=4, depth=depth, stem="strided")
     out = net(torch.randn(shape) * 50)
@@ -144,7 +141,9 @@ def test_strided_head_source_skip_carries_fine_detail(monkeypatch: pytest.Monkey
     with_skip = _learn_pixelwise_map(steps=80, stem="strided")
     original_forward = FullResHead.forward
     monkeypatch.setattr(
-        FullResHead, "forward", lambda self, features, source: original_forward(self, features, torch.zeros_like(source))
+        FullResHead,
+        "forward",
+        lambda self, features, source: original_forward(self, features, torch.zeros_like(source)),
     )
     without_skip = _learn_pixelwise_map(steps=80, stem="strided")
     # measured 0.06 vs 0.26: the half-resolution stem alone passes some detail, the source skip the rest
@@ -236,8 +235,12 @@ def test_patch_discriminator_rejects_too_small_input() -> None:
 
 def test_adversarial_loss_is_the_log_terms_of_eq_1() -> None:
     logits = torch.randn(2, 1, 4, 5, 6)
-    torch.testing.assert_close(adversarial_loss(logits, True), F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
-    torch.testing.assert_close(adversarial_loss(logits, False), F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))
+    torch.testing.assert_close(
+        adversarial_loss(logits, True), F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    )
+    torch.testing.assert_close(
+        adversarial_loss(logits, False), F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+    )
     # BCE against 1 is -log(sigmoid(logit)), the log D term of eq. (1).
     torch.testing.assert_close(adversarial_loss(logits, True), -torch.log(torch.sigmoid(logits)).mean())
 
@@ -283,7 +286,6 @@ def test_count_flops_of_generator_scales_with_volume() -> None:
     assert count_flops(net, (1, 1, 16, 16, 16)) == 2 * small > 0
 
 
-
 def test_pointwise_head_has_no_full_resolution_spatial_convolution() -> None:
     shape = (1, 1, 16, 32, 32)
     net = ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4, head_kernel=1)
@@ -316,7 +318,10 @@ def test_linear_upsampling_mixes_channels_then_interpolates_and_leaves_no_checke
     assert transposed(flat).std(dim=(2, 3, 4)).min() > 1e-3  # a period-2 pattern: one weight set per voxel parity
     net = ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4, upsample="linear")
     assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
-    assert net.num_parameters < ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4).num_parameters
+    assert (
+        net.num_parameters
+        < ResUNet(spatial_dims=3, base_channels=8, depth=2, stem="strided", full_res_channels=4).num_parameters
+    )
     with pytest.raises(ValueError, match="upsample must be one of"):
         ResUNet(upsample="nearest")
 
@@ -326,7 +331,8 @@ def test_channels_last_instance_norm_matches_instance_norm_and_keeps_the_layout(
 
     torch.manual_seed(0)
     x = (torch.randn(3, 5, 6, 7, 8) * torch.arange(1.0, 6.0)[None, :, None, None, None] + 2.0).contiguous(
-        memory_format=torch.channels_last_3d)
+        memory_format=torch.channels_last_3d
+    )
     out = ChannelsLastInstanceNorm(1e-5)(x)
     torch.testing.assert_close(out, torch.nn.InstanceNorm3d(5)(x.contiguous()), atol=1e-5, rtol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last_3d)

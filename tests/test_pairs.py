@@ -17,7 +17,9 @@ from .conftest import blob_volume
 
 def _save(path, data=None, affine=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(blob_volume() if data is None else data, np.eye(4) if affine is None else affine), str(path))
+    nib.save(
+        nib.Nifti1Image(blob_volume() if data is None else data, np.eye(4) if affine is None else affine), str(path)
+    )
 
 
 def test_folder_layout_lists_missing_and_mismatched(tmp_path):
@@ -54,7 +56,9 @@ def test_bids_tree_with_sessions(tmp_path):
 def test_csv_manifest_relative_paths(tmp_path):
     _save(tmp_path / "imgs" / "x_src.nii.gz")
     _save(tmp_path / "imgs" / "x_tgt.nii.gz")
-    (tmp_path / "list.csv").write_text("subject,source,target\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\ny,imgs/nope.nii.gz,imgs/x_tgt.nii.gz\n")
+    (tmp_path / "list.csv").write_text(
+        "subject,source,target\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\ny,imgs/nope.nii.gz,imgs/x_tgt.nii.gz\n"
+    )
     report = find_pairs(tmp_path / "list.csv", "flair", "t1")
     assert [p.subject for p in report.pairs] == ["x"]
     assert "not found" in report.problems["y"]
@@ -72,7 +76,9 @@ def test_require_pairs_refuses_a_data_set_with_any_unusable_subject(tmp_path):
     _save(tmp_path / "a" / "flair.nii.gz")
     _save(tmp_path / "a" / "t1.nii.gz")
     _save(tmp_path / "b" / "flair.nii.gz")
-    assert [p.subject for p in find_pairs(tmp_path, "flair", "t1").pairs] == ["a"]  # inspect still lists the usable ones
+    assert [p.subject for p in find_pairs(tmp_path, "flair", "t1").pairs] == [
+        "a"
+    ]  # inspect still lists the usable ones
     with pytest.raises(UserError, match=r"subject b: .*b: missing t1 .*CSV manifest.*modalsynth inspect"):
         require_pairs(tmp_path, "flair", "t1")
     _save(tmp_path / "b" / "t1.nii.gz", np.full((20, 24, 28), np.nan, np.float32))  # header fine, voxels not
@@ -88,8 +94,14 @@ def test_two_files_for_one_modality_are_named(tmp_path):
     _save(anat / "sub-01_run-2_T1w.nii.gz")
     _save(anat / "sub-01_run-1_T2w.nii.gz")
     _save(anat / "sub-01_run-2_T2w.nii.gz")
-    assert set(discover_subjects(tmp_path, ("flair", "pd"))["sub-01"]) == {"flair", "t1", "t2"}  # t2/t1 runs not asked for
-    with pytest.raises(UserError, match="sub-01 has 2 t1 files .sub-01_run-1_T1w.nii.gz, sub-01_run-2_T1w.nii.gz.; keep one"):
+    assert set(discover_subjects(tmp_path, ("flair", "pd"))["sub-01"]) == {
+        "flair",
+        "t1",
+        "t2",
+    }  # t2/t1 runs not asked for
+    with pytest.raises(
+        UserError, match="sub-01 has 2 t1 files .sub-01_run-1_T1w.nii.gz, sub-01_run-2_T1w.nii.gz.; keep one"
+    ):
         find_pairs(tmp_path, "flair", "t1")
     _save(tmp_path / "plain" / "x" / "flair.nii")
     _save(tmp_path / "plain" / "x" / "flair.nii.gz")
@@ -113,7 +125,11 @@ def test_split_is_deterministic_disjoint_and_reused(tmp_path):
     split = split_subjects(names, seed=3)
     assert split == split_subjects(list(reversed(names)), seed=3)
     assert split != split_subjects(names, seed=4)
-    assert sorted(sum(split.values(), [])) == names and (len(split["train"]), len(split["val"]), len(split["test"])) == (14, 3, 3)
+    assert sorted(sum(split.values(), [])) == names and (
+        len(split["train"]),
+        len(split["val"]),
+        len(split["test"]),
+    ) == (14, 3, 3)
     written = load_or_make_split(tmp_path, names, seed=3)
     assert json.loads((tmp_path / "split.json").read_text()) == written == split
     assert load_or_make_split(tmp_path, names, seed=99) == split  # the file wins over a new seed
@@ -134,7 +150,8 @@ def test_csv_manifest_with_a_column_per_sequence_gives_several_sources(tmp_path)
     for name in ("flair", "t2", "t1", "seg"):
         _save(tmp_path / "imgs" / f"x_{name}.nii.gz")
     (tmp_path / "list.csv").write_text(
-        "subject,FLAIR,T2w,T1w,lesion\nx,imgs/x_flair.nii.gz,imgs/x_t2.nii.gz,imgs/x_t1.nii.gz,imgs/x_seg.nii.gz\n")
+        "subject,FLAIR,T2w,T1w,lesion\nx,imgs/x_flair.nii.gz,imgs/x_t2.nii.gz,imgs/x_t1.nii.gz,imgs/x_seg.nii.gz\n"
+    )
     (pair,) = require_pairs(tmp_path / "list.csv", "flair,t2", "t1")
     assert (pair.source.name, pair.target.name, pair.lesion.name) == ("x_flair.nii.gz", "x_t1.nii.gz", "x_seg.nii.gz")
     assert [p.name for p in pair.more_sources] == ["x_t2.nii.gz"]

@@ -36,14 +36,36 @@ def _same(a, b) -> bool:
 
 
 def _train_command(data, out, config, *extra):
-    return [sys.executable, "-m", "modalsynth", "train", "--data", str(data), "--out", str(out), "--config", str(config), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "modalsynth",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 @pytest.fixture
 def run_config(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"steps": STEPS, "val_every": 1, "log_every": 1000, "device": "cpu", "model": TINY_MODEL,
-                                    "preprocess": {"grid": list(TINY_GRID)}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "steps": STEPS,
+                "val_every": 1,
+                "log_every": 1000,
+                "device": "cpu",
+                "model": TINY_MODEL,
+                "preprocess": {"grid": list(TINY_GRID)},
+            }
+        )
+    )
     return path
 
 
@@ -53,7 +75,9 @@ def _env():
 
 def test_sigkill_at_random_moments_then_resume_gives_bit_identical_weights(tiny_sim, tmp_path, run_config):
     started = time.perf_counter()
-    straight = subprocess.run(_train_command(tiny_sim, tmp_path / "straight", run_config), env=_env(), capture_output=True, text=True)
+    straight = subprocess.run(
+        _train_command(tiny_sim, tmp_path / "straight", run_config), env=_env(), capture_output=True, text=True
+    )
     assert straight.returncode == 0, straight.stderr
     one_run_s = time.perf_counter() - started
     rng = random.Random(7)
@@ -61,8 +85,13 @@ def test_sigkill_at_random_moments_then_resume_gives_bit_identical_weights(tiny_
     kills = 0
     for attempt in range(12):
         resume = ["--resume"] if (out / "last.pt").exists() else []
-        proc = subprocess.Popen(_train_command(tiny_sim, out, run_config, *resume), env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _train_command(tiny_sim, out, run_config, *resume),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if kills < 3:
             # import takes most of a run; kill somewhere in the second half, where steps and checkpoint writes happen
             time.sleep(rng.uniform(0.45, 0.95) * one_run_s)
@@ -81,10 +110,13 @@ def test_sigkill_at_random_moments_then_resume_gives_bit_identical_weights(tiny_
 
 def test_sigterm_stops_at_a_step_boundary_writes_last_and_prints_the_resume_command(tiny_sim, tmp_path, run_config):
     config = tmp_path / "long.yaml"
-    config.write_text(run_config.read_text().replace(f"steps: {STEPS}", "steps: 100000").replace("val_every: 1", "val_every: 1000"))
+    config.write_text(
+        run_config.read_text().replace(f"steps: {STEPS}", "steps: 100000").replace("val_every: 1", "val_every: 1000")
+    )
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_command(tiny_sim, out, config), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_command(tiny_sim, out, config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 90
     while not (out / "log.csv").exists() and time.time() < deadline:  # the first logged step (log_every 1000)...
         if (out / "config.yaml").exists():
@@ -105,7 +137,9 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def full_disk(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(UserError, match=r"last.pt: could not be written .*free disk space.*previous file is intact"):
@@ -123,7 +157,9 @@ def test_failed_nifti_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch
 
     monkeypatch.setattr(modalsynth.io, "write_nifti", no_space)  # nibabel's save, or its .nii.gz through ISA-L
     volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4), nib.Nifti1Header(), None)
-    with pytest.raises(UserError, match=r"out.nii.gz: could not be written \(\[Errno 28\] No space left on device\); free disk space"):
+    with pytest.raises(
+        UserError, match=r"out.nii.gz: could not be written \(\[Errno 28\] No space left on device\); free disk space"
+    ):
         save_volume(volume, tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
 
@@ -143,7 +179,10 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         return losses
 
     monkeypatch.setattr(GAN3D, "training_step", explode_at_step_3)
-    with pytest.raises(TrainingStopped, match=r"step 3: training diverged \(loss g_loss = nan not finite\); .*last.pt \(step 2\) is kept") as stop:
+    with pytest.raises(
+        TrainingStopped,
+        match=r"step 3: training diverged \(loss g_loss = nan not finite\); .*last.pt \(step 2\) is kept",
+    ) as stop:
         train(tiny_config(steps=6, val_every=1), tiny_sim, tmp_path, progress=False)
     assert stop.value.exit_code != 0
     for name in ("last.pt", "best.pt"):
@@ -153,7 +192,9 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tiny_sim, tmp_path):
     (tmp_path / LOCK_NAME).write_text(f'{{"host": "{os.uname().nodename}", "pid": {os.getpid()}}}')
-    with pytest.raises(UserError, match=rf"another training run \(process {os.getpid()} on .*\) is writing this folder"):
+    with pytest.raises(
+        UserError, match=rf"another training run \(process {os.getpid()} on .*\) is writing this folder"
+    ):
         train(tiny_config(steps=1), tiny_sim, tmp_path, progress=False)
     assert not (tmp_path / "last.pt").exists()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -29,8 +29,14 @@ def _free_port() -> int:
 
 
 def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
 
 
@@ -121,8 +127,21 @@ def test_two_rank_cohort_predict_writes_each_subject_once_and_a_rerun_skips_them
     from modalsynth.methods import method_class
     from modalsynth.training import train
 
-    config = resolve_config([("the test", {"method": "lut", "device": "cpu", "holdout": "none", "workers": 0,
-                                           "preprocess": {"grid": list(TINY_GRID)}})], method_class)
+    config = resolve_config(
+        [
+            (
+                "the test",
+                {
+                    "method": "lut",
+                    "device": "cpu",
+                    "holdout": "none",
+                    "workers": 0,
+                    "preprocess": {"grid": list(TINY_GRID)},
+                },
+            )
+        ],
+        method_class,
+    )
     checkpoint = train(config, tiny_sim, tmp_path / "run", progress=False)
     out = tmp_path / "pred"
     args = (2, _free_port(), str(checkpoint), str(tiny_sim), str(out))

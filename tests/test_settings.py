@@ -44,15 +44,52 @@ def tiny_run(tiny_sim, tmp_path_factory):
     return out
 
 
-def test_grid_that_does_not_divide_is_refused_before_loading_with_the_nearest_sizes(tiny_sim, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("modalsynth.training.require_pairs", lambda *a, **k: pytest.fail("data loaded before the check"))
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", str(tiny_sim), "--out", str(tmp_path / "run"),
-                           "--grid", "30", "96", "80", "--steps", "1", "--device", "cpu")
+def test_grid_that_does_not_divide_is_refused_before_loading_with_the_nearest_sizes(
+    tiny_sim, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(
+        "modalsynth.training.require_pairs", lambda *a, **k: pytest.fail("data loaded before the check")
+    )
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--data",
+        str(tiny_sim),
+        "--out",
+        str(tmp_path / "run"),
+        "--grid",
+        "30",
+        "96",
+        "80",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "--grid 30 96 80" in err and "divisible by 16 x 16 x 16" in err and "--grid 32 96 80" in err and "--grid 16 96 80" in err
+    assert (
+        "--grid 30 96 80" in err
+        and "divisible by 16 x 16 x 16" in err
+        and "--grid 32 96 80" in err
+        and "--grid 16 96 80" in err
+    )
     assert not (tmp_path / "run").exists()  # nothing made
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", str(tiny_sim), "--out", str(tmp_path / "run"),
-                           "--patch", "20", "20", "20", "--steps", "1")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--data",
+        str(tiny_sim),
+        "--out",
+        str(tmp_path / "run"),
+        "--patch",
+        "20",
+        "20",
+        "20",
+        "--steps",
+        "1",
+    )
     assert code == 2 and "--patch 32 32 32" in err and "--patch 16 16 16" in err
     # 2D methods only constrain H and W; 30 slices are fine for pix2pix2d
     config = resolve_config([("t", {"method": "pix2pix2d", "preprocess": {"grid": [30, 96, 80]}})], method_class)
@@ -64,13 +101,19 @@ def test_auto_grid_pads_to_what_a_deeper_network_needs():
     assert 2**config.preprocess.depth % 32 == 0
 
 
-def test_resume_refuses_conflicting_settings_but_allows_device_and_budget(tiny_sim, tiny_run, tmp_path, monkeypatch, capsys):
+def test_resume_refuses_conflicting_settings_but_allows_device_and_budget(
+    tiny_sim, tiny_run, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("last.pt", "best.pt", "split.json"):
         (run / name).write_bytes((tiny_run / name).read_bytes())
     base = ["train", "--data", str(tiny_sim), "--out", str(run), "--resume"]
-    for option, value, saved in (("--method", "pix2pix2d", "gan3d"), ("--source", "t1", "flair"), ("--target", "flair", "t1")):
+    for option, value, saved in (
+        ("--method", "pix2pix2d", "gan3d"),
+        ("--source", "t1", "flair"),
+        ("--target", "flair", "t1"),
+    ):
         code, _, err = run_cli(monkeypatch, capsys, *base, option, value)
         assert code == 2 and err.count("\n") == 1, err
         assert f"{option[2:]} = '{saved}'" in err and f"'{value}'" in err and "last.pt" in err
@@ -96,17 +139,52 @@ def test_predict_never_overwrites_its_input(tiny_sim, tiny_run, tmp_path, monkey
     flair = tmp_path / "flair.nii.gz"
     flair.write_bytes((tiny_sim / "sim-000" / "flair.nii.gz").read_bytes())
     before = flair.read_bytes()
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(tiny_run / "best.pt"),
-                             "--input", str(flair), "--output", str(flair), "--device", "cpu")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(tiny_run / "best.pt"),
+        "--input",
+        str(flair),
+        "--output",
+        str(flair),
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "is an input" in err and str(flair) in err and flair.read_bytes() == before
     # a folder predicted into itself would replace the real targets: refused, nothing written
     mtimes = {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")}
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(tiny_run / "best.pt"),
-                             "--input", str(tiny_sim), "--output", str(tiny_sim), "--device", "cpu")
-    assert code == 2 and "is an input" in err and {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")} == mtimes
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(tiny_run / "best.pt"),
+        "--input",
+        str(tiny_sim),
+        "--output",
+        str(tiny_sim),
+        "--device",
+        "cpu",
+    )
+    assert (
+        code == 2 and "is an input" in err and {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")} == mtimes
+    )
     # a missing output folder is created; the prediction lands on the input's grid and says how long it took
-    code, out, err = run_cli(monkeypatch, capsys, "predict", "--checkpoint", str(tiny_run / "best.pt"),
-                             "--input", str(flair), "--output", str(tmp_path / "new" / "deeper" / "t1.nii.gz"), "--device", "cpu")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(tiny_run / "best.pt"),
+        "--input",
+        str(flair),
+        "--output",
+        str(tmp_path / "new" / "deeper" / "t1.nii.gz"),
+        "--device",
+        "cpu",
+    )
     assert code == 0 and " s on cpu" in out
     assert load_volume(tmp_path / "new" / "deeper" / "t1.nii.gz").shape == load_volume(flair).shape
 
@@ -115,7 +193,9 @@ def test_checkpoint_of_another_format_version_names_both_versions(tiny_run, tmp_
     ckpt = Checkpoint.load(tiny_run / "last.pt")
     payload = {"format": "modalsynth-checkpoint", **vars(ckpt), "format_version": FORMAT_VERSION + 7}
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(UserError, match=rf"format version {FORMAT_VERSION + 7} .* reads version\(s\) 1, 2, 3, {FORMAT_VERSION}"):
+    with pytest.raises(
+        UserError, match=rf"format version {FORMAT_VERSION + 7} .* reads version\(s\) 1, 2, 3, {FORMAT_VERSION}"
+    ):
         Checkpoint.load(tmp_path / "future.pt")
     # a version-1 file (the format before the dataclass) still loads, its missing training time read as 0
     old = {k: v for k, v in vars(ckpt).items() if k not in ("format_version", "package_version", "elapsed_s")}
@@ -131,18 +211,31 @@ def test_checkpoints_before_version_3_keep_their_transposed_upsampling(tiny_run,
     ckpt = Checkpoint.load(tiny_run / "last.pt")
     assert ckpt.config["model"]["upsample"] == "linear"  # gan3d's default since version 3, recorded in the run
     model = {k: v for k, v in ckpt.config["model"].items() if k != "upsample"}
-    gen = ResUNet(spatial_dims=3, base_channels=model["base_channels"], depth=model["depth"], stem=model["stem"],
-                  full_res_channels=model["full_res_channels"], upsample="transposed")
+    gen = ResUNet(
+        spatial_dims=3,
+        base_channels=model["base_channels"],
+        depth=model["depth"],
+        stem=model["stem"],
+        full_res_channels=model["full_res_channels"],
+        upsample="transposed",
+    )
     state = {**ckpt.state, "nets": {"generator": gen.state_dict()}}
     for version, expected in ((2, "transposed"), (3, "linear")):
-        payload = {"format": "modalsynth-checkpoint", **vars(ckpt), "config": {**ckpt.config, "model": model},
-                   "state": state, "format_version": version}
+        payload = {
+            "format": "modalsynth-checkpoint",
+            **vars(ckpt),
+            "config": {**ckpt.config, "model": model},
+            "state": state,
+            "format_version": version,
+        }
         torch.save(payload, tmp_path / f"v{version}.pt")
         loaded = Checkpoint.load(tmp_path / f"v{version}.pt")
         assert config_from_checkpoint(loaded.config, version, method_class, "t").model.upsample == expected
     predictor = Predictor.from_checkpoint(tmp_path / "v2.pt", "cpu")  # an old run's weights still fit its network
-    assert torch.equal(predictor.method.nets["generator"].state_dict()["head.upsample.conv.weight"],
-                       gen.state_dict()["head.upsample.conv.weight"])
+    assert torch.equal(
+        predictor.method.nets["generator"].state_dict()["head.upsample.conv.weight"],
+        gen.state_dict()["head.upsample.conv.weight"],
+    )
 
 
 def test_yaml_settings_are_checked_for_names_and_types(tmp_path):
@@ -177,9 +270,22 @@ def test_every_layer_lands_in_the_resolved_tree_the_checkpoint_stores_and_the_ru
     assert resolve_config([], method_class).lr == 5e-4  # gan3d's recipe over TrainConfig's paper default
     settings = tmp_path / "run.yaml"
     settings.write_text("lr: 0.0007\ninference: {overlap: 0.3}\nbetas: [0.6, 0.99]\n")
-    layers = [("--init", {"init": str(tiny_run / "best.pt")}), (str(settings), read_settings_file(settings)),
-              ("the command line", {"steps": 2, "l1_weight": 50.0, "device": "cpu", "val_every": 2,
-                                    "preprocess": {"grid": list(TINY_GRID)}, "patch": None, "batch_size": 1})]
+    layers = [
+        ("--init", {"init": str(tiny_run / "best.pt")}),
+        (str(settings), read_settings_file(settings)),
+        (
+            "the command line",
+            {
+                "steps": 2,
+                "l1_weight": 50.0,
+                "device": "cpu",
+                "val_every": 2,
+                "preprocess": {"grid": list(TINY_GRID)},
+                "patch": None,
+                "batch_size": 1,
+            },
+        ),
+    ]
     config = resolve_config(layers, method_class)
     assert config.model.base_channels == TINY_MODEL["base_channels"]  # from the --init checkpoint
     assert config.betas == (0.6, 0.99) and config.lr == 7e-4 and config.inference.overlap == 0.3  # YAML
@@ -228,22 +334,37 @@ def test_settings_are_frozen_and_other_inference_settings_make_another_predictor
         predictor.with_inference(overlap=1.5)
 
 
-@pytest.mark.parametrize("setting, value", [("ssim_weight", 30.0), ("adversarial", "lsgan"), ("model.ema", 0.999),
-                                            ("model.consistency", 10.0), ("preprocess.scaling", "zscore")])
-def test_a_deleted_setting_is_one_line_naming_it_and_the_last_release(setting, value, tiny_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("ssim_weight", 30.0),
+        ("adversarial", "lsgan"),
+        ("model.ema", 0.999),
+        ("model.consistency", 10.0),
+        ("preprocess.scaling", "zscore"),
+    ],
+)
+def test_a_deleted_setting_is_one_line_naming_it_and_the_last_release(
+    setting, value, tiny_run, tmp_path, monkeypatch, capsys
+):
     section, _, key = setting.rpartition(".")
     layer = {section: {key: value}} if section else {key: value}
     settings = tmp_path / "old.yaml"
     settings.write_text(yaml.safe_dump(layer))
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                           "--config", str(settings))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(settings)
+    )
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert f"setting {setting} = {value!r} was removed after modalsynth 0.1.0" in err and "old.yaml" in err
     # a checkpoint written before the deletion holds the setting at its 'off' value and still loads ...
     ckpt = Checkpoint.load(tiny_run / "last.pt")
-    old = {**ckpt.config, "ssim_weight": 0.0, "adversarial": "bce",
-           "model": {**ckpt.config["model"], "ema": None, "consistency": 0.0, "overlap": 0.5},
-           "preprocess": {**ckpt.config["preprocess"], "scaling": "percentile"}}
+    old = {
+        **ckpt.config,
+        "ssim_weight": 0.0,
+        "adversarial": "bce",
+        "model": {**ckpt.config["model"], "ema": None, "consistency": 0.0, "overlap": 0.5},
+        "preprocess": {**ckpt.config["preprocess"], "scaling": "percentile"},
+    }
     old.pop("inference")
     loaded = config_from_checkpoint(old, 3, method_class, "old.pt")
     assert loaded.inference.overlap == 0.5  # a format-3 prediction setting moved to the inference tree
@@ -254,8 +375,12 @@ def test_a_deleted_setting_is_one_line_naming_it_and_the_last_release(setting, v
         config_from_checkpoint(old, 3, method_class, "old.pt")
 
 
-@pytest.mark.parametrize("method, extra", [("gan3d", {}), ("pix2pix2d", {"model": {**TINY_MODEL, "slices_per_step": 2}})])
-def test_a_finished_linear_decay_run_is_not_extended_but_an_unfinished_one_resumes_exactly(method, extra, tiny_sim, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "method, extra", [("gan3d", {}), ("pix2pix2d", {"model": {**TINY_MODEL, "slices_per_step": 2}})]
+)
+def test_a_finished_linear_decay_run_is_not_extended_but_an_unfinished_one_resumes_exactly(
+    method, extra, tiny_sim, tmp_path, monkeypatch, capsys
+):
     """Six steps of linear decay end at a third of the rate; twelve would put it back to the full rate at step 6, so
     the extension is refused with one line saying how to train longer; the same six steps of a twelve-step run,
     resumed, end where twelve straight steps end."""
@@ -264,8 +389,18 @@ def test_a_finished_linear_decay_run_is_not_extended_but_an_unfinished_one_resum
     with pytest.raises(UserError, match=r"decayed to 0.33 .* step 6 .*would raise it to 1.00.*--init .*last.pt"):
         train(tiny_config(steps=12, **settings), tiny_sim, tmp_path / "six", resume=True, progress=False)
     assert Checkpoint.load(tmp_path / "six" / "last.pt").step == 6  # nothing trained, nothing lost
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", str(tiny_sim), "--out", str(tmp_path / "six"),
-                           "--resume", "--steps", "12")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--data",
+        str(tiny_sim),
+        "--out",
+        str(tmp_path / "six"),
+        "--resume",
+        "--steps",
+        "12",
+    )
     assert code == 2 and err.count("\n") == 1 and "would raise it" in err
     straight = tiny_config(steps=12, **settings)
     _terminate_after_steps(monkeypatch, method_class(method), 6)
@@ -276,7 +411,10 @@ def test_a_finished_linear_decay_run_is_not_extended_but_an_unfinished_one_resum
     a = Checkpoint.load(tmp_path / "straight" / "last.pt")
     b = Checkpoint.load(tmp_path / "unbroken" / "last.pt")
     assert a.step == b.step == 12
-    assert all(torch.equal(a.state["nets"]["generator"][k], b.state["nets"]["generator"][k]) for k in a.state["nets"]["generator"])
+    assert all(
+        torch.equal(a.state["nets"]["generator"][k], b.state["nets"]["generator"][k])
+        for k in a.state["nets"]["generator"]
+    )
 
 
 def _terminate_after_steps(monkeypatch, cls, count: int) -> None:
@@ -305,12 +443,19 @@ def test_the_builtin_model_stores_the_tree_its_pinned_recipe_resolves_to_and_the
     stored = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, "builtin:flair-t1")
     recipe = Path(__file__).resolve().parents[1] / "scripts" / "builtin" / "flair-t1-recipe.yaml"
     card_command = {"holdout": "none", "seed": 0, "device": "cpu", "steps": 1565}
-    rebuilt = resolve_config([(str(recipe), read_settings_file(recipe)), ("the card's command", card_command)], method_class)
+    rebuilt = resolve_config(
+        [(str(recipe), read_settings_file(recipe)), ("the card's command", card_command)], method_class
+    )
     assert stored == rebuilt
     default = resolve_config([], method_class)
     assert default.model == stored.model and default.inference == stored.inference
-    assert (default.patch, default.batch_size, default.preprocess, default.lr, default.lr_schedule) == \
-        (stored.patch, stored.batch_size, stored.preprocess, stored.lr, stored.lr_schedule)
+    assert (default.patch, default.batch_size, default.preprocess, default.lr, default.lr_schedule) == (
+        stored.patch,
+        stored.batch_size,
+        stored.preprocess,
+        stored.lr,
+        stored.lr_schedule,
+    )
     card = builtin.MODELS["flair-t1"].card.read_text()
     assert "1565 steps" in card and "lr 5e-4" in card and "two random 64³ patches" in card
 
@@ -330,7 +475,9 @@ def test_no_module_reads_a_setting_with_a_fallback():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
                 receiver = node.func.value
                 name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
-                if name in settings_names or (isinstance(receiver, ast.Call) and getattr(receiver.func, "attr", "") == "options"):
+                if name in settings_names or (
+                    isinstance(receiver, ast.Call) and getattr(receiver.func, "attr", "") == "options"
+                ):
                     found.append(f"{path.name}:{node.lineno}")
     assert found == []
 

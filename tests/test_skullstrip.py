@@ -87,7 +87,9 @@ def test_prediction_sees_only_the_brain_with_its_margin_and_writes_zero_or_the_h
     assert np.all(out.data[~region] == 0) and np.any(out.data[region & ~mask] != 0) and out.shape == volume.shape
     kept = SkullStrip("auto", keep_head=True).around(volume, predict)
     np.testing.assert_allclose(kept.data[region], 2.0 * volume.data[region])
-    np.testing.assert_allclose(kept.data[~region], 2.0 * volume.data[~region], rtol=1e-4, atol=1e-2)  # head in output units
+    np.testing.assert_allclose(
+        kept.data[~region], 2.0 * volume.data[~region], rtol=1e-4, atol=1e-2
+    )  # head in output units
     # a brain is used as it is by `auto` (no network pass), stripped anyway by `always`, never by `never`
     stripped = skullstrip.masked(volume, mask)
     SkullStrip("auto").around(stripped, predict)
@@ -109,7 +111,9 @@ def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeyp
     # the head shows only without stripping (on the tiny grid the one-voxel margin adds a seventh to the brain)
     assert (raw.source > -0.9).sum() > 1.1 * (stripped.source > -0.9).sum()
     region = kept_region(mask, voxel_spacing(whole.affine))
-    assert stripped.mask.sum() == region.sum() > brain.sum()  # the whole brain and its margin, in a window centred on it
+    assert (
+        stripped.mask.sum() == region.sum() > brain.sum()
+    )  # the whole brain and its margin, in a window centred on it
     outside = ~stripped.mask
     assert np.all(stripped.source[0][outside] == -1.0) and np.all(stripped.target[outside] == -1.0)
 
@@ -157,8 +161,20 @@ def test_strip_command_finds_the_brain_of_a_simulated_head_offline(tmp_path, mon
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(sys, "argv", ["modalsynth", "strip", "--input", str(folder / "flair.nii.gz"),
-                                      "--output", str(tmp_path / "brain.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "modalsynth",
+            "strip",
+            "--input",
+            str(folder / "flair.nii.gz"),
+            "--output",
+            str(tmp_path / "brain.nii.gz"),
+            "--mask",
+            str(tmp_path / "mask.nii.gz"),
+        ],
+    )
     with pytest.raises(SystemExit) as done:  # typer exits when the command returns
         cli.main()
     assert done.value.code == 0 and capsys.readouterr().out.count("wrote") == 2

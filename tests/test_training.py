@@ -12,11 +12,11 @@ import torch
 import torch.multiprocessing as mp
 
 from modalsynth.checkpoints import Checkpoint
-from modalsynth.data.preprocess import IntensityRecord
-from modalsynth.inference import Predictor
 from modalsynth.data.datasets import prepare_pairs
 from modalsynth.data.pairs import require_pairs
+from modalsynth.data.preprocess import IntensityRecord
 from modalsynth.errors import UserError
+from modalsynth.inference import Predictor
 from modalsynth.methods import build_method
 from modalsynth.metrics import mae
 from modalsynth.training import Budget, lr_factor, seed_everything, train, validate
@@ -110,7 +110,9 @@ DDP_SETTINGS = dict(steps=3, val_every=3, augment="light")
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -157,7 +159,12 @@ def test_linear_decay_schedule_follows_the_budget_and_resumes_exactly(tiny_sim, 
     state = Checkpoint.load(tmp_path / "straight" / "last.pt").state["optimizers"]
     for optimizer in state.values():  # the last step (step 3 of 4, progress 0.75) ran at half the rate
         assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.5e-3)
-    train(tiny_config(steps=2, val_every=2, lr=1e-3, lr_schedule="linear-decay"), tiny_sim, tmp_path / "resumed", progress=False)
+    train(
+        tiny_config(steps=2, val_every=2, lr=1e-3, lr_schedule="linear-decay"),
+        tiny_sim,
+        tmp_path / "resumed",
+        progress=False,
+    )
     train(straight, tiny_sim, tmp_path / "resumed", resume=True, progress=False)
     _assert_same_weights(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt"))
     constant = tiny_config(steps=4, val_every=2, lr=1e-3, lr_schedule="constant")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from .checkpoints import Checkpoint
 from .config import TrainConfig, read_yaml_mapping, resolve_config
 from .data.pairs import canonical_modality, discover_subjects, load_or_make_split, require_pairs, source_list
@@ -28,14 +27,21 @@ DEFAULT_STEPS = 200
 
 def _method_config(method: str, sections: dict[str, Any], plan: BenchmarkPlan) -> TrainConfig:
     """A method's settings: its defaults, the YAML section for it (if any), then the shared budget and grid."""
-    shared: dict[str, Any] = {"method": method, **plan.budget, "device": plan.device, "source": plan.source,
-                              "target": plan.target}
+    shared: dict[str, Any] = {
+        "method": method,
+        **plan.budget,
+        "device": plan.device,
+        "source": plan.source,
+        "target": plan.target,
+    }
     if plan.grid is not None:
         shared["preprocess"] = {"grid": plan.grid}
     section = sections.get(method) or {}
     origin = str(plan.config or "benchmark config")
     if not isinstance(section, dict):
-        raise UserError(f"{origin}: the section for {method} must be a mapping of settings, e.g. '{method}: {{lr: 1e-4}}'")
+        raise UserError(
+            f"{origin}: the section for {method} must be a mapping of settings, e.g. '{method}: {{lr: 1e-4}}'"
+        )
     return resolve_config([(f"{origin} [{method}]", section), ("the benchmark's shared budget", shared)], method_class)
 
 
@@ -52,7 +58,9 @@ def fold_splits(subjects: list[str], folds: int, seed: int = 0) -> list[dict[str
 
 def _method_sections(path: Path) -> dict[str, Any]:
     """The benchmark YAML: one mapping of training settings per method name."""
-    sections = read_yaml_mapping(path, "benchmark config", "one section per method, 'gan3d: {model: {base_channels: 16}}'")
+    sections = read_yaml_mapping(
+        path, "benchmark config", "one section per method, 'gan3d: {model: {base_channels: 16}}'"
+    )
     unknown = sorted(set(sections) - set(method_names()))
     if unknown:
         raise UserError(f"{path}: unknown method section(s) {', '.join(unknown)}; use {', '.join(method_names())}")
@@ -84,7 +92,9 @@ class BenchmarkPlan:
     @property
     def budget_text(self) -> str:
         steps, minutes = self.budget["steps"], self.budget["minutes"]
-        return " and ".join(b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b)
+        return " and ".join(
+            b for b in (f"{steps} steps" if steps else "", f"{minutes:g} minutes" if minutes else "") if b
+        )
 
 
 def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) -> dict:
@@ -142,7 +152,9 @@ def _splits(out: Path, subjects: list[str], folds: int | None) -> list[dict[str,
     return splits
 
 
-def _train_and_predict(name: str, config: TrainConfig, data: Path, out: Path, splits: list[dict], plan: BenchmarkPlan) -> _Runs:
+def _train_and_predict(
+    name: str, config: TrainConfig, data: Path, out: Path, splits: list[dict], plan: BenchmarkPlan
+) -> _Runs:
     """Train `name` on every split (resuming where asked) and predict each split's test subjects."""
     steps, seconds, predict_s = [], [], []
     for k, split in enumerate(splits):
@@ -163,8 +175,9 @@ def _train_and_predict(name: str, config: TrainConfig, data: Path, out: Path, sp
     return _Runs(predictor, steps, seconds, predict_s)
 
 
-def _method_row(name: str, runs: _Runs, data: Path, out: Path, tested: list[str], timing_source: Path,
-                plan: BenchmarkPlan) -> dict[str, Any]:
+def _method_row(
+    name: str, runs: _Runs, data: Path, out: Path, tested: list[str], timing_source: Path, plan: BenchmarkPlan
+) -> dict[str, Any]:
     """Score one method's predictions and gather its Table 1 row (metrics, FID, speed, size, settings)."""
     from .evaluation import EvaluationOptions, evaluate_folders
 
@@ -193,13 +206,23 @@ def _method_row(name: str, runs: _Runs, data: Path, out: Path, tested: list[str]
     }
 
 
-def _write_table(rows: list[dict], data: Path, out: Path, splits: list[dict], tested: list[str], plan: BenchmarkPlan) -> dict:
+def _write_table(
+    rows: list[dict], data: Path, out: Path, splits: list[dict], tested: list[str], plan: BenchmarkPlan
+) -> dict:
     """OUT/table1.json, OUT/table1.md (printed too) and the Figure-4 montages."""
     budget_text = plan.budget_text + " of training per learned method and run (the LUT is fitted in closed form)"
     if plan.folds:
         budget_text += f"; {plan.folds}-fold cross-validation, every subject tested once"
-    table = {"data": str(data), "source": plan.source, "target": plan.target, "splits": splits, "split": splits[0],
-             **plan.budget, "folds": plan.folds, "rows": rows}
+    table = {
+        "data": str(data),
+        "source": plan.source,
+        "target": plan.target,
+        "splits": splits,
+        "split": splits[0],
+        **plan.budget,
+        "folds": plan.folds,
+        "rows": rows,
+    }
     (out / "table1.json").write_text(json.dumps(table, indent=1, default=float))
     markdown = table1_markdown(rows, budget_text, len(tested))
     (out / "table1.md").write_text(markdown)
@@ -235,15 +258,25 @@ def _montage(out: Path, rows: list[dict], data: Path, subjects: list[str], sourc
         ref_files = found[subject]
         ref = to_zyx(load_volume(ref_files[canonical_modality(target)]))[0]
         brain = foreground_mask(ref)
-        columns = {source: scale_to_unit(to_zyx(load_volume(ref_files[canonical_modality(source)]))[0], brain),
-                   f"real {target}": scale_to_unit(ref, brain)}
+        columns = {
+            source: scale_to_unit(to_zyx(load_volume(ref_files[canonical_modality(source)]))[0], brain),
+            f"real {target}": scale_to_unit(ref, brain),
+        }
         for r in rows:
-            pred = to_zyx(load_volume(out / "predictions" / r["method"] / subject / f"{canonical_modality(target)}.nii.gz"))[0]
+            pred = to_zyx(
+                load_volume(out / "predictions" / r["method"] / subject / f"{canonical_modality(target)}.nii.gz")
+            )[0]
             columns[r["method"]] = scale_to_unit(pred, brain)
         grid_rows.append(columns)
         lesion_file = first_present(ref_files, LESION_NAMES)  # its grid was checked when the subject was evaluated
         lesion = to_zyx(load_volume(lesion_file, allow_constant=True))[0] > 0 if lesion_file is not None else None
         lesions.append(lesion if lesion is not None and lesion.any() else brain)
     for plane in ("axial", "coronal", "sagittal"):
-        figure4_montage(grid_rows, out / f"figure4_{plane}.png", plane=plane, row_labels=subjects,
-                        slice_indices=[centre_slice(mask, plane) for mask in lesions], title=f"Figure 4: {plane}")
+        figure4_montage(
+            grid_rows,
+            out / f"figure4_{plane}.png",
+            plane=plane,
+            row_labels=subjects,
+            slice_indices=[centre_slice(mask, plane) for mask in lesions],
+            title=f"Figure 4: {plane}",
+        )

@@ -46,7 +46,7 @@ class Checkpoint:
         return atomic_write(Path(path), ".pt", lambda tmp: _save_bytes(payload, tmp))
 
     @classmethod
-    def load(cls, path: Path) -> "Checkpoint":
+    def load(cls, path: Path) -> Checkpoint:
         """Read a checkpoint; a missing, corrupt, foreign or other-version file is a one-line `UserError`."""
         payload = _read_payload(Path(path))
         known = {f.name for f in fields(cls)}
@@ -66,24 +66,34 @@ def _read_payload(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; pass the checkpoint file inside it (e.g. {path}/best.pt)")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: corrupt, truncated or not a checkpoint at all; use the .pt file `modalsynth train` wrote")
+        raise UserError(
+            f"{path}: corrupt, truncated or not a checkpoint at all; use the .pt file `modalsynth train` wrote"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: holds objects other than weights and settings; refusing to unpickle it; use a checkpoint written by `modalsynth train` that you trust") from exc
+        raise UserError(
+            f"{path}: holds objects other than weights and settings; refusing to unpickle it; use a checkpoint written by `modalsynth train` that you trust"
+        ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:80]}); use another copy") from exc
+        raise UserError(
+            f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:80]}); use another copy"
+        ) from exc
     if not isinstance(payload, dict):
         raise UserError(f"{path}: not a modalsynth checkpoint; pass a file written by `modalsynth train`")
     if payload.get("format") == "modalsynth-checkpoint-1":  # version 1 named its version inside the format string
         payload = {**payload, "format": FORMAT, "format_version": 1}
         payload.setdefault("package_version", payload.pop("version", "?"))
     if payload.get("format") != FORMAT or "config" not in payload or "state" not in payload:
-        raise UserError(f"{path}: not a modalsynth checkpoint (a plain state_dict or another program's file?); "
-                        "pass a file written by `modalsynth train`")
+        raise UserError(
+            f"{path}: not a modalsynth checkpoint (a plain state_dict or another program's file?); "
+            "pass a file written by `modalsynth train`"
+        )
     version = payload.get("format_version")
     if version not in READABLE_VERSIONS:
-        raise UserError(f"{path}: checkpoint format version {version} (written by modalsynth "
-                        f"{payload.get('package_version', '?')}); this modalsynth {__version__} reads version(s) "
-                        f"{', '.join(map(str, READABLE_VERSIONS))}: use the matching modalsynth release")
+        raise UserError(
+            f"{path}: checkpoint format version {version} (written by modalsynth "
+            f"{payload.get('package_version', '?')}); this modalsynth {__version__} reads version(s) "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: use the matching modalsynth release"
+        )
     return payload

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,7 +25,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _DEBUG["on"] = debug
 
 
-def _grid_option(grid: Optional[str], small: bool = False, name: str = "--grid"):
+def _grid_option(grid: str | None, small: bool = False, name: str = "--grid"):
     """Parse `--grid D H W` (joined by `_join_triplets`), `DxHxW` or `auto` into a tuple or the string 'auto'."""
     if small:
         from .data.simulate import SMALL_GRID
@@ -70,14 +69,17 @@ def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write ROOT/<subject>/{flair,t1,labels,lesion}.nii.gz"),
     subjects: int = typer.Option(4, "--subjects", min=1, help="Number of paired subjects."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Output grid D H W (default the paper's 48 288 240)."),
+    grid: str | None = typer.Option(None, "--grid", help="Output grid D H W (default the paper's 48 288 240)."),
     small: bool = typer.Option(False, "--small", help="Small grid for CPU demos and tests."),
     head: bool = typer.Option(
-        False, "--head", help="Whole heads (scalp, skull, CSF rim, eyes, neck around the brain), as a scanner writes them."
+        False,
+        "--head",
+        help="Whole heads (scalp, skull, CSF rim, eyes, neck around the brain), as a scanner writes them.",
     ),
     sequences: str = typer.Option(
-        "flair,t1", "--sequences", help="Images per subject: flair and t1, plus t2 and/or pd (spin echoes of the same "
-        "tissues), e.g. flair,t1,t2.",
+        "flair,t1",
+        "--sequences",
+        help="Images per subject: flair and t1, plus t2 and/or pd (spin echoes of the same tissues), e.g. flair,t1,t2.",
     ),
 ) -> None:
     """Make paired FLAIR/T1 subjects (and T2, PD on request) from the MNI152 anatomy that nilearn ships.
@@ -91,8 +93,9 @@ def simulate(
     if g == "auto":
         raise UserError("--grid auto is not valid for simulate; give D H W or --small")
     wanted = tuple(dict.fromkeys(("flair", "t1", *(s.strip().lower() for s in sequences.split(",")))))
-    paths = simulate_dataset(out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True, head=head,
-                             sequences=wanted)
+    paths = simulate_dataset(
+        out, subjects=subjects, seed=seed, grid=g or PAPER_GRID, progress=True, head=head, sequences=wanted
+    )
     typer.echo(f"wrote {len(paths)} subjects to {out}")
 
 
@@ -124,45 +127,60 @@ def inspect(
 def train(
     data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs, split."),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="Source modality (default flair), or several comma-separated (flair,t2): one network "
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help="Source modality (default flair), or several comma-separated (flair,t2): one network "
         "input each; trained with source dropout, the model predicts from any subset.",
     ),
-    target: Optional[str] = typer.Option(None, "--target", help="Target modality (default t1)."),
-    method: Optional[str] = typer.Option(None, "--method", help="gan3d | pix2pix2d | ddpm | lut (default gan3d)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (default 100, the paper's)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimiser steps instead."),
-    minutes: Optional[float] = typer.Option(
+    target: str | None = typer.Option(None, "--target", help="Target modality (default t1)."),
+    method: str | None = typer.Option(None, "--method", help="gan3d | pix2pix2d | ddpm | lut (default gan3d)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs (default 100, the paper's)."),
+    steps: int | None = typer.Option(None, "--steps", help="Stop after this many optimiser steps instead."),
+    minutes: float | None = typer.Option(
         None, "--minutes", help="Stop at the first step past this many minutes of training (validation included)."
     ),
-    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
-    patch: Optional[str] = typer.Option(None, "--patch", help="Random training patch D H W."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default auto)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file; options given here override it."),
-    preset: Optional[str] = typer.Option(
-        None, "--preset", help="Named settings of the method, e.g. 'paper': gan3d exactly as the paper (48x288x240, width 32)."
+    grid: str | None = typer.Option(None, "--grid", help="D H W, or auto."),
+    patch: str | None = typer.Option(None, "--patch", help="Random training patch D H W."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto (default auto)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file; options given here override it."),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="Named settings of the method, e.g. 'paper': gan3d exactly as the paper (48x288x240, width 32).",
     ),
-    init: Optional[str] = typer.Option(
-        None, "--init", help="Start from this checkpoint's weights (fine-tuning), e.g. builtin:flair-t1 or runs/sim/best.pt."
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Start from this checkpoint's weights (fine-tuning), e.g. builtin:flair-t1 or runs/sim/best.pt.",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (settings that conflict with it are refused)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    holdout: Optional[str] = typer.Option(
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from OUT/last.pt (settings that conflict with it are refused)."
+    ),
+    seed: int | None = typer.Option(None, "--seed"),
+    holdout: str | None = typer.Option(
         None, "--holdout", help="Subjects kept out: val+test (default), val (no test) or none (a final model on all)."
     ),
     resample_target: bool = typer.Option(
         False, "--resample-target", help="Targets on another grid than their source are resampled onto it (affines)."
     ),
-    skull_strip: Optional[str] = typer.Option(
-        None, "--skull-strip", help="auto | always | never (default never): raw pairs are skull-stripped first (auto: "
+    skull_strip: str | None = typer.Option(
+        None,
+        "--skull-strip",
+        help="auto | always | never (default never): raw pairs are skull-stripped first (auto: "
         "those that look like whole heads), with a subject's brain mask if it has one, else deepbet's on the source.",
     ),
-    cache: Optional[Path] = typer.Option(
-        None, "--cache", help="Folder of preprocessed arrays (made or updated here; default $MODALSYNTH_CACHE/<data>, "
-        "else OUT/../.modalsynth-cache/<data>)."
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help="Folder of preprocessed arrays (made or updated here; default $MODALSYNTH_CACHE/<data>, "
+        "else OUT/../.modalsynth-cache/<data>).",
     ),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8)."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8).",
     ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
@@ -173,11 +191,22 @@ def train(
 
     grid_value = _grid_option(grid)
     options = {
-        "method": method, "source": source, "target": target, "epochs": epochs, "steps": steps, "minutes": minutes,
-        "patch": _grid_option(patch, name="--patch"), "device": device, "seed": seed, "holdout": holdout, "init": init, "preset": preset,
+        "method": method,
+        "source": source,
+        "target": target,
+        "epochs": epochs,
+        "steps": steps,
+        "minutes": minutes,
+        "patch": _grid_option(patch, name="--patch"),
+        "device": device,
+        "seed": seed,
+        "holdout": holdout,
+        "init": init,
+        "preset": preset,
         "resample_target": True if resample_target else None,
         "preprocess": {k: v for k, v in (("grid", grid_value), ("skull_strip", skull_strip)) if v is not None} or None,
-        "cache": None if cache is None else str(cache), "workers": workers,
+        "cache": None if cache is None else str(cache),
+        "workers": workers,
     }
     train_from_cli(data=data, out=out, options=options, config=config, resume=resume)
 
@@ -185,15 +214,17 @@ def train(
 @app.command()
 def prepare(
     data: Path = typer.Option(..., "--data", help="Data folder, BIDS tree or CSV manifest."),
-    cache: Path = typer.Option(..., "--cache", help="Folder for the preprocessed arrays (give train the same --cache)."),
-    source: Optional[str] = typer.Option(None, "--source", help="Source modality (default flair)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Target modality (default t1)."),
-    method: Optional[str] = typer.Option(None, "--method", help="The method whose preprocessing to use (default gan3d)."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A method's named settings, e.g. 'paper'."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file, as for train."),
+    cache: Path = typer.Option(
+        ..., "--cache", help="Folder for the preprocessed arrays (give train the same --cache)."
+    ),
+    source: str | None = typer.Option(None, "--source", help="Source modality (default flair)."),
+    target: str | None = typer.Option(None, "--target", help="Target modality (default t1)."),
+    method: str | None = typer.Option(None, "--method", help="The method whose preprocessing to use (default gan3d)."),
+    grid: str | None = typer.Option(None, "--grid", help="D H W, or auto."),
+    preset: str | None = typer.Option(None, "--preset", help="A method's named settings, e.g. 'paper'."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file, as for train."),
     resample_target: bool = typer.Option(False, "--resample-target", help="As for train."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes (default: every CPU)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: every CPU)."),
 ) -> None:
     """Preprocess every subject once into a cache that `train --cache` reads by memory map (run it before a large
     or multi-node training run; train also brings the cache up to date itself).
@@ -203,7 +234,11 @@ def prepare(
     from .training import prepare_from_cli
 
     options = {
-        "method": method, "source": source, "target": target, "preset": preset, "init": "none",
+        "method": method,
+        "source": source,
+        "target": target,
+        "preset": preset,
+        "init": "none",
         "resample_target": True if resample_target else None,
         "preprocess": None if (g := _grid_option(grid)) is None else {"grid": g},
     }
@@ -212,36 +247,52 @@ def prepare(
 
 @app.command()
 def predict(
-    checkpoint: Optional[str] = typer.Option(
-        None, "--checkpoint", help="A checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1)."
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="A checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1).",
     ),
     input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
-    output: Path = typer.Option(..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="Which of a multi-source model's inputs to read (e.g. flair, or flair,t2; default all "
+    output: Path = typer.Option(
+        ..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."
+    ),
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help="Which of a multi-source model's inputs to read (e.g. flair, or flair,t2; default all "
         "it takes); a single --input file is the first of them. A folder's subjects use those they have.",
     ),
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
-    subjects_from: Optional[str] = typer.Option(
+    subjects_from: str | None = typer.Option(
         None, "--split", help="Only the subjects of this split (train, val, test) as recorded in the checkpoint."
     ),
-    overlap: Optional[float] = typer.Option(
-        None, "--overlap", help="Sliding-window overlap instead of the model's (gan3d: 0.4); less is faster, more a "
+    overlap: float | None = typer.Option(
+        None,
+        "--overlap",
+        help="Sliding-window overlap instead of the model's (gan3d: 0.4); less is faster, more a "
         "little better (README, 'Commands').",
     ),
     flip_average: bool = typer.Option(
-        False, "--flip-average", help="Also predict the left-right mirrored source and average the two (twice the time).",
+        False,
+        "--flip-average",
+        help="Also predict the left-right mirrored source and average the two (twice the time).",
     ),
     skull_strip: str = typer.Option(
-        "auto", "--skull-strip", help="auto | always | never. auto: an input that shows more than a brain (a raw "
+        "auto",
+        "--skull-strip",
+        help="auto | always | never. auto: an input that shows more than a brain (a raw "
         "scan with skull and scalp) is skull-stripped first, a skull-stripped one is used as it is.",
     ),
     keep_head: bool = typer.Option(
-        False, "--keep-head", help="Around the synthetic brain, show the input's head (scaled to the output's range) "
+        False,
+        "--keep-head",
+        help="Around the synthetic brain, show the input's head (scaled to the output's range) "
         "instead of zero, so the output looks like a whole scan.",
     ),
-    onnx: Optional[Path] = typer.Option(
-        None, "--onnx", help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
+    onnx: Path | None = typer.Option(
+        None,
+        "--onnx",
+        help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
         "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
     ),
 ) -> None:
@@ -256,24 +307,38 @@ def predict(
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
         if checkpoint is not None or device not in ("auto", "cpu"):
-            raise UserError("--onnx runs the exported model on the CPU through ONNX Runtime; leave out --checkpoint "
-                            "and --device")
+            raise UserError(
+                "--onnx runs the exported model on the CPU through ONNX Runtime; leave out --checkpoint and --device"
+            )
         from .export import onnx_predictor
 
         predictor = onnx_predictor(onnx).with_inference(**changes).with_sources(source)
-        run_predictor(dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from)
+        run_predictor(
+            dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from
+        )
         return
-    predict_path(builtin.resolve(checkpoint), input, output, device=device, split=subjects_from,
-                 check_input=builtin.is_builtin(checkpoint), inference_changes=changes,
-                 skull=SkullStrip(skull_strip, keep_head), sources=source)
+    predict_path(
+        builtin.resolve(checkpoint),
+        input,
+        output,
+        device=device,
+        split=subjects_from,
+        check_input=builtin.is_builtin(checkpoint),
+        inference_changes=changes,
+        skull=SkullStrip(skull_strip, keep_head),
+        sources=source,
+    )
 
 
 @app.command()
 def strip(
     input: Path = typer.Option(..., "--input", help="A NIfTI file of a whole head (any MRI contrast)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="The skull-stripped volume as `predict` strips it: zero outside "
-                                          "the brain mask grown by a 1 mm margin."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by a 1 mm margin.",
+    ),
+    mask: Path | None = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
 ) -> None:
     """Skull-strip one volume offline with deepbet (pip install 'modalsynth[strip]'): the brain mask and/or the brain.
 
@@ -289,8 +354,10 @@ def strip(
 
 @app.command()
 def export(
-    checkpoint: Optional[str] = typer.Option(
-        None, "--checkpoint", help="A gan3d checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1)."
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="A gan3d checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1).",
     ),
     onnx: Path = typer.Option(..., "--onnx", help="The ONNX file to write (e.g. model.onnx)."),
 ) -> None:
@@ -316,7 +383,9 @@ def models() -> None:
 
     for model in builtin.MODELS.values():
         star = " (default)" if model.name == builtin.DEFAULT else ""
-        typer.echo(f"builtin:{model.name}{star}  {model.source} -> {model.target}: {model.description}; card: {model.card}")
+        typer.echo(
+            f"builtin:{model.name}{star}  {model.source} -> {model.target}: {model.description}; card: {model.card}"
+        )
 
 
 @app.command()
@@ -325,9 +394,9 @@ def evaluate(
     ref: Path = typer.Option(..., "--ref", help="Data folder with the real target volumes."),
     target: str = typer.Option("t1", "--target"),
     out: Path = typer.Option(..., "--out", help="Report folder."),
-    source: Optional[str] = typer.Option("flair", "--source", help="Source modality, shown in the figures."),
+    source: str | None = typer.Option("flair", "--source", help="Source modality, shown in the figures."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID with the offline InceptionV3 weights."),
-    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="Another TorchScript feature network."),
+    fid_weights: Path | None = typer.Option(None, "--fid-weights", help="Another TorchScript feature network."),
 ) -> None:
     """Score predictions against the real targets: SSIM, PSNR, MAE, RMSE, FID, through-plane consistency, BraSyn SSIM.
 
@@ -345,15 +414,23 @@ def benchmark(
     source: str = typer.Option("flair", "--source"),
     target: str = typer.Option("t1", "--target"),
     methods: str = typer.Option("lut,gan3d,pix2pix2d,ddpm", "--methods", help="Comma-separated method names."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per method and run (default 200)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Training minutes per method and run (with or instead of --steps)."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation: every subject is tested once."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="D H W, or auto."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps per method and run (default 200)."),
+    minutes: float | None = typer.Option(
+        None, "--minutes", help="Training minutes per method and run (with or instead of --steps)."
+    ),
+    folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation: every subject is tested once."),
+    grid: str | None = typer.Option(None, "--grid", help="D H W, or auto."),
     device: str = typer.Option("auto", "--device"),
-    resume: bool = typer.Option(False, "--resume", help="Re-use methods finished in OUT with the same budget; continue unfinished or shorter runs from their last.pt."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Re-use methods finished in OUT with the same budget; continue unfinished or shorter runs from their last.pt.",
+    ),
     fid: bool = typer.Option(True, "--fid/--no-fid"),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML with one section of training settings per method, e.g. 'gan3d: {model: {base_channels: 16}}'."
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="YAML with one section of training settings per method, e.g. 'gan3d: {model: {base_channels: 16}}'.",
     ),
 ) -> None:
     """Train every method on one split with one budget, predict, evaluate, and write the paper's Table 1.
@@ -363,8 +440,19 @@ def benchmark(
     from .benchmark import BenchmarkPlan, run_benchmark
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
-    plan = BenchmarkPlan(source=source, target=target, methods=names, steps=steps, minutes=minutes, folds=folds,
-                         grid=_grid_option(grid), device=device, resume=resume, fid=fid, config=config)
+    plan = BenchmarkPlan(
+        source=source,
+        target=target,
+        methods=names,
+        steps=steps,
+        minutes=minutes,
+        folds=folds,
+        grid=_grid_option(grid),
+        device=device,
+        resume=resume,
+        fid=fid,
+        config=config,
+    )
     run_benchmark(data, out, plan)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
@@ -30,7 +31,7 @@ class Cohort:
         self.same = False
         self._own_group = False
 
-    def __enter__(self) -> "Cohort":
+    def __enter__(self) -> Cohort:
         """Read the folder's record; every rank reads it before `begin` may replace it."""
         path = self.out_root / RECORD
         try:
@@ -60,4 +61,8 @@ class Cohort:
 
     def finished(self, sources: Sequence[Path], output: Path) -> bool:
         """Whether `output` was written by an earlier run of this model and settings after its sources last changed."""
-        return self.same and output.exists() and all(output.stat().st_mtime_ns >= Path(s).stat().st_mtime_ns for s in sources)
+        return (
+            self.same
+            and output.exists()
+            and all(output.stat().st_mtime_ns >= Path(s).stat().st_mtime_ns for s in sources)
+        )

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import yaml
 
@@ -34,12 +34,20 @@ LAST_RELEASE_WITH_DELETED = "0.1.0"
 #: settings deleted because they lost their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
 #: an older checkpoint that holds one of those still loads; any other value is refused with one line
 DELETED_SETTINGS: dict[str, tuple[Any, ...]] = {
-    "ssim_weight": (0, 0.0), "adversarial": ("bce",), "model.ema": (None, 0, 0.0), "model.consistency": (None, 0, 0.0),
+    "ssim_weight": (0, 0.0),
+    "adversarial": ("bce",),
+    "model.ema": (None, 0, 0.0),
+    "model.consistency": (None, 0, 0.0),
     "preprocess.scaling": ("percentile",),
 }
 #: `model` options of checkpoint format <= 3 that are inference settings now
-MOVED_TO_INFERENCE = {"window": "window", "overlap": "overlap", "windows_per_batch": "windows_per_batch",
-                      "window_sigma": "sigma", "predict_batch": "slices_per_batch"}
+MOVED_TO_INFERENCE = {
+    "window": "window",
+    "overlap": "overlap",
+    "windows_per_batch": "windows_per_batch",
+    "window_sigma": "sigma",
+    "predict_batch": "slices_per_batch",
+}
 #: methods whose generator is the ResUNet: checkpoints before format 3 upsample with transposed convolutions
 RESUNET_METHODS = ("gan3d", "pix2pix2d")
 
@@ -56,7 +64,9 @@ class NetworkSettings:
 class InferenceConfig:
     """How a trained network is applied to a whole volume: held by the `Predictor`, never changed in place."""
 
-    window: tuple[int, int, int] | Literal["volume"] | None = None  # 3D windows (D, H, W); 'volume': one pass; None: the training patch
+    window: tuple[int, int, int] | Literal["volume"] | None = (
+        None  # 3D windows (D, H, W); 'volume': one pass; None: the training patch
+    )
     overlap: float = 0.5  # sliding windows at least this far apart (a fraction of the window)
     windows_per_batch: int = 1
     sigma: float = 0.125  # the Gaussian blend's sigma, a fraction of the window
@@ -90,21 +100,31 @@ class TrainConfig:
     batch_size: int = 1  # the paper's (one whole volume per step)
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
     augment: Augmentation = "light"  # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
-    holdout: Holdout = "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
+    holdout: Holdout = (
+        "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
+    )
     resample_target: bool = False  # allow targets on another grid: resampled onto the source grid via the affines
-    source_dropout: float = 0.3  # several sources: the chance each is left out of a training example (at least one stays)
+    source_dropout: float = (
+        0.3  # several sources: the chance each is left out of a training example (at least one stays)
+    )
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     # where the weights start
     preset: str | None = None  # a method's named settings over its defaults, e.g. 'paper' for gan3d
-    init: str | None = None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
+    init: str | None = (
+        None  # start from this checkpoint's weights (a path or builtin:NAME); its network settings are taken
+    )
     # running
     seed: int = 0
     device: str = "auto"
-    val_every: int | None = None  # validate every N steps; None: `val_minutes`, else at epoch ends, at most ~10 % of the time
+    val_every: int | None = (
+        None  # validate every N steps; None: `val_minutes`, else at epoch ends, at most ~10 % of the time
+    )
     val_minutes: float | None = None  # validate every N minutes of training (when `val_every` is not set)
     log_every: int = 10
     workers: int | None = None  # DataLoader worker processes per rank; None: from the CPU count (data/stream.py)
-    cache: str | None = None  # folder of the preprocessed-array cache; None: $MODALSYNTH_CACHE or beside the run (data/cache.py)
+    cache: str | None = (
+        None  # folder of the preprocessed-array cache; None: $MODALSYNTH_CACHE or beside the run (data/cache.py)
+    )
     model: NetworkSettings = field(default_factory=NetworkSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -126,7 +146,9 @@ def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> Train
     several sources for a method without them, or a dropout outside [0, 1) is a one-line `UserError`."""
     sources = source_list(config.source)
     if any(not s for s in sources) or len(set(sources)) < len(sources):
-        raise UserError(f"{origin}: source {config.source!r}: give distinct sequence names separated by commas, e.g. flair,t2")
+        raise UserError(
+            f"{origin}: source {config.source!r}: give distinct sequence names separated by commas, e.g. flair,t2"
+        )
     if canonical_modality(config.target) in sources:
         raise UserError(f"{origin}: {config.target} is the target and one of the sources; drop it from --source")
     if len(sources) > 1 and not multi_source:
@@ -151,11 +173,14 @@ class MethodDefaults(Protocol):
 
 
 Methods = Callable[[str], MethodDefaults]
-Layer = tuple[str, Mapping[str, Any]]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
+Layer = tuple[
+    str, Mapping[str, Any]
+]  # (where the settings come from, e.g. "run.yaml" or "the command line"; the settings)
 
 #: settings that may differ from the saved run on `--resume`: where it runs, how long, how often it logs
-RESUMABLE_CHANGES = frozenset({"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes", "workers",
-                               "cache"})
+RESUMABLE_CHANGES = frozenset(
+    {"device", "steps", "epochs", "minutes", "log_every", "val_every", "val_minutes", "workers", "cache"}
+)
 #: settings that are mappings merged key by key across layers (a YAML `model: {depth: 3}` keeps the other options)
 _NESTED = ("model", "preprocess", "inference")
 #: what a fine-tuning run takes from its --init checkpoint, so that the network and its input match the weights
@@ -197,6 +222,7 @@ def merge_settings(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[st
 
 # --- migration: older checkpoints and files -------------------------------------------------------------------------
 
+
 def migrate_settings(values: Mapping[str, Any], origin: str, format_version: int | None = None) -> dict[str, Any]:
     """Settings written by an older modalsynth, in today's names. `format_version`: the checkpoint format they come
     from (None: a YAML file or the command line, where a deleted setting is always refused)."""
@@ -229,11 +255,14 @@ def _drop_deleted(values: dict[str, Any], origin: str, saved: bool) -> None:
         if saved and value in off:
             continue
         fix = ("it was trained with it: use modalsynth " + LAST_RELEASE_WITH_DELETED) if saved else "delete it"
-        raise UserError(f"{origin}: setting {name} = {value!r} was removed after modalsynth {LAST_RELEASE_WITH_DELETED} "
-                        f"(it lost its ablation, benchmarks/RESULTS.md); {fix}")
+        raise UserError(
+            f"{origin}: setting {name} = {value!r} was removed after modalsynth {LAST_RELEASE_WITH_DELETED} "
+            f"(it lost its ablation, benchmarks/RESULTS.md); {fix}"
+        )
 
 
 # --- building a typed tree from plain values -------------------------------------------------------------------------
+
 
 def build_config(values: Mapping[str, Any], methods: Methods, origin: str) -> TrainConfig:
     """A `TrainConfig` from plain values (today's names); an unknown name or a wrong value is a `UserError`."""
@@ -255,8 +284,10 @@ def _build(cls: type, values: Mapping[str, Any], origin: str, prefix: str) -> An
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise UserError(f"{origin}: unknown setting(s) {', '.join(prefix + k for k in sorted(unknown))}; "
-                        f"known: {', '.join(prefix + k for k in sorted(known))}")
+        raise UserError(
+            f"{origin}: unknown setting(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+            f"known: {', '.join(prefix + k for k in sorted(known))}"
+        )
     hints = typing.get_type_hints(cls)
     checked = {}
     for key, value in values.items():
@@ -296,7 +327,9 @@ def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         return whole and not isinstance(value, bool), int(value) if whole and not isinstance(value, bool) else value
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(
+            value, (int, float)
+        ) else value
     if hint is str:
         return isinstance(value, str), value
     return True, value
@@ -315,6 +348,7 @@ def _describe(hint: Any) -> str:
 
 # --- resolution --------------------------------------------------------------------------------------------------------
 
+
 def method_defaults(method_class: MethodDefaults) -> dict[str, Any]:
     """The bottom layer: the shared defaults under the method's recipe, network and inference defaults."""
     values = merge_settings(TrainConfig().to_dict(), _plain(dict(method_class.recipe)))
@@ -331,8 +365,10 @@ def resolve_config(layers: list[Layer], methods: Methods) -> TrainConfig:
     run starts from the method's shipped prior for its source/target pair if its network is the prior's.
     """
     layers = [(origin, migrate_settings(layer, origin)) for origin, layer in layers]
-    layers = [(origin, {**layer, "init": None}) if str(layer.get("init", "")).lower() == "none" else (origin, layer)
-              for origin, layer in layers]
+    layers = [
+        (origin, {**layer, "init": None}) if str(layer.get("init", "")).lower() == "none" else (origin, layer)
+        for origin, layer in layers
+    ]
     config = _resolve_layers(layers, methods)
     prior = _default_prior(config, layers, methods(config.method))
     if prior is not None:
@@ -341,7 +377,9 @@ def resolve_config(layers: list[Layer], methods: Methods) -> TrainConfig:
     return config
 
 
-def _default_prior(config: TrainConfig, layers: list[Layer], method_class: MethodDefaults) -> tuple[str, dict[str, Any]] | None:
+def _default_prior(
+    config: TrainConfig, layers: list[Layer], method_class: MethodDefaults
+) -> tuple[str, dict[str, Any]] | None:
     """The shipped prior a run starts from when nothing names `init` (its spec and the settings it passes on): the
     method's one for this source/target pair (for several sources: the first source that has one), if the run's
     network (`network_keys`) is the prior's and no preset is asked for."""
@@ -396,8 +434,10 @@ def _check_init_pair(init: str, inherited: Mapping[str, Any], layers: list[Layer
             asked, theirs = source_list(str(layer[key])), source_list(str(inherited[key]))
             if asked == theirs or (key == "source" and len(theirs) == 1 and theirs[0] in asked):
                 continue
-            raise UserError(f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
-                            f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}")
+            raise UserError(
+                f"--init {init}: that model maps {inherited['source']} -> {inherited['target']}, but "
+                f"--{key} {layer[key]} was asked; fine-tune from a {key} {layer[key]} model or drop --{key}"
+            )
 
 
 def _inherited_from(init: str) -> dict[str, Any]:

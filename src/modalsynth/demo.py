@@ -13,16 +13,31 @@ from .training import train
 
 DEMO_SUBJECTS = 10
 DEMO_STEPS = 100
-DEMO_MODEL = {"stem": "residual", "base_channels": 16, "full_res_channels": None, "depth": 4, "disc_channels": 32,
-              "disc_layers": 3}
+DEMO_MODEL = {
+    "stem": "residual",
+    "base_channels": 16,
+    "full_res_channels": None,
+    "depth": 4,
+    "disc_channels": 32,
+    "disc_layers": 3,
+}
 DEMO_INFERENCE = {"window": None, "overlap": 0.5, "windows_per_batch": 1}
 
 
 def demo_config(steps: int = DEMO_STEPS) -> TrainConfig:
     """The paper's GAN with a smaller generator and the small grid, trained briefly with a higher learning rate."""
-    settings = {"method": "gan3d", "steps": steps, "lr": 5e-4, "model": dict(DEMO_MODEL),
-                "inference": dict(DEMO_INFERENCE), "val_every": 50, "device": "auto",
-                "preprocess": {"grid": list(SMALL_GRID)}, "patch": None, "batch_size": 1}
+    settings = {
+        "method": "gan3d",
+        "steps": steps,
+        "lr": 5e-4,
+        "model": dict(DEMO_MODEL),
+        "inference": dict(DEMO_INFERENCE),
+        "val_every": 50,
+        "device": "auto",
+        "preprocess": {"grid": list(SMALL_GRID)},
+        "patch": None,
+        "batch_size": 1,
+    }
     return resolve_config([("the demo", settings)], method_class)
 
 

@@ -14,18 +14,36 @@ from tqdm import tqdm
 
 from . import fid as fidlib
 from .data.pairs import (
-    LESION_NAMES, MASK_NAMES, canonical_modality, compare_grids, discover_subjects, first_present, grid_of,
+    LESION_NAMES,
+    MASK_NAMES,
+    canonical_modality,
+    compare_grids,
+    discover_subjects,
+    first_present,
+    grid_of,
 )
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
 from .io import load_volume, voxel_spacing
 from .metrics import (
-    PLANE_AXES, REPORT_LABELS, brasyn_metrics, scale_to_unit, subject_metrics, through_plane_error_map,
+    PLANE_AXES,
+    REPORT_LABELS,
+    brasyn_metrics,
+    scale_to_unit,
+    subject_metrics,
+    through_plane_error_map,
     through_plane_profile,
 )
 from .report import (
-    crop_to_mask, figure4_montage, markdown_table, plot_metric_distributions, plot_through_plane, summarise,
-    summary_markdown, write_json, write_per_subject_csv,
+    crop_to_mask,
+    figure4_montage,
+    markdown_table,
+    plot_metric_distributions,
+    plot_through_plane,
+    summarise,
+    summary_markdown,
+    write_json,
+    write_per_subject_csv,
 )
 
 PROTOCOL = (
@@ -82,7 +100,9 @@ class SubjectData:
     mask_origin: str
 
 
-def evaluate_folders(pred: Path, ref: Path, target: str, out: Path, options: EvaluationOptions = EvaluationOptions()) -> dict:
+def evaluate_folders(
+    pred: Path, ref: Path, target: str, out: Path, options: EvaluationOptions = EvaluationOptions()
+) -> dict:
     """Score PRED/<subject>/<target>.nii.gz against REF/<subject>/<target>.nii.gz; write per_subject.csv,
     summary.json, summary.md and (unless `options.figures` is off) the PNG figures to OUT, print the Markdown table
     and return the summary. Every file is checked from its header before any voxel is read, then read once."""
@@ -146,8 +166,12 @@ class _Collected:
         if self.network is not None:
             for plane in FIGURE_PLANES:
                 indices = fidlib.select_slices(data.brain, plane, self.options.fid_max_slices)
-                self.features[plane][0].append(fidlib.slice_features(self.network, data.pred, plane, indices, data.spacing))
-                self.features[plane][1].append(fidlib.slice_features(self.network, data.ref, plane, indices, data.spacing))
+                self.features[plane][0].append(
+                    fidlib.slice_features(self.network, data.pred, plane, indices, data.spacing)
+                )
+                self.features[plane][1].append(
+                    fidlib.slice_features(self.network, data.ref, plane, indices, data.spacing)
+                )
         if self.options.figures and len(self.figure_rows) < self.options.figure_subjects:
             self.figure_rows.append(_figure_row(data, self.options.source, self.target))
             self.figure_spacing = self.figure_spacing or data.spacing
@@ -184,7 +208,10 @@ def _warn_unmatched(unmatched: dict[str, list[str]]) -> None:
     """One stderr line per side that has subjects without a partner (they are listed in the report too)."""
     for side, names in unmatched.items():
         if names:
-            print(f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}", file=sys.stderr)
+            print(
+                f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}",
+                file=sys.stderr,
+            )
 
 
 def _feature_network(options: EvaluationOptions) -> tuple[fidlib.FeatureNetwork | None, dict]:
@@ -204,17 +231,23 @@ def match_subjects(
     """Subjects with both a prediction and a reference of `target` (only `subjects` if given), those missing
     either, and the files found."""
     key = canonical_modality(target)
-    pred_files = _discover(pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)", (target,))
+    pred_files = _discover(
+        pred, "predictions", f"PRED/<subject>/{target}.nii.gz (as written by modalsynth predict)", (target,)
+    )
     ref_files = _discover(ref, "references", f"REF/<subject>/{target}.nii.gz", (target, *MASK_NAMES, *LESION_NAMES))
     with_pred = {s for s, files in pred_files.items() if key in files}
     with_ref = {s for s, files in ref_files.items() if key in files or "target" in files}
     if not with_pred:
         found = sorted({m for files in pred_files.values() for m in files})
-        raise UserError(f"{pred}: no {target} predictions (found: {', '.join(found)}); choose --target from those names")
+        raise UserError(
+            f"{pred}: no {target} predictions (found: {', '.join(found)}); choose --target from those names"
+        )
     if not with_ref:
         found = sorted({m for files in ref_files.values() for m in files})
-        raise UserError(f"{ref}: no reference {target} volumes (found: {', '.join(found)}); choose --target from those "
-                        "names, or check --ref")
+        raise UserError(
+            f"{ref}: no reference {target} volumes (found: {', '.join(found)}); choose --target from those "
+            "names, or check --ref"
+        )
     absent: set[str] = set()
     if subjects is not None:
         wanted = set(subjects)
@@ -233,7 +266,9 @@ def match_subjects(
     return matched, unmatched, pred_files, ref_files
 
 
-def check_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None) -> None:
+def check_subject(
+    subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None
+) -> None:
     """Check one subject's prediction, reference, masks and source from their headers, without reading voxels: a bad
     header, or a prediction or mask on another grid than the reference, is a `UserError` naming the file."""
     key = canonical_modality(target)
@@ -248,7 +283,9 @@ def check_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str
         _Grid.of(source_path)
 
 
-def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None) -> SubjectData:
+def load_subject(
+    subject: str, pred_files: dict[str, Path], ref_files: dict[str, Path], target: str, source: str | None
+) -> SubjectData:
     """Read one subject's prediction, reference, masks and source (each once; grids checked by `check_subject`) and
     scale them to [0, 1] in (z, y, x); the source is kept only when it lies on the reference's grid."""
     key = canonical_modality(target)
@@ -263,7 +300,9 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
         brain = to_zyx(load_volume(mask_path, allow_constant=True))[0] > 0
         origin = f"mask file {mask_path.name}"
         if not brain.any():
-            raise UserError(f"{mask_path}: the brain mask is empty; fix it or delete it to derive one from the reference")
+            raise UserError(
+                f"{mask_path}: the brain mask is empty; fix it or delete it to derive one from the reference"
+            )
     else:
         brain = foreground_mask(ref_zyx)
         origin = "derived from the reference (non-background voxels, holes filled)"
@@ -277,8 +316,16 @@ def load_subject(subject: str, pred_files: dict[str, Path], ref_files: dict[str,
         if compare_grids(source_volume.shape, source_volume.affine, ref_volume.shape, ref_volume.affine) is None:
             source_zyx = scale_to_unit(to_zyx(source_volume)[0], brain).astype(np.float32)
     return SubjectData(
-        subject=subject, pred_path=pred_files[key], pred=scale_to_unit(pred_zyx, brain), ref=scale_to_unit(ref_zyx, brain),
-        pred_stored=pred_zyx, ref_stored=ref_zyx, source=source_zyx, brain=brain, lesion=lesion, spacing=spacing,  # type: ignore[arg-type]
+        subject=subject,
+        pred_path=pred_files[key],
+        pred=scale_to_unit(pred_zyx, brain),
+        ref=scale_to_unit(ref_zyx, brain),
+        pred_stored=pred_zyx,
+        ref_stored=ref_zyx,
+        source=source_zyx,
+        brain=brain,
+        lesion=lesion,
+        spacing=spacing,  # type: ignore[arg-type]
         mask_origin=origin,
     )
 
@@ -300,7 +347,9 @@ class _Grid(NamedTuple):
         return cls(path, *grid_of(path))
 
 
-def _discover(folder: Path, role: str, layout: str, modalities: tuple[str, ...] | None = None) -> dict[str, dict[str, Path]]:
+def _discover(
+    folder: Path, role: str, layout: str, modalities: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Path]]:
     """The shared subject discovery, with one-line errors that say which side (predictions or references) is wrong."""
     if not folder.exists():
         raise UserError(f"{folder}: the {role} folder does not exist; check the path")
@@ -351,7 +400,9 @@ def _fid_summary(features: dict[str, tuple[list, list]], network: fidlib.Feature
         pred_all = [f for plane in planes for f in features[plane][0] if f.size]
         ref_all = [f for plane in planes for f in features[plane][1] if f.size]
         try:
-            result[name] = fidlib.fid_result(np.concatenate(pred_all), np.concatenate(ref_all), name, network, max_slices)
+            result[name] = fidlib.fid_result(
+                np.concatenate(pred_all), np.concatenate(ref_all), name, network, max_slices
+            )
         except ValueError as exc:
             result[name] = {"reason": f"too few slices with brain ({exc})"}
     return result
@@ -369,12 +420,21 @@ def _write_report(out: Path, summary: dict, collected: _Collected) -> dict[str, 
     labels = summary["subjects"][: len(collected.figure_rows)]
     for plane in FIGURE_PLANES:
         files[f"figure4_{plane}"] = figure4_montage(
-            collected.figure_rows, out / f"figure4_{plane}.png", plane=plane, row_labels=labels, spacing=spacing,
+            collected.figure_rows,
+            out / f"figure4_{plane}.png",
+            plane=plane,
+            row_labels=labels,
+            spacing=spacing,
             title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain percentiles)",
         )
-    files["metric_distributions"] = plot_metric_distributions({f"synthetic {target}": collected.rows}, out / "metric_distributions.png")
+    files["metric_distributions"] = plot_metric_distributions(
+        {f"synthetic {target}": collected.rows}, out / "metric_distributions.png"
+    )
     files["through_plane"] = plot_through_plane(
-        collected.profiles, out / "through_plane.png", error_map=collected.error_map,
-        error_map_label=labels[0] if labels else "", spacing=spacing,
+        collected.profiles,
+        out / "through_plane.png",
+        error_map=collected.error_map,
+        error_map_label=labels[0] if labels else "",
+        spacing=spacing,
     )
     return files

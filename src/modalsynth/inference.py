@@ -27,8 +27,7 @@ from tqdm import tqdm
 from .checkpoints import Checkpoint
 from .cohort import Cohort
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
-from .data.pairs import (canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch,
-                         source_list)
+from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch, source_list
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .data.skullstrip import SkullStrip
 from .errors import UserError
@@ -85,8 +84,13 @@ def sliding_window_predict(
         return net(source)
     predictor = split_across_threads(net) if parallel else net
     return sliding_window_inference(
-        source, tuple(roi), sw_batch_size=batch_size, predictor=predictor, mode="gaussian",
-        overlap=spread_overlaps(source.shape[2:], roi, overlap), sigma_scale=sigma_scale,
+        source,
+        tuple(roi),
+        sw_batch_size=batch_size,
+        predictor=predictor,
+        mode="gaussian",
+        overlap=spread_overlaps(source.shape[2:], roi, overlap),
+        sigma_scale=sigma_scale,
     )
 
 
@@ -103,8 +107,9 @@ def slicewise_predict(
 
 
 @torch.no_grad()
-def apply_method(method: Method, source: torch.Tensor, inference: InferenceConfig,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+def apply_method(
+    method: Method, source: torch.Tensor, inference: InferenceConfig, gen: torch.Generator | None = None
+) -> torch.Tensor:
     """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `InferencePlan` for these inference
     settings says; float32 in [-1, 1]."""
     network, how = method.inference_function(inference, gen), method.application(inference)
@@ -118,8 +123,9 @@ def apply_method(method: Method, source: torch.Tensor, inference: InferenceConfi
     if how.mode == "slices":
         out = slicewise_predict(function, source, how.batch_size, how.parallel)
     elif how.mode == "window" and how.roi is not None:
-        out = sliding_window_predict(function, source, how.roi, how.overlap, how.batch_size, how.sigma_scale,
-                                     how.parallel)
+        out = sliding_window_predict(
+            function, source, how.roi, how.overlap, how.batch_size, how.sigma_scale, how.parallel
+        )
     elif how.mode in ("volume", "window"):
         out = function(source)
     else:
@@ -127,8 +133,9 @@ def apply_method(method: Method, source: torch.Tensor, inference: InferenceConfi
     return out.clamp(-1.0, 1.0)  # float32: `function` returns float32
 
 
-def with_inference_changes(inference: InferenceConfig, method: Method, origin: Path | None,
-                           changes: Mapping[str, object]) -> InferenceConfig:
+def with_inference_changes(
+    inference: InferenceConfig, method: Method, origin: Path | None, changes: Mapping[str, object]
+) -> InferenceConfig:
     """`inference` with the changes a user asked for (None: unchanged), checked: an overlap outside [0, 1) or for a
     model not applied in sliding windows is a `UserError`."""
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -138,7 +145,9 @@ def with_inference_changes(inference: InferenceConfig, method: Method, origin: P
             raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
         how = method.application(inference)
         if how.mode != "window" or how.roi is None:
-            raise UserError(f"--overlap: {origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out")
+            raise UserError(
+                f"--overlap: {origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out"
+            )
     return dataclasses.replace(inference, **changes)
 
 
@@ -155,9 +164,11 @@ class Predictor:
     origin: Path | None = None
     check_input: bool = False  # warn when a volume does not look like the model's expected input (built-in models)
     skull: SkullStrip | None = None  # brain extraction of raw inputs; None: as the model was trained (its preprocess)
-    sources: tuple[str, ...] | None = None  # which of the model's sources to read (None: all); a single file is the first
+    sources: tuple[str, ...] | None = (
+        None  # which of the model's sources to read (None: all); a single file is the first
+    )
 
-    def with_sources(self, text: str | None) -> "Predictor":
+    def with_sources(self, text: str | None) -> Predictor:
         """This predictor reading only the sources named in `text` ('flair' or 'flair,t2'; None: all the model's);
         a name the model does not take is a `UserError`."""
         if text is None:
@@ -165,12 +176,16 @@ class Predictor:
         asked = source_list(text)
         unknown = [s for s in asked if s not in self.config.sources]
         if unknown or not all(asked):
-            raise UserError(f"--source {text}: {self.origin or 'the model'} takes {self.config.source} (any of them, "
-                            f"for a model trained with several); choose --source from those")
+            raise UserError(
+                f"--source {text}: {self.origin or 'the model'} takes {self.config.source} (any of them, "
+                f"for a model trained with several); choose --source from those"
+            )
         return dataclasses.replace(self, sources=tuple(s for s in self.config.sources if s in asked))
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, device: str | torch.device = "auto", check_input: bool = False) -> "Predictor":
+    def from_checkpoint(
+        cls, checkpoint: Path, device: str | torch.device = "auto", check_input: bool = False
+    ) -> Predictor:
         """Rebuild only what prediction needs (no discriminator, no optimisers) from a checkpoint file."""
         ckpt = Checkpoint.load(Path(checkpoint))
         config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(checkpoint))
@@ -178,10 +193,17 @@ class Predictor:
         method.load_state(ckpt.state, with_optimizers=False)
         method.to(device if isinstance(device, torch.device) else resolve_device(device))
         method.train_mode(False)
-        return cls(method, config, IntensityRecord(**ckpt.target_intensity), config.inference, ckpt.split,
-                   Path(checkpoint), check_input)
+        return cls(
+            method,
+            config,
+            IntensityRecord(**ckpt.target_intensity),
+            config.inference,
+            ckpt.split,
+            Path(checkpoint),
+            check_input,
+        )
 
-    def with_inference(self, **changes: object) -> "Predictor":
+    def with_inference(self, **changes: object) -> Predictor:
         """This predictor with some inference settings changed (None: unchanged), checked as the command line is."""
         inference = with_inference_changes(self.inference, self.method, self.origin, changes)
         return dataclasses.replace(self, inference=inference)
@@ -201,7 +223,9 @@ class Predictor:
             tensor = network_input(channels[None], flags).to(self.device)
             out = apply_method(self.method, tensor, self.inference, torch.Generator().manual_seed(seed))
             if self.inference.flip_average:  # the left-right mirror image predicted too, mirrored back and averaged
-                mirrored = apply_method(self.method, tensor.flip(-1), self.inference, torch.Generator().manual_seed(seed))
+                mirrored = apply_method(
+                    self.method, tensor.flip(-1), self.inference, torch.Generator().manual_seed(seed)
+                )
                 out = 0.5 * (out + mirrored.flip(-1))
         finally:
             for net, mode in zip(self.method.nets.values(), was_training):
@@ -223,7 +247,9 @@ class Predictor:
         source's grid, affine and header."""
         order = [name for name in self.config.sources if name in volumes]
         if not order or len(order) < len(volumes):
-            raise UserError(f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}")
+            raise UserError(
+                f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}"
+            )
         first, others = volumes[order[0]], [volumes[name] for name in order[1:]]
         for other in others:
             check_same_grid(first, other)
@@ -288,12 +314,15 @@ class Predictor:
             raise UserError(f"{output}: for a single input file give an output file ending in .nii.gz")
         refuse_overwriting_inputs([source], [output])
         if len(self.config.sources) > 1:
-            print(f"predicting from {self.file_source} only (the model takes {self.config.source}; give a data folder "
-                  "for several)")
+            print(
+                f"predicting from {self.file_source} only (the model takes {self.config.source}; give a data folder "
+                "for several)"
+            )
         return save_volume(self.predict_volume(load_volume(source)), output)
 
-    def predict_folder(self, root: Path, out_root: Path, split: str | None = None, progress: bool = True,
-                       cohort: Cohort | None = None) -> tuple[list[Path], list[float]]:
+    def predict_folder(
+        self, root: Path, out_root: Path, split: str | None = None, progress: bool = True, cohort: Cohort | None = None
+    ) -> tuple[list[Path], list[float]]:
         """Every subject's source under `root` (optionally one recorded split) -> OUT/<subject>/<target>.nii.gz; with a
         `cohort`, only this rank's share, skipping the outputs an earlier run of the same model already wrote."""
         jobs = self.folder_jobs(root, split)
@@ -343,13 +372,18 @@ class Predictor:
         if missing:
             print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
         if not jobs:
-            raise UserError(f"{root}: no {key} volumes to predict" + (f" in split {split!r}" if split else "")
-                            + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
-                            "so the data needs a file of that source modality per subject")
+            raise UserError(
+                f"{root}: no {key} volumes to predict"
+                + (f" in split {split!r}" if split else "")
+                + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
+                "so the data needs a file of that source modality per subject"
+            )
         return jobs
 
 
-NOT_REGISTERED = "register the sequences to one grid first (modalsynth does not register), or predict from one (--source)"
+NOT_REGISTERED = (
+    "register the sequences to one grid first (modalsynth does not register), or predict from one (--source)"
+)
 
 
 def check_same_grid(first: Volume, other: Volume) -> None:
@@ -362,8 +396,10 @@ def checkpoint_summary(checkpoint: Path) -> str:
     """What a checkpoint holds and, as YAML, the fully resolved settings its run used (`modalsynth inspect RUN/best.pt`)."""
     ckpt = Checkpoint.load(checkpoint)
     config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(checkpoint))
-    head = (f"# {checkpoint}: step {ckpt.step}, {ckpt.elapsed_s / 60:.1f} minutes of training, checkpoint format "
-            f"{ckpt.format_version}, written by modalsynth {ckpt.package_version}\n")
+    head = (
+        f"# {checkpoint}: step {ckpt.step}, {ckpt.elapsed_s / 60:.1f} minutes of training, checkpoint format "
+        f"{ckpt.format_version}, written by modalsynth {ckpt.package_version}\n"
+    )
     return head + yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
@@ -373,7 +409,9 @@ def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -
     for output in outputs:
         key = _identity(output)
         if key in taken:
-            raise UserError(f"{output}: is an input ({taken[key]}); writing there would overwrite it, choose another --output")
+            raise UserError(
+                f"{output}: is an input ({taken[key]}); writing there would overwrite it, choose another --output"
+            )
 
 
 def _identity(path: Path) -> tuple:
@@ -391,9 +429,17 @@ def _all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
 
 
-def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "auto", split: str | None = None,
-                 check_input: bool = False, inference_changes: Mapping[str, object] | None = None,
-                 skull: SkullStrip | None = None, sources: str | None = None) -> list[Path]:
+def predict_path(
+    checkpoint: Path,
+    input: Path,
+    output: Path,
+    device: str = "auto",
+    split: str | None = None,
+    check_input: bool = False,
+    inference_changes: Mapping[str, object] | None = None,
+    skull: SkullStrip | None = None,
+    sources: str | None = None,
+) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
@@ -410,8 +456,9 @@ def predict_path(checkpoint: Path, input: Path, output: Path, device: str = "aut
     return run_predictor(predictor, input, output, split, model_file=checkpoint)
 
 
-def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | None = None,
-                  model_file: Path | None = None) -> list[Path]:
+def run_predictor(
+    predictor: Predictor, input: Path, output: Path, split: str | None = None, model_file: Path | None = None
+) -> list[Path]:
     """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz (under torchrun: this rank's share; a
     rerun skips outputs already written with the same model and settings), printing the time per volume."""
     input, output = Path(input), Path(output)
@@ -421,8 +468,12 @@ def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | 
         print(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
         return [written]
     skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
-    record = {"checkpoint": file_identity(Path(model_file or predictor.origin)), "inference": predictor.inference.to_dict(),
-              "skull": skull, "sources": list(predictor.sources or predictor.config.sources)}
+    record = {
+        "checkpoint": file_identity(Path(model_file or predictor.origin)),
+        "inference": predictor.inference.to_dict(),
+        "skull": skull,
+        "sources": list(predictor.sources or predictor.config.sources),
+    }
     cohort = Cohort(output, record)
     with cohort:
         written, times = predictor.predict_folder(input, output, split, cohort=cohort)
@@ -430,4 +481,3 @@ def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | 
     speed = f" ({np.median(times):.2f} s per volume on {predictor.device})" if times else ""
     print(f"{rank}wrote {len(written)} volume(s) to {output}{speed}")
     return written
-

@@ -30,8 +30,9 @@ def neighbour_correlation(data: np.ndarray) -> float:
     return float(np.mean(correlations)) if correlations else 0.0
 
 
-def input_warnings(volume: Volume, expected: str, foreground: np.ndarray | None = None,
-                   check_whole_head: bool = True) -> list[str]:
+def input_warnings(
+    volume: Volume, expected: str, foreground: np.ndarray | None = None, check_whole_head: bool = True
+) -> list[str]:
     """Warnings (strings) when a volume does not look like a skull-stripped `expected` head scan; empty when it does.
     `foreground`: the volume's `foreground_mask`, when the caller has it already; `check_whole_head` False when skull
     stripping has already looked at the volume (so a whole head cannot reach here)."""
@@ -40,11 +41,15 @@ def input_warnings(volume: Volume, expected: str, foreground: np.ndarray | None 
     step = max(1, min(volume.shape) // 48)  # about 48 voxels along the shortest axis are plenty
     correlation = neighbour_correlation(volume.data[::step, ::step, ::step])
     if millilitres < MIN_BRAIN_ML or correlation < MIN_NEIGHBOUR_CORRELATION:
-        return [f"it does not look like a head scan ({millilitres:.0f} ml of foreground, neighbouring voxels correlate "
-                f"{correlation:.2f}; a brain holds 1000-1800 ml and its voxels correlate above {MIN_NEIGHBOUR_CORRELATION}); "
-                f"the model expects a skull-stripped {expected} MRI of a head and will give a meaningless image"]
+        return [
+            f"it does not look like a head scan ({millilitres:.0f} ml of foreground, neighbouring voxels correlate "
+            f"{correlation:.2f}; a brain holds 1000-1800 ml and its voxels correlate above {MIN_NEIGHBOUR_CORRELATION}); "
+            f"the model expects a skull-stripped {expected} MRI of a head and will give a meaningless image"
+        ]
     outline = outline_ml(volume) if check_whole_head else 0.0
     if outline > MAX_BRAIN_ML:
-        return [f"it shows {outline / 1000:.1f} litres, more than a brain; the model expects a skull-stripped "
-                f"{expected} (predict with --skull-strip auto or always)"]
+        return [
+            f"it shows {outline / 1000:.1f} litres, more than a brain; the model expects a skull-stripped "
+            f"{expected} (predict with --skull-strip auto or always)"
+        ]
     return []

@@ -31,7 +31,9 @@ def describe_file(path: Path) -> list[tuple[str, str]]:
         ("non-zero voxels", f"{nonzero.size / data.size:.1%}"),
     ]
     if data.max() == data.min():
-        rows.append(("problem", f"every voxel has the value {float(data.min()):g}, so the image is blank; export it again"))
+        rows.append(
+            ("problem", f"every voxel has the value {float(data.min()):g}, so the image is blank; export it again")
+        )
     return rows
 
 
@@ -54,7 +56,13 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
         if subject in usable:
             try:
                 vol = load_volume(usable[subject].source)
-                grid = "x".join(map(str, vol.shape)) + " @ " + "x".join(f"{s:.2g}" for s in vol.spacing) + " " + vol.orientation
+                grid = (
+                    "x".join(map(str, vol.shape))
+                    + " @ "
+                    + "x".join(f"{s:.2g}" for s in vol.spacing)
+                    + " "
+                    + vol.orientation
+                )
                 load_volume(usable[subject].target)
             except UserError as exc:
                 problem = str(exc)
@@ -67,8 +75,10 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
     bad = [row for row in rows if row[3] != "ok"]
     if bad:
         print(f"{len(bad)} subject(s) cannot be used; fix or remove them before training")
-        return _problem(f"{root}: {len(bad)} of {len(subjects)} subject(s) cannot be used, the first: subject {bad[0][0]}: "
-                        f"{bad[0][3]}; fix or remove them before training (the table above lists every problem)")
+        return _problem(
+            f"{root}: {len(bad)} of {len(subjects)} subject(s) cannot be used, the first: subject {bad[0][0]}: "
+            f"{bad[0][3]}; fix or remove them before training (the table above lists every problem)"
+        )
     return 0
 
 

@@ -7,10 +7,10 @@ import hashlib
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -75,10 +75,14 @@ def check_path(path: Path | str) -> Path:
         try:
             path.resolve(strict=True)
         except RuntimeError:  # Python < 3.13 says 'Symlink loop'
-            raise UserError(f"{path}: is a symbolic link that loops back on itself; point the link at the real file") from None
+            raise UserError(
+                f"{path}: is a symbolic link that loops back on itself; point the link at the real file"
+            ) from None
         except OSError as exc:
             if "loop" in str(exc).lower() or getattr(exc, "errno", None) == 40:
-                raise UserError(f"{path}: is a symbolic link that loops back on itself; point the link at the real file") from None
+                raise UserError(
+                    f"{path}: is a symbolic link that loops back on itself; point the link at the real file"
+                ) from None
         raise UserError(f"{path}: is a broken symbolic link (to {os.readlink(path)}); point the link at the real file")
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
@@ -95,8 +99,10 @@ def read_header(path: Path | str) -> nib.Nifti1Image:
     affine, or (uncompressed .nii) a header describing more data than the file holds is a one-line `UserError`."""
     path = check_path(path)
     if is_analyze(path):
-        raise UserError(f"{path}: is an Analyze 7.5 .hdr/.img pair, not NIfTI (Analyze has no reliable orientation); "
-                        "convert it to .nii.gz (e.g. fslchfiletype NIFTI_GZ) after checking left and right")
+        raise UserError(
+            f"{path}: is an Analyze 7.5 .hdr/.img pair, not NIfTI (Analyze has no reliable orientation); "
+            "convert it to .nii.gz (e.g. fslchfiletype NIFTI_GZ) after checking left and right"
+        )
     try:
         with _quiet_nibabel():  # nibabel logs (and silently 'fixes') bad pixdims; they are checked below instead
             img = nib.load(str(path))
@@ -111,30 +117,44 @@ def read_header(path: Path | str) -> nib.Nifti1Image:
 def _check_header(img: nib.Nifti1Image, path: Path) -> None:
     dtype = img.get_data_dtype()
     if dtype.kind == "c":
-        raise UserError(f"{path}: holds complex-valued voxels ({dtype}); save the magnitude image "
-                        "(e.g. fslcomplex -realabs) and pass that")
+        raise UserError(
+            f"{path}: holds complex-valued voxels ({dtype}); save the magnitude image "
+            "(e.g. fslcomplex -realabs) and pass that"
+        )
     if dtype.fields is not None or dtype.kind not in "biuf":
-        raise UserError(f"{path}: holds {'RGB or vector' if dtype.fields else dtype} voxels, not one intensity per voxel; "
-                        "save a single-channel (grey) image")
+        raise UserError(
+            f"{path}: holds {'RGB or vector' if dtype.fields else dtype} voxels, not one intensity per voxel; "
+            "save a single-channel (grey) image"
+        )
     raw = _raw_header(img, path)
     if raw is not None and int(raw["sform_code"]) == 0:  # without an sform the voxel sizes (pixdim) make the affine
         ndim = min(3, int(raw["dim"][0]) if 1 <= int(raw["dim"][0]) <= 7 else 3)
         sizes = [float(v) for v in raw["pixdim"][1 : 1 + ndim]]
         if not all(np.isfinite(v) and v > 0 for v in sizes):
-            raise UserError(f"{path}: the header gives voxel sizes {tuple(sizes)} (zero or negative); fix the header's "
-                            "voxel size (pixdim) or re-export the image with a valid orientation")
+            raise UserError(
+                f"{path}: the header gives voxel sizes {tuple(sizes)} (zero or negative); fix the header's "
+                "voxel size (pixdim) or re-export the image with a valid orientation"
+            )
     linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
     lengths = np.sqrt((linear**2).sum(axis=0))
-    if not np.isfinite(linear).all() or lengths.min() <= 0 or abs(np.linalg.det(linear)) < 1e-6 * float(np.prod(lengths)):
-        raise UserError(f"{path}: its affine (orientation matrix) is singular or not finite, so the voxel grid is "
-                        "undefined; fix the sform/qform (e.g. fslorient) or re-export the image")
+    if (
+        not np.isfinite(linear).all()
+        or lengths.min() <= 0
+        or abs(np.linalg.det(linear)) < 1e-6 * float(np.prod(lengths))
+    ):
+        raise UserError(
+            f"{path}: its affine (orientation matrix) is singular or not finite, so the voxel grid is "
+            "undefined; fix the sform/qform (e.g. fslorient) or re-export the image"
+        )
     if not str(path).lower().endswith(".gz"):
         header = img.header
         needed = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
         size = path.stat().st_size
         if size < needed:
-            raise UserError(f"{path}: the header describes {needed} bytes of voxel data and offset but the file holds "
-                            f"{size}; the file is truncated: copy or export it again")
+            raise UserError(
+                f"{path}: the header describes {needed} bytes of voxel data and offset but the file holds "
+                f"{size}; the file is truncated: copy or export it again"
+            )
 
 
 @contextmanager
@@ -180,8 +200,10 @@ def load_volume(path: Path | str, *, allow_constant: bool = False) -> Volume:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
         if "Expected" in str(exc) and "bytes" in str(exc):
-            raise UserError(f"{path}: the header describes more voxel data than the file holds ({_short(exc)}); "
-                            "the file is truncated: copy or export it again") from exc
+            raise UserError(
+                f"{path}: the header describes more voxel data than the file holds ({_short(exc)}); "
+                "the file is truncated: copy or export it again"
+            ) from exc
         raise UserError(
             f"{path}: the voxel data is corrupt or truncated ({_short(exc)}); copy or export the file again"
         ) from exc
@@ -193,8 +215,10 @@ def load_volume(path: Path | str, *, allow_constant: bool = False) -> Volume:
             f"{path}: {bad} voxel(s) are NaN or Inf; replace them (e.g. fslmaths in -nan out) before using this file"
         )
     if not allow_constant and float(data.max()) == float(data.min()):
-        raise UserError(f"{path}: every voxel has the value {float(data.min()):g}, so the image is blank; "
-                        "export it again (or pass the right file)")
+        raise UserError(
+            f"{path}: every voxel has the value {float(data.min()):g}, so the image is blank; "
+            "export it again (or pass the right file)"
+        )
     header = img.header.copy()
     return Volume(data=data, affine=img.affine.copy(), header=header, path=path)
 
@@ -224,8 +248,12 @@ def write_nifti(img: nib.Nifti1Image, path: str) -> None:
         nib.save(img, path)
         return
     # no file name and time in the gzip header (the name is a temporary one): the same volume gives the same bytes
-    with open(path, "wb") as raw, GZIP_WRITER(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                         compresslevel=nib.openers.Opener.default_compresslevel) as stream:
+    with (
+        open(path, "wb") as raw,
+        GZIP_WRITER(
+            filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=nib.openers.Opener.default_compresslevel
+        ) as stream,
+    ):
         holder = nib.FileHolder(fileobj=stream)
         img.to_file_map({"image": holder, "header": holder})
 
@@ -263,7 +291,9 @@ def atomic_write(path: Path, suffix: str, write: Callable[[str], object]) -> Pat
         if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
             raise
         kept = "; the previous file is intact" if path.exists() else ""
-        raise UserError(f"{path}: could not be written ({_short(exc)}); free disk space or choose a writable folder{kept}") from exc
+        raise UserError(
+            f"{path}: could not be written ({_short(exc)}); free disk space or choose a writable folder{kept}"
+        ) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

@@ -21,7 +21,11 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None 
 
 
 def generator_loss(
-    d_fake_logits: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, l1_weight: float, mask: torch.Tensor | None = None
+    d_fake_logits: torch.Tensor,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    l1_weight: float,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y); parts detached for logging."""
     adv_part = adversarial_loss(d_fake_logits, True)
@@ -29,7 +33,9 @@ def generator_loss(
     return adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
 
 
-def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def discriminator_loss(
+    d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Discriminator objective, halved as in pix2pix: 0.5 * (adv(D(x, y) -> real) + adv(D(x, G(x)) -> fake))."""
     real_part = adversarial_loss(d_real_logits, True)
     fake_part = adversarial_loss(d_fake_logits, False)

@@ -72,7 +72,9 @@ HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr", "brasyn_ssim")) for n
 BEST_AT_ONE = frozenset({"gw_contrast_ratio"})
 
 
-def scale_to_unit(volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+def scale_to_unit(
+    volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
+) -> np.ndarray:
     """Clip a volume to its own 0.5-99.5 percentile inside the brain and scale that range to [0, 1] (float64)."""
     mask = np.asarray(brain_mask, dtype=bool)
     if mask.shape != volume.shape:
@@ -87,8 +89,13 @@ def scale_to_unit(volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple
 
 
 def ssim_map(
-    a: np.ndarray, b: np.ndarray, data_range: float = 1.0, axes: tuple[int, ...] | None = None, *,
-    border: str = "reflect", sample_covariance: bool = True,
+    a: np.ndarray,
+    b: np.ndarray,
+    data_range: float = 1.0,
+    axes: tuple[int, ...] | None = None,
+    *,
+    border: str = "reflect",
+    sample_covariance: bool = True,
 ) -> np.ndarray:
     """The SSIM map of two arrays, filtering along `axes` (all axes by default: 3D SSIM; two axes: 2D per plane).
 
@@ -220,10 +227,16 @@ def through_plane_profile(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndar
     """
     depth = pred.shape[0]
     inplane = np.concatenate(
-        [_gradient_errors(pred, ref, brain_mask, 1).reshape(depth, -1), _gradient_errors(pred, ref, brain_mask, 2).reshape(depth, -1)],
+        [
+            _gradient_errors(pred, ref, brain_mask, 1).reshape(depth, -1),
+            _gradient_errors(pred, ref, brain_mask, 2).reshape(depth, -1),
+        ],
         axis=1,
     )
-    return {"gradz_error": _nanmean(_gradient_errors(pred, ref, brain_mask, 0), axis=(1, 2)), "inplane_error": _nanmean(inplane, axis=1)}
+    return {
+        "gradz_error": _nanmean(_gradient_errors(pred, ref, brain_mask, 0), axis=(1, 2)),
+        "inplane_error": _nanmean(inplane, axis=1),
+    }
 
 
 def through_plane_error_map(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
@@ -288,14 +301,18 @@ def streak_ratio(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, sigm
     return through / float(inplane)
 
 
-def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, data_range: float = 1.0) -> dict[str, float]:
+def through_plane_consistency(
+    pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, data_range: float = 1.0
+) -> dict[str, float]:
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
     versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio` also
     flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
     mask = np.asarray(brain_mask, dtype=bool)
     gradz = _gradient_errors(pred, ref, mask, 0)
-    gradxy = np.concatenate([_gradient_errors(pred, ref, mask, 1).ravel(), _gradient_errors(pred, ref, mask, 2).ravel()])
+    gradxy = np.concatenate(
+        [_gradient_errors(pred, ref, mask, 1).ravel(), _gradient_errors(pred, ref, mask, 2).ravel()]
+    )
     gradz_mae, gradxy_mae = float(_nanmean(gradz)), float(_nanmean(gradxy))
     ratio = gradz_mae / gradxy_mae if gradxy_mae > 0 else math.nan
     result: dict[str, float] = {}
@@ -303,8 +320,13 @@ def through_plane_consistency(pred: np.ndarray, ref: np.ndarray, brain_mask: np.
         plane_map = _plane_ssim_map(pred, ref, plane, data_range)
         result[f"ssim2d_brain_{plane}"] = masked_mean(plane_map, mask)
         result[f"ssim2d_{plane}_slices"] = _slice_average(plane_map, axis, mask)
-    result.update(gradz_mae_brain=gradz_mae, gradxy_mae_brain=gradxy_mae, gradz_ratio=ratio,
-                  slice_jitter=slice_jitter(pred, ref, mask), streak_ratio=streak_ratio(pred, ref, mask))
+    result.update(
+        gradz_mae_brain=gradz_mae,
+        gradxy_mae_brain=gradxy_mae,
+        gradz_ratio=ratio,
+        slice_jitter=slice_jitter(pred, ref, mask),
+        streak_ratio=streak_ratio(pred, ref, mask),
+    )
     return result
 
 
@@ -339,7 +361,9 @@ def gw_contrast_ratio(pred: np.ndarray, ref: np.ndarray, healthy_mask: np.ndarra
     return float(np.median(pred[upper]) - np.median(pred[middle])) / real
 
 
-def lesion_contrast_error(pred: np.ndarray, ref: np.ndarray, lesion_mask: np.ndarray, healthy_mask: np.ndarray) -> float:
+def lesion_contrast_error(
+    pred: np.ndarray, ref: np.ndarray, lesion_mask: np.ndarray, healthy_mask: np.ndarray
+) -> float:
     """|(mean over the lesion - median over the healthy brain) of `pred` - the same of `ref`|, on [0, 1] intensities:
     0 when the lesion stands out from the brain as much and in the same direction (dark or bright) as in the real
     image. NaN without a lesion."""
@@ -430,7 +454,11 @@ def brasyn_metrics(pred: np.ndarray, ref: np.ndarray, lesion_mask: np.ndarray | 
     if pred.shape != ref.shape:
         raise ValueError(f"shapes differ: prediction {pred.shape}, reference {ref.shape}")
     pred, ref = brasyn_scale(pred), brasyn_scale(ref)
-    result = {"brasyn_ssim_tumour": math.nan, "brasyn_ssim_non_tumour": math.nan, "brasyn_ssim_whole": brasyn_ssim(pred, ref)}
+    result = {
+        "brasyn_ssim_tumour": math.nan,
+        "brasyn_ssim_non_tumour": math.nan,
+        "brasyn_ssim_whole": brasyn_ssim(pred, ref),
+    }
     tumour = None if lesion_mask is None else np.asarray(lesion_mask) > 0
     if tumour is not None and tumour.any():
         result["brasyn_ssim_tumour"] = brasyn_ssim(pred, ref, tumour)

@@ -34,9 +34,22 @@ TABLE1_METRICS = {
     "lesion_contrast_error": "lesion contrast err",
 }
 DISTRIBUTION_METRICS = (
-    "ssim_brain", "psnr_brain", "mae_brain", "rmse_brain", "ssim_lesion", "ssim_healthy",
-    "ssim_volume", "ssim2d_axial_slices", "ssim2d_brain_coronal", "ssim2d_brain_sagittal", "gradz_mae_brain", "gradz_ratio",
-    "slice_jitter", "streak_ratio", "gw_contrast_ratio", "lesion_contrast_error",
+    "ssim_brain",
+    "psnr_brain",
+    "mae_brain",
+    "rmse_brain",
+    "ssim_lesion",
+    "ssim_healthy",
+    "ssim_volume",
+    "ssim2d_axial_slices",
+    "ssim2d_brain_coronal",
+    "ssim2d_brain_sagittal",
+    "gradz_mae_brain",
+    "gradz_ratio",
+    "slice_jitter",
+    "streak_ratio",
+    "gw_contrast_ratio",
+    "lesion_contrast_error",
 )
 
 
@@ -54,7 +67,12 @@ def summarise(rows: Sequence[Mapping[str, float]], metrics: Sequence[str] = tupl
             continue
         finite = np.isfinite(values).all()
         sd = float(np.std(values, ddof=1)) if values.size > 1 and finite else math.nan
-        summary[name] = {"mean": float(np.mean(values)), "sd": sd, "median": float(np.median(values)), "n": int(values.size)}
+        summary[name] = {
+            "mean": float(np.mean(values)),
+            "sd": sd,
+            "median": float(np.median(values)),
+            "n": int(values.size),
+        }
     return summary
 
 
@@ -115,7 +133,8 @@ def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> s
     `budget_text` says what each method was given, e.g. '200 steps per learned method'."""
     arrow = {"higher": "↑", "lower": "↓", "closer to 1": "→1"}
     head = (
-        ["method"] + [f"{label} {arrow[_better(key)]}" for key, label in TABLE1_METRICS.items()]
+        ["method"]
+        + [f"{label} {arrow[_better(key)]}" for key, label in TABLE1_METRICS.items()]
         + ["FID axial ↓", "FID 2.5D ↓", "train steps", "train s", "infer s/vol", "params"]
     )
     lines = [
@@ -138,8 +157,12 @@ def table1_markdown(rows: Sequence[Mapping], budget_text: str, n_test: int) -> s
             text = f"{format_value(key, stats.get('mean'))} ± {format_value(key, stats.get('sd'))}" if stats else "n/a"
             cells.append(f"**{text}**" if stats and key in best and stats.get("mean") == best[key] else text)
         cells += [
-            format_value("fid", r["fid"].get("axial")), format_value("fid", r["fid"].get("2.5d")), str(r["train_steps"]),
-            f"{r['train_s']:.0f}", f"{r['infer_s_per_volume']:.2f} ({r['device']})", f"{r['params'] / 1e6:.2f} M",
+            format_value("fid", r["fid"].get("axial")),
+            format_value("fid", r["fid"].get("2.5d")),
+            str(r["train_steps"]),
+            f"{r['train_s']:.0f}",
+            f"{r['infer_s_per_volume']:.2f} ({r['device']})",
+            f"{r['params'] / 1e6:.2f} M",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -226,7 +249,9 @@ def write_json(data: Mapping, path: Path) -> Path:
     return path
 
 
-def write_per_subject_csv(rows: Sequence[Mapping[str, float]], path: Path, metrics: Sequence[str] = tuple(REPORT_LABELS)) -> Path:
+def write_per_subject_csv(
+    rows: Sequence[Mapping[str, float]], path: Path, metrics: Sequence[str] = tuple(REPORT_LABELS)
+) -> Path:
     """One line per subject: `subject` then every metric (empty cell where undefined, 'inf' for a perfect PSNR)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +272,9 @@ def write_per_subject_csv(rows: Sequence[Mapping[str, float]], path: Path, metri
 
 def crop_to_mask(volumes: Mapping[str, np.ndarray], mask: np.ndarray, margin: int = 4) -> dict[str, np.ndarray]:
     """Cut every volume to the bounding box of `mask` plus a margin (smaller figures, less black), as float32."""
-    box = tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(bounding_box(mask), mask.shape))
+    box = tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(bounding_box(mask), mask.shape)
+    )
     return {name: np.asarray(volume[box], dtype=np.float32) for name, volume in volumes.items()}
 
 
@@ -298,7 +325,9 @@ def figure4_montage(
     first = rows[0][columns[0]]
     plane_shape = [n for ax, n in enumerate(first.shape) if ax != PLANE_AXES[plane]]
     panel_h = 2.4 * min(1.6, max(0.5, plane_shape[0] * aspect / plane_shape[1]))
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns) + 0.6, panel_h * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(2.4 * len(columns) + 0.6, panel_h * len(rows) + 0.6), squeeze=False
+    )
     heat = None
     for r, row in enumerate(rows):
         reference = row[columns[min(1, len(columns) - 1)]]
@@ -307,9 +336,19 @@ def figure4_montage(
             ax = axes[r, c]
             image = _plane_slice(row[name], plane, index)
             if name in errors:
-                heat = ax.imshow(image, cmap="inferno", vmin=0.0, vmax=error_max, origin="lower", aspect=aspect, interpolation="nearest")
+                heat = ax.imshow(
+                    image,
+                    cmap="inferno",
+                    vmin=0.0,
+                    vmax=error_max,
+                    origin="lower",
+                    aspect=aspect,
+                    interpolation="nearest",
+                )
             else:
-                ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, origin="lower", aspect=aspect, interpolation="nearest")
+                ax.imshow(
+                    image, cmap="gray", vmin=0.0, vmax=1.0, origin="lower", aspect=aspect, interpolation="nearest"
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -359,10 +398,21 @@ def plot_metric_distributions(
         if not shown and not notes:
             notes.append("undefined for every subject")
         if notes:
-            ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center", fontsize=8, color="tab:red")
-    for ax in axes.ravel()[len(metrics):]:
+            ax.text(
+                0.5,
+                0.5,
+                "\n".join(notes),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="tab:red",
+            )
+    for ax in axes.ravel()[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle(title or "per-subject metrics (intensities scaled to [0, 1] by the 0.5-99.5 brain percentiles)", fontsize=10)
+    fig.suptitle(
+        title or "per-subject metrics (intensities scaled to [0, 1] by the 0.5-99.5 brain percentiles)", fontsize=10
+    )
     fig.tight_layout()
     return _save(fig, out_png)
 
@@ -396,8 +446,13 @@ def plot_through_plane(
         ax2 = axes[0, 1]
         index = centre_slice(error_map, "coronal")
         shown = ax2.imshow(
-            _plane_slice(error_map, "coronal", index), cmap="inferno", vmin=0, vmax=error_max, origin="lower",
-            aspect=_pixel_aspect("coronal", spacing), interpolation="nearest",
+            _plane_slice(error_map, "coronal", index),
+            cmap="inferno",
+            vmin=0,
+            vmax=error_max,
+            origin="lower",
+            aspect=_pixel_aspect("coronal", spacing),
+            interpolation="nearest",
         )
         ax2.set_title(f"|dz error|, coronal {index} {error_map_label}", fontsize=9)
         ax2.set_xticks([])

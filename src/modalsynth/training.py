@@ -14,10 +14,11 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +28,20 @@ from tqdm import tqdm
 
 from .checkpoints import Checkpoint
 from .config import Layer, TrainConfig, config_from_checkpoint, read_settings_file, resolve_config, resume_config
-from .data.cache import (CachedSubject, CacheSettings, LoadedSubjects, build_cache, cache_size_bytes, default_cache_dir,
-                         open_subjects, read_manifest)
+from .data.cache import (
+    CachedSubject,
+    CacheSettings,
+    LoadedSubjects,
+    build_cache,
+    cache_size_bytes,
+    default_cache_dir,
+    open_subjects,
+    read_manifest,
+)
 from .data.datasets import PreparedSubject, step_generator, typical_intensity
-from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
 from .data.pairs import load_or_make_split, require_pairs, source_list
 from .data.preprocess import IntensityRecord
+from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
 from .errors import TrainingStopped, UserError
 from .inference import Predictor, resolve_device
 from .methods import Method, build_method, method_class
@@ -48,6 +57,7 @@ VAL_SUBJECTS = 16
 @contextmanager
 def _stop_on_signals(flag: dict):
     """SIGINT/SIGTERM set `flag['signal']`; the loop stops at the next step boundary. Old handlers come back after."""
+
     def handler(signum, frame):  # noqa: ARG001
         if flag.get("signal"):  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
@@ -169,11 +179,24 @@ class RunLogger:
             self.writer.close()
 
 
-def _checkpoint(method: Method, config: TrainConfig, step: int, best: float, intensity: IntensityRecord, split: dict,
-                elapsed_s: float, world: int = 1) -> Checkpoint:
+def _checkpoint(
+    method: Method,
+    config: TrainConfig,
+    step: int,
+    best: float,
+    intensity: IntensityRecord,
+    split: dict,
+    elapsed_s: float,
+    world: int = 1,
+) -> Checkpoint:
     return Checkpoint(
-        config=config.to_dict(), state=method.state(), step=step, best_val_mae=best, elapsed_s=elapsed_s,
-        target_intensity={"low": intensity.low, "high": intensity.high, "background": intensity.background}, split=split,
+        config=config.to_dict(),
+        state=method.state(),
+        step=step,
+        best_val_mae=best,
+        elapsed_s=elapsed_s,
+        target_intensity={"low": intensity.low, "high": intensity.high, "background": intensity.background},
+        split=split,
         world=world,
     )
 
@@ -214,14 +237,25 @@ def train(
     return out / "best.pt"
 
 
-def _train_in_folder(config: TrainConfig, out: Path, ctx: "DistContext", device: torch.device, pairs: list,
-                     saved: Checkpoint | None, progress: bool, on_finish: Callable[[Method], None] | None,
-                     stop: dict, data: Path) -> None:
+def _train_in_folder(
+    config: TrainConfig,
+    out: Path,
+    ctx: DistContext,
+    device: torch.device,
+    pairs: list,
+    saved: Checkpoint | None,
+    progress: bool,
+    on_finish: Callable[[Method], None] | None,
+    stop: dict,
+    data: Path,
+) -> None:
     """The body of `train` once the inputs are checked and the run folder is ours."""
     if saved is not None and saved.world != ctx.world:
-        raise UserError(f"{out / 'last.pt'}: the run was trained on {saved.world} rank(s), this one has {ctx.world}; resume "
-                        f"with torchrun --nproc_per_node {saved.world} (or that many ranks over the nodes), or start a new "
-                        f"run from its weights with --init {out / 'last.pt'}")
+        raise UserError(
+            f"{out / 'last.pt'}: the run was trained on {saved.world} rank(s), this one has {ctx.world}; resume "
+            f"with torchrun --nproc_per_node {saved.world} (or that many ranks over the nodes), or start a new "
+            f"run from its weights with --init {out / 'last.pt'}"
+        )
     show = progress and ctx.is_main
     cache, manifest = _update_cache(config, ctx, data, out, pairs, show)  # before the run folder gets anything
     if ctx.is_main:
@@ -256,8 +290,15 @@ class Trainer:
     """One training run's state in one place: the method, its predictor for validation, the step, the training time
     used and the best validation score; `run` is the step loop, `save` the only writer of checkpoints."""
 
-    def __init__(self, config: TrainConfig, run: RunFolder, device: torch.device, train_set: list[CachedSubject],
-                 val_set: LoadedSubjects, saved: Checkpoint | None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run: RunFolder,
+        device: torch.device,
+        train_set: list[CachedSubject],
+        val_set: LoadedSubjects,
+        saved: Checkpoint | None,
+    ):
         self.config, self.folder, self.device = config, run, device
         self.train_set, self.val_set = train_set, val_set
         self.intensity = typical_intensity(train_set)
@@ -287,8 +328,9 @@ class Trainer:
         improved = bool(metrics) and metrics["val_mae"] < self.best
         if improved:
             self.best = metrics["val_mae"]
-        ckpt = _checkpoint(self.method, self.config, self.step, self.best, self.intensity, self.folder.split,
-                           elapsed, self.ctx.world)
+        ckpt = _checkpoint(
+            self.method, self.config, self.step, self.best, self.intensity, self.folder.split, elapsed, self.ctx.world
+        )
         out = self.folder.out
         if improved or not self.val_set or not (out / "best.pt").exists():  # without validation, best is the latest
             ckpt.save(out / "best.pt")
@@ -301,7 +343,9 @@ class Trainer:
         kept = f"{last} (step {self.saved_step}) is kept" if last.exists() else "no checkpoint was written"
         raise TrainingStopped(
             f"step {self.step}: training diverged ({what} not finite); {kept}; lower the learning rate (lr) or the L1 "
-            "weight and start again", exit_code=3)
+            "weight and start again",
+            exit_code=3,
+        )
 
     def fit_closed_form(self) -> None:
         """A method fitted without optimiser steps (the look-up table): fit, validate, write both checkpoints."""
@@ -311,7 +355,9 @@ class Trainer:
         metrics = validate(self.predictor, self.val_set)
         self.best = metrics.get("val_mae", math.nan)
         for name in ("last.pt", "best.pt"):
-            _checkpoint(self.method, self.config, 0, self.best, self.intensity, self.folder.split, 0.0).save(self.folder.out / name)
+            _checkpoint(self.method, self.config, 0, self.best, self.intensity, self.folder.split, 0.0).save(
+                self.folder.out / name
+            )
         print(f"fitted {self.config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def run(self, progress: bool, stop: dict) -> None:
@@ -321,14 +367,24 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
         plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
-        workers = config.workers if config.workers is not None else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = (
+            config.workers
+            if config.workers is not None
+            else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        )
         batches = StepBatches(self.train_set, plan)
         stream = stream_batches(batches, self.step, workers, pin_memory=device.type == "cuda")
         budget = Budget.of(config, batches.steps_per_epoch)
         logger = RunLogger(self.folder.out, ctx.is_main)
         self.method.train_mode(True)
-        bar = tqdm(total=budget.steps, initial=self.step, desc=f"train {config.method}", unit="step",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=budget.steps,
+            initial=self.step,
+            desc=f"train {config.method}",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         clock = time.perf_counter()
         last_val_s, since_val = 0.0, 0.0
         (finished,) = _agree(ctx, device, budget.done(self.step, self.elapsed))
@@ -346,7 +402,9 @@ class Trainer:
                 last_val_s = self.validate_and_save(logger, bar)
                 now = time.perf_counter()
                 self.elapsed, since_val, clock = self.elapsed + now - clock, 0.0, now
-            (stopping,) = _agree(ctx, device, bool(stop.get("signal")))  # after validation: a signal during it counts now
+            (stopping,) = _agree(
+                ctx, device, bool(stop.get("signal"))
+            )  # after validation: a signal during it counts now
             if stopping and not finished:
                 bar.close()
                 self.stop_on_signal(stop)
@@ -355,7 +413,7 @@ class Trainer:
         bar.close()
         logger.close()
 
-    def take_step(self, batch: dict[str, torch.Tensor], budget: "Budget") -> dict[str, float]:
+    def take_step(self, batch: dict[str, torch.Tensor], budget: Budget) -> dict[str, float]:
         """One optimiser step at the schedule's learning rate; a non-finite loss stops the run."""
         config, ctx = self.config, self.ctx
         if config.lr_schedule != "constant":  # rank 0's progress: a time share could differ by process
@@ -394,15 +452,18 @@ class Trainer:
         out = self.folder.out
         raise TrainingStopped(
             f"stopped by {name} at step {self.step}; {out / 'last.pt'} holds it; continue with: "
-            f"modalsynth train --data {self.folder.data} --out {out} --resume", exit_code=128 + int(stop.get("signal") or 2))
+            f"modalsynth train --data {self.folder.data} --out {out} --resume",
+            exit_code=128 + int(stop.get("signal") or 2),
+        )
 
 
 def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
     return config_from_checkpoint(saved.config, saved.format_version, method_class, str(path))
 
 
-def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, steps_per_epoch: int, saved: Checkpoint,
-                             out: Path) -> None:
+def check_schedule_extension(
+    saved_config: TrainConfig, config: TrainConfig, steps_per_epoch: int, saved: Checkpoint, out: Path
+) -> None:
     """A decaying learning rate is laid over the budget a run started with. `--resume` with another budget is allowed
     while the rate goes on from where it was (it never rises above the rate of the last step taken); a finished run
     whose rate has begun to decay is not extended: a `UserError` says how to train longer."""
@@ -422,8 +483,9 @@ def check_schedule_extension(saved_config: TrainConfig, config: TrainConfig, ste
     )
 
 
-def _update_cache(config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list,
-                  show: bool) -> tuple[Path, dict[str, Any]]:
+def _update_cache(
+    config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list, show: bool
+) -> tuple[Path, dict[str, Any]]:
     """Bring the cache of every subject up to date (test ones too: each is read, and its voxels checked, before
     training starts): rank 0 first, then the first rank of each other node, which finds it ready on a shared
     filesystem and builds its own on node-local disk. Returns the cache folder and its manifest."""
@@ -439,7 +501,9 @@ def _update_cache(config: TrainConfig, ctx: DistContext, data: Path, out: Path, 
     return cache, manifest
 
 
-def _split_subjects(cache: Path, manifest: dict[str, Any], split: dict) -> tuple[list[CachedSubject], list[CachedSubject]]:
+def _split_subjects(
+    cache: Path, manifest: dict[str, Any], split: dict
+) -> tuple[list[CachedSubject], list[CachedSubject]]:
     """The split's train subjects and at most VAL_SUBJECTS of its validation subjects, as checked cache entries."""
     val_names = split["val"]
     if len(val_names) > VAL_SUBJECTS:
@@ -466,8 +530,10 @@ def _load_init(method: Method, init: str) -> None:
     try:
         method.load_init_weights(checkpoint.state["nets"], source_list(checkpoint.config["source"]))
     except RuntimeError as exc:
-        raise UserError(f"--init {init}: its network does not match this run's ({str(exc).splitlines()[0][:100]}); "
-                        "drop the model settings that differ from it") from exc
+        raise UserError(
+            f"--init {init}: its network does not match this run's ({str(exc).splitlines()[0][:100]}); "
+            "drop the model settings that differ from it"
+        ) from exc
 
 
 def _agree(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, ...]:
@@ -492,12 +558,13 @@ class Budget:
     seconds: float | None
 
     def __str__(self) -> str:
-        parts = ([f"{self.steps} steps"] if self.steps is not None else []) + \
-                ([f"{self.seconds / 60:g} minutes"] if self.seconds is not None else [])
+        parts = ([f"{self.steps} steps"] if self.steps is not None else []) + (
+            [f"{self.seconds / 60:g} minutes"] if self.seconds is not None else []
+        )
         return " or ".join(parts) or "none"
 
     @classmethod
-    def of(cls, config: TrainConfig, steps_per_epoch: int) -> "Budget":
+    def of(cls, config: TrainConfig, steps_per_epoch: int) -> Budget:
         if config.steps is not None:
             steps = config.steps
         elif config.minutes is not None:
@@ -507,7 +574,9 @@ class Budget:
         return cls(steps, None if config.minutes is None else config.minutes * 60.0)
 
     def done(self, step: int, elapsed_s: float) -> bool:
-        return (self.steps is not None and step >= self.steps) or (self.seconds is not None and elapsed_s >= self.seconds)
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and elapsed_s >= self.seconds
+        )
 
     def progress(self, step: int, elapsed_s: float) -> float:
         """The share of the budget used, 0 to 1: the larger of the step and the time share."""
@@ -536,7 +605,9 @@ def set_lr_factor(method: Method, factor: float) -> None:
             group["lr"] = group["initial_lr"] * factor
 
 
-def _validation_due(config: TrainConfig, step: int, steps_per_epoch: int, since_val_s: float, last_val_s: float) -> bool:
+def _validation_due(
+    config: TrainConfig, step: int, steps_per_epoch: int, since_val_s: float, last_val_s: float
+) -> bool:
     """Every `val_every` steps; else every `val_minutes`; else (the default) when training since the last validation
     has taken (1 - VAL_SHARE) / VAL_SHARE times as long as that validation did, and at least one epoch has passed."""
     if config.val_every:
@@ -567,14 +638,18 @@ def train_from_cli(
         cfg = resolve_config(layers, method_class)
         if cfg.init and not any("init" in layer for _, layer in layers):
             widened = "; the sources it was not trained on start at zero weight" if len(cfg.sources) > 1 else ""
-            print(f"starting from {cfg.init}'s weights, the default start of this method and pair{widened} "
-                  "(--init none: random)")
+            print(
+                f"starting from {cfg.init}'s weights, the default start of this method and pair{widened} "
+                "(--init none: random)"
+            )
     best = train(cfg, data, out, resume=resume)
     print(f"best checkpoint: {best}")
     return best
 
 
-def prepare_from_cli(data: Path, cache: Path, options: dict[str, Any], config: Path | None, workers: int | None) -> None:
+def prepare_from_cli(
+    data: Path, cache: Path, options: dict[str, Any], config: Path | None, workers: int | None
+) -> None:
     """`modalsynth prepare`: the settings resolved as `train` resolves them, then the cache brought up to date."""
     layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))

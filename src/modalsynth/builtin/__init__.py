@@ -62,14 +62,18 @@ def resolve(spec: str | Path | None) -> Path:
     """`builtin:NAME` (or nothing: the default model) -> its verified weights file; any other value is a path."""
     if not is_builtin(spec):
         return Path(spec)  # type: ignore[arg-type]
-    name = DEFAULT if spec is None else str(spec)[len(PREFIX):]
+    name = DEFAULT if spec is None else str(spec)[len(PREFIX) :]
     if name not in MODELS:
         raise UserError(f"{spec}: no such built-in model; `modalsynth models` lists them ({', '.join(MODELS)})")
     model = MODELS[name]
     if not model.path.is_file():
-        raise UserError(f"{model.path}: the built-in model's weights are missing from this installation; reinstall modalsynth")
+        raise UserError(
+            f"{model.path}: the built-in model's weights are missing from this installation; reinstall modalsynth"
+        )
     found = file_sha256(model.path)
     if found != model.sha256:
-        raise UserError(f"{model.path}: sha256 {found[:12]}... does not match the model card's {model.sha256[:12]}...; "
-                        "the file is damaged or replaced: reinstall modalsynth")
+        raise UserError(
+            f"{model.path}: sha256 {found[:12]}... does not match the model card's {model.sha256[:12]}...; "
+            "the file is damaged or replaced: reinstall modalsynth"
+        )
     return model.path

@@ -37,7 +37,9 @@ def _seed(gen: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
 
-def _mri(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mri(
+    src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, gen: torch.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 'mri' level's MONAI transforms on arrays in [-1, 1] (sources (S, D, H, W); mask in {0, 1})."""
     source_only, geometric = _mri_transforms()
     unit = (src + 1.0) / 2.0  # bias field and gamma are defined on non-negative intensities

@@ -19,10 +19,11 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -63,7 +64,9 @@ def default_cache_dir(data: Path, out: Path, source: str, target: str) -> Path:
     from a data folder that may be read-only; the key names the data folder and the modality pair."""
     resolved = str(Path(data).resolve())
     key = f"{Path(data).name}-{source}-{target}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
-    root = Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else Path(out).resolve().parent / ".modalsynth-cache"
+    root = (
+        Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else Path(out).resolve().parent / ".modalsynth-cache"
+    )
     return root / key
 
 
@@ -150,8 +153,9 @@ def _content_unchanged(pair: Pair, entry: dict[str, Any]) -> bool:
     return True
 
 
-def build_cache(pairs: list[Pair], settings: CacheSettings, cache: Path, workers: int | None = None,
-                progress: bool = True) -> dict[str, Any]:
+def build_cache(
+    pairs: list[Pair], settings: CacheSettings, cache: Path, workers: int | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Bring CACHE up to date for `pairs` (missing or changed subjects are preprocessed in `workers` processes);
     returns the manifest. A cache made with other settings is rebuilt, saying so in one line."""
     cache = Path(cache)
@@ -162,8 +166,11 @@ def build_cache(pairs: list[Pair], settings: CacheSettings, cache: Path, workers
         shutil.rmtree(cache / "subjects", ignore_errors=True)
         manifest = None
     if manifest is not None and manifest.get("settings") != wanted:
-        differ = sorted(k for k in set(wanted) | set(manifest.get("settings", {}))
-                        if manifest.get("settings", {}).get(k) != wanted.get(k))
+        differ = sorted(
+            k
+            for k in set(wanted) | set(manifest.get("settings", {}))
+            if manifest.get("settings", {}).get(k) != wanted.get(k)
+        )
         print(f"{cache}: made with other settings ({', '.join(differ)}); rebuilding it", file=sys.stderr)
         shutil.rmtree(cache / "subjects", ignore_errors=True)
         manifest = None
@@ -184,8 +191,11 @@ def build_cache(pairs: list[Pair], settings: CacheSettings, cache: Path, workers
                 changed.append(pair.subject)
             entries.pop(pair.subject, None)  # nothing counts as done until the new entry is written
     if changed:
-        print(f"{cache}: {len(changed)} subject(s) changed since they were cached ({', '.join(changed[:3])}"
-              f"{', ...' if len(changed) > 3 else ''}); preprocessing them again", file=sys.stderr)
+        print(
+            f"{cache}: {len(changed)} subject(s) changed since they were cached ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}); preprocessing them again",
+            file=sys.stderr,
+        )
     if todo:
         _build(todo, settings.preprocess, cache, manifest, workers, progress)
     elif restated or not (cache / MANIFEST).exists():
@@ -198,14 +208,24 @@ def available_cpus() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def _build(todo: list[Pair], preprocess: PreprocessConfig, cache: Path, manifest: dict[str, Any],
-           workers: int | None, progress: bool) -> None:
+def _build(
+    todo: list[Pair],
+    preprocess: PreprocessConfig,
+    cache: Path,
+    manifest: dict[str, Any],
+    workers: int | None,
+    progress: bool,
+) -> None:
     """Preprocess `todo` in a process pool; each finished entry joins the manifest, saved every few seconds and at
     the end (also when interrupted), so the entries written so far count on the next start."""
     workers = max(1, min(workers or available_cpus(), len(todo)))
     # a bar on a terminal; a log file gets one line at the end instead (and an input error stays its only line)
-    bar = tqdm(total=len(todo), desc=f"caching ({workers} processes)", unit="subject",
-               disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        total=len(todo),
+        desc=f"caching ({workers} processes)",
+        unit="subject",
+        disable=not (progress and sys.stderr.isatty()),
+    )
     saved = started = time.monotonic()
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -251,7 +271,9 @@ class CachedSubject:
             raise corrupt(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
         shape = (self.sources, *self.shape) if name == "source" else self.shape
         if array.shape != shape or array.dtype != DTYPES[name]:
-            raise corrupt(path, f"holds {array.dtype}{list(array.shape)}, the manifest says {np.dtype(DTYPES[name])}{list(shape)}")
+            raise corrupt(
+                path, f"holds {array.dtype}{list(array.shape)}, the manifest says {np.dtype(DTYPES[name])}{list(shape)}"
+            )
         return array
 
     @property
@@ -275,9 +297,14 @@ class CachedSubject:
     def load(self) -> PreparedSubject:
         """The entry in memory as float32 (validation and closed-form fits)."""
         target = self.target
-        return PreparedSubject(self.name, np.asarray(self.source, dtype=np.float32),
-                               None if target is None else np.asarray(target, dtype=np.float32),
-                               np.asarray(self.mask), self.grid, self.target_intensity)
+        return PreparedSubject(
+            self.name,
+            np.asarray(self.source, dtype=np.float32),
+            None if target is None else np.asarray(target, dtype=np.float32),
+            np.asarray(self.mask),
+            self.grid,
+            self.target_intensity,
+        )
 
 
 def corrupt(path: Path, reason: str) -> UserError:
@@ -288,19 +315,30 @@ def corrupt(path: Path, reason: str) -> UserError:
 def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> list[CachedSubject]:
     """The cache entries of `names`, in that order (each must be in the manifest, in this version's format)."""
     if manifest["format"] != CACHE_FORMAT:
-        raise UserError(f"{cache}: made by another version of modalsynth ({manifest['format']}); run modalsynth "
-                        "prepare (or train) to rebuild it")
+        raise UserError(
+            f"{cache}: made by another version of modalsynth ({manifest['format']}); run modalsynth "
+            "prepare (or train) to rebuild it"
+        )
     sources = len(source_list(manifest["settings"]["source"]))
     out = []
     for name in names:
         entry = manifest["subjects"].get(name)
         if entry is None:
-            raise UserError(f"{cache}: subject {name} is not in the cache; run modalsynth prepare (or train) again to add it")
-        grid = GridRecord(**{k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
-                             for k, v in entry["grid"].items()})
+            raise UserError(
+                f"{cache}: subject {name} is not in the cache; run modalsynth prepare (or train) again to add it"
+            )
+        grid = GridRecord(
+            **{
+                k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
+                for k, v in entry["grid"].items()
+            }
+        )
         intensity = IntensityRecord(**entry["target_intensity"]) if entry["target_intensity"] else None
-        out.append(CachedSubject(name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid,
-                                 intensity))
+        out.append(
+            CachedSubject(
+                name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid, intensity
+            )
+        )
     return out
 
 

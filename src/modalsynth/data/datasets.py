@@ -39,7 +39,9 @@ def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
     img = nib.Nifti1Image(moving.data, moving.affine)
     ref = nib.Nifti1Image(np.zeros(reference.shape, np.float32), reference.affine)
     out = nibabel.processing.resample_from_to(img, ref, order=order, mode="nearest")
-    return Volume(np.asarray(out.dataobj, dtype=np.float32), reference.affine.copy(), reference.header.copy(), moving.path)
+    return Volume(
+        np.asarray(out.dataobj, dtype=np.float32), reference.affine.copy(), reference.header.copy(), moving.path
+    )
 
 
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
@@ -76,7 +78,9 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     )
 
 
-def prepare_pairs(pairs: list[Pair], config: PreprocessConfig, progress: bool = False, desc: str = "loading") -> list[PreparedSubject]:
+def prepare_pairs(
+    pairs: list[Pair], config: PreprocessConfig, progress: bool = False, desc: str = "loading"
+) -> list[PreparedSubject]:
     """Preprocess a list of pairs into memory, with a progress bar."""
     return [prepare_pair(p, config) for p in tqdm(pairs, desc=desc, disable=not progress, unit="subject")]
 
@@ -86,7 +90,6 @@ def typical_intensity(subjects: list[PreparedSubject]) -> IntensityRecord:
     records = [s.target_intensity for s in subjects if s.target_intensity]
     low, high, background = (float(np.median([getattr(r, k) for r in records])) for k in ("low", "high", "background"))
     return IntensityRecord(low, high, background)
-
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -111,7 +114,8 @@ def sample_item(
         start = None
         for _ in range(10):  # prefer patches that hold some foreground
             start = tuple(
-                int(torch.randint(min(0, n - p), max(0, n - p) + 1, (1,), generator=gen)) for n, p in zip(mask.shape, patch)
+                int(torch.randint(min(0, n - p), max(0, n - p) + 1, (1,), generator=gen))
+                for n, p in zip(mask.shape, patch)
             )
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
@@ -133,6 +137,8 @@ def make_batch(
     items = [sample_item(subjects[i], patch, augment, gen) for i in indices]
     shapes = {item[1].shape for item in items}
     if len(shapes) > 1:
-        raise ValueError(f"volumes of different grids {sorted(shapes)} cannot share a batch; set --patch or batch_size 1")
+        raise ValueError(
+            f"volumes of different grids {sorted(shapes)} cannot share a batch; set --patch or batch_size 1"
+        )
     sources, targets, masks = (torch.from_numpy(np.stack(parts)) for parts in zip(*items))
     return {"source": sources, "target": targets[:, None], "mask": masks[:, None]}

@@ -9,8 +9,8 @@ thicknesses that vary smoothly over the head; each tissue then gets the signal o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -55,8 +55,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing: np.
     coarse_shape = tuple(max(2, int(np.ceil(n * s / scale_mm)) + 1) for n, s in zip(shape, spacing))
     coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 0.7, mode="wrap")
     coarse /= max(float(coarse.std()), 1e-6)
-    coords = np.meshgrid(*[np.linspace(0, c - 1, n, dtype=np.float32) for c, n in zip(coarse_shape, shape)],
-                         indexing="ij", sparse=True)
+    coords = np.meshgrid(
+        *[np.linspace(0, c - 1, n, dtype=np.float32) for c, n in zip(coarse_shape, shape)], indexing="ij", sparse=True
+    )
     return ndimage.map_coordinates(coarse, np.broadcast_arrays(*coords), order=1).astype(np.float32)
 
 
@@ -71,8 +72,9 @@ def _distance_outside(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=spacing).astype(np.float32)
 
 
-def head_labels(brain: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator,
-                shape: HeadShape = HeadShape()) -> np.ndarray:
+def head_labels(
+    brain: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator, shape: HeadShape = HeadShape()
+) -> np.ndarray:
     """Label every voxel (index into HEAD_TISSUES + 1; 0 is air outside the head) around a brain mask (z, y, x, RAS)."""
     spacing_arr = np.asarray(spacing, dtype=float)
     brain = ndimage.binary_fill_holes(brain)
@@ -107,17 +109,24 @@ def head_labels(brain: np.ndarray, spacing: tuple[float, float, float], rng: np.
         eyes |= _ellipsoid(grid, spacing_arr, eye_centre, np.full(3, shape.eye_radius_mm))
         fat_centre = eye_centre - np.array([0.0, 0.7 * shape.eye_radius_mm, 0.0])
         orbits |= _ellipsoid(grid, spacing_arr, fat_centre, np.array([1.3, 1.6, 1.3]) * shape.eye_radius_mm)
-    nose = _ellipsoid(grid, spacing_arr, np.array([eye_z - 20.0, eye_y - 10.0, centre[2]]), np.array([22.0, 22.0, 14.0]))
+    nose = _ellipsoid(
+        grid, spacing_arr, np.array([eye_z - 20.0, eye_y - 10.0, centre[2]]), np.array([22.0, 22.0, 14.0])
+    )
     neck_top = low[0] + 0.3 * (high[0] - low[0])
     zz = mm[0][:, None, None]
     below = zz < neck_top
-    neck_axes = ((mm[1][None, :, None] - (centre[1] - 10.0)) / 48.0) ** 2 + ((mm[2][None, None, :] - centre[2]) / 52.0) ** 2
+    neck_axes = ((mm[1][None, :, None] - (centre[1] - 10.0)) / 48.0) ** 2 + (
+        (mm[2][None, None, :] - centre[2]) / 52.0
+    ) ** 2
     neck = below & (neck_axes <= 1.0)
-    canal = ((mm[1][None, :, None] - (centre[1] - 25.0)) ** 2 + (mm[2][None, None, :] - centre[2]) ** 2)
+    canal = (mm[1][None, :, None] - (centre[1] - 25.0)) ** 2 + (mm[2][None, None, :] - centre[2]) ** 2
     cord = below & (canal <= 5.0**2) & (zz < low[0] + 15.0) & ~brain
     canal_csf = below & (canal <= 7.5**2) & ~cord & (zz < low[0] + 15.0)
-    vertebra = below & (((mm[1][None, :, None] - (centre[1] - 5.0)) ** 2 + (mm[2][None, None, :] - centre[2]) ** 2)
-                        <= 11.0**2) & (zz < neck_top - 20.0)
+    vertebra = (
+        below
+        & (((mm[1][None, :, None] - (centre[1] - 5.0)) ** 2 + (mm[2][None, None, :] - centre[2]) ** 2) <= 11.0**2)
+        & (zz < neck_top - 20.0)
+    )
     # the head's outline: per axial slice the convex hull of skull, scalp, eyes, face and neck
     temples = np.clip((np.abs(mm[2] - centre[2]) / (0.5 * (high[2] - low[2])) - 0.5) / 0.4, 0.0, 1.0)[None, None, :]
     temples = temples * ((zz > low[0] + 0.2 * (high[0] - low[0])) & (zz < centre[0] + 0.15 * (high[0] - low[0])))
@@ -152,8 +161,9 @@ def head_labels(brain: np.ndarray, spacing: tuple[float, float, float], rng: np.
     return labels
 
 
-def head_image(labels: np.ndarray, sequence: Sequence, scale: float, spacing: tuple[float, float, float],
-               csf: float | None = None) -> np.ndarray:
+def head_image(
+    labels: np.ndarray, sequence: Sequence, scale: float, spacing: tuple[float, float, float], csf: float | None = None
+) -> np.ndarray:
     """The noise-free signal of the head's tissues (brain voxels 0) for one sequence, times `scale`, with the soft
     edges of partial volume (a Gaussian of about half a millimetre); `csf`: the CSF's signal instead of the
     equation's (a real brain's own CSF level, e.g. a FLAIR's incomplete nulling)."""
@@ -167,8 +177,14 @@ def head_image(labels: np.ndarray, sequence: Sequence, scale: float, spacing: tu
     return ndimage.gaussian_filter(image, [0.5 / s for s in spacing]) * (labels != 1)
 
 
-def add_head(image: np.ndarray, brain: np.ndarray, labels: np.ndarray, head: np.ndarray, noise_sd: float,
-             rng: np.random.Generator) -> np.ndarray:
+def add_head(
+    image: np.ndarray,
+    brain: np.ndarray,
+    labels: np.ndarray,
+    head: np.ndarray,
+    noise_sd: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """A whole-head image: the brain's own voxels kept, the head's signal elsewhere, Rician noise outside the brain."""
     real = head + rng.standard_normal(head.shape, dtype=np.float32) * np.float32(noise_sd)
     imaginary = rng.standard_normal(head.shape, dtype=np.float32) * np.float32(noise_sd)

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import ANALYZE_SUFFIXES, NIFTI_SUFFIXES, check_path, is_analyze, is_nifti, load_volume, read_header, spatial_shape
+from ..io import (
+    ANALYZE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    check_path,
+    is_analyze,
+    is_nifti,
+    load_volume,
+    read_header,
+    spatial_shape,
+)
 
 #: names a user may give for one modality; BIDS suffixes map onto the short names used in the folder layout
 MODALITY_ALIASES = {"t1w": "t1", "t2w": "t2", "t1ce": "t1ce", "t1gd": "t1ce", "flair": "flair", "ct": "ct", "pd": "pd"}
@@ -57,7 +66,9 @@ def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | Non
             return _from_csv(root)
         raise UserError(f"{root}: expected a data folder or a .csv manifest (subject,source,target[,mask])")
     if is_nifti(root):
-        raise UserError(f"{root}: is a folder named like a NIfTI file; pass the data folder above it, or the .nii.gz file itself")
+        raise UserError(
+            f"{root}: is a folder named like a NIfTI file; pass the data folder above it, or the .nii.gz file itself"
+        )
     duplicates: dict[tuple[str, str], list[Path]] = {}
     if any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*/anat")):
         subjects = _from_bids(root, duplicates)
@@ -129,8 +140,10 @@ def _from_csv(manifest: Path) -> dict[str, dict[str, Path]]:
     columns = [c for c in header if c != "subject"]
     images = [c for c in columns if canonical_modality(c) not in MASK_NAMES + LESION_NAMES]
     if "subject" not in header or len(images) < 2:  # a source and a target at least
-        raise UserError(f"{manifest}: a manifest needs the header 'subject,source,target[,mask]' (or one column per "
-                        "sequence, e.g. 'subject,flair,t2,t1[,mask,lesion]') and at least one row")
+        raise UserError(
+            f"{manifest}: a manifest needs the header 'subject,source,target[,mask]' (or one column per "
+            "sequence, e.g. 'subject,flair,t2,t1[,mask,lesion]') and at least one row"
+        )
     subjects: dict[str, dict[str, Path]] = {}
     for row in rows:
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
@@ -207,7 +220,12 @@ def grid_mismatch(a: Path, b: Path) -> str | None:
 
 
 def find_pairs(
-    root: Path | str, source: str, target: str | None, *, resample_target: bool = False, check_grids: bool = True,
+    root: Path | str,
+    source: str,
+    target: str | None,
+    *,
+    resample_target: bool = False,
+    check_grids: bool = True,
     check_data: bool = False,
 ) -> PairReport:
     """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
@@ -224,8 +242,10 @@ def find_pairs(
         if name and not any(_modality_file(files, name, role) for files in subjects.values()):
             found = sorted({m for files in subjects.values() for m in files})
             option = "--target" if role == "target" else "--source"
-            raise UserError(f"{option} {name}: no subject in {root} has a {name} file (found: {', '.join(found)}); "
-                            f"choose {option} from those names")
+            raise UserError(
+                f"{option} {name}: no subject in {root} has a {name} file (found: {', '.join(found)}); "
+                f"choose {option} from those names"
+            )
     for subject, files in subjects.items():
         srcs = [_modality_file(files, name, role) for name, role in roles[:-1]]
         tgt = _modality_file(files, target, "target") if target else None
@@ -233,12 +253,20 @@ def find_pairs(
         if missing:
             have = ", ".join(sorted(files)) or "nothing"
             where = next(iter(files.values())).parent if files else Path(root) / subject
-            report.problems[subject] = (f"{where}: missing {' and '.join(missing)} (found: {have}); add the file, move "
-                                        "the subject out of the data folder, or list the usable pairs in a CSV manifest")
+            report.problems[subject] = (
+                f"{where}: missing {' and '.join(missing)} (found: {have}); add the file, move "
+                "the subject out of the data folder, or list the usable pairs in a CSV manifest"
+            )
             continue
         src = srcs[0]
-        pair = Pair(subject, src, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES),
-                    more_sources=tuple(srcs[1:]))  # type: ignore[arg-type]
+        pair = Pair(
+            subject,
+            src,
+            tgt,
+            first_present(files, MASK_NAMES),
+            first_present(files, LESION_NAMES),
+            more_sources=tuple(srcs[1:]),
+        )  # type: ignore[arg-type]
         if check_grids:
             try:
                 problem = grid_mismatch(src, tgt) if tgt is not None else None
@@ -249,7 +277,9 @@ def find_pairs(
                 report.problems[subject] = str(exc)
                 continue
             if unregistered:
-                report.problems[subject] = f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
+                report.problems[subject] = (
+                    f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
+                )
                 continue
             if problem and not resample_target:
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
@@ -267,7 +297,9 @@ def find_pairs(
     return report
 
 
-def require_pairs(root: Path | str, source: str, target: str | None, *, check_data: bool = True, **kwargs) -> list[Pair]:
+def require_pairs(
+    root: Path | str, source: str, target: str | None, *, check_data: bool = True, **kwargs
+) -> list[Pair]:
     """Like `find_pairs`, but every subject must be usable: the first problem (and how many subjects have one) is a
     `UserError`, so a run never trains on a silently shortened data set. `check_data` reads every voxel first."""
     report = find_pairs(root, source, target, check_data=check_data, **kwargs)
@@ -326,7 +358,9 @@ def holdout_split(subjects: list[str], seed: int = 0, holdout: str = "val+test")
     raise UserError(f"holdout {holdout!r}: choose one of {', '.join(HOLDOUTS)}")
 
 
-def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0, holdout: str = "val+test") -> dict[str, list[str]]:
+def load_or_make_split(
+    run_dir: Path, subjects: list[str], seed: int = 0, holdout: str = "val+test"
+) -> dict[str, list[str]]:
     """Reuse RUN_DIR/split.json when it exists (so later commands see the same split), else make and write one."""
     path = Path(run_dir) / SPLIT_FILE
     if path.exists():
@@ -336,7 +370,9 @@ def load_or_make_split(run_dir: Path, subjects: list[str], seed: int = 0, holdou
             raise UserError(f"{path}: not valid JSON ({exc}); delete it to make a new split") from exc
         unknown = set(sum(split.values(), [])) - set(subjects)
         if unknown:
-            raise UserError(f"{path}: names subjects not in the data ({', '.join(sorted(unknown)[:3])}); delete it to re-split")
+            raise UserError(
+                f"{path}: names subjects not in the data ({', '.join(sorted(unknown)[:3])}); delete it to re-split"
+            )
         return split
     split = holdout_split(subjects, seed, holdout)
     path.parent.mkdir(parents=True, exist_ok=True)

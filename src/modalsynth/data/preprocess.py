@@ -130,7 +130,9 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 def foreground_mask(array: np.ndarray) -> np.ndarray:
     """Where the head/brain is: voxels unlike the dominant background value (skull-stripped data) or above Otsu/2."""
-    values, counts = np.unique(array[:: max(1, array.size // 200_000)], return_counts=True) if array.size else ([0], [1])
+    values, counts = (
+        np.unique(array[:: max(1, array.size // 200_000)], return_counts=True) if array.size else ([0], [1])
+    )
     mode = values[int(np.argmax(counts))]
     if counts.max() / max(1, counts.sum()) > 0.2:  # a large exactly-constant background, e.g. skull-stripped MRI
         mask = array != mode
@@ -155,7 +157,9 @@ def _resample(array: np.ndarray, zoom: np.ndarray, shape: tuple[int, ...], order
     """Sample `array` at index i * zoom (voxel 0 stays voxel 0) onto `shape`; scipy does the interpolation."""
     if np.allclose(zoom, 1.0) and tuple(shape) == array.shape:
         return array.copy()
-    return ndimage.affine_transform(array, np.asarray(zoom, dtype=float), output_shape=shape, order=order, mode="nearest")
+    return ndimage.affine_transform(
+        array, np.asarray(zoom, dtype=float), output_shape=shape, order=order, mode="nearest"
+    )
 
 
 def crop_window(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], fill: float) -> np.ndarray:
@@ -229,7 +233,9 @@ def from_grid(array: np.ndarray, record: GridRecord, fill: float, order: int = 1
     return from_zyx(restored, np.asarray(record.orientation))
 
 
-def scale_intensity(array: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, IntensityRecord]:
+def scale_intensity(
+    array: np.ndarray, mask: np.ndarray, config: PreprocessConfig
+) -> tuple[np.ndarray, IntensityRecord]:
     """Map the percentile range inside the mask to [-1, 1], clipping if the config says so."""
     values = array[mask] if mask.any() else array.ravel()
     low, high = np.percentile(values, [config.lower_percentile, config.upper_percentile])
@@ -244,7 +250,9 @@ def scale_intensity(array: np.ndarray, mask: np.ndarray, config: PreprocessConfi
 
 def unscale_intensity(array: np.ndarray, record: IntensityRecord) -> np.ndarray:
     """Inverse of `scale_intensity` (before any clipping)."""
-    return ((np.asarray(array, dtype=np.float32) + 1.0) / 2.0 * (record.high - record.low) + record.low).astype(np.float32)
+    return ((np.asarray(array, dtype=np.float32) + 1.0) / 2.0 * (record.high - record.low) + record.low).astype(
+        np.float32
+    )
 
 
 def preprocess(
@@ -265,7 +273,9 @@ def preprocess(
     return Preprocessed(scaled, fg, record, intensity)
 
 
-def postprocess(array: np.ndarray, grid: GridRecord, intensity: IntensityRecord, header: nib.Nifti1Header | None = None) -> Volume:
+def postprocess(
+    array: np.ndarray, grid: GridRecord, intensity: IntensityRecord, header: nib.Nifti1Header | None = None
+) -> Volume:
     """Put a network-grid array in [-1, 1] back on the original grid, affine and intensity range."""
     restored = from_grid(array, grid, fill=-1.0)
     data = unscale_intensity(restored, intensity)

@@ -38,9 +38,8 @@ from scipy.spatial.transform import Rotation
 from ..errors import UserError
 from ..io import Volume, save_array, voxel_spacing
 from .head import add_head, head_image, head_labels
-from .preprocess import foreground_mask, from_zyx, to_zyx
 from .preprocess import PAPER_FOV_MM as FIELD_OF_VIEW_MM  # every simulated grid covers it; spacing = grid_spacing(grid)
-from .preprocess import PAPER_GRID, PAPER_SPACING, grid_spacing  # noqa: F401  (PAPER_SPACING: part of this module's API)
+from .preprocess import PAPER_GRID, PAPER_SPACING, foreground_mask, from_zyx, grid_spacing, to_zyx  # noqa: F401  (PAPER_SPACING: part of this module's API)
 
 SMALL_GRID: tuple[int, int, int] = (32, 96, 80)
 #: centre of the field of view in MNI mm (x, y, z): the brain's box centre in x and y; in z the top of the brain
@@ -48,8 +47,15 @@ SMALL_GRID: tuple[int, int, int] = (32, 96, 80)
 FOV_CENTRE_MM = np.array([0.0, -17.0, 18.0])
 
 LABEL_NAMES = ("background", "csf", "gm", "wm", "lesion")
-SUBJECT_FILES = ("flair.nii.gz", "t1.nii.gz", "t2.nii.gz", "pd.nii.gz", "labels.nii.gz", "lesion.nii.gz",
-                 "simulation.json")
+SUBJECT_FILES = (
+    "flair.nii.gz",
+    "t1.nii.gz",
+    "t2.nii.gz",
+    "pd.nii.gz",
+    "labels.nii.gz",
+    "lesion.nii.gz",
+    "simulation.json",
+)
 #: the sequences the simulator can write: FLAIR and T1 always, T2 and PD on request (no contrast agent: no T1ce)
 SEQUENCES = ("flair", "t1", "t2", "pd")
 MARKER_FILE = ".modalsynth-simulated.json"
@@ -383,24 +389,33 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
 def _supported(coords: np.ndarray, template: _Template) -> np.ndarray:
     """Flat indices of the output voxels whose template position lies in a block holding tissue."""
     assert template.support is not None
-    block = [
-        np.clip((c // _BLOCK).astype(np.int32) + 1, 0, n - 1) for c, n in zip(coords, template.support.shape)
-    ]
+    block = [np.clip((c // _BLOCK).astype(np.int32) + 1, 0, n - 1) for c, n in zip(coords, template.support.shape)]
     return np.flatnonzero(template.support[tuple(block)])
 
 
 def _draw_more_sequences(rng: np.random.Generator) -> dict[str, dict[str, float]]:
     """Timings and scanner levels of the optional T2-weighted and proton-density spin echoes (their own stream)."""
     return {
-        "t2": {"tr_ms": rng.uniform(4000.0, 6000.0), "te_ms": rng.uniform(85.0, 110.0), "wm_level": rng.uniform(180.0, 260.0),
-               "bias_std": rng.uniform(0.04, 0.12), "noise_fraction": rng.uniform(0.015, 0.04)},
-        "pd": {"tr_ms": rng.uniform(2500.0, 3500.0), "te_ms": rng.uniform(10.0, 20.0), "wm_level": rng.uniform(350.0, 450.0),
-               "bias_std": rng.uniform(0.04, 0.12), "noise_fraction": rng.uniform(0.015, 0.04)},
+        "t2": {
+            "tr_ms": rng.uniform(4000.0, 6000.0),
+            "te_ms": rng.uniform(85.0, 110.0),
+            "wm_level": rng.uniform(180.0, 260.0),
+            "bias_std": rng.uniform(0.04, 0.12),
+            "noise_fraction": rng.uniform(0.015, 0.04),
+        },
+        "pd": {
+            "tr_ms": rng.uniform(2500.0, 3500.0),
+            "te_ms": rng.uniform(10.0, 20.0),
+            "wm_level": rng.uniform(350.0, 450.0),
+            "bias_std": rng.uniform(0.04, 0.12),
+            "noise_fraction": rng.uniform(0.015, 0.04),
+        },
     }
 
 
-def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: bool = False,
-                     sequences: tuple[str, ...] = ("flair", "t1")) -> SimulatedSubject:
+def simulate_subject(
+    seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: bool = False, sequences: tuple[str, ...] = ("flair", "t1")
+) -> SimulatedSubject:
     """Simulate one paired FLAIR/T1 subject with tissue labels and a lesion mask on `grid` (z, y, x); with `head`,
     whole-head images (data/head.py around the brain; labels and lesion stay the brain's, the head is label 0).
     `sequences` may add 't2' and 'pd' (spin echoes of the same tissue maps, drawn from their own random stream, so
@@ -438,8 +453,10 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: b
         params["head"] = True
 
     scanner = params["scanner"]
-    protocols = [("flair", inversion_recovery, params["flair"], {k: scanner[f"flair_{k}"] for k in SCANNER_KEYS}, rng),
-                 ("t1", spin_echo, params["t1w"], {k: scanner[f"t1_{k}"] for k in SCANNER_KEYS}, rng)]
+    protocols = [
+        ("flair", inversion_recovery, params["flair"], {k: scanner[f"flair_{k}"] for k in SCANNER_KEYS}, rng),
+        ("t1", spin_echo, params["t1w"], {k: scanner[f"t1_{k}"] for k in SCANNER_KEYS}, rng),
+    ]
     more = [name for name in ("t2", "pd") if name in sequences]
     if more:
         more_rng = np.random.default_rng([seed, 2])
@@ -461,7 +478,9 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: b
         clean = np.zeros(grid, dtype=np.float32)
         clean.ravel()[inside] = signal * np.float32(level / tissue_signal["wm"]) * bias.ravel()[inside]
         if head:
-            clean += head_image(around, functools.partial(equation, **timing), level / tissue_signal["wm"], spacing) * bias
+            clean += (
+                head_image(around, functools.partial(equation, **timing), level / tissue_signal["wm"], spacing) * bias
+            )
         # whole numbers, as scanners write them (the step is far below the noise; the files gzip 3x smaller)
         images[name] = np.round(_rician(clean, levels["noise_fraction"] * level, stream))
 
@@ -469,7 +488,12 @@ def simulate_subject(seed: int, grid: tuple[int, int, int] = PAPER_GRID, head: b
     labels.ravel()[inside] = np.argmax(np.stack([background, csf, gm, wm, lesion_frac]), axis=0)
     lesion = (labels == 4).astype(np.uint8)
     return SimulatedSubject(
-        flair=images["flair"], t1=images["t1"], labels=labels, lesion=lesion, affine=grid_affine(grid), params=params,
+        flair=images["flair"],
+        t1=images["t1"],
+        labels=labels,
+        lesion=lesion,
+        affine=grid_affine(grid),
+        params=params,
         more={name: images[name] for name in more},
     )
 
@@ -523,10 +547,21 @@ def _json_default(value: Any) -> Any:
 def write_subject(subject: SimulatedSubject, folder: Path) -> Path:
     """Write a subject's four NIfTI files ((z, y, x) arrays stored as (x, y, z), RAS affine) and its parameters."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"flair": subject.flair, "t1": subject.t1, **subject.more, "labels": subject.labels, "lesion": subject.lesion}
+    arrays = {
+        "flair": subject.flair,
+        "t1": subject.t1,
+        **subject.more,
+        "labels": subject.labels,
+        "lesion": subject.lesion,
+    }
     for name, array in arrays.items():
         data = np.ascontiguousarray(array.transpose(2, 1, 0))
-        save_array(data, subject.affine, folder / f"{name}.nii.gz", dtype=np.uint8 if name in ("labels", "lesion") else np.float32)
+        save_array(
+            data,
+            subject.affine,
+            folder / f"{name}.nii.gz",
+            dtype=np.uint8 if name in ("labels", "lesion") else np.float32,
+        )
     text = json.dumps(subject.params, indent=1, sort_keys=True, default=_json_default)
     (folder / "simulation.json").write_text(text + "\n")
     return folder
@@ -566,7 +601,9 @@ def simulate_dataset(
 
 #: nominal 3 T timings (ms) for a head around a real brain: the middle of the simulator's ranges
 NOMINAL_SEQUENCES = {
-    "flair": functools.partial(inversion_recovery, tr=9000.0, te=100.0, ti=null_inversion_time(TISSUES_3T["csf"][0], 9000.0)),
+    "flair": functools.partial(
+        inversion_recovery, tr=9000.0, te=100.0, ti=null_inversion_time(TISSUES_3T["csf"][0], 9000.0)
+    ),
     "t1": functools.partial(spin_echo, tr=550.0, te=12.0),
 }
 

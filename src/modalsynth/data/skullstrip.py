@@ -18,11 +18,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from ..errors import UserError
 from ..io import Volume
-from scipy import ndimage
-
 from .preprocess import STRIP_MODES
 
 #: the largest adult intracranial volumes are about 2 litres (the simulator's brain on coarse grids shows up to 2.2);
@@ -80,7 +79,9 @@ def brain_mask(volume: Volume) -> np.ndarray:
     try:
         _, mask, _ = _extractor().run(image)
     except AssertionError as exc:  # deepbet asserts when its first pass finds no brain
-        raise UserError(f"{volume.path or 'input'}: the skull stripper found no brain ({exc}); is it a head MRI?") from None
+        raise UserError(
+            f"{volume.path or 'input'}: the skull stripper found no brain ({exc}); is it a head MRI?"
+        ) from None
     return np.asarray(mask.dataobj) > 0
 
 
@@ -113,8 +114,9 @@ class SkullStrip:
             return None
         return kept_region(brain_mask(volume), volume.spacing)
 
-    def around(self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume],
-               companions: Sequence[Volume] = ()) -> Volume:
+    def around(
+        self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume], companions: Sequence[Volume] = ()
+    ) -> Volume:
         """`predict(brain, companions' brains)`: the brain of `volume` (with its margin) and of images on its grid
         (other sequences), found on `volume`; the result is on the input's grid, the rest as `predict` left it (its
         background) or, with `keep_head`, the input's head."""
@@ -145,7 +147,9 @@ def strip_file(source: Path, output: Path | None = None, mask_path: Path | None 
     mask = brain_mask(volume)
     written = []
     if mask_path is not None:
-        written.append(save_array(mask.astype(np.uint8), volume.affine, mask_path, header=volume.header, dtype=np.uint8))
+        written.append(
+            save_array(mask.astype(np.uint8), volume.affine, mask_path, header=volume.header, dtype=np.uint8)
+        )
     if output is not None:
         written.append(save_volume(masked(volume, kept_region(mask, volume.spacing)), output))
     return written

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -47,8 +48,9 @@ class StepBatches(Dataset):
 
     def __init__(self, subjects: Sequence[Any], plan: BatchPlan):
         self.subjects, self.plan = subjects, plan
-        self.sampler = DistributedSampler(range(len(subjects)), num_replicas=plan.world, rank=plan.rank, shuffle=True,
-                                          seed=plan.seed)
+        self.sampler = DistributedSampler(
+            range(len(subjects)), num_replicas=plan.world, rank=plan.rank, shuffle=True, seed=plan.seed
+        )
         self.steps_per_epoch = steps_per_epoch(len(subjects), plan.world, plan.batch_size)
 
     def indices(self, step: int) -> list[int]:
@@ -70,10 +72,17 @@ def default_workers(local_world: int = 1) -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // max(1, local_world) - 1))
 
 
-def stream_batches(batches: StepBatches, start: int, workers: int, pin_memory: bool) -> Iterator[dict[str, torch.Tensor]]:
+def stream_batches(
+    batches: StepBatches, start: int, workers: int, pin_memory: bool
+) -> Iterator[dict[str, torch.Tensor]]:
     """The batches of steps start, start + 1, ... in order, prepared by `workers` processes (0: in this one)."""
     loader = DataLoader(
-        batches, batch_size=None, sampler=itertools.count(start), num_workers=workers, pin_memory=pin_memory,
-        prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
+        batches,
+        batch_size=None,
+        sampler=itertools.count(start),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH if workers else None,
+        persistent_workers=False,
     )
     return iter(loader)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,13 +20,13 @@ from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from .sources import input_channels, widen_input_weights
 
 #: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
-REGISTRY: dict[str, type["Method"]] = {}
+REGISTRY: dict[str, type[Method]] = {}
 
 
-def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a method available to `modalsynth train --method NAME`."""
 
-    def add(cls: type["Method"]) -> type["Method"]:
+    def add(cls: type[Method]) -> type[Method]:
         cls.name = name
         REGISTRY[name] = cls
         return cls
@@ -115,7 +115,7 @@ class Method(ABC):
         """Channels of the network's input: one per source, plus a presence flag each when there are several."""
         return input_channels(len(self.config.sources))
 
-    def to(self, device: torch.device) -> "Method":
+    def to(self, device: torch.device) -> Method:
         self.device = device
         for net in self.nets.values():
             net.to(device)
@@ -130,7 +130,8 @@ class Method(ABC):
         """Adam for every trained network, with the config's learning rate and betas (the paper's optimiser)."""
         self.optimizers = {
             k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
-            for k, v in self.nets.items() if any(p.requires_grad for p in v.parameters())
+            for k, v in self.nets.items()
+            if any(p.requires_grad for p in v.parameters())
         }
 
     @abstractmethod
@@ -139,7 +140,9 @@ class Method(ABC):
         (N, 1, D, H, W)); returns the losses to log."""
 
     @abstractmethod
-    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(
+        self, inference: InferenceConfig, gen: torch.Generator | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The function inference applies to each volume, window or slice batch (network input, `sources.network_input`,
         in [-1, 1] -> target)."""
 

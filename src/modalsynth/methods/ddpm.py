@@ -11,8 +11,9 @@ Options: `DdpmNetwork` (`model:` in YAML) and the recipe's lr / betas.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +101,12 @@ class ConditionalDDPM(Method):
         noise, timesteps = self.draw_noise(b["target"], gen)
         with self.autocast():
             predicted = self.inferer(
-                inputs=b["target"], diffusion_model=self.train_nets["generator"], noise=noise,
-                timesteps=timesteps, condition=b["source"], mode="concat",
+                inputs=b["target"],
+                diffusion_model=self.train_nets["generator"],
+                noise=noise,
+                timesteps=timesteps,
+                condition=b["source"],
+                mode="concat",
             )
         loss = F.mse_loss(predicted.float(), noise)
         optimizer = self.optimizers["generator"]
@@ -118,8 +123,14 @@ class ConditionalDDPM(Method):
         ddim.set_timesteps(self.model.sample_steps)
         return ddim
 
-    def _denoise(self, condition: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler, step_gen: torch.Generator,
-                 inference: InferenceConfig) -> torch.Tensor:
+    def _denoise(
+        self,
+        condition: torch.Tensor,
+        noise: torch.Tensor,
+        scheduler: Scheduler,
+        step_gen: torch.Generator,
+        inference: InferenceConfig,
+    ) -> torch.Tensor:
         # DiffusionInferer.sample (MONAI 1.6.1) calls scheduler.step without a generator, so DDPM's per-step noise
         # would come from the global RNG; this is its loop (concat mode, no guidance) with our generator passed on.
         # The network call of each step splits its slices over the CPU's threads (it is deterministic per slice); the
@@ -137,7 +148,9 @@ class ConditionalDDPM(Method):
             image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
         return image
 
-    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(
+        self, inference: InferenceConfig, gen: torch.Generator | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Sample slices given their source slices; every draw comes from `gen` (seed 0 when None)."""
         gen = gen if gen is not None else torch.Generator().manual_seed(0)
         scheduler = self.sampling_scheduler()

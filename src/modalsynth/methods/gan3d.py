@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -25,7 +26,9 @@ class GanNetwork(NetworkSettings):
     base_channels: int = 32
     depth: int = 4
     norm: Norm = "instance"
-    stem: Literal["residual", "strided"] = "residual"  # 'strided': the first level has stride 2 (no full-resolution block)
+    stem: Literal["residual", "strided"] = (
+        "residual"  # 'strided': the first level has stride 2 (no full-resolution block)
+    )
     full_res_channels: int | None = None  # strided stem: channels of the full-resolution output head
     head_kernel: Literal[1, 3] = 3  # that head's fuse convolution
     upsample: Literal["transposed", "linear"] = "transposed"  # 'linear': 1x1 convolution, then trilinear interpolation
@@ -44,14 +47,24 @@ class ConditionalGAN(Method):
         super().__init__(config, training)
         model: GanNetwork = config.model  # type: ignore[assignment]
         self.nets["generator"] = ResUNet(
-            spatial_dims=self.spatial_dims, in_channels=self.input_channels, base_channels=model.base_channels,
-            depth=model.depth, norm=model.norm, checkpointing=config.checkpointing, stem=model.stem, full_res_channels=model.full_res_channels,
-            head_kernel=model.head_kernel, upsample=model.upsample,
+            spatial_dims=self.spatial_dims,
+            in_channels=self.input_channels,
+            base_channels=model.base_channels,
+            depth=model.depth,
+            norm=model.norm,
+            checkpointing=config.checkpointing,
+            stem=model.stem,
+            full_res_channels=model.full_res_channels,
+            head_kernel=model.head_kernel,
+            upsample=model.upsample,
         )
         if not training:
             return  # prediction needs only the generator
         self.nets["discriminator"] = PatchDiscriminator(
-            spatial_dims=self.spatial_dims, in_channels=self.input_channels + 1, base_channels=model.disc_channels, n_layers=model.disc_layers,
+            spatial_dims=self.spatial_dims,
+            in_channels=self.input_channels + 1,
+            base_channels=model.disc_channels,
+            n_layers=model.disc_layers,
             norm=model.disc_norm,
         )
         self.make_optimizers()
@@ -65,7 +78,9 @@ class ConditionalGAN(Method):
             raise UserError(f"inference.window {list(window)}: each size must be a multiple of {m} (2**depth)")
         return (m, m, m) if cls.spatial_dims == 3 else (1, m, m)
 
-    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(
+        self, inference: InferenceConfig, gen: torch.Generator | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The generator; for CPU bfloat16 prediction a channels-last copy of it (`cpu_bf16_copy`) fed channels-last
         inputs, the memory layout oneDNN's bf16 convolutions run fastest in (RESULTS.md §7)."""
         generator = self.nets["generator"]
@@ -108,8 +123,12 @@ class ConditionalGAN(Method):
         opt_g.step()
         opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G step produced
         return {
-            "g_loss": float(g_loss.detach()), "g_adv": float(g_parts["adv"]), "g_l1": float(g_parts["l1"]),
-            "d_loss": float(d_loss.detach()), "d_real": float(d_parts["real"]), "d_fake": float(d_parts["fake"]),
+            "g_loss": float(g_loss.detach()),
+            "g_adv": float(g_parts["adv"]),
+            "g_l1": float(g_parts["l1"]),
+            "d_loss": float(d_loss.detach()),
+            "d_real": float(d_parts["real"]),
+            "d_fake": float(d_parts["fake"]),
         }
 
 
@@ -133,7 +152,13 @@ class GAN3D(ConditionalGAN):
     cpu_bf16_inference = True  # bfloat16 prediction keeps the quality of the same checkpoint (RESULTS.md §7)
     # Two random 64^3 patches per step on the data's own grid, Adam 5e-4 kept for the first half of the budget and
     # then lowered linearly to 0 (pix2pix's rule); the choices and their measurements: benchmarks/RESULTS.md §8, §9.
-    recipe = {"lr": 5e-4, "lr_schedule": "linear-decay", "preprocess": {"grid": "auto"}, "patch": (64, 64, 64), "batch_size": 2}
+    recipe = {
+        "lr": 5e-4,
+        "lr_schedule": "linear-decay",
+        "preprocess": {"grid": "auto"},
+        "patch": (64, 64, 64),
+        "batch_size": 2,
+    }
     network_settings = Gan3dNetwork
     # 64^3 Gaussian-blended windows (sigma a quarter of the window), at least 0.4 apart, four per batch
     inference_defaults = InferenceConfig(window=None, overlap=0.4, windows_per_batch=4, sigma=0.25)
@@ -144,10 +169,18 @@ class GAN3D(ConditionalGAN):
     # The paper's literal settings, one option away (`--preset paper`).
     presets = {
         "paper": {
-            "lr": 1e-4, "lr_schedule": "constant",
-            "preprocess": {"grid": (48, 288, 240)}, "patch": None, "batch_size": 1,
-            "model": {"stem": "residual", "base_channels": 32, "full_res_channels": None, "disc_channels": 64,
-                      "upsample": "transposed"},
+            "lr": 1e-4,
+            "lr_schedule": "constant",
+            "preprocess": {"grid": (48, 288, 240)},
+            "patch": None,
+            "batch_size": 1,
+            "model": {
+                "stem": "residual",
+                "base_channels": 32,
+                "full_res_channels": None,
+                "disc_channels": 64,
+                "upsample": "transposed",
+            },
             "inference": {"window": None, "overlap": 0.5, "windows_per_batch": 1},
         },
     }
@@ -165,5 +198,6 @@ class GAN3D(ConditionalGAN):
         roi = inference.window if inference.window is not None else self.training_window()
         if roi is None or roi == "volume":
             return InferencePlan("volume")
-        return InferencePlan("window", tuple(roi), inference.overlap, inference.windows_per_batch, inference.sigma,
-                           parallel=True)
+        return InferencePlan(
+            "window", tuple(roi), inference.overlap, inference.windows_per_batch, inference.sigma, parallel=True
+        )

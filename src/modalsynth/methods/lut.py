@@ -8,8 +8,9 @@ between the bins' (mean source, mean target) points and holds the end values bey
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,13 +63,17 @@ class IntensityLUT(Method):
     def fit_closed_form(self, subjects: list[PreparedSubject]) -> None:
         """Bin the training subjects' foreground voxels (source value -> mean target value)."""
         with_target = [s for s in subjects if s.target is not None]
-        table = fit_table([s.source[0][s.mask > 0] for s in with_target], [s.target[s.mask > 0] for s in with_target], self.bins)
+        table = fit_table(
+            [s.source[0][s.mask > 0] for s in with_target], [s.target[s.mask > 0] for s in with_target], self.bins
+        )
         self.table = torch.from_numpy(table.astype(np.float32))
 
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         raise RuntimeError("the look-up table is fitted in closed form (fit_closed_form), not by optimiser steps")
 
-    def inference_function(self, inference: InferenceConfig, gen: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def inference_function(
+        self, inference: InferenceConfig, gen: torch.Generator | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Interpolate between the table's (mean source, mean target) points, voxel by voxel."""
         if self.table is None:
             raise RuntimeError("the look-up table is not fitted: call fit_closed_form or load a checkpoint")

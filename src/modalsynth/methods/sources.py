@@ -50,6 +50,6 @@ def widen_input_weights(state: dict[str, torch.Tensor], net: nn.Module, channel:
         weight = old.new_zeros(shape)
         weight[:, :start] = old[:, :start]
         weight[:, start + channel] = old[:, start]
-        weight[:, start + inputs:] = old[:, start + 1:]
+        weight[:, start + inputs :] = old[:, start + 1 :]
         widened[name] = weight
     return widened

@@ -79,9 +79,7 @@ class PatchDiscriminator(nn.Module):
         """Spatial shape of the logit map for an input of the given spatial shape."""
         shape = list(spatial_shape)
         for conv in self._convs():
-            shape = [
-                (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1 for size in shape
-            ]
+            shape = [(size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1 for size in shape]
         return tuple(shape)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,8 +29,15 @@ def upsample_2x(spatial_dims: int, in_channels: int, out_channels: int, kind: st
     """
     if kind == "transposed":
         return Convolution(
-            spatial_dims, in_channels, out_channels, strides=2, kernel_size=2,
-            is_transposed=True, conv_only=True, padding=0, output_padding=0,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            strides=2,
+            kernel_size=2,
+            is_transposed=True,
+            conv_only=True,
+            padding=0,
+            output_padding=0,
         )
     mode = "trilinear" if spatial_dims == 3 else "bilinear"
     return nn.Sequential(
@@ -42,13 +49,25 @@ def upsample_2x(spatial_dims: int, in_channels: int, out_channels: int, kind: st
 class UpBlock(nn.Module):
     """Decoder level: 2x upsampling (`upsample_2x`), concatenation of the encoder skip, a residual block."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, dropout: float,
-                 upsample: str = "transposed"):
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        norm: str,
+        dropout: float,
+        upsample: str = "transposed",
+    ):
         super().__init__()
         self.upsample = upsample_2x(spatial_dims, in_channels, out_channels, upsample)
         self.block = UnetResBlock(
-            spatial_dims, 2 * out_channels, out_channels, kernel_size=3, stride=1,
-            norm_name=norm, dropout=dropout,
+            spatial_dims,
+            2 * out_channels,
+            out_channels,
+            kernel_size=3,
+            stride=1,
+            norm_name=norm,
+            dropout=dropout,
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -61,8 +80,15 @@ class FullResHead(nn.Module):
     a pointwise 1) and a 1x1 conv (f -> out)."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, source_channels: int, channels: int, out_channels: int, norm: str,
-        kernel_size: int = 3, upsample: str = "transposed",
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        source_channels: int,
+        channels: int,
+        out_channels: int,
+        norm: str,
+        kernel_size: int = 3,
+        upsample: str = "transposed",
     ):
         super().__init__()
         self.upsample = upsample_2x(spatial_dims, in_channels, channels, upsample)
@@ -137,7 +163,9 @@ class ResUNet(nn.Module):
         if head_kernel not in (1, 3):
             raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel}")
         if head_kernel != 3 and stem != "strided":
-            raise ValueError("head_kernel applies to stem='strided' only (the residual stem has no full-resolution head)")
+            raise ValueError(
+                "head_kernel applies to stem='strided' only (the residual stem has no full-resolution head)"
+            )
         if upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be one of {list(UPSAMPLES)}, got {upsample!r}")
         self.stem_kind = stem
@@ -151,7 +179,9 @@ class ResUNet(nn.Module):
             channels = [base_channels * min(2**level, MAX_CHANNEL_FACTOR) for level in range(depth + 1)]
         else:
             f = max(base_channels // 2, 1) if full_res_channels is None else full_res_channels
-            channels = [f] + [base_channels * min(2 ** (level - 1), MAX_CHANNEL_FACTOR) for level in range(1, depth + 1)]
+            channels = [f] + [
+                base_channels * min(2 ** (level - 1), MAX_CHANNEL_FACTOR) for level in range(1, depth + 1)
+            ]
         self.channels = channels
         self.full_res_channels = channels[0]
 
@@ -163,12 +193,11 @@ class ResUNet(nn.Module):
         # the level the stem works at (0 = full resolution); the decoder comes back up to the same level
         first = 0 if stem == "residual" else 1
         self.stem = res_block(in_channels, channels[first], 2 if first else 1)
-        self.encoder = nn.ModuleList(
-            res_block(channels[lv - 1], channels[lv], 2) for lv in range(first + 1, depth + 1)
-        )
+        self.encoder = nn.ModuleList(res_block(channels[lv - 1], channels[lv], 2) for lv in range(first + 1, depth + 1))
         self.bottleneck = res_block(channels[depth], channels[depth], 1)
         self.decoder = nn.ModuleList(
-            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout, upsample) for lv in range(depth, first, -1)
+            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout, upsample)
+            for lv in range(depth, first, -1)
         )
         if stem == "residual":
             self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
