@@ -85,9 +85,9 @@ def main() -> None:
     ).eval()
     how = default.method.application(default.inference)
     precision = "bf16" if default.method.predicts_in_bf16(default.inference) else "float32"
-    windows = "" if how.roi is None else f" {how.roi[0]}^3 / {how.overlap} / {how.batch_size}"
+    windows = f"{how.window[0]}^3 / {how.overlap} / {how.windows_per_batch}" if hasattr(how, "window") else "volume"
     rows = {
-        f"gan3d default ({precision}, {how.mode}{windows})": ("project", default),
+        f"gan3d default ({precision}, {windows})": ("project", default),
         "yardstick MONAI UNet (64^3 / 0.25 / 4, whole volume)": ("yardstick", yardstick),
         "gan3d same checkpoint, previous default (float32, 64^3 / 0.25 / 4)": ("project", previous),
     }

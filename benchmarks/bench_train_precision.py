@@ -19,7 +19,7 @@ import torch
 
 from modalsynth.config import resolve_config
 from modalsynth.methods import build_method, method_class
-from modalsynth.methods.base import cpu_has_native_bf16
+from modalsynth.runtime import cpu_has_native_bf16
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ import torch
 
 from modalsynth.data.pairs import discover_subjects
 from modalsynth.errors import UserError
-from modalsynth.inference import predict_path, resolve_device, slicewise_predict, sliding_window_predict
+from modalsynth.inferers import SliceInferer, SlidingWindowInferer, spread_overlaps
+from modalsynth.predict_jobs import predict_path
+from modalsynth.runtime import resolve_device
 from modalsynth.io import load_volume
 from modalsynth.threads import split_across_threads
 from modalsynth.training import train
@@ -25,7 +27,7 @@ def test_sliding_window_of_a_pointwise_net_equals_whole_volume():
     volume = torch.randn(1, 1, 20, 36, 28)
     with torch.no_grad():
         whole = net(volume)
-    windowed = sliding_window_predict(net, volume, roi=(8, 16, 16), overlap=0.5)
+    windowed = SlidingWindowInferer(window=(8, 16, 16), overlap=0.5, windows_per_batch=1, sigma=0.125)(net, volume)
     assert windowed.shape == volume.shape
     torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=1e-5)
 
@@ -69,7 +71,7 @@ def test_split_across_threads_runs_chunks_on_one_thread_each_and_matches_the_pla
 def test_slice_loop_applies_the_2d_net_to_every_axial_slice():
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     volume = torch.randn(1, 1, 7, 12, 10)
-    out = slicewise_predict(net, volume, batch_size=3)
+    out = SliceInferer(slices_per_batch=3)(net, volume)
     with torch.no_grad():
         expected = torch.stack([net(volume[:, :, d]) for d in range(7)], dim=2)
     torch.testing.assert_close(out, expected)
@@ -119,8 +121,6 @@ def test_spread_windows_are_as_many_as_monais_and_evenly_spaced(shape):
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
-    from modalsynth.inference import spread_overlaps
-
     roi = (64, 64, 64)
     packed = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, (0.25,) * 3))
     overlaps = spread_overlaps(shape, roi, 0.25)
@@ -139,8 +139,8 @@ def test_sliding_window_blend_width_changes_the_result_not_the_shape():
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, 1, 3, padding=1)
     source = torch.rand(1, 1, 40, 40, 40)
-    narrow = sliding_window_predict(net, source, (16, 16, 16), 0.25, 4, sigma_scale=0.125)
-    wide = sliding_window_predict(net, source, (16, 16, 16), 0.25, 4, sigma_scale=0.25)
+    narrow = SlidingWindowInferer(window=(16, 16, 16), overlap=0.25, windows_per_batch=4, sigma=0.125)(net, source)
+    wide = SlidingWindowInferer(window=(16, 16, 16), overlap=0.25, windows_per_batch=4, sigma=0.25)(net, source)
     assert narrow.shape == wide.shape == source.shape
     # a translation-equivariant net's windows agree away from their borders, so both blends are close, not equal
     assert 0 < float((narrow - wide).abs().max()) < 0.2

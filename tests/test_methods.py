@@ -18,7 +18,9 @@ from modalsynth.config import TrainConfig, resolve_config
 from modalsynth.data.datasets import PreparedSubject, prepare_pairs, step_generator
 from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
-from modalsynth.inference import Predictor, apply_method, predict_path
+from modalsynth.inference import Predictor, apply_method
+from modalsynth.inferers import SlidingWindowInferer, VolumeInferer
+from modalsynth.predict_jobs import predict_path
 from modalsynth.io import load_volume
 from modalsynth.methods import build_method, method_class
 from modalsynth.methods.lut import fit_table
@@ -290,11 +292,10 @@ def test_batch_norm_generator_keeps_an_instance_norm_discriminator_and_can_predi
     norms = lambda net: {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__}  # noqa: E731
     assert norms(method.nets["generator"]) == {"BatchNorm3d"}
     assert norms(method.nets["discriminator"]) == {"InstanceNorm3d"}
-    assert method.application(method.config.inference).mode == "volume"
+    assert isinstance(method.application(method.config.inference), VolumeInferer)
     windowed = build_method(tiny_config(inference={"window": [16, 16, 16]}))
-    assert windowed.application(windowed.config.inference).mode == "window" and windowed.application(
-        windowed.config.inference
-    ).roi == (16, 16, 16)
+    inferer = windowed.application(windowed.config.inference)
+    assert isinstance(inferer, SlidingWindowInferer) and inferer.window == (16, 16, 16)
 
 
 @pytest.mark.parametrize("amp", [True, False])
@@ -304,7 +305,7 @@ def test_cpu_mixed_precision_needs_native_bf16_and_covers_prediction_only_where_
     """amp on a CPU: bfloat16 autocast around training steps when the CPU has AMX tiles; in prediction (precision
     'auto') with AMX or AVX512-BF16, only for methods that set `cpu_bf16_inference` (gan3d, not pix2pix2d); nothing when
     the CPU would only emulate bf16, amp is off (training) or the precision is float32 (prediction)."""
-    from modalsynth.methods import base
+    from modalsynth import runtime as base
 
     method = _built(tiny_config(amp=amp))
     flat = _built(tiny_config(method="pix2pix2d", amp=amp, model={"base_channels": 8, "depth": 2}))
@@ -342,7 +343,7 @@ def test_cpu_bf16_prediction_runs_in_bf16_on_every_worker_thread_and_stays_close
     """gan3d's CPU bfloat16 prediction: the windows that `split_across_threads` sends to worker threads run under
     autocast too (a per-thread state), in channels-last memory; the training generator's own weights keep their
     layout; the output stays within bf16 rounding of the float32 path."""
-    from modalsynth.methods import base
+    from modalsynth import runtime as base
 
     monkeypatch.setattr(base, "cpu_bf16_predicts_natively", lambda: True)
     config = tiny_config(inference={"window": [16, 16, 16], "overlap": 0.25, "windows_per_batch": 4})
@@ -383,7 +384,7 @@ def test_cpu_bf16_training_needs_amx_tiles_and_prediction_avx512_bf16(monkeypatc
     """AVX512-BF16 alone (an AMD EPYC) gave NaN losses and inexact resumes in training steps under CPU bf16, so only
     AMX counts there; its predictions are finite and within 0.0005 brain SSIM of float32 (RESULTS.md §13), so it
     counts for prediction. Decided by the CPU's flags as torch reads them, never by vendor."""
-    from modalsynth.methods import base
+    from modalsynth import runtime as base
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)

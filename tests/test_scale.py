@@ -115,7 +115,7 @@ def test_a_resume_on_another_number_of_ranks_is_refused_in_one_line(tiny_sim, tm
 
 def _predict_worker(rank: int, world: int, port: int, checkpoint: str, data: str, out: str, tag: str) -> None:
     _join(rank, world, port)
-    from modalsynth.inference import predict_path
+    from modalsynth.predict_jobs import predict_path
 
     written = predict_path(Path(checkpoint), Path(data), Path(out), device="cpu")
     Path(out, f"{tag}{rank}.json").write_text(json.dumps([str(p) for p in written]))

@@ -15,6 +15,7 @@ from modalsynth.checkpoints import FORMAT_VERSION, Checkpoint
 from modalsynth.config import config_from_checkpoint, resolve_config
 from modalsynth.errors import TrainingStopped, UserError
 from modalsynth.inference import Predictor
+from modalsynth.predict_jobs import folder_jobs, output_path
 from modalsynth.io import load_volume
 from modalsynth.methods import method_class
 from modalsynth.training import train
@@ -130,9 +131,9 @@ def test_predict_split_comes_from_the_checkpoint_and_needs_only_the_generator(ti
     best.write_bytes((tiny_run / "best.pt").read_bytes())  # no split.json beside it
     predictor = Predictor.from_checkpoint(best, "cpu")
     assert set(predictor.method.nets) == {"generator"} and predictor.method.optimizers == {}
-    jobs = predictor.folder_jobs(tiny_sim, "test")
+    jobs = folder_jobs(predictor, tiny_sim, "test")
     assert [s for s, _ in jobs] == Checkpoint.load(best).split["test"]
-    assert predictor.output_path(tmp_path, "sub") == tmp_path / "sub" / "t1.nii.gz"
+    assert output_path(predictor, tmp_path, "sub") == tmp_path / "sub" / "t1.nii.gz"
 
 
 def test_predict_never_overwrites_its_input(tiny_sim, tiny_run, tmp_path, monkeypatch, capsys):
@@ -153,7 +154,8 @@ def test_predict_never_overwrites_its_input(tiny_sim, tiny_run, tmp_path, monkey
         "cpu",
     )
     assert code == 2 and "is an input" in err and str(flair) in err and flair.read_bytes() == before
-    # a folder predicted into itself would replace the real targets: refused, nothing written
+    # a folder predicted into itself would replace the real targets, and a rerun would take the predictions for
+    # inputs: refused, nothing written
     mtimes = {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")}
     code, out, err = run_cli(
         monkeypatch,
@@ -168,9 +170,7 @@ def test_predict_never_overwrites_its_input(tiny_sim, tiny_run, tmp_path, monkey
         "--device",
         "cpu",
     )
-    assert (
-        code == 2 and "is an input" in err and {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")} == mtimes
-    )
+    assert code == 2 and "is inside" in err and {p: p.stat().st_mtime_ns for p in tiny_sim.rglob("*.nii.gz")} == mtimes
     # a missing output folder is created; the prediction lands on the input's grid and says how long it took
     code, out, err = run_cli(
         monkeypatch,

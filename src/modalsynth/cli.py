@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
@@ -113,9 +114,10 @@ def inspect(
     from . import builtin
 
     if path.startswith(builtin.PREFIX) or path.endswith(".pt"):
-        from .inference import checkpoint_summary
+        from .inspection import checkpoint_summary
+        from .methods import method_class
 
-        typer.echo(checkpoint_summary(builtin.resolve(path)), nl=False)
+        typer.echo(checkpoint_summary(builtin.resolve(path), method_class), nl=False)
         raise typer.Exit(0)
     from .inspection import inspect_path
 
@@ -302,7 +304,7 @@ def predict(
     """
     from . import builtin
     from .data.skullstrip import SkullStrip
-    from .inference import predict_path, run_predictor
+    from .predict_jobs import predict_path, run_predictor
 
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
@@ -345,9 +347,7 @@ def strip(
     Example: modalsynth strip --input head.nii.gz --output brain.nii.gz --mask brain_mask.nii.gz
     """
     from .data.skullstrip import strip_file
-    from .inference import refuse_overwriting_inputs
 
-    refuse_overwriting_inputs([input], [p for p in (output, mask) if p is not None])
     for path in strip_file(input, output, mask):
         typer.echo(f"wrote {path}")
 
@@ -467,8 +467,27 @@ def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder
     run_demo(out)
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's log as the command line shows it: information on stdout, warnings on stderr as 'warning: ...'."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {record.getMessage()}", file=sys.stderr)
+        else:
+            print(record.getMessage())
+
+
+def _log_to_console() -> None:
+    package = logging.getLogger("modalsynth")
+    if not any(isinstance(h, _ConsoleHandler) for h in package.handlers):
+        package.addHandler(_ConsoleHandler())
+    package.setLevel(logging.INFO)
+    package.propagate = False
+
+
 def main() -> None:
     """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
+    _log_to_console()
     try:
         app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth")
     except UserError as exc:

@@ -9,7 +9,6 @@ with another model or settings redoes them all.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 import torch.distributed as dist
 
 from .io import atomic_write
+from .runtime import launch
 
 RECORD = ".modalsynth-predict.json"
 T = TypeVar("T")
@@ -27,7 +27,7 @@ class Cohort:
 
     def __init__(self, out_root: Path, identity: dict[str, Any]):
         self.out_root, self.identity = Path(out_root), json.loads(json.dumps(identity))
-        self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.world = launch().rank, launch().world
         self.same = False
         self._own_group = False
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .config import TrainConfig, resolve_config
 from .data.simulate import SMALL_GRID, simulate_dataset
-from .inference import predict_path
 from .methods import method_class
+from .predict_jobs import predict_path
 from .training import train
 
 DEMO_SUBJECTS = 10

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -16,11 +15,12 @@ from . import fid as fidlib
 from .data.pairs import (
     LESION_NAMES,
     MASK_NAMES,
+    Grid,
     canonical_modality,
     compare_grids,
+    describe_mismatch,
     discover_subjects,
     first_present,
-    grid_of,
 )
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
@@ -272,15 +272,15 @@ def check_subject(
     """Check one subject's prediction, reference, masks and source from their headers, without reading voxels: a bad
     header, or a prediction or mask on another grid than the reference, is a `UserError` naming the file."""
     key = canonical_modality(target)
-    ref_grid = _Grid.of(ref_files.get(key) or ref_files["target"])
-    _check_grid(subject, _Grid.of(pred_files[key]), ref_grid)
+    ref_grid = Grid.of(ref_files.get(key) or ref_files["target"])
+    _check_grid(subject, Grid.of(pred_files[key]), ref_grid)
     for names in (MASK_NAMES, LESION_NAMES):
         path = first_present(ref_files, names)
         if path is not None:
-            _check_grid(subject, _Grid.of(path), ref_grid)
+            _check_grid(subject, Grid.of(path), ref_grid)
     source_path = _source_path(ref_files, source)
     if source_path is not None:
-        _Grid.of(source_path)
+        Grid.of(source_path)
 
 
 def load_subject(
@@ -335,18 +335,6 @@ def _source_path(ref_files: dict[str, Path], source: str | None) -> Path | None:
     return (ref_files.get(canonical_modality(source)) or ref_files.get("source")) if source else None
 
 
-class _Grid(NamedTuple):
-    """A file's voxel grid, read from its header."""
-
-    path: Path
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-
-    @classmethod
-    def of(cls, path: Path) -> _Grid:
-        return cls(path, *grid_of(path))
-
-
 def _discover(
     folder: Path, role: str, layout: str, modalities: tuple[str, ...] | None = None
 ) -> dict[str, dict[str, Path]]:
@@ -361,20 +349,11 @@ def _discover(
         raise UserError(f"{role}: {exc}") from exc
 
 
-def _check_grid(subject: str, volume: _Grid, reference: _Grid) -> None:
-    """Same shape and affine (within 1e-3 mm) as the reference, or a `UserError` naming subject and file."""
-    difference = compare_grids(volume.shape, volume.affine, reference.shape, reference.affine)
-    if difference is None:
-        return
-    if difference[0] == "shape":
-        raise UserError(
-            f"{subject}: {volume.path} has grid {volume.shape} but the reference {reference.path} has {reference.shape}; "
-            "resample it onto the reference grid"
-        )
-    raise UserError(
-        f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to {difference[1]:.3g} mm; "
-        "resample it onto the reference grid"
-    )
+def _check_grid(subject: str, volume: Grid, reference: Grid) -> None:
+    """Same shape and affine (within 1e-3 mm) as the reference, or a `UserError` naming subject and files."""
+    problem = describe_mismatch(volume, reference)
+    if problem is not None:
+        raise UserError(f"{subject}: {problem}; resample {volume.path} onto the reference grid")
 
 
 def _few(names: set[str], count: int = 3) -> str:

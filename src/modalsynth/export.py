@@ -29,7 +29,7 @@ from .errors import UserError
 from .inference import Predictor
 from .io import atomic_write
 from .methods import Method, build_method, method_class
-from .methods.base import InferencePlan
+from .inferers import Inferer, SlidingWindowInferer
 
 #: the methods whose generator exports (a 3D network applied in sliding windows)
 EXPORTABLE_METHODS = ("gan3d",)
@@ -69,13 +69,7 @@ def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
             "background": intensity.low if intensity.background is None else intensity.background,
             "background_where": "outside the input's foreground",
         },
-        "windows": {
-            "size": list(how.roi) if how.roi else None,
-            "min_overlap": how.overlap,
-            "placement": "evenly spread per axis",
-            "blend": "Gaussian",
-            "sigma_fraction": how.sigma_scale,
-        },
+        "windows": _windows_contract(how),
         "input": f"float32 (N, {predictor.method.input_channels}, D, H, W), N windows"
         + (
             ""
@@ -98,13 +92,13 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
             f"{', '.join(EXPORTABLE_METHODS)} models only"
         )
     how = predictor.method.application(predictor.inference)
-    if how.roi is None:
+    if not isinstance(how, SlidingWindowInferer):
         raise UserError(
             f"{predictor.origin}: predicts whole volumes of varying size, not fixed windows; train it with "
             "`inference.window` set (e.g. [64, 64, 64]) to export it"
         )
     generator = predictor.method.nets["generator"].eval().float()
-    example = torch.zeros(2, predictor.method.input_channels, *how.roi)
+    example = torch.zeros(2, predictor.method.input_channels, *how.window)
     batch = torch.export.Dim("windows", min=1, max=1024)
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -183,7 +177,7 @@ class OnnxRuntimeMethod:
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         return self._run
 
-    def application(self, inference: InferenceConfig) -> InferencePlan:
+    def application(self, inference: InferenceConfig) -> Inferer:
         return dataclasses.replace(self._method.application(inference), parallel=False)
 
     def predicts_in_bf16(self, inference: InferenceConfig) -> bool:
@@ -191,6 +185,19 @@ class OnnxRuntimeMethod:
 
     def inference_autocast(self, inference: InferenceConfig) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+
+def _windows_contract(how: Inferer) -> dict[str, Any]:
+    """The sliding windows of the contract (size None: the whole volume in one pass)."""
+    if not isinstance(how, SlidingWindowInferer):
+        return {"size": None}
+    return {
+        "size": list(how.window),
+        "min_overlap": how.overlap,
+        "placement": "evenly spread per axis",
+        "blend": "Gaussian",
+        "sigma_fraction": how.sigma,
+    }
 
 
 def _spacing(pre: PreprocessConfig) -> str | list[float]:

@@ -1,118 +1,42 @@
-"""Volume -> volume. The only place a method's network is applied to volumes, and the one `Predictor`.
+"""Volume -> volume: the one place a method's network is applied to volumes, and the one `Predictor`.
 
-A method hands over a function and an `InferencePlan` (whole volume, MONAI sliding windows, or axial slices); the
-`Predictor` (nnU-Net's idea) adds preprocessing, postprocessing, file naming and timing, and is used alike by
-`modalsynth predict`, by validation during training and by the benchmark.
+A method hands over a function and an `Inferer` (`inferers.py`); the `Predictor` (nnU-Net's idea) adds preprocessing
+and postprocessing, and is used alike by `modalsynth predict` (whose file and folder jobs are `predict_jobs.py`), by
+validation during training and by the benchmark.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import statistics
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from monai.inferers import sliding_window_inference
-from tqdm import tqdm
 
 from .checkpoints import Checkpoint
-from .cohort import Cohort
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
-from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch, source_list
+from .data.pairs import require_same_grid, source_list
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
 from .data.skullstrip import SkullStrip
 from .errors import UserError
+from .inferers import SlidingWindowInferer
 from .input_checks import input_warnings
-from .io import Volume, file_identity, is_nifti, load_volume, save_volume
+from .io import Volume
 from .methods import Method, build_method, method_class
 from .methods.sources import network_input
-from .threads import split_across_threads
-
-#: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
-TIME_ONCE_ABOVE_S = 10.0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a `UserError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"--device {name}: use cpu, cuda, cuda:N or auto")
-    return torch.device(name)
-
-
-def spread_overlaps(shape: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[float, ...]:
-    """Per axis, the largest overlap that needs no more windows than `overlap` does: the same windows, spread evenly
-    over the axis instead of packed at `overlap` with the last one pushed back from the edge (MONAI places them so).
-    More overlap at no cost; written by hand because MONAI takes the overlap as given."""
-    overlaps = []
-    for size, window in zip(shape, roi):
-        if size <= window:
-            overlaps.append(0.0)
-            continue
-        count = math.ceil((size - window) / max(int(window * (1 - overlap)), 1)) + 1
-        step = math.ceil((size - window) / (count - 1))
-        overlaps.append(1.0 - (step + 0.5) / window)  # MONAI's step is int(window * (1 - overlap)) = step
-    return tuple(overlaps)
-
-
-@torch.no_grad()
-def sliding_window_predict(
-    net: Callable[[torch.Tensor], torch.Tensor],
-    source: torch.Tensor,
-    roi: Sequence[int],
-    overlap: float = 0.5,
-    batch_size: int = 1,
-    sigma_scale: float = 0.125,
-    parallel: bool = False,
-) -> torch.Tensor:
-    """Run a 3D network over a (1, C, D, H, W) volume in windows at least `overlap` apart, spread evenly, blended with
-    Gaussian weights of sigma `sigma_scale` x roi (MONAI's sliding_window_inference); with `parallel`, on a CPU, the
-    windows of a batch run on the torch threads side by side (`split_across_threads`)."""
-    if tuple(source.shape[2:]) == tuple(roi):
-        return net(source)
-    predictor = split_across_threads(net) if parallel else net
-    return sliding_window_inference(
-        source,
-        tuple(roi),
-        sw_batch_size=batch_size,
-        predictor=predictor,
-        mode="gaussian",
-        overlap=spread_overlaps(source.shape[2:], roi, overlap),
-        sigma_scale=sigma_scale,
-    )
-
-
-@torch.no_grad()
-def slicewise_predict(
-    net: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor, batch_size: int = 16, parallel: bool = False
-) -> torch.Tensor:
-    """Run a 2D network over every axial slice of a (1, C, D, H, W) volume, `batch_size` slices at a time (with
-    `parallel`, on a CPU, the slices of a batch run on the torch threads side by side)."""
-    slices = source[0].permute(1, 0, 2, 3)  # (D, C, H, W)
-    run = split_across_threads(net) if parallel else net
-    outputs = [run(slices[i : i + batch_size]) for i in range(0, slices.shape[0], batch_size)]
-    return torch.cat(outputs).permute(1, 0, 2, 3)[None]
+from .runtime import resolve_device
 
 
 @torch.no_grad()
 def apply_method(
     method: Method, source: torch.Tensor, inference: InferenceConfig, gen: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Synthesise a whole (1, 1, D, H, W) source in [-1, 1] with a method, as its `InferencePlan` for these inference
+    """Synthesise a whole (1, C, D, H, W) source in [-1, 1] with a method, as its `Inferer` for these inference
     settings says; float32 in [-1, 1]."""
-    network, how = method.inference_function(inference, gen), method.application(inference)
+    network, inferer = method.inference_function(inference, gen), method.application(inference)
 
     def function(batch: torch.Tensor) -> torch.Tensor:
         # the autocast is entered per call, not around the loop: `split_across_threads` runs calls on worker threads,
@@ -120,16 +44,7 @@ def apply_method(
         with method.inference_autocast(inference):
             return network(batch).float()
 
-    if how.mode == "slices":
-        out = slicewise_predict(function, source, how.batch_size, how.parallel)
-    elif how.mode == "window" and how.roi is not None:
-        out = sliding_window_predict(
-            function, source, how.roi, how.overlap, how.batch_size, how.sigma_scale, how.parallel
-        )
-    elif how.mode in ("volume", "window"):
-        out = function(source)
-    else:
-        raise ValueError(f"unknown application mode {how.mode!r}")
+    out = inferer(function, source)
     return out.clamp(-1.0, 1.0)  # float32: `function` returns float32
 
 
@@ -143,11 +58,8 @@ def with_inference_changes(
     if overlap is not None:
         if not 0.0 <= float(overlap) < 1.0:  # type: ignore[arg-type]
             raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
-        how = method.application(inference)
-        if how.mode != "window" or how.roi is None:
-            raise UserError(
-                f"--overlap: {origin} is applied to {how.mode}s, not in sliding windows; leave --overlap out"
-            )
+        if not isinstance(method.application(inference), SlidingWindowInferer):
+            raise UserError(f"--overlap: {origin} is not applied in sliding windows; leave --overlap out")
     return dataclasses.replace(inference, **changes)
 
 
@@ -252,7 +164,7 @@ class Predictor:
             )
         first, others = volumes[order[0]], [volumes[name] for name in order[1:]]
         for other in others:
-            check_same_grid(first, other)
+            require_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
 
@@ -282,202 +194,3 @@ class Predictor:
         background = self.intensity.low if self.intensity.background is None else self.intensity.background
         out.data[~foreground] = background
         return out
-
-    def output_path(self, out_root: Path, subject: str) -> Path:
-        """The one naming rule for a folder of predictions: OUT/<subject>/<target>.nii.gz."""
-        return Path(out_root) / subject / f"{canonical_modality(self.config.target)}.nii.gz"
-
-    def time_volume(self, volume: Volume, repeats: int = 3, measured: Sequence[float] = ()) -> tuple[float, str]:
-        """Seconds to predict one whole volume (pre- and postprocessing included): the median of `repeats` runs, or
-        one run when the first takes longer than TIME_ONCE_ABOVE_S; predictions already `measured` (seconds each) are
-        reused instead when they are that slow. Returns (seconds, how it was timed)."""
-        if measured and measured[0] > TIME_ONCE_ABOVE_S:
-            return statistics.median(measured), f"median of {len(measured)} prediction(s), one run each"
-        times: list[float] = []
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            self.predict_volume(volume)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            if times[0] > TIME_ONCE_ABOVE_S:
-                break
-        how = f"median of {len(times)}" if len(times) > 1 else "one run"
-        return statistics.median(times), how
-
-    def predict_file(self, source: Path, output: Path) -> Path:
-        """One source file -> one output file (an existing folder as `output` gets OUT/<target>.nii.gz)."""
-        source, output = Path(source), Path(output)
-        if output.is_dir():
-            output = output / f"{canonical_modality(self.config.target)}.nii.gz"
-        if not is_nifti(output):
-            raise UserError(f"{output}: for a single input file give an output file ending in .nii.gz")
-        refuse_overwriting_inputs([source], [output])
-        if len(self.config.sources) > 1:
-            print(
-                f"predicting from {self.file_source} only (the model takes {self.config.source}; give a data folder "
-                "for several)"
-            )
-        return save_volume(self.predict_volume(load_volume(source)), output)
-
-    def predict_folder(
-        self, root: Path, out_root: Path, split: str | None = None, progress: bool = True, cohort: Cohort | None = None
-    ) -> tuple[list[Path], list[float]]:
-        """Every subject's source under `root` (optionally one recorded split) -> OUT/<subject>/<target>.nii.gz; with a
-        `cohort`, only this rank's share, skipping the outputs an earlier run of the same model already wrote."""
-        jobs = self.folder_jobs(root, split)
-        outputs = [self.output_path(out_root, subject) for subject, _ in jobs]
-        refuse_overwriting_inputs([p for _, files in jobs for p in files.values()] + _all_files(root), outputs)
-        todo = list(zip(jobs, outputs))
-        if cohort is not None:
-            share = cohort.share(todo)
-            todo = [(job, out) for job, out in share if not cohort.finished(list(job[1].values()), out)]
-            if len(todo) < len(share):
-                print(f"skipped {len(share) - len(todo)} output(s) already written by this model and settings")
-        check_volumes([p for (_, files), _ in todo for p in files.values()])  # all readable before the first output
-        for (_, files), _ in todo:
-            first, *others = files.values()
-            problem = next(filter(None, (grid_mismatch(first, other) for other in others)), None)
-            if problem:
-                raise UserError(f"{problem}; {NOT_REGISTERED}")
-        if cohort is not None:
-            cohort.begin()
-        if len(self.config.sources) > 1:
-            used = Counter("+".join(files) for (_, files), _ in todo)
-            print("predicting from " + "; ".join(f"{k} ({n} subject(s))" for k, n in used.items()))
-        written, times = [], []
-        for (subject, files), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
-            start = time.perf_counter()
-            result = self.predict_sources({name: load_volume(path) for name, path in files.items()})
-            times.append(time.perf_counter() - start)
-            written.append(save_volume(result, output))
-        return written, times
-
-    def folder_jobs(self, root: Path, split: str | None = None) -> list[tuple[str, dict[str, Path]]]:
-        """(subject, {sequence: file}) for every subject under `root` that has at least one of the sources read (the
-        model's, or those chosen by `with_sources`), restricted to a split if asked."""
-        subjects = discover_subjects(root)
-        wanted = None
-        if split:
-            if split not in ("train", "val", "test"):
-                raise UserError(f"--split {split}: choose train, val or test")
-            wanted = set(self.split.get(split, []))
-            if not wanted:
-                raise UserError(f"{self.origin}: the checkpoint records no subjects in split {split!r}; drop --split")
-        read = self.sources or self.config.sources
-        key = " or ".join(read)
-        chosen = {s: {m: f[m] for m in read if m in f} for s, f in subjects.items() if wanted is None or s in wanted}
-        jobs = [(s, files) for s, files in chosen.items() if files]
-        missing = [s for s, files in chosen.items() if not files]
-        if missing:
-            print(f"skipped {len(missing)} subject(s) without {key}: {', '.join(missing[:5])}")
-        if not jobs:
-            raise UserError(
-                f"{root}: no {key} volumes to predict"
-                + (f" in split {split!r}" if split else "")
-                + f"; {self.origin or 'the model'} maps {self.config.source} -> {self.config.target}, "
-                "so the data needs a file of that source modality per subject"
-            )
-        return jobs
-
-
-NOT_REGISTERED = (
-    "register the sequences to one grid first (modalsynth does not register), or predict from one (--source)"
-)
-
-
-def check_same_grid(first: Volume, other: Volume) -> None:
-    """Several sources must share one voxel grid (modalsynth does not register): a one-line `UserError` otherwise."""
-    if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
-        raise UserError(f"{other.path}: not on the grid of {first.path} (shape or affine differ); {NOT_REGISTERED}")
-
-
-def checkpoint_summary(checkpoint: Path) -> str:
-    """What a checkpoint holds and, as YAML, the fully resolved settings its run used (`modalsynth inspect RUN/best.pt`)."""
-    ckpt = Checkpoint.load(checkpoint)
-    config = config_from_checkpoint(ckpt.config, ckpt.format_version, method_class, str(checkpoint))
-    head = (
-        f"# {checkpoint}: step {ckpt.step}, {ckpt.elapsed_s / 60:.1f} minutes of training, checkpoint format "
-        f"{ckpt.format_version}, written by modalsynth {ckpt.package_version}\n"
-    )
-    return head + yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
-    """A `UserError` if any output would replace an input file (same path, or the same file through a link)."""
-    taken = {_identity(p): Path(p) for p in inputs if Path(p).exists()}
-    for output in outputs:
-        key = _identity(output)
-        if key in taken:
-            raise UserError(
-                f"{output}: is an input ({taken[key]}); writing there would overwrite it, choose another --output"
-            )
-
-
-def _identity(path: Path) -> tuple:
-    path = Path(path)
-    if path.exists():
-        st = os.stat(path)
-        return ("inode", st.st_dev, st.st_ino)
-    return ("path", str(path.resolve()))
-
-
-def _all_files(root: Path) -> list[Path]:
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-
-
-def predict_path(
-    checkpoint: Path,
-    input: Path,
-    output: Path,
-    device: str = "auto",
-    split: str | None = None,
-    check_input: bool = False,
-    inference_changes: Mapping[str, object] | None = None,
-    skull: SkullStrip | None = None,
-    sources: str | None = None,
-) -> list[Path]:
-    """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
-
-    `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model expects.
-    `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
-    `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
-    `sources`: which of a multi-source model's inputs to read ('flair' or 'flair,t2'; None: all).
-    """
-    input = Path(input)
-    folder = not (input.is_file() or is_nifti(input))
-    if folder and int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolve_device(device).type == "cuda":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank of a torchrun job
-    predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
-    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull).with_sources(sources)
-    return run_predictor(predictor, input, output, split, model_file=checkpoint)
-
-
-def run_predictor(
-    predictor: Predictor, input: Path, output: Path, split: str | None = None, model_file: Path | None = None
-) -> list[Path]:
-    """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz (under torchrun: this rank's share; a
-    rerun skips outputs already written with the same model and settings), printing the time per volume."""
-    input, output = Path(input), Path(output)
-    if input.is_file() or is_nifti(input):
-        start = time.perf_counter()
-        written = predictor.predict_file(input, output)
-        print(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
-        return [written]
-    skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
-    record = {
-        "checkpoint": file_identity(Path(model_file or predictor.origin)),
-        "inference": predictor.inference.to_dict(),
-        "skull": skull,
-        "sources": list(predictor.sources or predictor.config.sources),
-    }
-    cohort = Cohort(output, record)
-    with cohort:
-        written, times = predictor.predict_folder(input, output, split, cohort=cohort)
-    rank = f"rank {cohort.rank}: " if cohort.world > 1 else ""
-    speed = f" ({np.median(times):.2f} s per volume on {predictor.device})" if times else ""
-    print(f"{rank}wrote {len(written)} volume(s) to {output}{speed}")
-    return written

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from .checkpoints import Checkpoint
+from .config import Methods, config_from_checkpoint
 from .data.pairs import discover_subjects, find_pairs
 from .errors import UserError
 from .io import check_path, is_analyze, is_nifti, load_volume, read_header
@@ -110,3 +113,15 @@ def inspect_path(path: Path, source: str = "flair", target: str = "t1") -> int:
     if problems:
         return _problem(f"{path}: {problems[0]}")
     return 0
+
+
+def checkpoint_summary(checkpoint: Path, methods: Methods) -> str:
+    """What a checkpoint holds and, as YAML, the fully resolved settings its run used (`modalsynth inspect RUN/best.pt`;
+    `methods`: the method registry's lookup, which settings resolution needs)."""
+    ckpt = Checkpoint.load(checkpoint)
+    config = config_from_checkpoint(ckpt.config, ckpt.format_version, methods, str(checkpoint))
+    head = (
+        f"# {checkpoint}: step {ckpt.step}, {ckpt.elapsed_s / 60:.1f} minutes of training, checkpoint format "
+        f"{ckpt.format_version}, written by modalsynth {ckpt.package_version}\n"
+    )
+    return head + yaml.safe_dump(config.to_dict(), sort_keys=False)

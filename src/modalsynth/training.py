@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import signal
 import time
@@ -43,10 +42,11 @@ from .data.pairs import load_or_make_split, require_pairs, source_list
 from .data.preprocess import IntensityRecord
 from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
 from .errors import TrainingStopped, UserError
-from .inference import Predictor, resolve_device
+from .inference import Predictor
 from .methods import Method, build_method, method_class
 from .metrics import mae, ssim2d_masked, ssim3d
 from .runlock import RunLock
+from .runtime import Launch, join_process_group, resolve_device
 
 #: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
 VAL_SHARE = 0.1
@@ -78,33 +78,6 @@ def _stop_on_signals(flag: dict):
 
 def _finite_weights(method: Method) -> bool:
     return all(bool(torch.isfinite(p).all()) for net in method.nets.values() for p in net.parameters())
-
-
-@dataclass
-class DistContext:
-    """Rank and world size; world 1 when not launched by torchrun."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> DistContext:
-    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); a single process needs nothing."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return DistContext(rank, world, local)
 
 
 def seed_everything(seed: int) -> None:
@@ -216,7 +189,7 @@ def train(
     with the trained method on every rank (e.g. to compare ranks in a test).
     """
     out = Path(out)
-    ctx = init_distributed(config.device)
+    ctx = join_process_group(config.device)
     device = resolve_device(config.device)
     if device.type == "cuda" and ctx.world > 1:
         device = torch.device("cuda", ctx.local_rank)
@@ -240,7 +213,7 @@ def train(
 def _train_in_folder(
     config: TrainConfig,
     out: Path,
-    ctx: DistContext,
+    ctx: Launch,
     device: torch.device,
     pairs: list,
     saved: Checkpoint | None,
@@ -283,7 +256,7 @@ class RunFolder:
     out: Path
     data: Path
     split: dict
-    ctx: DistContext
+    ctx: Launch
 
 
 class Trainer:
@@ -317,7 +290,7 @@ class Trainer:
         self.saved_step = self.step
 
     @property
-    def ctx(self) -> DistContext:
+    def ctx(self) -> Launch:
         return self.folder.ctx
 
     def save(self, metrics: dict[str, float], elapsed: float) -> None:
@@ -367,11 +340,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.method.wrap(lambda m: DistributedDataParallel(m, device_ids=ids))
         plan = BatchPlan(config.seed, ctx.rank, ctx.world, config.batch_size, config.patch, config.augment)
-        workers = (
-            config.workers
-            if config.workers is not None
-            else default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        )
+        workers = config.workers if config.workers is not None else default_workers(ctx.local_world)
         batches = StepBatches(self.train_set, plan)
         stream = stream_batches(batches, self.step, workers, pin_memory=device.type == "cuda")
         budget = Budget.of(config, batches.steps_per_epoch)
@@ -484,7 +453,7 @@ def check_schedule_extension(
 
 
 def _update_cache(
-    config: TrainConfig, ctx: DistContext, data: Path, out: Path, pairs: list, show: bool
+    config: TrainConfig, ctx: Launch, data: Path, out: Path, pairs: list, show: bool
 ) -> tuple[Path, dict[str, Any]]:
     """Bring the cache of every subject up to date (test ones too: each is read, and its voxels checked, before
     training starts): rank 0 first, then the first rank of each other node, which finds it ready on a shared
@@ -536,12 +505,12 @@ def _load_init(method: Method, init: str) -> None:
         ) from exc
 
 
-def _agree(ctx: DistContext, device: torch.device, *flags: bool) -> tuple[bool, ...]:
+def _agree(ctx: Launch, device: torch.device, *flags: bool) -> tuple[bool, ...]:
     """Rank 0's decisions, on every rank, in one broadcast (time-based decisions could otherwise differ by process)."""
     return tuple(v > 0.5 for v in _agree_values(ctx, device, *(1.0 if f else 0.0 for f in flags)))
 
 
-def _agree_values(ctx: DistContext, device: torch.device, *values: float) -> tuple[float, ...]:
+def _agree_values(ctx: Launch, device: torch.device, *values: float) -> tuple[float, ...]:
     """Rank 0's numbers, on every rank, in one broadcast."""
     if ctx.world <= 1:
         return values

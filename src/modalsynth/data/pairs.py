@@ -9,6 +9,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from ..errors import UserError
 from ..io import (
     ANALYZE_SUFFIXES,
     NIFTI_SUFFIXES,
+    Volume,
     check_path,
     is_analyze,
     is_nifti,
@@ -191,6 +193,19 @@ def first_present(files: dict[str, Path], names: tuple[str, ...]) -> Path | None
     return next((files[n] for n in names if n in files), None)
 
 
+class Grid(NamedTuple):
+    """A volume's voxel grid and where it comes from (a file's header, or a loaded `Volume`)."""
+
+    path: Path | None
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @classmethod
+    def of(cls, path: Path) -> Grid:
+        """A file's grid, read from its header without its voxels."""
+        return cls(Path(path), *grid_of(path))
+
+
 def grid_of(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and affine of a NIfTI without reading its voxels."""
     img = read_header(path)
@@ -207,16 +222,32 @@ def compare_grids(
     return ("affine", diff) if diff > GRID_TOLERANCE_MM else None
 
 
-def grid_mismatch(a: Path, b: Path) -> str | None:
-    """Describe how two files' grids differ (shape, or affine beyond 1e-3 mm), or None when they agree."""
-    shape_a, aff_a = grid_of(a)
-    shape_b, aff_b = grid_of(b)
-    difference = compare_grids(shape_a, aff_a, shape_b, aff_b)
+def describe_mismatch(a: Grid, b: Grid) -> str | None:
+    """The one wording of how two grids differ (shape, or affine beyond 1e-3 mm), or None when they agree."""
+    difference = compare_grids(a.shape, a.affine, b.shape, b.affine)
     if difference is None:
         return None
     if difference[0] == "shape":
-        return f"grid {shape_a} in {a} but {shape_b} in {b}"
-    return f"affines of {a} and {b} differ by up to {difference[1]:.3g} mm"
+        return f"grid {tuple(a.shape)} in {a.path} but {tuple(b.shape)} in {b.path}"
+    return f"affines of {a.path} and {b.path} differ by up to {difference[1]:.3g} mm"
+
+
+def grid_mismatch(a: Path, b: Path) -> str | None:
+    """How two files' grids differ (`describe_mismatch`), read from their headers."""
+    return describe_mismatch(Grid.of(a), Grid.of(b))
+
+
+#: what to do when several sources of one subject are on different grids
+NOT_REGISTERED = "register the sequences to one grid first, or predict from one (--source)"
+
+
+def require_same_grid(first: Volume, other: Volume) -> None:
+    """Several sources must share one voxel grid: a one-line `UserError` otherwise."""
+    problem = describe_mismatch(
+        Grid(other.path, other.shape, other.affine), Grid(first.path, first.shape, first.affine)
+    )
+    if problem is not None:
+        raise UserError(f"{problem}; {NOT_REGISTERED}")
 
 
 def find_pairs(

@@ -139,10 +139,20 @@ def head_in_range_of(volume: Volume, out: Volume, mask: np.ndarray) -> np.ndarra
 def strip_file(source: Path, output: Path | None = None, mask_path: Path | None = None) -> list[Path]:
     """`modalsynth strip`: write the brain mask (uint8) and/or the skull-stripped volume of one file, the latter as
     `predict` strips it (zero outside the mask's `kept_region`), so predicting from it equals predicting from the head."""
-    from ..io import load_volume, save_array, save_volume
+    from ..io import NIFTI_SUFFIXES, load_volume, save_array, save_volume
+    from ..writeguard import Output, check_writes
 
     if output is None and mask_path is None:
         raise UserError("modalsynth strip: give --output (the stripped volume) and/or --mask (the brain mask)")
+    outputs = [
+        Output(path, what, option, NIFTI_SUFFIXES)
+        for path, what, option in (
+            (output, "the skull-stripped volume", "--output"),
+            (mask_path, "the brain mask", "--mask"),
+        )
+        if path is not None
+    ]
+    check_writes([source], outputs)
     volume = load_volume(source)
     mask = brain_mask(volume)
     written = []

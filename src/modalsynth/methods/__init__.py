@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..config import TrainConfig
 from ..errors import UserError
-from .base import REGISTRY, InferencePlan, Method, register
+from .base import REGISTRY, Method, register
 
-__all__ = ["InferencePlan", "Method", "build_method", "method_class", "method_names", "register"]
+__all__ = ["Method", "build_method", "method_class", "method_names", "register"]
 
 
 def _load_builtin() -> None:

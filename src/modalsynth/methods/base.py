@@ -1,22 +1,22 @@
 """What every method is: networks, optimisers, one training step, and how its network is applied; plus the registry.
 
-A method does not run inference itself: it hands over a function and an `InferencePlan` (whole volume, sliding
-windows or slices, the idea of MONAI's inferers) and `modalsynth.inference` applies it.
+A method does not run inference itself: it hands over a function and an `Inferer` (whole volume, sliding windows or
+slices: `modalsynth.inferers`) and `modalsynth.inference` applies the one with the other.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .. import runtime
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from ..inferers import Inferer
 from .sources import input_channels, widen_input_weights
 
 #: name -> class; filled by `@register` as each method module is imported (see `modalsynth.methods`)
@@ -32,46 +32,6 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return add
-
-
-@dataclass(frozen=True)
-class InferencePlan:
-    """How inference applies a method's function to a whole (1, 1, D, H, W) volume.
-
-    mode 'volume': once on the whole volume; 'window': Gaussian-blended sliding windows of `roi` (falls back to
-    'volume' when the volume is exactly one window), at least `overlap` apart, the Gaussian's sigma `sigma_scale` x
-    roi; 'slices': on axial slices, `batch_size` at a time. `parallel`: the function is deterministic and per item, so
-    on a CPU the items of a batch may run on the torch threads side by side (not for a sampler that draws from a
-    shared generator).
-    """
-
-    mode: str = "volume"
-    roi: tuple[int, int, int] | None = None
-    overlap: float = 0.5
-    batch_size: int = 1
-    sigma_scale: float = 0.125
-    parallel: bool = False
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has AMX tiles, where oneDNN's bf16 convolutions beat float32; without them (AVX512-BF16 alone
-    included) bf16 training steps are not trusted (benchmarks/RESULTS.md §1). Asked once: autocast() runs every step."""
-    return _cpu_supports("amx_tile")
-
-
-@functools.cache
-def cpu_bf16_predicts_natively() -> bool:
-    """Whether this CPU runs bfloat16 convolutions in hardware for prediction: AMX tiles, or AVX512-BF16 without them
-    (an AMD EPYC: about 0.55x the float32 time per 64^3 window, finite outputs, brain SSIM within 0.0005 of float32 on
-    real volumes, benchmarks/RESULTS.md §13). Only training steps showed NaN there, so they keep `cpu_has_native_bf16`."""
-    return _cpu_supports("amx_tile") or _cpu_supports("avx512_bf16")
-
-
-def _cpu_supports(feature: str) -> bool:
-    """torch's probe of one CPU feature, by its flags (False where this torch has no such probe)."""
-    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
-    return bool(check is not None and check())
 
 
 class Method(ABC):
@@ -147,7 +107,7 @@ class Method(ABC):
         in [-1, 1] -> target)."""
 
     @abstractmethod
-    def application(self, inference: InferenceConfig) -> InferencePlan:
+    def application(self, inference: InferenceConfig) -> Inferer:
         """How that function is applied to a whole volume."""
 
     @classmethod
@@ -197,31 +157,16 @@ class Method(ABC):
         pass
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for a training step when the config asks for mixed precision (`amp`) and the device runs
-        bfloat16 natively (CUDA; a CPU with AMX tiles)."""
-        if not self.config.amp:
-            return contextlib.nullcontext()
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.device.type == "cpu" and cpu_has_native_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The autocast of a training step (`runtime.training_autocast`: bfloat16 with `amp` where it is native)."""
+        return runtime.training_autocast(self.device, self.config.amp)
 
     def predicts_in_bf16(self, inference: InferenceConfig) -> bool:
-        """Whether prediction runs under bfloat16 autocast: precision 'auto' on CUDA, or on a CPU with native bfloat16
-        convolutions (AMX or AVX512-BF16: `cpu_bf16_predicts_natively`) for methods whose quality was measured with it
-        (`cpu_bf16_inference`)."""
-        if inference.precision != "auto":
-            return False
-        if self.device.type == "cuda":
-            return True
-        return self.device.type == "cpu" and self.cpu_bf16_inference and cpu_bf16_predicts_natively()
+        """Whether prediction runs under bfloat16 autocast (`runtime.predicts_in_bf16`, with `cpu_bf16_inference`)."""
+        return runtime.predicts_in_bf16(self.device, inference.precision, self.cpu_bf16_inference)
 
     def inference_autocast(self, inference: InferenceConfig) -> contextlib.AbstractContextManager:
         """The autocast a prediction runs under (`predicts_in_bf16`)."""
-        if not self.predicts_in_bf16(inference):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return runtime.prediction_autocast(self.device, self.predicts_in_bf16(inference))
 
     def train_mode(self, on: bool) -> None:
         for net in self.nets.values():

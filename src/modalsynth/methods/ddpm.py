@@ -22,8 +22,9 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from ..inferers import Inferer, SliceInferer
 from ..threads import split_across_threads
-from .base import InferencePlan, Method, register
+from .base import Method, register
 from .slices import sample_axial_slices
 
 BACKGROUND = -1.0  # the value slices are padded with
@@ -164,5 +165,5 @@ class ConditionalDDPM(Method):
 
         return sample
 
-    def application(self, inference: InferenceConfig) -> InferencePlan:
-        return InferencePlan("slices", batch_size=inference.slices_per_batch)
+    def application(self, inference: InferenceConfig) -> Inferer:
+        return SliceInferer.from_config(inference)  # not parallel: the sampler draws from one shared generator

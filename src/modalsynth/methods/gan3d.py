@@ -10,10 +10,11 @@ import torch
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..errors import UserError
+from ..inferers import Inferer, SlidingWindowInferer, VolumeInferer
 from ..losses import discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from ..nets.cpu_bf16 import cpu_bf16_copy
-from .base import InferencePlan, Method, register
+from .base import Method, register
 from .sources import draw_presence, network_input
 
 Norm = Literal["instance", "batch"]
@@ -192,12 +193,10 @@ class GAN3D(ConditionalGAN):
         grid = self.config.preprocess.grid
         return None if grid == "auto" else tuple(grid)  # type: ignore[return-value]
 
-    def application(self, inference: InferenceConfig) -> InferencePlan:
+    def application(self, inference: InferenceConfig) -> Inferer:
         """Sliding windows (`inference.window`, else the training window); the whole volume for `window: volume` or
         for 'auto' grids trained whole."""
-        roi = inference.window if inference.window is not None else self.training_window()
-        if roi is None or roi == "volume":
-            return InferencePlan("volume")
-        return InferencePlan(
-            "window", tuple(roi), inference.overlap, inference.windows_per_batch, inference.sigma, parallel=True
-        )
+        window = inference.window if inference.window is not None else self.training_window()
+        if window is None or window == "volume":
+            return VolumeInferer()
+        return SlidingWindowInferer.from_config(inference, window=tuple(window), parallel=True)

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..config import InferenceConfig, NetworkSettings, TrainConfig
 from ..data.datasets import PreparedSubject
-from .base import InferencePlan, Method, register
+from ..inferers import Inferer, VolumeInferer
+from .base import Method, register
 
 DEFAULT_BINS = 256
 
@@ -85,8 +86,8 @@ class IntensityLUT(Method):
 
         return look_up
 
-    def application(self, inference: InferenceConfig) -> InferencePlan:
-        return InferencePlan("volume")
+    def application(self, inference: InferenceConfig) -> Inferer:
+        return VolumeInferer()
 
     def reported_network(self) -> nn.Module | None:
         """No network: the benchmark reports no parameters or FLOPs for this row."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import InferenceConfig
-from .base import InferencePlan, register
+from ..inferers import Inferer, SliceInferer
+from .base import register
 from .gan3d import ConditionalGAN, GanNetwork
 from .slices import sample_axial_slices
 
@@ -38,5 +39,5 @@ class Pix2Pix2D(ConditionalGAN):
         """(N, 1, D, H, W) volumes or patches -> (N * slices_per_step, 1, H, W) axial slices holding foreground."""
         return sample_axial_slices(batch, self.model.slices_per_step, gen)
 
-    def application(self, inference: InferenceConfig) -> InferencePlan:
-        return InferencePlan("slices", batch_size=inference.slices_per_batch, parallel=True)
+    def application(self, inference: InferenceConfig) -> Inferer:
+        return SliceInferer.from_config(inference, parallel=True)
