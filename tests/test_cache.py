@@ -46,12 +46,12 @@ def test_cache_holds_float16_arrays_within_half_a_step_and_rebuilds_only_what_ch
     assert np.array_equal(subject.mask, reference.mask) and subject.grid == reference.grid
     first = _stamps(cache)
     assert len(first) == 9
-    os.utime(pairs[1].source)  # a new mtime, the same content: hashed, found unchanged, not rebuilt
+    os.utime(pairs[1].sources[0])  # a new mtime, the same content: hashed, found unchanged, not rebuilt
     build_cache(pairs, SETTINGS, cache, progress=False)
     assert _stamps(cache) == first
     entry = read_manifest(cache)["subjects"][pairs[1].subject]["files"]["source"]
-    assert entry["mtime_ns"] == os.stat(pairs[1].source).st_mtime_ns  # the new stat is recorded
-    shutil.copy(pairs[2].source, pairs[0].source)  # other content: that subject alone is rebuilt
+    assert entry["mtime_ns"] == os.stat(pairs[1].sources[0]).st_mtime_ns  # the new stat is recorded
+    shutil.copy(pairs[2].sources[0], pairs[0].sources[0])  # other content: that subject alone is rebuilt
     capsys.readouterr()
     build_cache(pairs, SETTINGS, cache, progress=False)
     assert "1 subject(s) changed" in capsys.readouterr().err

@@ -13,9 +13,9 @@ import torch
 from modalsynth.data.pairs import discover_subjects
 from modalsynth.errors import UserError
 from modalsynth.inferers import SliceInferer, SlidingWindowInferer, spread_overlaps
+from modalsynth.io import load_volume
 from modalsynth.predict_jobs import predict_path
 from modalsynth.runtime import resolve_device
-from modalsynth.io import load_volume
 from modalsynth.threads import split_across_threads
 from modalsynth.training import train
 

@@ -20,10 +20,10 @@ from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
 from modalsynth.inference import Predictor, apply_method
 from modalsynth.inferers import SlidingWindowInferer, VolumeInferer
-from modalsynth.predict_jobs import predict_path
 from modalsynth.io import load_volume
 from modalsynth.methods import build_method, method_class
 from modalsynth.methods.lut import fit_table
+from modalsynth.predict_jobs import predict_path
 from modalsynth.training import train
 
 from .conftest import TINY_GRID, TINY_MODEL, tiny_config

@@ -140,7 +140,7 @@ def test_real_dev_pairs_load_on_matching_grids(real_dev):
     pairs = require_pairs(real_dev, "flair", "t1")
     assert len(pairs) == 11
     for pair in pairs:
-        src, tgt = load_volume(pair.source), load_volume(pair.target)
+        src, tgt = load_volume(pair.sources[0]), load_volume(pair.target)
         assert src.shape == tgt.shape and np.allclose(src.affine, tgt.affine, atol=1e-3)
     assert sum(pair.lesion is not None for pair in pairs) == 8
     assert len(find_pairs(real_dev, "flair,t2", "t1").pairs) == 5
@@ -153,15 +153,15 @@ def test_csv_manifest_with_a_column_per_sequence_gives_several_sources(tmp_path)
         "subject,FLAIR,T2w,T1w,lesion\nx,imgs/x_flair.nii.gz,imgs/x_t2.nii.gz,imgs/x_t1.nii.gz,imgs/x_seg.nii.gz\n"
     )
     (pair,) = require_pairs(tmp_path / "list.csv", "flair,t2", "t1")
-    assert (pair.source.name, pair.target.name, pair.lesion.name) == ("x_flair.nii.gz", "x_t1.nii.gz", "x_seg.nii.gz")
-    assert [p.name for p in pair.more_sources] == ["x_t2.nii.gz"]
+    assert [p.name for p in pair.sources] == ["x_flair.nii.gz", "x_t2.nii.gz"]
+    assert (pair.target.name, pair.lesion.name) == ("x_t1.nii.gz", "x_seg.nii.gz")
 
 
 def test_a_generic_source_column_is_never_reused_as_a_second_source(tmp_path):
     _save(tmp_path / "imgs" / "x_src.nii.gz")
     _save(tmp_path / "imgs" / "x_tgt.nii.gz")
     (tmp_path / "list.csv").write_text("subject,source,target\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\n")
-    assert require_pairs(tmp_path / "list.csv", "flair", "t1")[0].source.name == "x_src.nii.gz"
+    assert require_pairs(tmp_path / "list.csv", "flair", "t1")[0].sources[0].name == "x_src.nii.gz"
     with pytest.raises(UserError, match=r"--source t2: no subject in .*list.csv has a t2 file"):
         find_pairs(tmp_path / "list.csv", "flair,t2", "t1")
     (tmp_path / "one.csv").write_text("subject,flair,lesion\nx,imgs/x_src.nii.gz,imgs/x_tgt.nii.gz\n")

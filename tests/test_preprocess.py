@@ -100,7 +100,7 @@ def test_real_dev_every_pair_roundtrips(real_dev):
     pairs = require_pairs(real_dev, "flair", "t1")
     assert len(pairs) == 11
     for pair in pairs:
-        for path in (pair.source, pair.target):
+        for path in (*pair.sources, pair.target):
             vol = load_volume(path)
             exact = preprocess(vol, PreprocessConfig(grid="auto", clip=False))
             back = postprocess(exact.array, exact.grid, exact.intensity, vol.header)

@@ -15,9 +15,9 @@ from modalsynth.checkpoints import FORMAT_VERSION, Checkpoint
 from modalsynth.config import config_from_checkpoint, resolve_config
 from modalsynth.errors import TrainingStopped, UserError
 from modalsynth.inference import Predictor
-from modalsynth.predict_jobs import folder_jobs, output_path
 from modalsynth.io import load_volume
 from modalsynth.methods import method_class
+from modalsynth.predict_jobs import folder_jobs, output_path
 from modalsynth.training import train
 
 from .conftest import TINY_GRID, TINY_MODEL, tiny_config

@@ -104,7 +104,7 @@ def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeyp
     folder = write_subject(whole, tmp_path / "sim-000")
     mask = whole.labels.transpose(2, 1, 0) > 0
     _fake_mask(monkeypatch, mask)
-    pair = Pair(subject="sim-000", source=folder / "flair.nii.gz", target=folder / "t1.nii.gz")
+    pair = Pair(subject="sim-000", sources=(folder / "flair.nii.gz",), target=folder / "t1.nii.gz")
     config = PreprocessConfig(grid=TINY_GRID)
     raw, stripped = prepare_pair(pair, config), prepare_pair(pair, PreprocessConfig(grid=TINY_GRID, skull_strip="auto"))
     brain = whole.labels > 0

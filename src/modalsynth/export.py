@@ -27,9 +27,9 @@ from .config import InferenceConfig, config_from_checkpoint
 from .data.preprocess import IntensityRecord, PreprocessConfig, grid_spacing
 from .errors import UserError
 from .inference import Predictor
+from .inferers import Inferer, SlidingWindowInferer
 from .io import atomic_write
 from .methods import Method, build_method, method_class
-from .inferers import Inferer, SlidingWindowInferer
 
 #: the methods whose generator exports (a 3D network applied in sliding windows)
 EXPORTABLE_METHODS = ("gan3d",)

@@ -58,7 +58,7 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
         grid = problem = ""
         if subject in usable:
             try:
-                vol = load_volume(usable[subject].source)
+                vol = load_volume(usable[subject].sources[0])
                 grid = (
                     "x".join(map(str, vol.shape))
                     + " @ "

@@ -75,8 +75,8 @@ def _entry_dir(cache: Path, subject: str) -> Path:
 
 
 def _inputs(pair: Pair) -> dict[str, Path]:
-    extra = [(f"source{i}", p) for i, p in enumerate(pair.more_sources, start=1)]
-    roles = [("source", pair.source), *extra, ("target", pair.target), ("mask", pair.mask)]
+    sources = [("source" if i == 0 else f"source{i}", p) for i, p in enumerate(pair.sources)]
+    roles = [*sources, ("target", pair.target), ("mask", pair.mask)]
     return {role: Path(p) for role, p in roles if p}
 
 

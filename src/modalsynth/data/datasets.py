@@ -47,8 +47,7 @@ def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     """Load and preprocess one pair: the geometry is planned on the first source and applied to the other sources,
     the target and the mask; each image is scaled by its own intensities."""
-    source = load_volume(pair.source)
-    more = [load_volume(path) for path in pair.more_sources]
+    source, *more = (load_volume(path) for path in pair.sources)
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
     # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed outside it
     brain = None

@@ -163,16 +163,11 @@ class Pair:
     """One usable subject: source(s) and target files on one grid, plus optional brain and lesion masks."""
 
     subject: str
-    source: Path  # the first source: it sets the geometry
+    sources: tuple[Path, ...]  # in the config's order; the first sets the geometry
     target: Path | None
     mask: Path | None = None
     lesion: Path | None = None
     resample_target: bool = False
-    more_sources: tuple[Path, ...] = ()  # the other sources of a multi-source run, in the config's order
-
-    @property
-    def sources(self) -> tuple[Path, ...]:
-        return (self.source, *self.more_sources)
 
 
 @dataclass
@@ -289,28 +284,20 @@ def find_pairs(
                 "the subject out of the data folder, or list the usable pairs in a CSV manifest"
             )
             continue
-        src = srcs[0]
-        pair = Pair(
-            subject,
-            src,
-            tgt,
-            first_present(files, MASK_NAMES),
-            first_present(files, LESION_NAMES),
-            more_sources=tuple(srcs[1:]),
-        )  # type: ignore[arg-type]
+        present = tuple(p for p in srcs if p is not None)  # every source is there: `missing` is empty
+        src = present[0]
+        pair = Pair(subject, present, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES))
         if check_grids:
             try:
                 problem = grid_mismatch(src, tgt) if tgt is not None else None
-                unregistered = next(filter(None, (grid_mismatch(src, other) for other in pair.more_sources)), None)
+                unregistered = next(filter(None, (grid_mismatch(src, other) for other in pair.sources[1:])), None)
                 if problem is None:
                     grid_of(src)
             except UserError as exc:
                 report.problems[subject] = str(exc)
                 continue
             if unregistered:
-                report.problems[subject] = (
-                    f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
-                )
+                report.problems[subject] = f"{unregistered}; {NOT_REGISTERED}"
                 continue
             if problem and not resample_target:
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
