@@ -68,7 +68,7 @@ def _join_triplets(argv: list[str]) -> list[str]:
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write ROOT/<subject>/{flair,t1,labels,lesion}.nii.gz"),
-    subjects: int = typer.Option(4, "--subjects", min=1, help="Number of paired subjects."),
+    subjects: int = typer.Option(4, "--subjects", help="Number of paired subjects (at least 1)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
     grid: str | None = typer.Option(None, "--grid", help="Output grid D H W (default the paper's 48 288 240)."),
     small: bool = typer.Option(False, "--small", help="Small grid for CPU demos and tests."),
@@ -90,6 +90,8 @@ def simulate(
     from .data.preprocess import PAPER_GRID
     from .data.simulate import simulate_dataset
 
+    if subjects < 1:
+        raise UserError(f"--subjects {subjects}: give at least 1")
     g = _grid_option(grid, small)
     if g == "auto":
         raise UserError("--grid auto is not valid for simulate; give D H W or --small")
@@ -181,7 +183,6 @@ def train(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        min=0,
         help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8).",
     ),
 ) -> None:
@@ -226,7 +227,7 @@ def prepare(
     preset: str | None = typer.Option(None, "--preset", help="A method's named settings, e.g. 'paper'."),
     config: Path | None = typer.Option(None, "--config", help="YAML config file, as for train."),
     resample_target: bool = typer.Option(False, "--resample-target", help="As for train."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: every CPU)."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes (default: every CPU)."),
 ) -> None:
     """Preprocess every subject once into a cache that `train --cache` reads by memory map (run it before a large
     or multi-node training run; train also brings the cache up to date itself).

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
 
@@ -53,8 +53,29 @@ RESUNET_METHODS = ("gan3d", "pix2pix2d")
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A condition resolved settings must meet: `broken(section)` says when they do not; the message names each of
+    `settings` with its value, then `fix`. Checked by `check_rules` before any data is read."""
+
+    settings: tuple[str, ...]
+    broken: Callable[[Any], bool]
+    fix: str
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _unset_or_positive(value: Any) -> bool:
+    return value is None or _positive(value)
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     """A method's network options (`model:` in YAML); each method subclasses it with its own fields and defaults."""
+
+    #: the rules these options must meet (names relative to `model.`)
+    rules: ClassVar[tuple[Rule, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -73,6 +94,18 @@ class InferenceConfig:
     slices_per_batch: int = 16  # 2D methods: axial slices per network call
     flip_average: bool = False  # also predict the left-right mirrored source and average (2x the time)
     precision: Precision = "auto"  # 'auto': bfloat16 where the device runs it natively and the method allows it
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("overlap",), lambda i: not 0.0 <= i.overlap < 1.0, "give a fraction of the window in [0, 1), e.g. 0.5"),
+        Rule(
+            ("window",),
+            lambda i: isinstance(i.window, tuple) and min(i.window) < 1,
+            "give three positive sizes D H W, 'volume', or leave it out (the training patch)",
+        ),
+        Rule(("windows_per_batch",), lambda i: i.windows_per_batch < 1, "give at least 1"),
+        Rule(("sigma",), lambda i: not _positive(i.sigma), "give a positive fraction of the window, e.g. 0.125"),
+        Rule(("slices_per_batch",), lambda i: i.slices_per_batch < 1, "give at least 1"),
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -128,6 +161,35 @@ class TrainConfig:
     model: NetworkSettings = field(default_factory=NetworkSettings)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("epochs",), lambda c: c.epochs < 1, "give at least 1 epoch"),
+        Rule(("steps",), lambda c: c.steps is not None and c.steps < 1, "give at least 1 step, or leave it out"),
+        Rule(("minutes",), lambda c: not _unset_or_positive(c.minutes), "give a positive number of minutes"),
+        Rule(("lr",), lambda c: not _positive(c.lr), "give a positive learning rate, e.g. 1e-4"),
+        Rule(("betas",), lambda c: not all(0.0 <= b < 1.0 for b in c.betas), "give two numbers in [0, 1)"),
+        Rule(("l1_weight",), lambda c: not (math.isfinite(c.l1_weight) and c.l1_weight >= 0), "give 0 or more"),
+        Rule(("batch_size",), lambda c: c.batch_size < 1, "give at least 1"),
+        Rule(
+            ("batch_size", "patch", "preprocess.grid"),
+            lambda c: c.batch_size > 1 and c.patch is None and c.preprocess.grid == "auto",
+            "whole 'auto' grids differ per subject and cannot share a batch; set a patch or batch_size 1",
+        ),
+        Rule(("source_dropout",), lambda c: not 0.0 <= c.source_dropout < 1.0, "give a chance in [0, 1)"),
+        Rule(("log_every",), lambda c: c.log_every < 1, "give at least 1 step"),
+        Rule(("val_every",), lambda c: c.val_every is not None and c.val_every < 1, "give at least 1 step"),
+        Rule(("val_minutes",), lambda c: not _unset_or_positive(c.val_minutes), "give a positive number of minutes"),
+        Rule(
+            ("workers",), lambda c: c.workers is not None and c.workers < 0, "give 0 (load in the main process) or more"
+        ),
+        Rule(
+            ("preprocess.lower_percentile", "preprocess.upper_percentile"),
+            lambda c: not 0.0 <= c.preprocess.lower_percentile < c.preprocess.upper_percentile <= 100.0,
+            "give 0 <= lower < upper <= 100",
+        ),
+        Rule(("preprocess.margin",), lambda c: c.preprocess.margin < 0, "give 0 or more voxels"),
+        Rule(("preprocess.depth",), lambda c: c.preprocess.depth < 0, "give 0 or more"),
+    )
+
     @property
     def sources(self) -> tuple[str, ...]:
         """The input sequences in channel order (the first one sets the geometry)."""
@@ -139,6 +201,23 @@ class TrainConfig:
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check_rules(config: TrainConfig, origin: str) -> None:
+    """Every `Rule` of the settings tree (the run's, its network's, its inference's): the first broken one is a
+    one-line `UserError` naming each setting involved with its value, before any data is read."""
+    sections: list[tuple[Any, str]] = [(config, ""), (config.model, "model."), (config.inference, "inference.")]
+    for holder, prefix in sections:
+        for rule in type(holder).rules:
+            if rule.broken(holder):
+                named = ", ".join(f"{prefix}{name} = {_value_of(holder, name)!r}" for name in rule.settings)
+                raise UserError(f"{origin}: {named}: {rule.fix}")
+
+
+def _value_of(holder: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        holder = getattr(holder, part)
+    return _plain(holder)
 
 
 def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> TrainConfig:
@@ -153,8 +232,6 @@ def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> Train
         raise UserError(f"{origin}: {config.target} is the target and one of the sources; drop it from --source")
     if len(sources) > 1 and not multi_source:
         raise UserError(f"{origin}: {config.method} takes one source; use --method gan3d or pix2pix2d for several")
-    if not 0.0 <= config.source_dropout < 1.0:
-        raise UserError(f"{origin}: source_dropout {config.source_dropout}: give a chance in [0, 1)")
     return dataclasses.replace(config, source=",".join(sources))
 
 
@@ -421,6 +498,7 @@ def _resolve_layers(layers: list[Layer], methods: Methods, inherited: dict[str, 
         values = merge_settings(values, _plain(dict(layer)))
     origin = " + ".join(o for o, _ in layers) or "defaults"
     config = check_sources(build_config(values, methods, origin), method_class.multi_source, origin)
+    check_rules(config, origin)
     return fit_sizes(config, method_class.size_multiple(config))
 
 
@@ -469,7 +547,9 @@ def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path, met
                 f"drop that setting to resume, or start a new run in another --out folder"
             )
         values = merge_settings(values, {k: v for k, v in layer.items() if k in RESUMABLE_CHANGES})
-    return build_config(values, methods, str(checkpoint))
+    config = build_config(values, methods, str(checkpoint))
+    check_rules(config, " + ".join(origin for origin, _ in layers) or str(checkpoint))
+    return config
 
 
 def fit_sizes(config: TrainConfig, multiple: tuple[int, int, int]) -> TrainConfig:

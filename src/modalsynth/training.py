@@ -620,6 +620,8 @@ def prepare_from_cli(
     data: Path, cache: Path, options: dict[str, Any], config: Path | None, workers: int | None
 ) -> None:
     """`modalsynth prepare`: the settings resolved as `train` resolves them, then the cache brought up to date."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: give at least 1 process")
     layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)

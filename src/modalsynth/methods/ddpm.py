@@ -21,7 +21,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
 from ..inferers import Inferer, SliceInferer
 from ..threads import split_across_threads
 from .base import Method, register
@@ -46,6 +46,22 @@ class DdpmNetwork(NetworkSettings):
     sampler: Literal["ddim", "ddpm"] = "ddim"  # 'ddpm': the full ancestral chain of num_train_timesteps steps
     sample_steps: int = 50  # DDIM steps
     slices_per_step: int = 8
+
+    rules = (
+        Rule(("channels",), lambda m: not m.channels or min(m.channels) < 1, "give positive channel counts"),
+        Rule(
+            ("attention_levels", "channels"),
+            lambda m: m.attention_levels is not None and len(m.attention_levels) != len(m.channels),
+            "give one attention flag per level of model.channels",
+        ),
+        Rule(("num_train_timesteps",), lambda m: m.num_train_timesteps < 1, "give at least 1"),
+        Rule(
+            ("sample_steps", "num_train_timesteps"),
+            lambda m: not 1 <= m.sample_steps <= m.num_train_timesteps,
+            "give between 1 and model.num_train_timesteps DDIM steps",
+        ),
+        Rule(("slices_per_step",), lambda m: m.slices_per_step < 1, "give at least 1"),
+    )
 
 
 @register("ddpm")

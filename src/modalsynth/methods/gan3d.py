@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
 from ..errors import UserError
 from ..inferers import Inferer, SlidingWindowInferer, VolumeInferer
 from ..losses import discriminator_loss, generator_loss
@@ -36,6 +36,29 @@ class GanNetwork(NetworkSettings):
     disc_channels: int = 64
     disc_layers: int = 3
     disc_norm: Norm = "instance"  # not the generator's: a batch-norm D would compare the real and generated halves
+
+    rules = (
+        Rule(("base_channels",), lambda m: m.base_channels < 1, "give at least 1"),
+        Rule(("depth",), lambda m: m.depth < 1, "give at least 1 level"),
+        Rule(
+            ("full_res_channels", "stem"),
+            lambda m: m.full_res_channels is not None and m.stem != "strided",
+            "the full-resolution head belongs to the strided stem: set model.full_res_channels to null, or "
+            "model.stem to strided",
+        ),
+        Rule(
+            ("full_res_channels",),
+            lambda m: m.full_res_channels is not None and m.full_res_channels < 1,
+            "give at least 1, or null",
+        ),
+        Rule(
+            ("head_kernel", "stem"),
+            lambda m: m.head_kernel != 3 and m.stem != "strided",
+            "the residual stem has no full-resolution head: leave model.head_kernel out, or set model.stem to strided",
+        ),
+        Rule(("disc_channels",), lambda m: m.disc_channels < 1, "give at least 1"),
+        Rule(("disc_layers",), lambda m: m.disc_layers < 1, "give at least 1"),
+    )
 
 
 class ConditionalGAN(Method):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import InferenceConfig, NetworkSettings, TrainConfig
+from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
 from ..data.datasets import PreparedSubject
 from ..inferers import Inferer, VolumeInferer
 from .base import Method, register
@@ -29,6 +29,8 @@ class LutSettings(NetworkSettings):
     """The table's resolution: equal source-intensity bins over [-1, 1]."""
 
     bins: int = DEFAULT_BINS
+
+    rules = (Rule(("bins",), lambda m: m.bins < 2, "give at least 2 bins"),)
 
 
 def fit_table(sources: list[np.ndarray], targets: list[np.ndarray], bins: int = DEFAULT_BINS) -> np.ndarray:

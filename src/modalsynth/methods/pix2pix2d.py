@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import InferenceConfig
+from ..config import InferenceConfig, Rule
 from ..inferers import Inferer, SliceInferer
 from .base import register
 from .gan3d import ConditionalGAN, GanNetwork
@@ -24,6 +24,8 @@ class Pix2PixNetwork(GanNetwork):
     """The 2D ResUNet and 70x70 PatchGAN, and how many axial slices of each volume a training step sees."""
 
     slices_per_step: int = 8
+
+    rules = (*GanNetwork.rules, Rule(("slices_per_step",), lambda m: m.slices_per_step < 1, "give at least 1"))
 
 
 @register("pix2pix2d")
