@@ -21,7 +21,7 @@ import torch
 from modalsynth import builtin
 from modalsynth.checkpoints import Checkpoint
 from modalsynth.config import config_from_checkpoint
-from modalsynth.io import file_sha256
+from modalsynth.io import file_digest
 from modalsynth.methods import method_class
 from modalsynth.methods.gan3d import GAN3D
 
@@ -45,7 +45,7 @@ def export(run: Path, destination: Path) -> str:
         elapsed_s=ckpt.elapsed_s,
     )
     slim.save(destination)
-    return file_sha256(destination)
+    return file_digest(destination)
 
 
 def main() -> None:

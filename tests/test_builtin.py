@@ -18,7 +18,7 @@ from modalsynth.config import resolve_config
 from modalsynth.errors import UserError
 from modalsynth.inference import Predictor
 from modalsynth.input_checks import input_warnings
-from modalsynth.io import Volume, file_sha256, load_volume
+from modalsynth.io import Volume, file_digest, load_volume
 from modalsynth.methods import method_class
 from modalsynth.training import train
 
@@ -38,7 +38,7 @@ def _small_flair(path, shape=(40, 48, 40)):
 def test_builtin_weights_match_the_card_and_fit_the_size_limit(name):
     model = builtin.MODELS[name]
     assert model.path.stat().st_size <= 10 * 2**20
-    assert file_sha256(model.path) == model.sha256
+    assert file_digest(model.path) == model.sha256
     card = model.card.read_text()
     scripts = re.findall(r"scripts/build_\w+\.py", card)
     assert model.sha256 in card and scripts and all((ROOT / s).is_file() for s in scripts)

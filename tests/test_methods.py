@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from modalsynth.checkpoints import Checkpoint
 from modalsynth.config import TrainConfig, resolve_config
-from modalsynth.data.datasets import PreparedSubject, prepare_pairs, step_generator
+from modalsynth.data.datasets import PreparedSubject, prepare_pair, step_generator
 from modalsynth.data.pairs import require_pairs
 from modalsynth.errors import UserError
 from modalsynth.inference import Predictor, apply_method
@@ -42,7 +42,7 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 def _val_subject(tiny_sim, run_dir, config):
     split = json.loads((run_dir / "split.json").read_text())
     pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in split["val"]]
-    return prepare_pairs(pairs, config.preprocess)[0]
+    return prepare_pair(pairs[0], config.preprocess)
 
 
 # ---------------------------------------------------------------- pix2pix2d
@@ -273,7 +273,7 @@ def test_lut_trains_from_the_command_line(tiny_sim, tmp_path):
     # the stored table is the one fitted on the recorded training subjects
     pairs = [p for p in require_pairs(tiny_sim, "flair", "t1") if p.subject in predictor.split["train"]]
     again = _built(cfg)
-    subjects = prepare_pairs(pairs, cfg.preprocess)
+    subjects = [prepare_pair(p, cfg.preprocess) for p in pairs]
     for s in subjects:  # training reads them from the float16 cache
         s.source, s.target = (a.astype(np.float16).astype(np.float32) for a in (s.source, s.target))
     again.fit_closed_form(subjects)

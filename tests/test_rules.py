@@ -118,7 +118,7 @@ def test_an_empty_or_endless_budget_is_refused_before_training(tiny_sim, tmp_pat
     assert "best checkpoint" not in out and not (tmp_path / "run").exists()
 
 
-def test_resume_checks_the_new_budget_too(tiny_run, monkeypatch, capsys):
+def test_resume_checks_the_new_budget_too(tiny_run, monkeypatch, capsys):  # noqa: F811
     code, out, err = run_cli(
         monkeypatch, capsys, "train", "--data", "unused", "--out", str(tiny_run), "--resume", "--steps", "-1"
     )

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from modalsynth.checkpoints import Checkpoint
-from modalsynth.data.datasets import prepare_pairs
+from modalsynth.data.datasets import prepare_pair
 from modalsynth.data.pairs import require_pairs
 from modalsynth.data.preprocess import IntensityRecord
 from modalsynth.errors import UserError
@@ -39,7 +39,7 @@ def test_gan_learns_beyond_untrained_and_copying_the_source(tiny_sim, tmp_path):
     pairs = require_pairs(tiny_sim, "flair", "t1")
     best = train(config, tiny_sim, tmp_path, progress=False)
     split = Checkpoint.load(best).split
-    val = prepare_pairs([p for p in pairs if p.subject in split["val"]], config.preprocess)
+    val = [prepare_pair(p, config.preprocess) for p in pairs if p.subject in split["val"]]
     torch.manual_seed(0)
     intensity = IntensityRecord(0.0, 1.0, 0.0)  # validation scores on the network grid: the record is not used
     untrained = validate(Predictor(build_method(config), config, intensity, config.inference), val)["val_mae"]

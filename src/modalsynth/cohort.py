@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from .io import atomic_write
+from .io import atomic_write, plain
 from .runtime import launch
 
 RECORD = ".modalsynth-predict.json"
@@ -26,7 +26,7 @@ class Cohort:
     """This process's share of a prediction folder: rank and world from torchrun's variables (1 process without)."""
 
     def __init__(self, out_root: Path, identity: dict[str, Any]):
-        self.out_root, self.identity = Path(out_root), json.loads(json.dumps(identity))
+        self.out_root, self.identity = Path(out_root), plain(identity)
         self.rank, self.world = launch().rank, launch().world
         self.same = False
         self._own_group = False

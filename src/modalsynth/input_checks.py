@@ -12,9 +12,7 @@ from .io import Volume
 MIN_BRAIN_ML = 150.0
 #: neighbouring voxels of an MRI volume are alike (smooth anatomy: a correlation near 1); of noise, unrelated (near 0)
 MIN_NEIGHBOUR_CORRELATION = 0.5
-# No contrast check: a "looks like a T1, not a FLAIR" rule on the brain's intensity histogram flagged simulated FLAIRs
-# with other sequence timings and a real 1 mm 3D FLAIR it was not fitted on (benchmarks/RESULTS.md §13): a warning
-# that is wrong on real scans teaches users to ignore warnings.
+# The contrast is not checked: why, in benchmarks/RESULTS.md §13.
 
 
 def neighbour_correlation(data: np.ndarray) -> float:

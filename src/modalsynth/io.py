@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -20,8 +22,8 @@ from nibabel.openers import ImageOpener
 from .errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-#: the gzip writer of .nii.gz outputs: Intel ISA-L's (python-isal), the same format and level as nibabel's zlib
-#: (level 1) at a fraction of the time (benchmarks/RESULTS.md §13)
+#: the gzip writer of .nii.gz outputs: Intel ISA-L's (python-isal), the same format and level as nibabel's zlib,
+#: faster (benchmarks/RESULTS.md §13)
 GZIP_WRITER = igzip.IGzipFile
 
 
@@ -300,10 +302,23 @@ def atomic_write(path: Path, suffix: str, write: Callable[[str], object]) -> Pat
     return path
 
 
-def file_sha256(path: Path | str) -> str:
-    """The SHA-256 of a file's content."""
+def plain(value: Any) -> Any:
+    """The value in plain JSON and YAML types: dataclasses as dicts, tuples as lists, NumPy scalars as numbers."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's content (SHA-256 unless another hashlib algorithm is named, e.g. a published sha1)."""
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def file_identity(path: Path | str) -> dict[str, object]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import file_sha256
+from ..io import file_digest
 
 PREFIX = "builtin:"
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ def resolve(spec: str | Path | None) -> Path:
         raise UserError(
             f"{model.path}: the built-in model's weights are missing from this installation; reinstall modalsynth"
         )
-    found = file_sha256(model.path)
+    found = file_digest(model.path)
     if found != model.sha256:
         raise UserError(
             f"{model.path}: sha256 {found[:12]}... does not match the model card's {model.sha256[:12]}...; "

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_write, file_identity, file_sha256
+from ..io import atomic_write, file_digest, file_identity, plain
 from .datasets import PreparedSubject, prepare_pair
 from .pairs import Pair, source_list
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig
@@ -56,7 +56,7 @@ class CacheSettings:
     preprocess: PreprocessConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps({**asdict(self), "preprocess": self.preprocess.to_dict()}))
+        return plain(self)
 
 
 def default_cache_dir(data: Path, out: Path, source: str, target: str) -> Path:
@@ -88,7 +88,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
     """Preprocess one pair and write its arrays into a temporary folder renamed into place (runs in a worker);
     returns the subject and its manifest entry, input hashes included. Reading the volumes checks every voxel (NaN,
     Inf, blank, truncated: a one-line `UserError`), which is why training checks only the headers of its inputs."""
-    files = {role: {**file_identity(p), "sha256": file_sha256(p)} for role, p in _inputs(pair).items()}
+    files = {role: {**file_identity(p), "sha256": file_digest(p)} for role, p in _inputs(pair).items()}
     prepared = prepare_pair(pair, preprocess)
     final = _entry_dir(cache, pair.subject)
     tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
@@ -106,7 +106,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
         "files": files,
         "shape": list(prepared.mask.shape),
         "has_target": prepared.target is not None,
-        "grid": json.loads(json.dumps(asdict(prepared.grid))),
+        "grid": plain(prepared.grid),
         "target_intensity": asdict(prepared.target_intensity) if prepared.target_intensity else None,
     }
     return pair.subject, entry
@@ -146,7 +146,7 @@ def _up_to_date(cache: Path, pair: Pair, entry: dict[str, Any] | None) -> bool |
 
 def _content_unchanged(pair: Pair, entry: dict[str, Any]) -> bool:
     """After a size or mtime change: whether every input still has its recorded hash (its stat is then updated)."""
-    fresh = {role: {**file_identity(p), "sha256": file_sha256(p)} for role, p in _inputs(pair).items()}
+    fresh = {role: {**file_identity(p), "sha256": file_digest(p)} for role, p in _inputs(pair).items()}
     if any(fresh[r]["sha256"] != entry["files"][r]["sha256"] for r in fresh):
         return False
     entry["files"] = fresh

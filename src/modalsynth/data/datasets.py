@@ -12,7 +12,6 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..io import Volume, load_volume
 from .augment import augment_item
@@ -75,13 +74,6 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         grid=pre_src.grid,
         target_intensity=pre_tgt.intensity if pre_tgt else None,
     )
-
-
-def prepare_pairs(
-    pairs: list[Pair], config: PreprocessConfig, progress: bool = False, desc: str = "loading"
-) -> list[PreparedSubject]:
-    """Preprocess a list of pairs into memory, with a progress bar."""
-    return [prepare_pair(p, config) for p in tqdm(pairs, desc=desc, disable=not progress, unit="subject")]
 
 
 def typical_intensity(subjects: list[PreparedSubject]) -> IntensityRecord:

@@ -8,7 +8,7 @@ The geometry of a pair is taken from the source and applied unchanged to the tar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import nibabel as nib
@@ -102,7 +102,6 @@ class Preprocessed:
     mask: np.ndarray
     grid: GridRecord
     intensity: IntensityRecord
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def to_zyx(volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,13 +138,13 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
     else:
         from skimage.filters import threshold_otsu
 
-        # on the flat values: Otsu is a histogram threshold, and skimage takes a (N, M, 3) or (N, M, 4) array for an RGB image
+        # on the flat values: Otsu is a histogram threshold, and skimage takes an (N, M, 3) array for an RGB image
         mask = array > 0.5 * threshold_otsu(array.ravel())
     if not mask.any():
         return np.ones_like(array, dtype=bool)
     # Opening and hole filling inside the mask's bounding box: the same result as on the whole array (outside the box
-    # nothing is foreground and everything reaches the array's border, so the box's faces act as the border), 2-3x
-    # faster on a skull-stripped 240x240x155 volume.
+    # nothing is foreground and everything reaches the array's border, so the box's faces act as the border), in
+    # less time.
     box = bounding_box(mask)
     inner = ndimage.binary_fill_holes(ndimage.binary_opening(mask[box], iterations=1))
     mask = np.zeros_like(mask)

@@ -173,7 +173,7 @@ class GAN3D(ConditionalGAN):
     """The paper's 3D conditional GAN; whole volumes (or patches) in, sliding-window inference out."""
 
     spatial_dims = 3
-    cpu_bf16_inference = True  # bfloat16 prediction keeps the quality of the same checkpoint (RESULTS.md §7)
+    cpu_bf16_inference = True  # bfloat16 prediction keeps this method's quality (RESULTS.md §7)
     # Two random 64^3 patches per step on the data's own grid, Adam 5e-4 kept for the first half of the budget and
     # then lowered linearly to 0 (pix2pix's rule); the choices and their measurements: benchmarks/RESULTS.md §8, §9.
     recipe = {

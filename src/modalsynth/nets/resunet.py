@@ -55,7 +55,6 @@ class UpBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         norm: str,
-        dropout: float,
         upsample: str = "transposed",
     ):
         super().__init__()
@@ -67,7 +66,6 @@ class UpBlock(nn.Module):
             kernel_size=3,
             stride=1,
             norm_name=norm,
-            dropout=dropout,
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -140,7 +138,6 @@ class ResUNet(nn.Module):
         base_channels: int = 32,
         depth: int = 4,
         norm: str = "instance",
-        dropout: float = 0.0,
         checkpointing: bool = False,
         stem: str = "residual",
         full_res_channels: int | None = None,
@@ -186,9 +183,7 @@ class ResUNet(nn.Module):
         self.full_res_channels = channels[0]
 
         def res_block(c_in: int, c_out: int, stride: int) -> UnetResBlock:
-            return UnetResBlock(
-                spatial_dims, c_in, c_out, kernel_size=3, stride=stride, norm_name=norm, dropout=dropout
-            )
+            return UnetResBlock(spatial_dims, c_in, c_out, kernel_size=3, stride=stride, norm_name=norm)
 
         # the level the stem works at (0 = full resolution); the decoder comes back up to the same level
         first = 0 if stem == "residual" else 1
@@ -196,8 +191,7 @@ class ResUNet(nn.Module):
         self.encoder = nn.ModuleList(res_block(channels[lv - 1], channels[lv], 2) for lv in range(first + 1, depth + 1))
         self.bottleneck = res_block(channels[depth], channels[depth], 1)
         self.decoder = nn.ModuleList(
-            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, dropout, upsample)
-            for lv in range(depth, first, -1)
+            UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, upsample) for lv in range(depth, first, -1)
         )
         if stem == "residual":
             self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
