@@ -90,7 +90,7 @@ def run_training(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, fl
         mem = _memory_kb(proc.pid)
         for k in peak:
             peak[k] = max(peak[k], mem[k])
-        if first is None and log.exists() and any(l.startswith("1,") for l in log.read_text().splitlines()):
+        if first is None and log.exists() and any(row.startswith("1,") for row in log.read_text().splitlines()):
             first = time.perf_counter() - start
         time.sleep(0.1)
     if proc.returncode:
@@ -278,7 +278,7 @@ def main() -> None:
 
 def _lscpu() -> str:
     text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("Model name")), "?")
+    model = next((row.split(":", 1)[1].strip() for row in text.splitlines() if row.startswith("Model name")), "?")
     flags = text.split("Flags:")[-1]
     return f"{model}; amx_tile {'amx_tile' in flags}; avx512_bf16 {'avx512_bf16' in flags}"
 
@@ -286,7 +286,8 @@ def _lscpu() -> str:
 def print_table(result: dict) -> None:
     print(f"\n{result['lscpu']}; load {result['load']}")
     print(
-        "| N | build s/subject (workers) | cache GB | loader | first step s | peak RssAnon GB | peak RSS GB | of which file GB |"
+        "| N | build s/subject (workers) | cache GB | loader | first step s | peak RssAnon GB | peak RSS GB | "
+        "of which file GB |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:

@@ -1,4 +1,5 @@
-"""Speed of the paper's 3D GAN: seconds per training step and per full-volume prediction, peak memory, parameters, FLOPs.
+"""Speed of the paper's 3D GAN: seconds per training step and per full-volume prediction, peak memory, parameters,
+FLOPs.
 
 Each (grid, model) case runs in a fresh process so that its peak memory is its own. Prints a table and writes JSON.
 The achieved GFLOP/s is set beside the machine's own matrix-multiply rate, the floor any convolution code aims at.
@@ -144,7 +145,8 @@ def main() -> None:
     }
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
-    header = "| grid | model | train s/step | predict s/volume | peak GiB | G params | G GFLOPs/vol | predict GFLOP/s | train GFLOP/s |"
+    header = "| grid | model | train s/step | predict s/volume | peak GiB | G params | G GFLOPs/vol | predict "
+    "GFLOP/s | train GFLOP/s |"
     print(header)
     print("|" + "---|" * 9)
     for r in rows:
@@ -153,7 +155,8 @@ def main() -> None:
             continue
         print(
             f"| {'x'.join(map(str, r['grid']))} | {r['model']} | {r['train_step_s']:.2f} | {r['predict_s']:.2f} | "
-            f"{r['peak_memory_gib']:.1f} | {r['generator_params'] / 1e6:.2f} M | {r['generator_gflops_per_volume']:.0f} | "
+            f"{r['peak_memory_gib']:.1f} | {r['generator_params'] / 1e6:.2f} M | "
+            f"{r['generator_gflops_per_volume']:.0f} | "
             f"{r['predict_gflops_per_s']:.0f} | {r['train_gflops_per_s']:.0f} |"
         )
     print(f"\nmatrix-multiply floor on {args.device}: {floor:.0f} GFLOP/s; JSON in {args.json}")

@@ -291,7 +291,8 @@ def main() -> None:
     }
     results = []
     print(
-        "\n| net | window | overlap | per batch | mode | s/volume | windows | GFLOP/vol | GFLOP/s | % of matmul | max abs diff |"
+        "\n| net | window | overlap | per batch | mode | s/volume | windows | GFLOP/vol | GFLOP/s | % of matmul "
+        "| max abs diff |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -322,10 +323,12 @@ def main() -> None:
         )
         diff_text = "-" if math.isnan(diff) else f"{diff:.1e}"
         print(
-            f"| {row.label} | {s:.2f} | {row.windows} | {row.gflop:.0f} | {rate:.0f} | {100 * rate / floor:.0f}% | {diff_text} |"
+            f"| {row.label} | {s:.2f} | {row.windows} | {row.gflop:.0f} | {rate:.0f} | "
+            f"{100 * rate / floor:.0f}% | {diff_text} |"
         )
     print(
-        f"\nfloat32 matmul 2048^3: {floor:.0f} GFLOP/s ({args.threads} threads); volume {tuple(volume.shape[2:])} from {origin};"
+        f"\nfloat32 matmul 2048^3: {floor:.0f} GFLOP/s ({args.threads} threads); volume "
+        f"{tuple(volume.shape[2:])} from {origin};"
         f" s/volume = min of {args.repeats} timed passes (slow rows: 1); JSON in {args.json}"
     )
     with open(args.json, "w") as fh:

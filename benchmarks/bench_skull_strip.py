@@ -3,7 +3,8 @@ same brains given skull-stripped, side by side in one process.
 
 Per subject: the stripped FLAIR gets a head (modalsynth.data.simulate.with_head: scalp, skull, CSF rim, eyes, neck;
 brain voxels unchanged); deepbet's brain mask of the head (what `modalsynth strip --mask` writes) and the region a
-prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM) are scored by Dice against the stripped brain; the built-in
+prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM) are scored by Dice against the stripped brain; the
+built-in
 model predicts the T1 with the default `--skull-strip auto` from the whole head and from the stripped FLAIR, and
 both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain, as `modalsynth evaluate`). Seconds: the
 mask alone, and each prediction (the head's minus the stripped one's is what skull handling adds).

@@ -1,4 +1,5 @@
-"""Seconds per 64^3 training step, side by side in one process: today's gan3d, strided-stem ResUNet variants, the yardstick.
+"""Seconds per 64^3 training step, side by side in one process: today's gan3d, strided-stem ResUNet variants, the
+yardstick.
 
 Every case is built first; then the steps run round-robin (one step of each case per round), so machine noise hits
 all cases alike. The median over rounds is reported, with patches per minute (batch patches per step), the
@@ -153,7 +154,7 @@ def main() -> None:
 
     today = 60 / statistics.median(times[TODAY])
     rows = []
-    for name, (obj, gflop, _, n) in cases.items():
+    for name, (_, gflop, _, n) in cases.items():
         s = statistics.median(times[name])
         rows.append(
             {
@@ -185,7 +186,8 @@ def main() -> None:
             f"{r['gflop_per_step']:.1f} | {r['gflop_per_s']:.0f} | {r['generator_params'] / 1e6:.2f} M |"
         )
     print(
-        f"\n{args.threads} threads, {PATCH[0]}^3 patches; 'x today' = patches/min over today's batch-1 gan3d; JSON in {args.json}"
+        f"\n{args.threads} threads, {PATCH[0]}^3 patches; 'x today' = patches/min over today's batch-1 gan3d; "
+        f"JSON in {args.json}"
     )
 
 

@@ -105,7 +105,8 @@ def main() -> None:
             )
     rows = real + simulated
     print(
-        "\n| volume | median | dark spread | threshold (median / dark) | margin | flagged (held out) | flagged (shipped) |"
+        "\n| volume | median | dark spread | threshold (median / dark) | margin | flagged (held out) | flagged "
+        "(shipped) |"
     )
     print("|---|---|---|---|---|---|---|")
     for v in rows:
@@ -115,7 +116,8 @@ def main() -> None:
         v["shipped_flagged"] = flagged(v, SHIPPED)
         print(
             f"| {v['name']} | {v['median']:.3f} | {v['dark_spread']:.3f} | {t['median']:.3f} / {t['dark_spread']:.3f} "
-            f"| {v['margin']:+.3f} | {'yes' if v['loo_flagged'] else 'no'} | {'yes' if v['shipped_flagged'] else 'no'} |"
+            f"| {v['margin']:+.3f} | {'yes' if v['loo_flagged'] else 'no'} | "
+            f"{'yes' if v['shipped_flagged'] else 'no'} |"
         )
     for origin in ("real", "simulated"):
         for kind in ("flair", "t1"):

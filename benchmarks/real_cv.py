@@ -1,4 +1,5 @@
-"""Quality per minute on real data: the project's methods and the outside yardstick, side by side, same folds and minutes.
+"""Quality per minute on real data: the project's methods and the outside yardstick, side by side, same folds and
+minutes.
 
 Runs `modalsynth benchmark --folds K --minutes M` (every subject tested once), then the yardstick of
 ../shared/yardsticks (a plain MONAI UNet + L1) on exactly the same folds and minutes, scores its predictions with
@@ -94,7 +95,7 @@ def main() -> None:
     ]
     if not args.skip_yardstick:
         pred = args.out / "yardstick" / "predictions"
-        for k, split in enumerate(table["splits"]):
+        for split in table["splits"]:
             if all((pred / s / "t1.nii.gz").exists() for s in split["test"]):
                 continue
             run(

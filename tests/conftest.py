@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from modalsynth.cli import log_to_console
+
 # One thread per test process: on a shared 2-core machine, two threads per process are several times slower.
 torch.set_num_threads(1)
+# The library's log reaches the console as the command line shows it, so tests see what a user sees.
+log_to_console()
 
 REAL_DEV = Path(
     os.environ.get("MODALSYNTH_REAL_DEV", Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev")

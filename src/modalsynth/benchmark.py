@@ -1,8 +1,10 @@
-"""`modalsynth benchmark`: the paper's Table 1 on any data: one split, one budget per method, one evaluation protocol."""
+"""`modalsynth benchmark`: the paper's Table 1 on any data: one split, one budget per method, one evaluation
+protocol."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import statistics
 import time
@@ -26,6 +28,8 @@ from .predict_jobs import predict_folder
 from .report import TABLE1_METRICS, table1_markdown
 from .runtime import resolve_device
 from .training import train
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 200
 #: a whole-volume prediction slower than this is timed once, not `repeats` times (the table says so)
@@ -105,7 +109,8 @@ class BenchmarkPlan:
 
 
 def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) -> dict:
-    """Train, predict and evaluate every method on the same split(s) and budget; write OUT/table1.{md,json} and montages.
+    """Train, predict and evaluate every method on the same split(s) and budget; write OUT/table1.{md,json} and
+    montages.
 
     One split (train/val/test) by default; `plan.folds` K: K-fold cross-validation, every subject tested once, the
     table pooling all subjects (mean ± sd over subjects). With `plan.resume` a method finished with the same budget is
@@ -128,11 +133,11 @@ def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) 
         done_file = out / "runs" / name / "done.json"
         done = json.loads(done_file.read_text()) if plan.resume and done_file.exists() else None
         if done is not None and done.get("budget", plan.budget) == plan.budget:
-            print(f"[{name}] finished earlier; re-using {done_file}")
+            log.info(f"[{name}] finished earlier; re-using {done_file}")
             rows.append(done)
             continue
         if done is not None:
-            print(f"[{name}] finished earlier with another budget; continuing its runs to {plan.budget_text}")
+            log.info(f"[{name}] finished earlier with another budget; continuing its runs to {plan.budget_text}")
         runs = _train_and_predict(name, configs[name], data, out, splits, plan)
         row = _method_row(name, runs, data, out, tested, timing_source, plan)
         done_file.write_text(json.dumps(row, indent=1))
@@ -169,7 +174,7 @@ def _train_and_predict(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "split.json").write_text(json.dumps(split, indent=1))
         where = f" (fold {k + 1}/{len(splits)})" if plan.folds else ""
-        print(f"[{name}] training{where} for {plan.budget_text} on {len(split['train'])} subjects")
+        log.info(f"[{name}] training{where} for {plan.budget_text} on {len(split['train'])} subjects")
         started = time.perf_counter()
         best = train(config, data, run_dir, resume=plan.resume and (run_dir / "last.pt").exists())
         last = Checkpoint.load(run_dir / "last.pt")
@@ -177,7 +182,7 @@ def _train_and_predict(
         seconds.append(last.elapsed_s or time.perf_counter() - started)
         steps.append(last.step)
         predictor = Predictor.from_checkpoint(best, resolve_device(plan.device))
-        print(f"[{name}] predicting {len(split['test'])} test subject(s)")
+        log.info(f"[{name}] predicting {len(split['test'])} test subject(s)")
         predict_s += predict_folder(predictor, data, out / "predictions" / name, "test", progress=False)[1]
     return _Runs(predictor, steps, seconds, predict_s)
 
@@ -234,7 +239,7 @@ def _write_table(
     markdown = table1_markdown(rows, budget_text, len(tested))
     (out / "table1.md").write_text(markdown)
     _montage(out, rows, data, list(dict.fromkeys([tested[0], tested[-1]])), source_list(plan.source)[0], plan.target)
-    print(markdown)
+    log.info(markdown)
     return table
 
 

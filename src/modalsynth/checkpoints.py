@@ -73,7 +73,8 @@ def _read_payload(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
-            f"{path}: holds objects other than weights and settings; refusing to unpickle it; use a checkpoint written by `modalsynth train` that you trust"
+            f"{path}: holds objects other than weights and settings; refusing to unpickle it; use a checkpoint "
+            f"written by `modalsynth train` that you trust"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(

@@ -299,7 +299,8 @@ def predict(
         "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
     ),
 ) -> None:
-    """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
+    """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1
+    model).
 
     Example: modalsynth predict --input flair.nii.gz --output t1.nii.gz
     """
@@ -425,7 +426,8 @@ def benchmark(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Re-use methods finished in OUT with the same budget; continue unfinished or shorter runs from their last.pt.",
+        help="Re-use methods finished in OUT with the same budget; continue unfinished or shorter runs from "
+        "their last.pt.",
     ),
     fid: bool = typer.Option(True, "--fid/--no-fid"),
     config: Path | None = typer.Option(
@@ -468,27 +470,31 @@ def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder
     run_demo(out)
 
 
-class _ConsoleHandler(logging.Handler):
-    """The library's log as the command line shows it: information on stdout, warnings on stderr as 'warning: ...'."""
+class ConsoleHandler(logging.Handler):
+    """The library's log as the command line shows it: information on stdout, warnings and errors on stderr as
+    'warning: ...' and 'error: ...'."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.ERROR:
+            print(f"error: {record.getMessage()}", file=sys.stderr)
+        elif record.levelno >= logging.WARNING:
             print(f"warning: {record.getMessage()}", file=sys.stderr)
         else:
             print(record.getMessage())
 
 
-def _log_to_console() -> None:
+def log_to_console() -> None:
+    """Show the library's log on the console (once per process, however often it is called)."""
     package = logging.getLogger("modalsynth")
-    if not any(isinstance(h, _ConsoleHandler) for h in package.handlers):
-        package.addHandler(_ConsoleHandler())
+    if not any(isinstance(h, ConsoleHandler) for h in package.handlers):
+        package.addHandler(ConsoleHandler())
     package.setLevel(logging.INFO)
     package.propagate = False
 
 
 def main() -> None:
     """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
-    _log_to_console()
+    log_to_console()
     try:
         app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth")
     except UserError as exc:

@@ -1,6 +1,7 @@
 """A folder of predictions shared by the ranks of a torchrun job, and resumable.
 
-Each rank takes every K-th subject (K ranks over all nodes); outputs are written atomically. OUT/.modalsynth-predict.json
+Each rank takes every K-th subject (K ranks over all nodes); outputs are written atomically.
+OUT/.modalsynth-predict.json
 records the model and the settings the outputs were made with: a rerun with the same ones skips every output that
 exists and is newer than its source, so a killed job over thousands of volumes continues where it stopped; a rerun
 with another model or settings redoes them all.

@@ -133,7 +133,8 @@ class TrainConfig:
     # data
     batch_size: int = 1  # the paper's (one whole volume per step)
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
-    augment: Augmentation = "light"  # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
+    # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
+    augment: Augmentation = "light"
     holdout: Holdout = (
         "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)
     )
@@ -346,7 +347,11 @@ def build_config(values: Mapping[str, Any], methods: Methods, origin: str) -> Tr
     """A `TrainConfig` from plain values (today's names); an unknown name or a wrong value is a `UserError`."""
     values = dict(values)
     method_class = methods(str(values.get("method", TrainConfig.method)))
-    nested = {"preprocess": PreprocessConfig, "model": method_class.network_settings, "inference": InferenceConfig}
+    nested: dict[str, type] = {
+        "preprocess": PreprocessConfig,
+        "model": method_class.network_settings,
+        "inference": InferenceConfig,
+    }
     for key, cls in nested.items():
         given = values.get(key, {})
         if isinstance(given, cls):
@@ -424,7 +429,8 @@ def _describe(hint: Any) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(hint, str(hint))
 
 
-# --- resolution --------------------------------------------------------------------------------------------------------
+# --- resolution
+# --------------------------------------------------------------------------------------------------------
 
 
 def method_defaults(method_class: MethodDefaults) -> dict[str, Any]:
@@ -560,7 +566,7 @@ def fit_sizes(config: TrainConfig, multiple: tuple[int, int, int]) -> TrainConfi
     if patch is not None:
         _check_triplet("--patch", tuple(patch), multiple, config)
     if grid != "auto":
-        _check_triplet("--grid", tuple(grid), multiple, config)  # type: ignore[arg-type]
+        _check_triplet("--grid", tuple(grid), multiple, config)
         return config
     need = max(multiple)
     if 2**config.preprocess.depth % need == 0:

@@ -1,7 +1,9 @@
-"""`modalsynth demo`: the main job on built-in data, small enough for a CPU in minutes: simulate, train, predict, evaluate."""
+"""`modalsynth demo`: the main job on built-in data, small enough for a CPU in minutes: simulate, train, predict,
+evaluate."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from .data.simulate import SMALL_GRID, simulate_dataset
 from .methods import method_class
 from .predict_jobs import predict_path
 from .training import train
+
+log = logging.getLogger(__name__)
 
 DEMO_SUBJECTS = 10
 DEMO_STEPS = 100
@@ -42,20 +46,21 @@ def demo_config(steps: int = DEMO_STEPS) -> TrainConfig:
 
 
 def run_demo(out: Path, subjects: int = DEMO_SUBJECTS, steps: int = DEMO_STEPS) -> dict:
-    """Simulate `subjects` pairs, train the 3D GAN for `steps`, predict the test split, evaluate it; returns the summary."""
+    """Simulate `subjects` pairs, train the 3D GAN for `steps`, predict the test split, evaluate it; returns the
+    summary."""
     from .evaluation import EvaluationOptions, evaluate_folders
 
     out = Path(out)
     started = time.perf_counter()
     data, run, pred, report = out / "data", out / "run", out / "predictions", out / "report"
-    print(f"[1/4] simulating {subjects} FLAIR/T1 subjects on the small grid {SMALL_GRID} -> {data}")
+    log.info(f"[1/4] simulating {subjects} FLAIR/T1 subjects on the small grid {SMALL_GRID} -> {data}")
     simulate_dataset(data, subjects=subjects, seed=0, grid=SMALL_GRID, progress=True)
-    print(f"[2/4] training the 3D GAN for {steps} steps -> {run}")
+    log.info(f"[2/4] training the 3D GAN for {steps} steps -> {run}")
     best = train(demo_config(steps), data, run)
-    print(f"[3/4] predicting the held-out test subjects -> {pred}")
+    log.info(f"[3/4] predicting the held-out test subjects -> {pred}")
     predict_path(best, data, pred, device="auto", split="test")
-    print(f"[4/4] evaluating -> {report}")
+    log.info(f"[4/4] evaluating -> {report}")
     summary = evaluate_folders(pred, data, "t1", report, EvaluationOptions(source="flair", fid=True))
     minutes = (time.perf_counter() - started) / 60
-    print(f"demo finished in {minutes:.1f} min: synthetic T1 in {pred}, report in {report}/summary.md")
+    log.info(f"demo finished in {minutes:.1f} min: synthetic T1 in {pred}, report in {report}/summary.md")
     return summary

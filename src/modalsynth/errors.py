@@ -6,7 +6,8 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """Training ended early but cleanly (a signal, a diverged loss): one line for the user and the exit status to use."""
+    """Training ended early but cleanly (a signal, a diverged loss): one line for the user and the exit status to
+    use."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +47,8 @@ from .report import (
     write_json,
     write_per_subject_csv,
 )
+
+log = logging.getLogger(__name__)
 
 PROTOCOL = (
     "Prediction and reference are compared on the stored voxel grid (reoriented to RAS, axes z, y, x). Each is "
@@ -121,7 +125,7 @@ def evaluate_folders(
             bar.update()
     if network is not None:
         fid_status = _fid_summary(collected.features, network, options.fid_max_slices)
-    summary = {
+    summary: dict[str, Any] = {
         "target": target,
         "source": options.source,
         "pred_dir": str(pred),
@@ -138,7 +142,7 @@ def evaluate_folders(
     files = _write_report(out, summary, collected)
     summary["files"] = {name: str(path) for name, path in files.items()}
     write_json(summary, out / "summary.json")
-    print(markdown_table(summary["metrics"], summary["fid"], title=f"{target}: {len(collected.rows)} subject(s)"))
+    log.info(markdown_table(summary["metrics"], summary["fid"], title=f"{target}: {len(collected.rows)} subject(s)"))
     return summary
 
 
@@ -208,10 +212,7 @@ def _warn_unmatched(unmatched: dict[str, list[str]]) -> None:
     """One stderr line per side that has subjects without a partner (they are listed in the report too)."""
     for side, names in unmatched.items():
         if names:
-            print(
-                f"warning: {side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}",
-                file=sys.stderr,
-            )
+            log.warning(f"{side.replace('_', ' ')} for {len(names)} subject(s), not evaluated: {', '.join(names)}")
 
 
 def _feature_network(options: EvaluationOptions) -> tuple[fidlib.FeatureNetwork | None, dict]:
@@ -221,7 +222,7 @@ def _feature_network(options: EvaluationOptions) -> tuple[fidlib.FeatureNetwork 
     try:
         return fidlib.load_feature_network(options.fid_weights), {}
     except fidlib.FidUnavailable as exc:
-        print(f"warning: FID unavailable: {exc}", file=sys.stderr)
+        log.warning(f"FID unavailable: {exc}")
         return None, {"reason": str(exc)}
 
 
@@ -256,7 +257,8 @@ def match_subjects(
     matched = sorted(with_pred & with_ref)
     if not matched:
         raise UserError(
-            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has {_few(with_ref)}; "
+            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has "
+            f"{_few(with_ref)}; "
             "prediction subfolders must carry the reference subject names"
         )
     unmatched = {
@@ -325,7 +327,7 @@ def load_subject(
         source=source_zyx,
         brain=brain,
         lesion=lesion,
-        spacing=spacing,  # type: ignore[arg-type]
+        spacing=spacing,
         mask_origin=origin,
     )
 
@@ -404,7 +406,8 @@ def _write_report(out: Path, summary: dict, collected: _Collected) -> dict[str, 
             plane=plane,
             row_labels=labels,
             spacing=spacing,
-            title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain percentiles)",
+            title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain "
+            f"percentiles)",
         )
     files["metric_distributions"] = plot_metric_distributions(
         {f"synthetic {target}": collected.rows}, out / "metric_distributions.png"

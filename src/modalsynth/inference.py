@@ -8,7 +8,7 @@ validation during training and by the benchmark.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ from .io import Volume
 from .methods import Method, build_method, method_class
 from .methods.sources import network_input
 from .runtime import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def with_inference_changes(
             raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
         if not isinstance(method.application(inference), SlidingWindowInferer):
             raise UserError(f"--overlap: {origin} is not applied in sliding windows; leave --overlap out")
-    return dataclasses.replace(inference, **changes)
+    return dataclasses.replace(inference, **changes)  # type: ignore[arg-type]  # checked by check_rules
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class Predictor:
         foreground = foreground_mask(volume.data)  # once: the checks, the grid, the intensity scaling and the output
         if self.check_input:
             for warning in input_warnings(volume, name, foreground, check_whole_head=not whole_head_checked):
-                print(f"warning: {volume.path}: {warning}", file=sys.stderr)
+                log.warning(f"{volume.path}: {warning}")
         fg = Volume(foreground.astype(np.uint8), volume.affine, volume.header)
         pre = preprocess(volume, self.config.preprocess, mask=fg)
         arrays = {name: pre.array}

@@ -41,7 +41,8 @@ def input_warnings(
     if millilitres < MIN_BRAIN_ML or correlation < MIN_NEIGHBOUR_CORRELATION:
         return [
             f"it does not look like a head scan ({millilitres:.0f} ml of foreground, neighbouring voxels correlate "
-            f"{correlation:.2f}; a brain holds 1000-1800 ml and its voxels correlate above {MIN_NEIGHBOUR_CORRELATION}); "
+            f"{correlation:.2f}; a brain holds 1000-1800 ml and its voxels correlate above "
+            f"{MIN_NEIGHBOUR_CORRELATION}); "
             f"the model expects a skull-stripped {expected} MRI of a head and will give a meaningless image"
         ]
     outline = outline_ml(volume) if check_whole_head else 0.0

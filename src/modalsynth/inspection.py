@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,8 @@ from .config import Methods, config_from_checkpoint
 from .data.pairs import discover_subjects, find_pairs
 from .errors import UserError
 from .io import check_path, is_analyze, is_nifti, load_volume, read_header
+
+log = logging.getLogger(__name__)
 
 
 def describe_file(path: Path) -> list[tuple[str, str]]:
@@ -42,10 +44,10 @@ def describe_file(path: Path) -> list[tuple[str, str]]:
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
+    log.info("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    log.info("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        log.info("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 
 
 def inspect_folder(root: Path, source: str, target: str) -> int:
@@ -66,18 +68,20 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
                     + " "
                     + vol.orientation
                 )
-                load_volume(usable[subject].target)
+                target_file = usable[subject].target
+                if target_file is not None:
+                    load_volume(target_file)
             except UserError as exc:
                 problem = str(exc)
                 del usable[subject]
         else:
             problem = report.problems.get(subject, "")
         rows.append([subject, ",".join(sorted(files)), grid, problem or "ok"])
-    print(f"{root}: {len(subjects)} subject(s), {len(usable)} usable {source}->{target} pair(s)")
+    log.info(f"{root}: {len(subjects)} subject(s), {len(usable)} usable {source}->{target} pair(s)")
     _print_table(rows, ["subject", "files", "grid (source)", "status"])
     bad = [row for row in rows if row[3] != "ok"]
     if bad:
-        print(f"{len(bad)} subject(s) cannot be used; fix or remove them before training")
+        log.info(f"{len(bad)} subject(s) cannot be used; fix or remove them before training")
         return _problem(
             f"{root}: {len(bad)} of {len(subjects)} subject(s) cannot be used, the first: subject {bad[0][0]}: "
             f"{bad[0][3]}; fix or remove them before training (the table above lists every problem)"
@@ -87,7 +91,7 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
 
 def _problem(message: str) -> int:
     """The one line a problem found after the table gets: on stderr, like every other error; exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    log.error(f"{message}")
     return 2
 
 

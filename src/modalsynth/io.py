@@ -71,7 +71,8 @@ def is_analyze(path: Path | str) -> bool:
 
 
 def check_path(path: Path | str) -> Path:
-    """A `UserError` unless `path` is a regular, non-empty file: missing, a folder, a broken or looping link, 0 bytes."""
+    """A `UserError` unless `path` is a regular, non-empty file: missing, a folder, a broken or looping link, 0
+    bytes."""
     path = Path(path)
     if os.path.islink(path) and not path.exists():
         try:
@@ -186,7 +187,8 @@ def spatial_shape(img: nib.Nifti1Image, path: Path | str) -> tuple[int, int, int
         shape = shape[:3]
     if len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
         raise UserError(
-            f"{path}: is {len(shape)}D with shape {shape}; expected one 3D volume (split it, e.g. fslsplit, and pass one)"
+            f"{path}: is {len(shape)}D with shape {shape}; expected one 3D volume (split it, e.g. fslsplit, and "
+            f"pass one)"
         )
     if len(shape) < 3 or min(shape) < 2:
         raise UserError(f"{path}: has shape {shape}, which is not a 3D volume; pass the whole 3D image, not a slice")

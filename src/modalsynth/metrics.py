@@ -306,7 +306,8 @@ def through_plane_consistency(
 ) -> dict[str, float]:
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
-    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio` also
+    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio`
+    also
     flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
     mask = np.asarray(brain_mask, dtype=bool)
     gradz = _gradient_errors(pred, ref, mask, 0)

@@ -162,8 +162,8 @@ def run_predictor(
     }
     cohort = Cohort(output, record)
     with cohort:
-        written, times = predict_folder(predictor, input, output, split, cohort=cohort)
+        done, times = predict_folder(predictor, input, output, split, cohort=cohort)
     rank = f"rank {launch().rank}: " if launch().distributed else ""
     speed = f" ({np.median(times):.2f} s per volume on {predictor.device})" if times else ""
-    log.info(f"{rank}wrote {len(written)} volume(s) to {output}{speed}")
-    return written
+    log.info(f"{rank}wrote {len(done)} volume(s) to {output}{speed}")
+    return done

@@ -1,4 +1,5 @@
-"""What every method's training shares: device, seeding, DDP under torchrun, the step loop, validation, logs, checkpoints.
+"""What every method's training shares: device, seeding, DDP under torchrun, the step loop, validation, logs,
+checkpoints.
 
 Resuming is exact on the same number of ranks: the batch of step k comes from the cache through data/stream.py
 (a DistributedSampler re-seeded per epoch, patches and augmentation from `data_generator(seed, step, rank)`) and the
@@ -9,6 +10,7 @@ straight, for any number of loader workers.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import random
 import signal
@@ -47,6 +49,8 @@ from .methods import Method, build_method, method_class
 from .metrics import mae, ssim2d_masked, ssim3d
 from .runlock import RunLock
 from .runtime import Launch, join_process_group, resolve_device
+
+log = logging.getLogger(__name__)
 
 #: without `val_every`/`val_minutes`, validation is scheduled so that it takes at most this share of training time
 VAL_SHARE = 0.1
@@ -99,6 +103,8 @@ def validate(predictor: Predictor, subjects: Sequence[PreparedSubject] | LoadedS
     limit = predictor.method.validation_slices
     for s in subjects:
         source, target, mask = s.source, s.target, s.mask
+        if target is None:
+            raise ValueError(f"{s}: validation needs a target")
         if limit:
             chosen = _foreground_slices(mask, limit)
             source, target, mask = source[:, chosen], target[chosen], mask[chosen]
@@ -182,7 +188,8 @@ def train(
     progress: bool = True,
     on_finish: Callable[[Method], None] | None = None,
 ) -> Path:
-    """Train `config.method` (a resolved config) on the pairs under `data`; writes OUT/{split.json,last.pt,best.pt,log.csv}.
+    """Train `config.method` (a resolved config) on the pairs under `data`; writes
+    OUT/{split.json,last.pt,best.pt,log.csv}.
 
     Stops after `steps` (or `epochs`) or at the first step boundary past `minutes` of training, validation included;
     `resume` continues OUT/last.pt exactly, time budget included. Returns best.pt. `on_finish`, if given, is called
@@ -205,7 +212,8 @@ def train(
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
-        with _stop_on_signals(flag := {}):
+        flag: dict[str, int] = {}
+        with _stop_on_signals(flag):
             _train_in_folder(config, out, ctx, device, pairs, saved, progress, on_finish, flag, data)
     return out / "best.pt"
 
@@ -274,7 +282,7 @@ class Trainer:
     ):
         self.config, self.folder, self.device = config, run, device
         self.train_set, self.val_set = train_set, val_set
-        self.intensity = typical_intensity(train_set)
+        self.intensity = typical_intensity(train_set)  # type: ignore[arg-type]  # CachedSubject is a Subject
         seed_everything(config.seed)
         self.method = build_method(config).to(device)
         self.predictor = Predictor(self.method, config, self.intensity, config.inference, run.split)
@@ -331,7 +339,7 @@ class Trainer:
             _checkpoint(self.method, self.config, 0, self.best, self.intensity, self.folder.split, 0.0).save(
                 self.folder.out / name
             )
-        print(f"fitted {self.config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        log.info(f"fitted {self.config.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def run(self, progress: bool, stop: dict) -> None:
         """Optimiser steps until the budget is used or a signal arrives; validation and checkpoints on schedule."""
@@ -467,6 +475,7 @@ def _update_cache(
             build_cache(pairs, settings, cache, progress=False)
         dist.barrier()
         manifest = read_manifest(cache)
+    assert manifest is not None  # every rank has read it
     return cache, manifest
 
 
@@ -607,12 +616,12 @@ def train_from_cli(
         cfg = resolve_config(layers, method_class)
         if cfg.init and not any("init" in layer for _, layer in layers):
             widened = "; the sources it was not trained on start at zero weight" if len(cfg.sources) > 1 else ""
-            print(
+            log.info(
                 f"starting from {cfg.init}'s weights, the default start of this method and pair{widened} "
                 "(--init none: random)"
             )
     best = train(cfg, data, out, resume=resume)
-    print(f"best checkpoint: {best}")
+    log.info(f"best checkpoint: {best}")
     return best
 
 
@@ -628,4 +637,4 @@ def prepare_from_cli(
     pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
-    print(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")
+    log.info(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")

@@ -41,14 +41,16 @@ MODELS: dict[str, BuiltinModel] = {
         sha256="2bd35013419e2e69f26eebf22a9b944b5f64f3dba5142574be48ddc56d478dfd",
         source="flair",
         target="t1",
-        description="3D GAN generator, skull-stripped FLAIR -> T1: the simulator prior trained on 7 real subjects (BraTS 2018, Ljubljana MS)",
+        description="3D GAN generator, skull-stripped FLAIR -> T1: the simulator prior trained on 7 real "
+        "subjects (BraTS 2018, Ljubljana MS)",
     ),
     "sim-flair-t1": BuiltinModel(
         name="sim-flair-t1",
         sha256="ad4173074b38e060ab61f3d59f7f14a40601300cbaea5b29e8b2aed89bae588e",
         source="flair",
         target="t1",
-        description="the same 3D GAN generator trained on simulated pairs only: the default start of gan3d FLAIR -> T1 training",
+        description="the same 3D GAN generator trained on simulated pairs only: the default start of gan3d "
+        "FLAIR -> T1 training",
     ),
 }
 DEFAULT = "flair-t1"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -34,6 +35,8 @@ from ..io import atomic_write, file_digest, file_identity, plain
 from .datasets import PreparedSubject, prepare_pair
 from .pairs import Pair, source_list
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "modalsynth-cache-2"  # 2: source arrays hold a channel axis (several sequences)
 MANIFEST = "manifest.json"
@@ -162,7 +165,7 @@ def build_cache(
     wanted = settings.to_dict()
     manifest = read_manifest(cache)
     if manifest is not None and manifest["format"] != CACHE_FORMAT:
-        print(f"{cache}: made by another version of modalsynth ({manifest['format']}); rebuilding it", file=sys.stderr)
+        log.warning(f"{cache}: made by another version of modalsynth ({manifest['format']}); rebuilding it")
         shutil.rmtree(cache / "subjects", ignore_errors=True)
         manifest = None
     if manifest is not None and manifest.get("settings") != wanted:
@@ -171,7 +174,7 @@ def build_cache(
             for k in set(wanted) | set(manifest.get("settings", {}))
             if manifest.get("settings", {}).get(k) != wanted.get(k)
         )
-        print(f"{cache}: made with other settings ({', '.join(differ)}); rebuilding it", file=sys.stderr)
+        log.warning(f"{cache}: made with other settings ({', '.join(differ)}); rebuilding it")
         shutil.rmtree(cache / "subjects", ignore_errors=True)
         manifest = None
     if manifest is None:
@@ -191,10 +194,9 @@ def build_cache(
                 changed.append(pair.subject)
             entries.pop(pair.subject, None)  # nothing counts as done until the new entry is written
     if changed:
-        print(
+        log.warning(
             f"{cache}: {len(changed)} subject(s) changed since they were cached ({', '.join(changed[:3])}"
-            f"{', ...' if len(changed) > 3 else ''}); preprocessing them again",
-            file=sys.stderr,
+            f"{', ...' if len(changed) > 3 else ''}); preprocessing them again"
         )
     if todo:
         _build(todo, settings.preprocess, cache, manifest, workers, progress)
@@ -244,7 +246,9 @@ def _build(
                 for future in pending:  # stop at the first failure (or Ctrl-C) instead of building the rest
                     future.cancel()
         if progress and bar.disable:
-            print(f"{cache}: cached {len(todo)} subject(s) in {time.monotonic() - started:.0f} s ({workers} processes)")
+            log.info(
+                f"{cache}: cached {len(todo)} subject(s) in {time.monotonic() - started:.0f} s ({workers} processes)"
+            )
     finally:
         bar.close()
         _save_manifest(cache, manifest)
@@ -328,7 +332,7 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
                 f"{cache}: subject {name} is not in the cache; run modalsynth prepare (or train) again to add it"
             )
         grid = GridRecord(
-            **{
+            **{  # type: ignore[arg-type]  # the manifest's plain lists, made tuples where the record holds tuples
                 k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
                 for k, v in entry["grid"].items()
             }

@@ -6,7 +6,9 @@ stopped and resumed draws exactly the same batches as one that never stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import nibabel as nib
 import nibabel.processing
@@ -18,6 +20,20 @@ from .augment import augment_item
 from .pairs import Pair
 from .preprocess import GridRecord, IntensityRecord, PreprocessConfig, crop_window, preprocess
 from .skullstrip import SkullStrip, masked
+
+
+@dataclass
+class Subject(Protocol):
+    """What training reads of a subject, in memory (`PreparedSubject`) or memory-mapped (`data.cache.CachedSubject`)."""
+
+    @property
+    def source(self) -> np.ndarray: ...
+    @property
+    def target(self) -> np.ndarray | None: ...
+    @property
+    def mask(self) -> np.ndarray: ...
+    @property
+    def target_intensity(self) -> IntensityRecord | None: ...
 
 
 @dataclass
@@ -48,7 +64,8 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     the target and the mask; each image is scaled by its own intensities."""
     source, *more = (load_volume(path) for path in pair.sources)
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
-    # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed outside it
+    # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed
+    # outside it
     brain = None
     if config.skull_strip != "never":
         brain = mask.data > 0 if mask is not None else SkullStrip(config.skull_strip).region_of(source)
@@ -76,7 +93,7 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     )
 
 
-def typical_intensity(subjects: list[PreparedSubject]) -> IntensityRecord:
+def typical_intensity(subjects: Sequence[Subject]) -> IntensityRecord:
     """The median robust range and background of the training targets: what a prediction is mapped back to."""
     records = [s.target_intensity for s in subjects if s.target_intensity]
     low, high, background = (float(np.median([getattr(r, k) for r in records])) for k in ("low", "high", "background"))
@@ -96,11 +113,13 @@ def data_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 
 def sample_item(
-    subject: PreparedSubject, patch: tuple[int, int, int] | None, augment: str, gen: torch.Generator
+    subject: Subject, patch: tuple[int, int, int] | None, augment: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training example: sources (S, D, H, W), target and mask (D, H, W); the whole grid or a random patch,
     augmented at level `augment`."""
     src, tgt, mask = subject.source, subject.target, subject.mask
+    if tgt is None:
+        raise ValueError(f"{subject}: a training example needs a target")
     if patch is not None:
         start = None
         for _ in range(10):  # prefer patches that hold some foreground
@@ -110,6 +129,7 @@ def sample_item(
             )
             if crop_window(mask, start, patch, 0.0).mean() > 0.1:
                 break
+        assert start is not None  # the loop runs at least once
         src = np.stack([crop_window(channel, start, patch, -1.0) for channel in src])
         tgt, mask = crop_window(tgt, start, patch, -1.0), crop_window(mask, start, patch, 0.0)
     # float32 from here on: a cached subject is memory-mapped float16 (and a whole grid is read here, once)
@@ -118,7 +138,7 @@ def sample_item(
 
 
 def make_batch(
-    subjects: list[PreparedSubject],
+    subjects: Sequence[Subject],
     indices: list[int],
     patch: tuple[int, int, int] | None,
     augment: str,

@@ -273,7 +273,7 @@ def find_pairs(
                 f"choose {option} from those names"
             )
     for subject, files in subjects.items():
-        srcs = [_modality_file(files, name, role) for name, role in roles[:-1]]
+        srcs = [_modality_file(files, name, role) for name, role in roles[:-1] if name]
         tgt = _modality_file(files, target, "target") if target else None
         missing = [name for name, f in (*zip(sources, srcs), (target, tgt)) if name and f is None]
         if missing:

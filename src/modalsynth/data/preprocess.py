@@ -53,7 +53,7 @@ class PreprocessConfig:
             return tuple(float(s) for s in self.spacing)  # type: ignore[return-value]
         if self.grid == "auto":
             return native
-        return grid_spacing(self.grid)  # type: ignore[arg-type]
+        return grid_spacing(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,9 +129,8 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 def foreground_mask(array: np.ndarray) -> np.ndarray:
     """Where the head/brain is: voxels unlike the dominant background value (skull-stripped data) or above Otsu/2."""
-    values, counts = (
-        np.unique(array[:: max(1, array.size // 200_000)], return_counts=True) if array.size else ([0], [1])
-    )
+    sample = array[:: max(1, array.size // 200_000)] if array.size else np.zeros(1, array.dtype)
+    values, counts = np.unique(sample, return_counts=True)
     mode = values[int(np.argmax(counts))]
     if counts.max() / max(1, counts.sum()) > 0.2:  # a large exactly-constant background, e.g. skull-stripped MRI
         mask = array != mode
@@ -183,7 +182,7 @@ def plan_grid(volume: Volume, config: PreprocessConfig, mask: np.ndarray | None 
     """Decide reorientation, resampling and the crop/pad window for one volume (the source of a pair)."""
     zyx, ornt, affine = to_zyx(volume)
     native = voxel_spacing(affine)
-    spacing = config.target_spacing(native)  # type: ignore[arg-type]
+    spacing = config.target_spacing(native)
     zoom = np.array(spacing) / np.array(native)
     resampled_shape = tuple(max(1, int(round(n / z))) for n, z in zip(zyx.shape, zoom))
     fg = foreground_mask(zyx) if mask is None else mask.astype(bool)
@@ -195,17 +194,17 @@ def plan_grid(volume: Volume, config: PreprocessConfig, mask: np.ndarray | None 
         lo = np.maximum(lo - config.margin, 0)
         hi = np.minimum(hi + config.margin, resampled_shape)
         multiple = 2**config.depth
-        size = tuple(int(-(-(h - l) // multiple) * multiple) for l, h in zip(lo, hi))
-        start = tuple(int(l - (s - (h - l)) // 2) for l, h, s in zip(lo, hi, size))
+        size = tuple(int(-(-(h - low) // multiple) * multiple) for low, h in zip(lo, hi))
+        start = tuple(int(low - (s - (h - low)) // 2) for low, h, s in zip(lo, hi, size))
     else:
-        size = tuple(int(g) for g in config.grid)  # type: ignore[union-attr]
+        size = tuple(int(g) for g in config.grid)
         centre = (lo + hi) / 2.0
         start = tuple(int(round(c - s / 2.0)) for c, s in zip(centre, size))
     return GridRecord(
         original_shape=tuple(int(s) for s in volume.data.shape),  # type: ignore[arg-type]
         original_affine=np.asarray(volume.affine).tolist(),
         orientation=np.asarray(ornt).tolist(),
-        native_spacing=native,  # type: ignore[arg-type]
+        native_spacing=native,
         spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
         resampled_shape=resampled_shape,  # type: ignore[arg-type]
         window_start=start,  # type: ignore[arg-type]

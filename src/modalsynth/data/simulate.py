@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def _check_grid(grid: tuple[int, int, int]) -> tuple[int, int, int]:
     values = tuple(int(g) for g in grid)
     if len(values) != 3 or min(values) < 8:
         raise UserError(f"grid {tuple(grid)}: give three integers D H W, each at least 8 (e.g. 48 288 240)")
-    return values  # type: ignore[return-value]
+    return values
 
 
 # ----------------------------------------------------------------------------------------------- templates
@@ -137,7 +138,7 @@ def _template_path(name: str) -> Path:
 @functools.lru_cache(maxsize=1)
 def _load_template() -> _Template:
     """Load the MNI152 2009 maps once per process, derive CSF and crop to the brain (1 mm, stored (z, y, x))."""
-    images = {name: nib.load(_template_path(name)) for name in ("t1", "gm", "wm")}
+    images = {name: nib.Nifti1Image.from_filename(_template_path(name)) for name in ("t1", "gm", "wm")}
     affine = images["t1"].affine
     if not np.allclose(affine[:3, :3], np.eye(3)):
         raise UserError(f"{_template_path('t1')}: unexpected template affine; reinstall nilearn")
@@ -425,7 +426,7 @@ def simulate_subject(
         raise UserError(f"--sequences {','.join(unknown)}: the simulator writes {', '.join(SEQUENCES)}")
     spacing = grid_spacing(grid)
     rng = np.random.default_rng(seed)
-    template = _blurred_template(tuple(round(s, 6) for s in spacing))  # type: ignore[arg-type]
+    template = _blurred_template(tuple(round(s, 6) for s in spacing))
     params = _draw_parameters(rng, template)
     params.update({"seed": int(seed), "grid": list(grid), "spacing_mm": list(spacing)})
 
@@ -452,11 +453,11 @@ def simulate_subject(
         params["head"] = True
 
     scanner = params["scanner"]
-    protocols = [
+    protocols: list[tuple[str, Callable[..., Any], dict[str, Any], dict[str, Any], np.random.Generator]] = [
         ("flair", inversion_recovery, params["flair"], {k: scanner[f"flair_{k}"] for k in SCANNER_KEYS}, rng),
         ("t1", spin_echo, params["t1w"], {k: scanner[f"t1_{k}"] for k in SCANNER_KEYS}, rng),
     ]
-    more = [name for name in ("t2", "pd") if name in sequences]
+    more: list[str] = [name for name in ("t2", "pd") if name in sequences]
     if more:
         more_rng = np.random.default_rng([seed, 2])
         drawn = _draw_more_sequences(more_rng)
@@ -464,7 +465,7 @@ def simulate_subject(
             params[name] = drawn[name]
             timing = {k: v for k, v in drawn[name].items() if k in ("tr_ms", "te_ms")}
             protocols.append((name, spin_echo, timing, {k: drawn[name][k] for k in SCANNER_KEYS}, more_rng))
-    images = {}
+    images: dict[str, np.ndarray] = {}
     for name, equation, sequence, levels, stream in protocols:
         timing = {k[:-3]: v for k, v in sequence.items()}  # tr_ms -> tr, ...
         tissue_signal = {

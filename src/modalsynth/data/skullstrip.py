@@ -138,7 +138,8 @@ def head_in_range_of(volume: Volume, out: Volume, mask: np.ndarray) -> np.ndarra
 
 def strip_file(source: Path, output: Path | None = None, mask_path: Path | None = None) -> list[Path]:
     """`modalsynth strip`: write the brain mask (uint8) and/or the skull-stripped volume of one file, the latter as
-    `predict` strips it (zero outside the mask's `kept_region`), so predicting from it equals predicting from the head."""
+    `predict` strips it (zero outside the mask's `kept_region`), so predicting from it equals predicting from the
+    head."""
     from ..io import NIFTI_SUFFIXES, load_volume, save_array, save_volume
     from ..writeguard import Output, check_writes
 

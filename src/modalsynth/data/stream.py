@@ -48,8 +48,8 @@ class StepBatches(Dataset):
 
     def __init__(self, subjects: Sequence[Any], plan: BatchPlan):
         self.subjects, self.plan = subjects, plan
-        self.sampler = DistributedSampler(
-            range(len(subjects)), num_replicas=plan.world, rank=plan.rank, shuffle=True, seed=plan.seed
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(subjects)),  # type: ignore[arg-type]  # a sized sequence of indices is all it reads num_replicas=plan.world, rank=plan.rank, shuffle=True, seed=plan.seed
         )
         self.steps_per_epoch = steps_per_epoch(len(subjects), plan.world, plan.batch_size)
 

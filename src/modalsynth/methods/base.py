@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -35,7 +35,8 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 class Method(ABC):
-    """A synthesis method. It owns its networks and its training step; data, inference plumbing and checkpoints are shared."""
+    """A synthesis method. It owns its networks and its training step; data, inference plumbing and checkpoints are
+    shared."""
 
     name = "base"
     #: 3 for volumetric networks (sliding-window inference), 2 for slice-wise ones (slice loop)
@@ -89,7 +90,7 @@ class Method(ABC):
     def make_optimizers(self) -> None:
         """Adam for every trained network, with the config's learning rate and betas (the paper's optimiser)."""
         self.optimizers = {
-            k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
+            k: torch.optim.Adam(v.parameters(), lr=self.config.lr, betas=self.config.betas)
             for k, v in self.nets.items()
             if any(p.requires_grad for p in v.parameters())
         }
@@ -115,7 +116,7 @@ class Method(ABC):
         """Each training grid/patch axis (D, H, W) must be a multiple of this (checked when settings are resolved)."""
         return (1, 1, 1)
 
-    def fit_closed_form(self, subjects: list[Any]) -> None:
+    def fit_closed_form(self, subjects: Iterable[Any]) -> None:  # noqa: B027  (optional: only closed-form methods)
         """Fit without optimiser steps (only methods with `trainable = False`)."""
 
     def reported_network(self) -> nn.Module:
@@ -153,8 +154,8 @@ class Method(ABC):
         """Anything besides weights a method must keep (e.g. a look-up table); plain types or tensors only."""
         return {}
 
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        pass
+    def load_extra_state(self, extra: dict[str, Any]) -> None:  # noqa: B027  (optional: most methods keep none)
+        """Restore what `extra_state` returned."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast of a training step (`runtime.training_autocast`: bfloat16 with `amp` where it is native)."""

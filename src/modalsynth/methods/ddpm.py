@@ -102,7 +102,8 @@ class ConditionalDDPM(Method):
         return F.pad(slices, (0, -w % m, 0, -h % m), value=BACKGROUND)
 
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """(N, 1, D, H, W) volumes or patches -> padded (N * slices_per_step, 1, H', W') axial slices holding foreground."""
+        """(N, 1, D, H, W) volumes or patches -> padded (N * slices_per_step, 1, H', W') axial slices holding
+        foreground."""
         slices = sample_axial_slices(batch, self.model.slices_per_step, gen)
         return {k: self._pad(v) for k, v in slices.items()}
 
@@ -119,7 +120,7 @@ class ConditionalDDPM(Method):
         with self.autocast():
             predicted = self.inferer(
                 inputs=b["target"],
-                diffusion_model=self.train_nets["generator"],
+                diffusion_model=self.train_nets["generator"],  # type: ignore[arg-type]  # the UNet, or DDP around it
                 noise=noise,
                 timesteps=timesteps,
                 condition=b["source"],
@@ -162,7 +163,7 @@ class ConditionalDDPM(Method):
                     return net(x, timesteps=timesteps).float()
 
             eps = split_across_threads(predict_noise)(torch.cat([image, condition], dim=1))
-            image, _ = scheduler.step(eps, int(t), image, generator=step_gen)
+            image, _ = scheduler.step(eps, int(t), image, generator=step_gen)  # type: ignore[operator]
         return image
 
     def inference_function(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -37,7 +37,7 @@ class GanNetwork(NetworkSettings):
     disc_layers: int = 3
     disc_norm: Norm = "instance"  # not the generator's: a batch-norm D would compare the real and generated halves
 
-    rules = (
+    rules: ClassVar[tuple[Rule, ...]] = (
         Rule(("base_channels",), lambda m: m.base_channels < 1, "give at least 1"),
         Rule(("depth",), lambda m: m.depth < 1, "give at least 1 level"),
         Rule(

@@ -8,7 +8,7 @@ between the bins' (mean source, mean target) points and holds the end values bey
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
-from ..data.datasets import PreparedSubject
+from ..data.datasets import Subject
 from ..inferers import Inferer, VolumeInferer
 from .base import Method, register
 
@@ -63,11 +63,13 @@ class IntensityLUT(Method):
         self.bins = self.model.bins
         self.table: torch.Tensor | None = None
 
-    def fit_closed_form(self, subjects: list[PreparedSubject]) -> None:
+    def fit_closed_form(self, subjects: Iterable[Subject]) -> None:
         """Bin the training subjects' foreground voxels (source value -> mean target value)."""
         with_target = [s for s in subjects if s.target is not None]
         table = fit_table(
-            [s.source[0][s.mask > 0] for s in with_target], [s.target[s.mask > 0] for s in with_target], self.bins
+            [s.source[0][s.mask > 0] for s in with_target],
+            [s.target[s.mask > 0] for s in with_target if s.target is not None],
+            self.bins,
         )
         self.table = torch.from_numpy(table.astype(np.float32))
 
@@ -91,7 +93,7 @@ class IntensityLUT(Method):
     def application(self, inference: InferenceConfig) -> Inferer:
         return VolumeInferer()
 
-    def reported_network(self) -> nn.Module | None:
+    def reported_network(self) -> nn.Module | None:  # type: ignore[override]  # no network to report
         """No network: the benchmark reports no parameters or FLOPs for this row."""
         return None
 

@@ -30,7 +30,8 @@ class Pix2PixNetwork(GanNetwork):
 
 @register("pix2pix2d")
 class Pix2Pix2D(ConditionalGAN):
-    """Conditional GAN on 2D axial slices; `slices_per_step` foreground slices per volume and step; slice-loop prediction."""
+    """Conditional GAN on 2D axial slices; `slices_per_step` foreground slices per volume and step; slice-loop
+    prediction."""
 
     spatial_dims = 2
     recipe = {"lr": 2e-4, "lr_schedule": "linear-decay", "betas": (0.5, 0.999), "l1_weight": 100.0}

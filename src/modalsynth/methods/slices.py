@@ -8,7 +8,8 @@ import torch
 def sample_axial_slices(
     batch: dict[str, torch.Tensor], per_volume: int, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Turn (N, C, D, H, W) tensors into (N * per_volume, C, H, W): slices drawn with `gen` among those holding foreground.
+    """Turn (N, C, D, H, W) tensors into (N * per_volume, C, H, W): slices drawn with `gen` among those holding
+    foreground.
 
     Slices are drawn without replacement while there are enough foreground slices, then repeated; a volume with no
     foreground slice (a background patch) contributes any of its slices. The same slices are taken from every key.

@@ -48,4 +48,4 @@ def cpu_bf16_copy(net: nn.Module) -> nn.Module:
                 setattr(module, name, ChannelsLastInstanceNorm(child.eps))
             elif isinstance(child, nn.Upsample):
                 setattr(module, name, Float32Upsample(child))
-    return fast.to(memory_format=torch.channels_last_3d)
+    return fast.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]

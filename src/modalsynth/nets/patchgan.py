@@ -49,7 +49,7 @@ class PatchDiscriminator(nn.Module):
             out_channels=1,
             num_layers_d=n_layers,
             kernel_size=KERNEL_SIZE,
-            norm=None if norm == "none" else norm,
+            norm=None if norm == "none" else norm,  # type: ignore[arg-type]  # MONAI takes None: no norm
             bias=norm == "none",  # a bias before a norm layer is redundant
         )
 
@@ -79,7 +79,8 @@ class PatchDiscriminator(nn.Module):
         """Spatial shape of the logit map for an input of the given spatial shape."""
         shape = list(spatial_shape)
         for conv in self._convs():
-            shape = [(size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1 for size in shape]
+            pad, kernel, stride = int(conv.padding[0]), int(conv.kernel_size[0]), int(conv.stride[0])
+            shape = [(size + 2 * pad - kernel) // stride + 1 for size in shape]
         return tuple(shape)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

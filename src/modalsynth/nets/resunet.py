@@ -193,6 +193,7 @@ class ResUNet(nn.Module):
         self.decoder = nn.ModuleList(
             UpBlock(spatial_dims, channels[lv], channels[lv - 1], norm, upsample) for lv in range(depth, first, -1)
         )
+        self.head: nn.Module
         if stem == "residual":
             self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True, bias=True)
         else:
