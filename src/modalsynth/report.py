@@ -32,6 +32,10 @@ TABLE1_METRICS = {
     "slice_jitter": "slice jitter ×1000",
     "gw_contrast_ratio": "grey/white contrast kept",
     "lesion_contrast_error": "lesion contrast err",
+    "calibration_ratio": "calibration",
+    "tissue_dice_gm": "tissue Dice GM",
+    "tissue_dice_wm": "tissue Dice WM",
+    "tissue_dice_csf": "tissue Dice CSF",
 }
 DISTRIBUTION_METRICS = (
     "ssim_brain",
@@ -50,6 +54,10 @@ DISTRIBUTION_METRICS = (
     "streak_ratio",
     "gw_contrast_ratio",
     "lesion_contrast_error",
+    "calibration_ratio",
+    "tissue_dice_csf",
+    "tissue_dice_gm",
+    "tissue_dice_wm",
 )
 
 
