@@ -261,8 +261,8 @@ def match_subjects(
     matched = sorted(with_pred & with_ref)
     if not matched:
         raise UserError(
-            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has {_few(with_ref)}; "
-            "prediction subfolders must carry the reference subject names"
+            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, "
+            f"{ref} has {_few(with_ref)}; prediction subfolders must carry the reference subject names"
         )
     unmatched = {
         "missing_prediction": sorted((with_ref - with_pred) | absent),
@@ -373,12 +373,12 @@ def _check_grid(subject: str, volume: _Grid, reference: _Grid) -> None:
         return
     if difference[0] == "shape":
         raise UserError(
-            f"{subject}: {volume.path} has grid {volume.shape} but the reference {reference.path} has {reference.shape}; "
-            "resample it onto the reference grid"
+            f"{subject}: {volume.path} has grid {volume.shape} but the reference {reference.path} has "
+            f"{reference.shape}; resample it onto the reference grid"
         )
     raise UserError(
-        f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to {difference[1]:.3g} mm; "
-        "resample it onto the reference grid"
+        f"{subject}: the affine of {volume.path} differs from the reference {reference.path} by up to "
+        f"{difference[1]:.3g} mm; resample it onto the reference grid"
     )
 
 
@@ -430,7 +430,8 @@ def _write_report(out: Path, summary: dict, collected: _Collected) -> dict[str, 
             plane=plane,
             row_labels=labels,
             spacing=spacing,
-            title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain percentiles)",
+            title=f"{plane}: source, real, synthetic {target} and |error| "
+            "(each scaled to [0, 1] by its brain percentiles)",
         )
     files["metric_distributions"] = plot_metric_distributions(
         {f"synthetic {target}": collected.rows}, out / "metric_distributions.png"

@@ -317,8 +317,8 @@ def through_plane_consistency(
 ) -> dict[str, float]:
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
-    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio` also
-    flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
+    versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio`
+    also flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
     mask = np.asarray(brain_mask, dtype=bool)
     gradz = _gradient_errors(pred, ref, mask, 0)
     gradxy = np.concatenate(
@@ -377,7 +377,7 @@ def tissue_dice(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> di
     `ref` inside the brain, each classified by its own multi-Otsu thresholds (`tissue_map`).
 
     NaN for every class when the reference has fewer than three levels (no classes to agree with); 0 for every class
-    when only the prediction has (a flat prediction draws no tissue). Hand-written on skimage's thresholds.
+    when only the prediction has too few (a flat prediction draws no tissue). Hand-written on skimage's thresholds.
     """
     brain = np.asarray(brain_mask, dtype=bool)
     real = tissue_map(ref, brain)
