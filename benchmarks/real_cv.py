@@ -1,9 +1,10 @@
-"""Quality per minute on real data: the project's methods and the outside yardstick, side by side, same folds and
-minutes.
+"""Quality per minute on real data: the project's methods and the outside yardstick on the same folds and minutes.
 
 Runs `modalsynth benchmark --folds K --minutes M` (every subject tested once), then the yardstick of
 ../shared/yardsticks (a plain MONAI UNet + L1) on exactly the same folds and minutes, scores its predictions with
 `modalsynth evaluate`, and prints one table (brain-masked metrics, mean ± sd over subjects) and writes JSON.
+Random folds over whatever subjects DATA holds; the quality protocol of issue 40 (training recipes on 4 fixed folds of
+the eleven real subjects) is `quality_cv.py`.
 
     python benchmarks/real_cv.py --data ../shared/data/real-dev --out bench_realcv --minutes 10 --folds 2 \
         --methods lut,gan3d,pix2pix2d --threads 1

@@ -99,6 +99,29 @@ def test_self_evaluation_is_perfect(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["psnr_brain"]["mean"] == "inf"
 
 
+def test_report_carries_calibration_and_tissue_agreement(tmp_path):
+    pred, ref = make_folders(tmp_path)
+    washed = tmp_path / "washed"
+    for subject in ("s1", "s2", "s3"):  # the brain's upper half pushed to the top of the range: washed out
+        t1 = nib.load(str(ref / subject / "t1.nii.gz")).get_fdata()
+        inside = t1 > 0
+        save(np.where(inside, np.minimum(t1, np.median(t1[inside])), 0), washed / subject / "t1.nii.gz")
+    out = tmp_path / "report"
+    summary = evaluate_folders(washed, ref, "t1", out, QUIET)
+    names = ("calibration_ratio", "tissue_dice_csf", "tissue_dice_gm", "tissue_dice_wm")
+    saved = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "per_subject.csv").open()))
+    for name in names:
+        assert saved["metrics"][name]["n"] == 3 and name in saved["metric_labels"]
+        assert saved["metrics"][name]["median"] == pytest.approx(np.median([float(r[name]) for r in rows]))
+    assert summary["metrics"]["calibration_ratio"]["median"] > 5  # about half the brain at 1 against the top 0.5 %
+    assert 0 <= summary["metrics"]["tissue_dice_wm"]["mean"] < 1
+    assert "calibration: share of brain >= 0.9" in (out / "summary.md").read_text()
+    assert "Tissue agreement" in saved["protocol"]
+    perfect = evaluate_folders(ref, ref, "t1", tmp_path / "self", QUIET)["metrics"]
+    assert all(perfect[name]["mean"] == 1.0 for name in names)
+
+
 def test_partial_overlap_evaluates_matches_and_lists_the_rest(tmp_path, capsys):
     pred, ref = make_folders(tmp_path)
     save(head(9), pred / "extra" / "t1.nii.gz")

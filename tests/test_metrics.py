@@ -197,6 +197,70 @@ def test_lesion_contrast_error_and_the_new_columns_of_subject_metrics():
     assert math.isnan(M.subject_metrics(bright, ref, brain, None, scale=False)["lesion_contrast_error"])
 
 
+def test_calibration_ratio_by_hand_on_unit_volumes():
+    brain = np.array([True] * 10 + [False] * 2)
+    ref = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.0, 1.0])  # 1 of 10 brain voxels >= 0.9
+    pred = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.89, 0.9, 0.95, 1.0, 0.0, 0.0])  # 3 of 10: 0.9 counts, 0.89 not
+    assert M.bright_share(ref, brain) == pytest.approx(0.1) and M.bright_share(pred, brain) == pytest.approx(0.3)
+    assert M.calibration_ratio(pred, ref, brain) == pytest.approx(3.0)
+    assert M.calibration_ratio(ref, pred, brain) == pytest.approx(1 / 3)
+    assert M.calibration_ratio(ref, ref, brain) == 1.0
+    flat = M.scale_to_unit(np.full(brain.shape, 7.0), brain)  # a flat reference scales to zeros: no bright share
+    assert math.isnan(M.calibration_ratio(pred, flat, brain))
+    with pytest.raises(ValueError, match="empty"):
+        M.bright_share(ref, np.zeros(brain.shape, bool))
+
+
+def test_calibration_ratio_by_hand_after_the_protocols_scaling():
+    # 200 brain voxels 0..199: 0.5/99.5 percentiles 0.995 and 198.005, so >= 0.9 after scaling means
+    # x >= 0.995 + 0.9 * 197.01 = 178.304: the 21 voxels 179..199. The prediction saturates at 120: percentiles 0.995
+    # and 120, threshold 0.995 + 0.9 * 119.005 = 108.0995: 109..119 and the 80 voxels at 120, 91 in all.
+    real = np.arange(200.0)
+    washed_out = np.minimum(real, 120.0)
+    brain = np.ones(200, bool)
+    ref, pred = M.scale_to_unit(real, brain), M.scale_to_unit(washed_out, brain)
+    assert M.bright_share(ref, brain) == pytest.approx(21 / 200)
+    assert M.bright_share(pred, brain) == pytest.approx(91 / 200)
+    assert M.calibration_ratio(pred, ref, brain) == pytest.approx(91 / 21)
+
+
+def test_tissue_dice_by_hand_each_volume_on_its_own_thresholds():
+    brain = np.array([True] * 12 + [False] * 3)
+    ref = np.array([0.1] * 4 + [0.5] * 4 + [0.9] * 4 + [0.0, 0.5, 1.0])  # CSF 0-3, grey 4-7, white 8-11
+    # another intensity scale, one voxel of each boundary moved up: CSF 0-2, grey 3-6, white 7-11
+    pred = np.array([0.0] * 3 + [0.25] * 4 + [1.0] * 5 + [0.3, 0.3, 0.3])
+    assert M.tissue_map(ref, brain).tolist() == [1] * 4 + [2] * 4 + [3] * 4 + [0] * 3
+    assert M.tissue_map(pred, brain).tolist() == [1] * 3 + [2] * 4 + [3] * 5 + [0] * 3
+    result = M.tissue_dice(pred, ref, brain)
+    assert result == {
+        "tissue_dice_csf": pytest.approx(2 * 3 / (3 + 4)),
+        "tissue_dice_gm": pytest.approx(2 * 3 / (4 + 4)),
+        "tissue_dice_wm": pytest.approx(2 * 4 / (5 + 4)),
+    }
+    assert M.tissue_dice(ref, ref, brain) == {f"tissue_dice_{name}": 1.0 for name in M.TISSUES}
+    flat = np.full(ref.shape, 0.4)
+    assert M.tissue_dice(flat, ref, brain) == {f"tissue_dice_{name}": 0.0 for name in M.TISSUES}
+    assert all(math.isnan(v) for v in M.tissue_dice(ref, flat, brain).values())
+    assert M.dice(np.array([1, 1, 0], bool), np.array([0, 1, 1], bool)) == pytest.approx(0.5)
+    assert math.isnan(M.dice(np.zeros(3, bool), np.zeros(3, bool)))  # both classes empty: undefined
+
+
+def test_subject_metrics_report_calibration_and_tissue_agreement():
+    ref, labels, brain, lesion = _three_tissues(seed=2)
+    same = M.subject_metrics(ref, ref, brain, lesion, scale=False)
+    assert same["calibration_ratio"] == 1.0
+    assert all(same[f"tissue_dice_{name}"] == 1.0 for name in M.TISSUES)
+    washed = np.array([0.1, 0.9, 0.9])[labels]  # grey drawn as white: every grey voxel is bright, two classes left
+    washed[0, 0, :2] = [0.5, 0.55]  # a few grey voxels keep three levels in the prediction
+    result = M.subject_metrics(washed, ref, brain, lesion, scale=False)
+    assert result["calibration_ratio"] == pytest.approx(M.calibration_ratio(washed, ref, brain))
+    assert result["calibration_ratio"] > 1.5
+    assert {k: result[k] for k in ("tissue_dice_csf", "tissue_dice_gm", "tissue_dice_wm")} == pytest.approx(
+        M.tissue_dice(washed, ref, brain)
+    )
+    assert result["tissue_dice_csf"] > 0.99 and result["tissue_dice_gm"] < 0.1
+
+
 def test_streak_ratio_sees_local_slice_streaks_that_in_plane_noise_hides_from_the_gradient_ratio():
     rng = np.random.default_rng(11)
     shape = (32, 40, 40)

@@ -63,7 +63,12 @@ PROTOCOL = (
     "'grey/white contrast kept' is the prediction's step between the medians of the upper two of three intensity "
     "classes of the real image (multi-Otsu over the healthy brain: grey and white matter on a T1) over the real "
     "step (1 = the real contrast, lower = washed out); 'lesion contrast error' is |(lesion mean - healthy-brain "
-    "median) of the prediction - the same of the real image|. 'BraSyn SSIM' columns follow the BraSyn challenge's "
+    "median) of the prediction - the same of the real image|. Calibration: the prediction's share of brain voxels at "
+    "or above 0.9 of its [0, 1] range over the real image's share (1 = calibrated, above 1 washed out towards white; "
+    "undefined when the real image is flat inside the brain). Tissue agreement: each image is split into three "
+    "classes inside the brain by its own multi-Otsu thresholds (CSF, grey and white matter on a T1), and the Dice "
+    "overlap of the prediction's and the real image's class is reported per class (0 when the prediction has fewer "
+    "than three intensity levels). 'BraSyn SSIM' columns follow the BraSyn challenge's "
     "scoring script (github.com/hongweilibran/BraSyn, ssim.py at ecdaf00): each volume clipped to its 0.5-99.5 "
     "percentiles over all voxels (background included) and scaled to [0, 1]; tumour = lesion mask > 0, non-tumour = "
     "every other voxel, background included; both volumes multiplied by the region, then torchmetrics' 3D SSIM "
@@ -257,9 +262,8 @@ def match_subjects(
     matched = sorted(with_pred & with_ref)
     if not matched:
         raise UserError(
-            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, {ref} has "
-            f"{_few(with_ref)}; "
-            "prediction subfolders must carry the reference subject names"
+            f"no subject has both a prediction and a reference: {pred} has {_few(with_pred)}, "
+            f"{ref} has {_few(with_ref)}; prediction subfolders must carry the reference subject names"
         )
     unmatched = {
         "missing_prediction": sorted((with_ref - with_pred) | absent),
@@ -406,8 +410,8 @@ def _write_report(out: Path, summary: dict, collected: _Collected) -> dict[str, 
             plane=plane,
             row_labels=labels,
             spacing=spacing,
-            title=f"{plane}: source, real, synthetic {target} and |error| (each scaled to [0, 1] by its brain "
-            f"percentiles)",
+            title=f"{plane}: source, real, synthetic {target} and |error| "
+            "(each scaled to [0, 1] by its brain percentiles)",
         )
     files["metric_distributions"] = plot_metric_distributions(
         {f"synthetic {target}": collected.rows}, out / "metric_distributions.png"

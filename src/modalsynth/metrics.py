@@ -6,6 +6,9 @@ SSIM is true 3D SSIM (Gaussian window sigma 1.5, truncated at 3.5 sigma = 11 vox
 sample covariance as scikit-image's default), reported over the whole volume (border of 5 voxels cropped,
 exactly as `skimage.metrics.structural_similarity`), and as the mean of the SSIM map inside the brain,
 the lesion and the healthy brain. Arrays are (D, H, W) = (axial slice, row, column).
+Calibration (`calibration_ratio`) and tissue agreement (`tissue_dice`) use the same [0, 1] volumes: the share of
+brain voxels at or above 0.9, prediction over reference, and the Dice per class of each volume's own three-class
+multi-Otsu map inside the brain (`tissue_map`, the classes the grey/white contrast measure uses).
 
 The BraSyn challenge's SSIM (`brasyn_metrics`) is reported beside these under the challenge's own protocol, which
 differs in its percentiles (whole volume), window borders, variance and data range: see `brasyn_ssim`.
@@ -58,6 +61,10 @@ METRIC_LABELS: dict[str, str] = {
     "streak_ratio": "slice streaks: through-plane / in-plane roughness of the local error",
     "gw_contrast_ratio": "grey/white contrast kept (1 = the real's)",
     "lesion_contrast_error": "lesion contrast error",
+    "calibration_ratio": "calibration: share of brain >= 0.9, prediction / real (1 = calibrated)",
+    "tissue_dice_csf": "tissue agreement: Dice of CSF (multi-Otsu), brain",
+    "tissue_dice_gm": "tissue agreement: Dice of grey matter (multi-Otsu), brain",
+    "tissue_dice_wm": "tissue agreement: Dice of white matter (multi-Otsu), brain",
 }
 # The BraSyn challenge's SSIM, computed as its organisers' scoring script does (`brasyn_metrics`).
 BRASYN_LABELS: dict[str, str] = {
@@ -67,9 +74,13 @@ BRASYN_LABELS: dict[str, str] = {
 }
 #: every per-subject column of an evaluation report: the protocol's metrics, then the BraSyn challenge's SSIM
 REPORT_LABELS: dict[str, str] = {**METRIC_LABELS, **BRASYN_LABELS}
-HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr", "brasyn_ssim")) for name in REPORT_LABELS}
+HIGHER_IS_BETTER = {name: name.startswith(("ssim", "psnr", "brasyn_ssim", "tissue_dice")) for name in REPORT_LABELS}
 #: metrics whose ideal value is 1 (a ratio to the reference's own figure): neither higher nor lower is better
-BEST_AT_ONE = frozenset({"gw_contrast_ratio"})
+BEST_AT_ONE = frozenset({"gw_contrast_ratio", "calibration_ratio"})
+#: `calibration_ratio` counts brain voxels at or above this level of the [0, 1] range (after `scale_to_unit`)
+BRIGHT_LEVEL = 0.9
+#: the three intensity classes of a T1 inside the brain, darkest first (`tissue_map` labels them 1, 2, 3)
+TISSUES = ("csf", "gm", "wm")
 
 
 def scale_to_unit(
@@ -234,8 +245,8 @@ def through_plane_profile(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndar
         axis=1,
     )
     return {
-        "gradz_error": _nanmean(_gradient_errors(pred, ref, brain_mask, 0), axis=(1, 2)),
-        "inplane_error": _nanmean(inplane, axis=1),
+        "gradz_error": np.asarray(_nanmean(_gradient_errors(pred, ref, brain_mask, 0), axis=(1, 2))),
+        "inplane_error": np.asarray(_nanmean(inplane, axis=1)),
     }
 
 
@@ -307,8 +318,7 @@ def through_plane_consistency(
     """Numbers that expose slice-stacking artefacts: 2D SSIM in the three planes (inside the brain, and slice-averaged
     over slices with brain), and the error of the intensity step between neighbouring voxels along the slice axis (z)
     versus within the slice (y, x); `gradz_ratio` well above the value of a 3D method flags stacking; `streak_ratio`
-    also
-    flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
+    also flags the local streaks of stacked slices that in-plane noise hides from the gradient ratio."""
     mask = np.asarray(brain_mask, dtype=bool)
     gradz = _gradient_errors(pred, ref, mask, 0)
     gradxy = np.concatenate(
@@ -331,16 +341,71 @@ def through_plane_consistency(
     return result
 
 
-def tissue_classes(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The upper two of three intensity classes of `ref` inside `mask` (scikit-image's multi-Otsu thresholds); on a
-    T1 of the brain these are grey and white matter (the lowest class is CSF). None when `ref` has too few levels."""
+def tissue_map(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Three intensity classes of `volume` inside `mask` by scikit-image's multi-Otsu thresholds (low, high): 0
+    outside the mask, 1 at or below low, 2 above low up to high, 3 above high (on a T1 of the brain: CSF, grey
+    and white matter, `TISSUES`). None when the volume has fewer than three distinct levels inside the mask."""
     from skimage.filters import threshold_multiotsu
 
+    mask = np.asarray(mask, dtype=bool)
+    inside = np.asarray(volume)[mask]
     try:
-        low, high = threshold_multiotsu(ref[mask], classes=3)
+        low, high = threshold_multiotsu(inside, classes=3)
     except ValueError:  # fewer than three distinct levels
         return None
-    return mask & (ref > low) & (ref <= high), mask & (ref > high)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    labels[mask] = 1 + (inside > low).astype(np.uint8) + (inside > high).astype(np.uint8)
+    return labels
+
+
+def tissue_classes(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The upper two of three intensity classes of `ref` inside `mask` (`tissue_map`); on a T1 of the brain these
+    are grey and white matter (the lowest class is CSF). None when `ref` has too few levels."""
+    labels = tissue_map(ref, mask)
+    return None if labels is None else (labels == 2, labels == 3)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap 2 |a ∩ b| / (|a| + |b|) of two boolean masks; NaN when both are empty."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else math.nan
+
+
+def tissue_dice(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray) -> dict[str, float]:
+    """Tissue agreement: Dice per class (`tissue_dice_csf`, `_gm`, `_wm`) of the three-class maps of `pred` and
+    `ref` inside the brain, each classified by its own multi-Otsu thresholds (`tissue_map`).
+
+    NaN for every class when the reference has fewer than three levels (no classes to agree with); 0 for every class
+    when only the prediction has too few (a flat prediction draws no tissue). Hand-written on skimage's thresholds.
+    """
+    brain = np.asarray(brain_mask, dtype=bool)
+    real = tissue_map(ref, brain)
+    if real is None:
+        return {f"tissue_dice_{name}": math.nan for name in TISSUES}
+    synthetic = tissue_map(pred, brain)
+    if synthetic is None:
+        return {f"tissue_dice_{name}": 0.0 for name in TISSUES}
+    return {f"tissue_dice_{name}": dice(synthetic == k, real == k) for k, name in enumerate(TISSUES, start=1)}
+
+
+def bright_share(volume: np.ndarray, brain_mask: np.ndarray, level: float = BRIGHT_LEVEL) -> float:
+    """The share of brain voxels at or above `level` in a volume on [0, 1] (scaled by `scale_to_unit`)."""
+    brain = np.asarray(brain_mask, dtype=bool)
+    if not brain.any():
+        raise ValueError("the brain mask is empty")
+    return float(np.count_nonzero(np.asarray(volume)[brain] >= level)) / float(np.count_nonzero(brain))
+
+
+def calibration_ratio(pred: np.ndarray, ref: np.ndarray, brain_mask: np.ndarray, level: float = BRIGHT_LEVEL) -> float:
+    """Calibration: `bright_share` of the prediction over that of the reference, both on [0, 1] after
+    `scale_to_unit` (1 = calibrated; above 1 the brain is washed out towards white, below 1 too dark).
+
+    After the 0.5-99.5 % scaling the reference's top 0.5 % of brain voxels sit at 1, so its share is 0 only when it
+    is flat inside the brain (`scale_to_unit` gives zeros): the ratio is then NaN (undefined, left out of means).
+    """
+    real = bright_share(ref, brain_mask, level)
+    return bright_share(pred, brain_mask, level) / real if real > 0 else math.nan
 
 
 def gw_contrast_ratio(pred: np.ndarray, ref: np.ndarray, healthy_mask: np.ndarray) -> float:
@@ -392,10 +457,11 @@ def subject_metrics(
     if scale:
         pred, ref = scale_to_unit(pred, brain), scale_to_unit(ref, brain)
     regions: dict[str, np.ndarray | None] = {"brain": brain, "volume": None}
-    lesion = None if lesion_mask is None else np.logical_and(np.asarray(lesion_mask) > 0, brain)
-    has_lesion = lesion is not None and bool(lesion.any())
+    lesion = np.zeros_like(brain) if lesion_mask is None else np.logical_and(np.asarray(lesion_mask) > 0, brain)
+    has_lesion = bool(lesion.any())
+    healthy = np.logical_and(brain, ~lesion)  # the brain itself without a lesion
     regions["lesion"] = lesion if has_lesion else None
-    regions["healthy"] = np.logical_and(brain, ~lesion) if has_lesion else None
+    regions["healthy"] = healthy if has_lesion else None
 
     values = ssim_map(pred, ref, 1.0)
     result: dict[str, float] = {}
@@ -409,9 +475,10 @@ def subject_metrics(
         result[f"rmse_{name}"] = rmse(pred, ref, region)
     del values
     result.update(through_plane_consistency(pred, ref, brain, 1.0))
-    healthy = regions["healthy"] if has_lesion else brain
     result["gw_contrast_ratio"] = gw_contrast_ratio(pred, ref, healthy)
     result["lesion_contrast_error"] = lesion_contrast_error(pred, ref, lesion, healthy) if has_lesion else math.nan
+    result["calibration_ratio"] = calibration_ratio(pred, ref, brain)
+    result.update(tissue_dice(pred, ref, brain))
     return {name: float(result[name]) for name in METRIC_LABELS}
 
 

@@ -32,6 +32,10 @@ TABLE1_METRICS = {
     "slice_jitter": "slice jitter ×1000",
     "gw_contrast_ratio": "grey/white contrast kept",
     "lesion_contrast_error": "lesion contrast err",
+    "calibration_ratio": "calibration",
+    "tissue_dice_gm": "tissue Dice GM",
+    "tissue_dice_wm": "tissue Dice WM",
+    "tissue_dice_csf": "tissue Dice CSF",
 }
 DISTRIBUTION_METRICS = (
     "ssim_brain",
@@ -50,6 +54,10 @@ DISTRIBUTION_METRICS = (
     "streak_ratio",
     "gw_contrast_ratio",
     "lesion_contrast_error",
+    "calibration_ratio",
+    "tissue_dice_csf",
+    "tissue_dice_gm",
+    "tissue_dice_wm",
 )
 
 
@@ -174,8 +182,8 @@ def summary_markdown(summary: Mapping, figures: bool = True) -> str:
     lines = [
         f"# Evaluation: synthetic {summary['target']} vs real",
         "",
-        f"Predictions `{summary['pred_dir']}`, references `{summary['ref_dir']}`; {len(summary['subjects'])} "
-        f"subject(s): " + ", ".join(summary["subjects"]),
+        f"Predictions `{summary['pred_dir']}`, references `{summary['ref_dir']}`; "
+        f"{len(summary['subjects'])} subject(s): " + ", ".join(summary["subjects"]),
         "",
         markdown_table(summary["metrics"], summary["fid"]),
         "## Protocol",
@@ -193,8 +201,8 @@ def summary_markdown(summary: Mapping, figures: bool = True) -> str:
             lines.append(
                 f"- {name}: {format_value('fid', entry['value'])} over {entry['n_pred_slices']} predicted and "
                 f"{entry['n_ref_slices']} real 2D "
-                f"slices ({', '.join(entry['planes'])}; at most {entry['max_slices_per_plane_per_volume']} per "
-                f"plane and volume, "
+                f"slices ({', '.join(entry['planes'])}; at most {entry['max_slices_per_plane_per_volume']} per plane "
+                "and volume, "
                 f"slices with at least 25% of the largest brain area). Network: {entry['network']}. {entry['kind']}. "
                 "FID from few hundred slices is biased upwards; compare methods only at equal slice counts."
             )
@@ -214,8 +222,8 @@ def summary_markdown(summary: Mapping, figures: bool = True) -> str:
             "",
             "## Figures",
             "",
-            "- `figure4_axial.png`, `figure4_coronal.png`, `figure4_sagittal.png`: source, real, synthetic, "
-            "|error| per subject",
+            "- `figure4_axial.png`, `figure4_coronal.png`, `figure4_sagittal.png`: source, real, synthetic, |error| "
+            "per subject",
             "- `metric_distributions.png`: per-subject distribution of each metric",
             "- `through_plane.png`: error of the step between axial slices vs within them, per subject",
         ]

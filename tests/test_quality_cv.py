@@ -1,0 +1,96 @@
+"""The quality protocol's fixed folds, recipes and table (benchmarks/quality_cv.py), without training."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_cv.py"
+
+
+@pytest.fixture(scope="module")
+def qcv():
+    spec = importlib.util.spec_from_file_location("quality_cv", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality_cv"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["quality_cv"]
+
+
+def _origin(subject: str) -> str:
+    return subject[:9] if subject.startswith(("brats2018", "brats2023")) else subject
+
+
+def test_four_fixed_folds_test_every_real_subject_once_balanced_by_origin(qcv):
+    everyone = [s for fold in qcv.FOLDS for s in fold]
+    assert len(qcv.FOLDS) == 4 and len(everyone) == len(set(everyone)) == 11
+    assert set(everyone) == set(qcv.ORIGINS)
+    per_fold = [Counter(_origin(s) for s in fold) for fold in qcv.FOLDS]
+    assert sorted(c["brats2018"] for c in per_fold) == [1, 1, 2, 2]
+    assert sorted(c["brats2023"] for c in per_fold) == [0, 1, 1, 1]
+    assert sum(c["brats-brainles-case"] for c in per_fold) == 1 and sum(c["ms-patient07"] for c in per_fold) == 1
+    splits = qcv.fold_splits()
+    assert [s["fold"] for s in splits] == [0, 1, 2, 3]
+    for split, fold in zip(splits, qcv.FOLDS):
+        assert split["test"] == sorted(fold) and split["val"] == []
+        assert sorted(split["train"] + split["test"]) == sorted(everyone)
+
+
+def test_only_restricts_every_fold_and_drops_folds_left_empty(qcv):
+    splits = qcv.fold_splits(only={"brats2018-case0", "brats2018-case2"})
+    assert splits == [
+        {"fold": 0, "train": ["brats2018-case2"], "val": [], "test": ["brats2018-case0"]},
+        {"fold": 1, "train": ["brats2018-case0"], "val": [], "test": ["brats2018-case2"]},
+    ]
+    with pytest.raises(ValueError, match="two folds"):
+        qcv.fold_splits((("a", "b"), ("b", "c")))
+
+
+def test_user_text_names_subjects_by_origin(qcv):
+    text = qcv.describe(list(qcv.FOLDS[3]))
+    assert text == "BraTS 2018 case 5; the BrainLesion BraTS-style case; Ljubljana MS patient 07"
+    assert not any(folder in text for folder in qcv.ORIGINS)
+
+
+def test_recipes_v1_at_its_card_budget_a_yaml_with_its_own_and_overrides(qcv, tmp_path):
+    v1 = qcv.resolve_recipe("v1")
+    assert v1.config.name == "flair-t1-recipe.yaml" and v1.config.is_file() and v1.budget == {"steps": 1565}
+    assert "1565 steps" in (Path(qcv.ROOT) / "src/modalsynth/builtin/flair-t1.md").read_text().replace(",", "")
+    assert qcv.resolve_recipe("v1", steps=2).budget == {"steps": 2}
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text("augment: mri\nminutes: 150\n")
+    recipe = qcv.resolve_recipe(str(v2))
+    assert recipe.name == "v2" and recipe.budget == {"minutes": 150}
+    assert qcv.resolve_recipe(str(v2), minutes=1.5).budget == {"minutes": 1.5}
+    v2.write_text("augment: mri\n")
+    with pytest.raises(SystemExit, match="budget"):
+        qcv.resolve_recipe(str(v2))
+    with pytest.raises(SystemExit, match="neither a known recipe"):
+        qcv.resolve_recipe("no-such-recipe")
+
+
+def test_table_has_the_protocols_columns_and_the_folds_by_origin(qcv):
+    metrics = {key: {"mean": 0.5, "sd": 0.1, "median": 0.5, "n": 2} for key, _, _ in qcv.COLUMNS}
+    metrics["ssim_lesion"] = {"mean": None, "sd": None, "median": None, "n": 0}
+    metrics["calibration_ratio"] = {"mean": 2.0, "sd": 1.0, "median": 1.75, "n": 2}
+    per_subject = [{"subject": "a", "calibration_ratio": 1.5}, {"subject": "b", "calibration_ratio": 2.0}]
+    row = {
+        "recipe": "v1",
+        "budget": "2 steps",
+        "folds": [{"steps": 2}, {"steps": 2}],
+        "metrics": metrics,
+        "per_subject": per_subject,
+    }
+    text = qcv.table([row], qcv.fold_splits(only={"brats2018-case0", "brats2018-case2"}), only=True)
+    header = next(line for line in text.splitlines() if line.startswith("| recipe"))
+    for label in ("brain SSIM", "whole SSIM", "brain MAE", "PSNR", "lesion SSIM", "BraSyn", "calibration"):
+        assert label in header
+    assert "tissue Dice GM" in header and "tissue Dice WM" in header and "tissue Dice CSF" in header
+    line = next(line for line in text.splitlines() if line.startswith("| v1"))
+    assert "| 1.75 [1.50–2.00] |" in line and "| n/a |" in line and "0.5000 ± 0.1000" in line
+    assert "fold 0: BraTS 2018 case 0" in text and "fold 1: BraTS 2018 case 2" in text
