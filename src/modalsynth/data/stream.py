@@ -49,7 +49,11 @@ class StepBatches(Dataset):
     def __init__(self, subjects: Sequence[Any], plan: BatchPlan):
         self.subjects, self.plan = subjects, plan
         self.sampler: DistributedSampler[int] = DistributedSampler(
-            range(len(subjects)),  # type: ignore[arg-type]  # a sized sequence of indices is all it reads num_replicas=plan.world, rank=plan.rank, shuffle=True, seed=plan.seed
+            range(len(subjects)),  # type: ignore[arg-type]  # a sized sequence of indices is all it reads
+            num_replicas=plan.world,
+            rank=plan.rank,
+            shuffle=True,
+            seed=plan.seed,
         )
         self.steps_per_epoch = steps_per_epoch(len(subjects), plan.world, plan.batch_size)
 
