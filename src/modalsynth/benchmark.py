@@ -28,6 +28,7 @@ from .predict_jobs import predict_folder
 from .report import TABLE1_METRICS, table1_markdown
 from .runtime import resolve_device
 from .training import train
+from .writeguard import check_run_folders
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) 
     re-used; otherwise each run continues from its last.pt (an interrupted fold, or a larger budget for a run whose
     learning rate has not begun to decay: `train` refuses to extend one that has, naming how to train longer).
     """
+    check_run_folders(Path(data), [(Path(out), "--out")])
     unknown = [m for m in plan.methods if m not in method_names()]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(method_names())}")

@@ -47,6 +47,7 @@ from .report import (
     write_json,
     write_per_subject_csv,
 )
+from .writeguard import Output, check_writes
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def evaluate_folders(
     pred, ref, out = Path(pred), Path(ref), Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is a file; pass a folder for the report")
+    check_writes([pred, ref], [Output(out, "the report", "--out")])
     matched, unmatched, pred_files, ref_files = match_subjects(pred, ref, target, options.subjects)
     for subject in matched:  # every grid checked before any work or output (one line for the first problem)
         check_subject(subject, pred_files[subject], ref_files[subject], target, options.source)

@@ -30,6 +30,7 @@ from .inference import Predictor
 from .inferers import Inferer, SlidingWindowInferer
 from .io import atomic_write
 from .methods import Method, build_method, method_class
+from .writeguard import Output, check_writes
 
 #: the methods whose generator exports (a 3D network applied in sliding windows)
 EXPORTABLE_METHODS = ("gan3d",)
@@ -83,6 +84,8 @@ def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
 
 def export_onnx(predictor: Predictor, path: Path) -> Path:
     """Write the predictor's generator as an ONNX file (dynamic window batch, fixed window size) with its contract."""
+    what = Output(Path(path), "the ONNX model", "--onnx", (".onnx",))
+    check_writes([predictor.origin], [what])
     _require_onnx()
     import onnx
 

@@ -62,7 +62,7 @@ def with_inference_changes(
             raise UserError(f"--overlap {overlap}: give a fraction of the window, at least 0 and below 1 (e.g. 0.5)")
         if not isinstance(method.application(inference), SlidingWindowInferer):
             raise UserError(f"--overlap: {origin} is not applied in sliding windows; leave --overlap out")
-    return dataclasses.replace(inference, **changes)  # type: ignore[arg-type]  # checked by check_rules
+    return dataclasses.replace(inference, **changes)  # type: ignore[arg-type]  # typer typed each option
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from .methods import Method, build_method, method_class
 from .metrics import mae, ssim2d_masked, ssim3d
 from .runlock import RunLock
 from .runtime import Launch, join_process_group, resolve_device
+from .writeguard import check_run_folders
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ def train(
     with the trained method on every rank (e.g. to compare ranks in a test).
     """
     out = Path(out)
+    check_run_folders(data, [(out, "--out"), (Path(config.cache) if config.cache else None, "--cache")])
     ctx = join_process_group(config.device)
     device = resolve_device(config.device)
     if device.type == "cuda" and ctx.world > 1:
@@ -401,6 +403,9 @@ class Trainer:
         self.step += 1
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad:
+            if not all(bool(torch.isfinite(v).all()) for v in batch.values()):  # the data, not the learning rate
+                for subject in self.train_set:
+                    subject.check_values()
             self.diverged(f"loss {bad[0]} = {losses[bad[0]]}")
         return losses
 
@@ -634,7 +639,11 @@ def prepare_from_cli(
     layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)
+    check_run_folders(data, [(cache, "--cache")])
     pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
+    for subject in open_subjects(cache, manifest, sorted(manifest["subjects"])):  # what train would reject
+        subject.check()
+        subject.check_values()
     log.info(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")

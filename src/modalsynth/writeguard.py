@@ -55,6 +55,19 @@ def check_outside(folder: Path, output: Path, option: str, why: str) -> None:
         raise UserError(f"{option} {output}: is inside {folder}; {why}, so choose a folder outside it")
 
 
+def check_run_folders(data: Path, folders: Iterable[tuple[Path | None, str]]) -> None:
+    """Folders a command fills (a run, a cache, a benchmark) must not be its data or lie inside a data folder,
+    where they would be read back as subjects: one line per clash, before any work."""
+    data = Path(data)
+    for folder, option in folders:
+        if folder is None:
+            continue
+        if data.is_dir():
+            check_outside(data, Path(folder), option, "it would be read back as a subject of the data")
+        else:
+            check_writes([data], [Output(Path(folder), "a folder", option)])
+
+
 def files_under(root: Path) -> list[Path]:
     """Every file a command reading `root` may read: the file itself, or every file below a folder."""
     root = Path(root)

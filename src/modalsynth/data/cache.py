@@ -126,7 +126,54 @@ def read_manifest(cache: Path) -> dict[str, Any] | None:
         raise UserError(f"{path}: corrupt cache manifest ({exc}); delete {cache} and run again to rebuild it") from exc
     if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("modalsynth-cache-"):
         raise UserError(f"{path}: not a modalsynth cache manifest; choose another --cache folder or delete {cache}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: damaged cache manifest ({problem}); delete {cache} and run again to rebuild it")
     return manifest
+
+
+#: the manifest's shape: each subject entry's keys and the types their values have
+ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "files": dict,
+    "shape": list,
+    "has_target": bool,
+    "grid": dict,
+    "target_intensity": (dict, type(None)),
+}
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's shape (a hand-edited or foreign file), or None."""
+    if not isinstance(manifest.get("settings"), dict) or not isinstance(manifest["settings"].get("source"), str):
+        return "'settings' is not a mapping naming its source"
+    if not isinstance(manifest.get("subjects"), dict):
+        return "'subjects' is missing or not a mapping"
+    for name, entry in manifest["subjects"].items():
+        if not isinstance(entry, dict):
+            return f"subject {name} is not a mapping"
+        for key, kind in ENTRY_FIELDS.items():
+            if not isinstance(entry.get(key), kind):
+                return f"subject {name} has no valid '{key}'"
+        if len(entry["shape"]) != 3 or not all(isinstance(n, int) and n > 0 for n in entry["shape"]):
+            return f"subject {name} has no valid 'shape'"
+    return None
+
+
+def open_cache_folder(cache: Path) -> None:
+    """Make CACHE/subjects, or a one-line `UserError` saying why it cannot be (a file there, no permission)."""
+    cache = Path(cache)
+    if cache.exists() and not cache.is_dir():
+        raise UserError(f"--cache {cache}: is a file, not a folder; give a folder (it is made if missing)")
+    try:
+        (cache / "subjects").mkdir(parents=True, exist_ok=True)
+        probe = cache / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"--cache {cache}: cannot write there ({exc.strerror or type(exc).__name__}); give a writable folder, "
+            f"or set {CACHE_ENV}"
+        ) from exc
 
 
 def _save_manifest(cache: Path, manifest: dict[str, Any]) -> None:
@@ -179,7 +226,7 @@ def build_cache(
         manifest = None
     if manifest is None:
         manifest = {"format": CACHE_FORMAT, "settings": wanted, "subjects": {}}
-    (cache / "subjects").mkdir(parents=True, exist_ok=True)
+    open_cache_folder(cache)
     for leftover in (cache / "subjects").glob(".tmp-*"):  # an interrupted build's unfinished entries
         shutil.rmtree(leftover, ignore_errors=True)
     entries = manifest["subjects"]
@@ -298,6 +345,12 @@ class CachedSubject:
             if name != "target" or self.has_target:
                 self.array(name)
 
+    def check_values(self) -> None:
+        """Read every voxel: values that are not finite (a cache file changed on disk) are a one-line `UserError`."""
+        for name in ARRAYS:
+            if (name != "target" or self.has_target) and not np.isfinite(self.array(name)).all():
+                raise corrupt(self.folder / f"{name}.npy", "values that are not finite")
+
     def load(self) -> PreparedSubject:
         """The entry in memory as float32 (validation and closed-form fits)."""
         target = self.target
@@ -331,13 +384,18 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
             raise UserError(
                 f"{cache}: subject {name} is not in the cache; run modalsynth prepare (or train) again to add it"
             )
-        grid = GridRecord(
-            **{  # type: ignore[arg-type]  # the manifest's plain lists, made tuples where the record holds tuples
-                k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
-                for k, v in entry["grid"].items()
-            }
-        )
-        intensity = IntensityRecord(**entry["target_intensity"]) if entry["target_intensity"] else None
+        try:
+            grid = GridRecord(
+                **{  # type: ignore[arg-type]  # the manifest's plain lists, made tuples where the record holds tuples
+                    k: tuple(v) if isinstance(v, list) and k not in ("original_affine", "orientation") else v
+                    for k, v in entry["grid"].items()
+                }
+            )
+            intensity = IntensityRecord(**entry["target_intensity"]) if entry["target_intensity"] else None
+        except TypeError as exc:
+            raise UserError(
+                f"{cache / MANIFEST}: damaged cache manifest (subject {name}: {exc}); delete {cache} and run again"
+            ) from exc
         out.append(
             CachedSubject(
                 name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid, intensity
