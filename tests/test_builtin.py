@@ -263,3 +263,38 @@ def test_real_flairs_and_t1s_get_no_warning(subject):
     head."""
     for kind in ("flair", "t1"):
         assert input_warnings(load_volume(REAL_DEV / subject / f"{kind}.nii.gz"), "flair") == []
+
+
+def test_noise_and_slabs_are_flagged_even_where_a_mask_keeps_part_of_them():
+    """The head-scan check looks at the brain's own texture: noise that skull stripping cut to a blob (zero around it)
+    is still noise, and a two-slice slab is not a volume, whatever its anatomy."""
+    rng = np.random.default_rng(0)
+    noise = rng.random((120, 120, 120)).astype(np.float32) * 100
+    kept = np.zeros(noise.shape, dtype=bool)
+    kept[20:100, 20:100, 20:100] = rng.random((80, 80, 80)) > 0.3  # what a mask keeps of noise: a ragged blob
+    blob = Volume(np.where(kept, noise, 0.0).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), nib.Nifti1Header())
+    found = input_warnings(blob, "flair")
+    assert len(found) == 1 and "does not look like a head scan" in found[0]
+    brain = blob_volume((64, 72, 60))
+    slab = Volume(brain[:, :, 30:32].copy(), np.diag([1.0, 1.0, 5.0, 1.0]), nib.Nifti1Header())
+    assert "2 slice(s)" in input_warnings(slab, "flair")[0]
+    assert input_warnings(Volume(brain, np.diag([2.5, 2.5, 2.5, 1.0]), nib.Nifti1Header()), "flair") == []
+
+
+@pytest.mark.parametrize("strip", ["never", "always"])
+def test_predicting_noise_warns_whatever_the_skull_strip_mode(strip, tmp_path, monkeypatch, capsys):
+    noise = np.random.default_rng(1).random((96, 96, 64)).astype(np.float32) * 100
+    path = tmp_path / "noise.nii.gz"
+    nib.save(nib.Nifti1Image(noise, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "t1.nii.gz"),
+        "--skull-strip",
+        strip,
+    )
+    assert code == 0 and "warning:" in err and "does not look like a head scan" in err
