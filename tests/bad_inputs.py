@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -526,5 +527,362 @@ CASES: list[Case] = [
         _checkpoint("other_pair"),
         "t2",
         readme="checkpoint for another source/target → use the model trained for your pair",
+    ),
+]
+
+
+# ------------------------------------------------- whole command lines: writes, budgets, settings, caches, records
+# Each build returns "argv" (a function of the command's output folder), the names the one line must hold and
+# "keep": files whose bytes must not change (what a careless write would have replaced).
+
+
+def _data(root: Path) -> Path:
+    data = root / "data"
+    good_pair(data / "a")
+    good_pair(data / "b", seed=1)
+    good_pair(data / "c", seed=2)
+    return data
+
+
+def _train_argv(data: Path, out: Path, *extra: str, method: str = "lut") -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--method", method, "--device", "cpu", *GRID_ARGS, *extra]
+
+
+def _command(make: Callable[[Path, Path], tuple[Callable[[Path], list[str]], list[str], list[Path]]]):
+    """A case from `make(root, data) -> (argv(out), names, files to keep)`."""
+
+    def build(root: Path) -> dict:
+        data = _data(root)
+        argv, names, keep = make(root, data)
+        return {"argv": argv, "bad": names[0], "names": names, "keep": keep}
+
+    return build
+
+
+def _names(p: dict) -> list[str]:
+    return p["names"]
+
+
+def _export_onto_checkpoint(root: Path, data: Path):
+    model = root / "model.pt"
+    model.write_bytes(CHECKPOINT["path"].read_bytes())
+    return lambda out: ["export", "--checkpoint", str(model), "--onnx", str(model)], ["model.pt"], [model]
+
+
+def _export_to_nifti(root: Path, data: Path):
+    target = data / "a" / "t1.nii.gz"
+    return (
+        lambda out: ["export", "--checkpoint", str(CHECKPOINT["path"]), "--onnx", str(target)],
+        ["t1.nii.gz"],
+        [target],
+    )
+
+
+def _strip_one_path_twice(root: Path, data: Path):
+    def argv(out: Path) -> list[str]:
+        return ["strip", "--input", str(data / "a" / "flair.nii.gz"), "--output", str(out / "x.nii.gz"),
+                "--mask", str(out / "x.nii.gz")]  # fmt: skip
+
+    return argv, ["x.nii.gz"], [data / "a" / "flair.nii.gz"]
+
+
+def _predict_into_its_data(root: Path, data: Path):
+    def argv(out: Path) -> list[str]:
+        return ["predict", "--checkpoint", str(CHECKPOINT["path"]), "--input", str(data), "--output", str(data)]
+
+    return argv, [str(data)], [data / "a" / "t1.nii.gz"]
+
+
+def _predict_onto_its_input(root: Path, data: Path):
+    flair = data / "a" / "flair.nii.gz"
+    argv = ["predict", "--checkpoint", str(CHECKPOINT["path"]), "--input", str(flair), "--output", str(flair)]
+    return lambda out: argv, ["flair.nii.gz"], [flair]
+
+
+def _run_inside_data(root: Path, data: Path):
+    return lambda out: _train_argv(data, data / "run", "--steps", "1"), [str(data)], [data / "a" / "t1.nii.gz"]
+
+
+def _report_into_references(root: Path, data: Path):
+    def argv(out: Path) -> list[str]:
+        return ["evaluate", "--pred", str(data), "--ref", str(data), "--out", str(data), "--no-fid"]
+
+    return argv, [str(data)], [data / "a" / "t1.nii.gz"]
+
+
+def _cache_inside_data(root: Path, data: Path):
+    return lambda out: ["prepare", "--data", str(data), "--cache", str(data / "cache")], [str(data)], []
+
+
+def _budget(*options: str):
+    def make(root: Path, data: Path):
+        return lambda out: _train_argv(data, out / "run", *options), [options[0].lstrip("-")], []
+
+    return make
+
+
+def _yaml_settings(text: str, *names: str, method: str = "lut"):
+    def make(root: Path, data: Path):
+        config = root / "run.yaml"
+        config.write_text(text)
+        argv = ["--steps", "1", "--config", str(config)]
+        return lambda out: _train_argv(data, out / "run", *argv, method=method), list(names), []
+
+    return make
+
+
+def _predict_same_source_twice(root: Path, data: Path):
+    def argv(out: Path) -> list[str]:
+        return ["predict", "--input", str(data), "--output", str(out / "preds"), "--source", "flair,flair"]
+
+    return argv, ["flair,flair"], []
+
+
+def _cache_at(kind: str):
+    """A cache that cannot hold entries: a file in its place, or a place nobody can create folders in."""
+
+    def make(root: Path, data: Path):
+        cache = root / "cache-file" if kind == "file" else Path("/proc/modalsynth-cache")
+        if kind == "file":
+            cache.write_text("not a folder")
+        return lambda out: ["prepare", "--data", str(data), "--cache", str(cache)], [str(cache)], []
+
+    return make
+
+
+def _damaged_cache(edit: Callable[[dict, Path], None]):
+    """A cache built by prepare, then damaged by `edit(manifest, cache)` (the manifest is written back after)."""
+
+    def make(root: Path, data: Path):
+        import json
+
+        from modalsynth.cli import main as cli_main
+
+        cache = root / "cache"
+        argv = ["prepare", "--data", str(data), "--cache", str(cache), "--method", "lut", *GRID_ARGS]
+        saved = sys.argv
+        sys.argv = ["modalsynth", *argv]
+        try:
+            cli_main()
+        except SystemExit as exc:
+            assert not exc.code, f"prepare failed ({exc.code})"
+        finally:
+            sys.argv = saved
+        manifest = json.loads((cache / "manifest.json").read_text())
+        edit(manifest, cache)
+        (cache / "manifest.json").write_text(json.dumps(manifest))
+        return lambda out: argv, [str(cache)], []
+
+    return make
+
+
+def _settings_a_list(manifest: dict, cache: Path) -> None:
+    manifest["settings"] = [1, 2]
+
+
+def _no_subjects(manifest: dict, cache: Path) -> None:
+    del manifest["subjects"]
+
+
+def _entry_without_files(manifest: dict, cache: Path) -> None:
+    del next(iter(manifest["subjects"].values()))["files"]
+
+
+def _nan_in_entry(manifest: dict, cache: Path) -> None:
+    path = next(cache.glob("subjects/*/target.npy"))
+    array = np.load(path)
+    array[0, 0, 0] = np.nan
+    np.save(path, array)
+
+
+def _truncated_entry(manifest: dict, cache: Path) -> None:
+    path = next(cache.glob("subjects/*/source.npy"))
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _split_file(text: str):
+    def make(root: Path, data: Path):
+        run = root / "run"
+        run.mkdir()
+        (run / "split.json").write_text(text)
+        return lambda out: _train_argv(data, run, "--steps", "1"), ["split.json"], [run / "split.json"]
+
+    return make
+
+
+def _onnx_metadata(root: Path, data: Path):
+    """An ONNX file that says it comes from modalsynth but whose settings are not JSON."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["source"], ["target"])],
+        "g",
+        [helper.make_tensor_value_info("source", TensorProto.FLOAT, [None, 1, 16, 16, 16])],
+        [helper.make_tensor_value_info("target", TensorProto.FLOAT, [None, 1, 16, 16, 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in {
+        "modalsynth.config": "[1, 2",
+        "modalsynth.format_version": "4",
+        "modalsynth.intensity": "{}",
+    }.items():
+        model.metadata_props.add(key=key, value=value)
+    path = root / "model.onnx"
+    onnx.save_model(model, str(path))
+    argv = ["predict", "--onnx", str(path), "--input", str(data / "a" / "flair.nii.gz")]
+    return lambda out: [*argv, "--output", str(out / "t1.nii.gz")], ["model.onnx"], []
+
+
+def command(name: str, commands: tuple[str, ...], make, hint: str, readme: str) -> Case:
+    return Case(name, "command", commands, _command(make), hint, _names, readme=readme)
+
+
+CASES += [
+    command(
+        "export_onto_checkpoint",
+        ("export",),
+        _export_onto_checkpoint,
+        "choose another",
+        "export --onnx naming the checkpoint → refused: choose another path",
+    ),
+    command("export_to_nifti", ("export",), _export_to_nifti, ".onnx", "export --onnx x.nii.gz → name it .onnx"),
+    command(
+        "strip_one_path_twice",
+        ("strip",),
+        _strip_one_path_twice,
+        "own path",
+        "strip --output X --mask X → give each output its own path",
+    ),
+    command(
+        "predict_into_its_data",
+        ("predict",),
+        _predict_into_its_data,
+        "outside",
+        "predict a folder into itself → choose an output folder outside the data",
+    ),
+    command(
+        "predict_onto_its_input",
+        ("predict",),
+        _predict_onto_its_input,
+        "choose another",
+        "predict a file onto itself → choose another --output",
+    ),
+    command(
+        "run_inside_data",
+        ("train",),
+        _run_inside_data,
+        "outside",
+        "train --out inside the data → choose a folder outside it",
+    ),
+    command(
+        "report_into_references",
+        ("evaluate",),
+        _report_into_references,
+        "choose another",
+        "evaluate --out naming the references → choose another --out",
+    ),
+    command(
+        "cache_inside_data",
+        ("prepare",),
+        _cache_inside_data,
+        "outside",
+        "prepare --cache inside the data → choose a folder outside it",
+    ),
+    command("steps_zero", ("train",), _budget("--steps", "0"), "at least 1", "--steps 0 or less → at least 1"),
+    command("steps_negative", ("train",), _budget("--steps", "-5"), "at least 1", "--steps -5 → at least 1"),
+    command("minutes_zero", ("train",), _budget("--minutes", "0"), "positive", "--minutes 0 or less → positive"),
+    command("minutes_negative", ("train",), _budget("--minutes", "-1"), "positive", "--minutes -1 → positive"),
+    command("minutes_nan", ("train",), _budget("--minutes", "nan"), "positive", "--minutes nan → a positive number"),
+    command(
+        "epochs_negative",
+        ("train",),
+        _yaml_settings("epochs: -3\n", "epochs"),
+        "at least 1",
+        "epochs: -3 in the YAML → at least 1",
+    ),
+    command("workers_negative", ("train",), _budget("--workers", "-1"), "0", "--workers -1 → 0 or more"),
+    command(
+        "conflicting_stem",
+        ("train",),
+        _yaml_settings("model: {stem: residual}\n", "model.stem", "model.full_res_channels", method="gan3d"),
+        "strided",
+        "model: {stem: residual} with the default head → set model.full_res_channels to null",
+    ),
+    command(
+        "inference_out_of_range",
+        ("train",),
+        _yaml_settings("inference: {overlap: 1.5, window: [0, 64, 64]}\n", "inference.overlap"),
+        "[0, 1)",
+        "inference.overlap 1.5 → a fraction in [0, 1)",
+    ),
+    command(
+        "setting_in_wrong_section",
+        ("train",),
+        _yaml_settings("overlap: 0.3\n", "inference.overlap"),
+        "move it",
+        "overlap at the top level → move it under inference",
+    ),
+    command(
+        "same_source_twice",
+        ("predict",),
+        _predict_same_source_twice,
+        "distinct",
+        "predict --source flair,flair → distinct names",
+    ),
+    command("cache_is_a_file", ("prepare",), _cache_at("file"), "folder", "--cache names a file → give a folder"),
+    command(
+        "cache_not_writable",
+        ("prepare",),
+        _cache_at("proc"),
+        "writable",
+        "--cache where nothing can be written → a writable folder",
+    ),
+    command(
+        "manifest_settings_not_mapping",
+        ("prepare", "train"),
+        _damaged_cache(_settings_a_list),
+        "delete",
+        "cache manifest of the wrong shape → delete the cache and run again",
+    ),
+    command(
+        "manifest_without_subjects",
+        ("prepare",),
+        _damaged_cache(_no_subjects),
+        "delete",
+        "cache manifest without subjects → delete the cache and run again",
+    ),
+    command(
+        "manifest_entry_without_files",
+        ("prepare",),
+        _damaged_cache(_entry_without_files),
+        "delete",
+        "cache entry without its files → delete the cache and run again",
+    ),
+    command(
+        "nan_in_cache_entry",
+        ("prepare",),
+        _damaged_cache(_nan_in_entry),
+        "not finite",
+        "values that are not finite in a cache entry → delete it and run again",
+    ),
+    command(
+        "truncated_cache_entry",
+        ("prepare",),
+        _damaged_cache(_truncated_entry),
+        "corrupt",
+        "truncated cache entry → delete it and run again",
+    ),
+    command(
+        "split_not_a_mapping", ("train",), _split_file("[1, 2]"), "delete", "split.json of the wrong shape → delete it"
+    ),
+    command("split_not_json", ("train",), _split_file("{train: "), "delete", "split.json not JSON → delete it"),
+    command(
+        "onnx_metadata_damaged",
+        ("predict",),
+        _onnx_metadata,
+        "export",
+        "ONNX file with damaged modalsynth metadata → export it again",
     ),
 ]

@@ -66,6 +66,8 @@ def _main(argv: list[str]) -> tuple[int, str, str]:
 
 
 def _argv(command: str, paths: dict, out: Path, use_file: bool) -> list[str]:
+    if "argv" in paths:  # a whole command line (writes, budgets, settings, caches, records)
+        return paths["argv"](out)
     extra = paths.get("extra", {}).get(command, [])
     config = ["--config", str(paths["config"])] if "config" in paths else []
     if command == "inspect":
@@ -155,6 +157,7 @@ def _runs():
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, command, use_file, tmp_path, checkpoint):
     paths = case.build(tmp_path / "in")
     out = tmp_path / "out"
+    kept = {path: path.read_bytes() for path in paths.get("keep", [])}
     code, stdout, stderr = _main(_argv(command, paths, out, use_file))
     lines = stderr.strip().splitlines()
     names = case.names(paths) + ([paths["bad_evaluate"]] if command == "evaluate" and "bad_evaluate" in paths else [])
@@ -166,10 +169,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, command, use_file
     # the cache keeps the complete entries of the good subjects (a rerun after the fix builds only the rest)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".modalsynth-cache" not in p.parts)
     assert not left, f"left behind: {left}"
+    for path, content in kept.items():
+        assert path.read_bytes() == content, f"{path} was changed"
 
 
 def test_corpus_has_every_case_of_the_issue():
-    assert len(B.CASES) >= 30
+    assert len(B.CASES) >= 60
     assert sum(len(case.commands) for case in B.CASES) >= 100
 
 

@@ -76,3 +76,29 @@ def test_every_command_has_help_with_an_example():
     for command in ("simulate", "inspect", "train", "predict", "evaluate", "benchmark", "demo"):
         run = _run(command, "--help")
         assert run.returncode == 0 and "Example: modalsynth " + command in run.stdout, command
+
+
+def test_help_shows_the_extras_to_install():
+    """Rich markup would swallow `[strip]` and `[onnx]` in the install hints unless they are escaped."""
+    for command, extra in (("strip", "modalsynth[strip]"), ("predict", "modalsynth[onnx]")):
+        run = subprocess.run(
+            [sys.executable, "-m", "modalsynth", command, "--help"],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "COLUMNS": "300"},
+        )
+        assert extra in run.stdout, run.stdout
+
+
+def test_under_torchrun_only_rank_0_prints_the_error_and_every_rank_exits_2(tmp_path):
+    import os
+
+    missing = tmp_path / "nowhere.nii.gz"
+    lines = {}
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        argv = ["predict", "--input", str(missing), "--output", str(tmp_path / "t1.nii.gz")]
+        run = subprocess.run([sys.executable, "-m", "modalsynth", *argv], capture_output=True, text=True, env=env)
+        assert run.returncode == 2, run.stderr
+        lines[rank] = run.stderr.strip().splitlines()
+    assert len(lines[0]) == 1 and "nowhere.nii.gz" in lines[0][0] and lines[1] == []

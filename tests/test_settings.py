@@ -489,3 +489,13 @@ def test_inspect_prints_the_resolved_settings_a_checkpoint_holds(tiny_run, monke
     assert yaml.safe_load(out) == ckpt.config and "step 2" in out.splitlines()[0]
     code, out, _ = run_cli(monkeypatch, capsys, "inspect", "builtin:flair-t1")
     assert code == 0 and yaml.safe_load(out)["model"]["head_kernel"] == 3  # an older format, shown fully resolved
+
+
+def test_predict_takes_a_csv_manifest_as_its_input(tiny_sim, tiny_run, tmp_path, monkeypatch, capsys):
+    rows = [f"{s},{tiny_sim / s / 'flair.nii.gz'},{tiny_sim / s / 't1.nii.gz'}" for s in ("sim-000", "sim-001")]
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("subject,source,target\n" + "\n".join(rows) + "\n")
+    args = ["--checkpoint", str(tiny_run / "best.pt"), "--input", str(manifest), "--output", str(tmp_path / "preds")]
+    code, out, err = run_cli(monkeypatch, capsys, "predict", *args, "--device", "cpu")
+    assert code == 0, err
+    assert sorted(p.parent.name for p in (tmp_path / "preds").glob("*/t1.nii.gz")) == ["sim-000", "sim-001"]

@@ -296,7 +296,7 @@ def predict(
         None,
         "--onnx",
         help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
-        "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
+        "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth\\[onnx]').",
     ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1
@@ -344,7 +344,7 @@ def strip(
     ),
     mask: Path | None = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
 ) -> None:
-    """Skull-strip one volume offline with deepbet (pip install 'modalsynth[strip]'): the brain mask and/or the brain.
+    """Skull-strip one volume offline with deepbet (pip install 'modalsynth\\[strip]'): the brain mask and/or the brain.
 
     Example: modalsynth strip --input head.nii.gz --output brain.nii.gz --mask brain_mask.nii.gz
     """
@@ -500,7 +500,10 @@ def main() -> None:
     except UserError as exc:
         if _DEBUG["on"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        from .runtime import launch
+
+        if launch().is_main:  # under torchrun every rank finds the same problem: one line, from rank 0
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as exc:
         print(str(exc), file=sys.stderr)

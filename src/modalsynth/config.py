@@ -352,20 +352,29 @@ def build_config(values: Mapping[str, Any], methods: Methods, origin: str) -> Tr
         "model": method_class.network_settings,
         "inference": InferenceConfig,
     }
+    # where each name is known, so a setting given in the wrong section is pointed to the right one
+    homes = {f.name: f.name for f in fields(TrainConfig)}
+    homes.update({f.name: f"{key}.{f.name}" for key, cls in nested.items() for f in fields(cls)})
     for key, cls in nested.items():
         given = values.get(key, {})
         if isinstance(given, cls):
             continue
         if not isinstance(given, Mapping):
             raise UserError(f"{origin}: '{key}' must be a mapping of settings, e.g. '{key}: {{...}}'")
-        values[key] = _build(cls, given, origin, f"{key}.")
-    return _build(TrainConfig, values, origin, "")
+        values[key] = _build(cls, given, origin, f"{key}.", homes)
+    return _build(TrainConfig, values, origin, "", homes)
 
 
-def _build(cls: type, values: Mapping[str, Any], origin: str, prefix: str) -> Any:
-    """`cls(**values)` with every name and value checked against the dataclass's fields and type hints."""
-    known = {f.name for f in fields(cls)}
+def _build(
+    cls: type, values: Mapping[str, Any], origin: str, prefix: str, homes: Mapping[str, str] | None = None
+) -> Any:
+    """`cls(**values)` with every name and value checked against the dataclass's fields and type hints; an unknown
+    name that another section knows (`homes`: name -> its place) is pointed there."""
+    known, homes = {f.name for f in fields(cls)}, homes or {}
     unknown = set(values) - known
+    moved = [f"{prefix}{k} belongs at {homes[k]}" for k in sorted(unknown) if homes.get(k, prefix + k) != prefix + k]
+    if moved:
+        raise UserError(f"{origin}: {'; '.join(moved)}; move it there")
     if unknown:
         raise UserError(
             f"{origin}: unknown setting(s) {', '.join(prefix + k for k in sorted(unknown))}; "

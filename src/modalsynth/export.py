@@ -150,16 +150,25 @@ def onnx_predictor(path: Path) -> Predictor:
             f"{path}: has no modalsynth metadata; export it with `modalsynth export --checkpoint C --onnx "
             f"{Path(path).name}`"
         )
-    config = config_from_checkpoint(
-        json.loads(meta["modalsynth.config"]), int(meta["modalsynth.format_version"]), method_class, str(path)
-    )
+    try:
+        saved = json.loads(meta["modalsynth.config"])
+        version = int(meta["modalsynth.format_version"])
+        intensity = IntensityRecord(**json.loads(meta["modalsynth.intensity"]))
+        if not isinstance(saved, dict):
+            raise TypeError("the settings are not a mapping")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"{path}: its modalsynth metadata is damaged ({type(exc).__name__}: {exc}); export the model again with "
+            "`modalsynth export`"
+        ) from exc
+    config = config_from_checkpoint(saved, version, method_class, str(path))
     method = build_method(config, training=False)
     method.train_mode(False)
     runtime = OnnxRuntimeMethod(method, onnx_function(session))
     return Predictor(
         cast(Method, runtime),  # a Method in all but its generator
         config,
-        IntensityRecord(**json.loads(meta["modalsynth.intensity"])),
+        intensity,
         config.inference,
         origin=Path(path),
     )

@@ -88,6 +88,8 @@ class Predictor:
         if text is None:
             return dataclasses.replace(self, sources=None)
         asked = source_list(text)
+        if len(set(asked)) < len(asked):
+            raise UserError(f"--source {text}: give distinct sequence names separated by commas, e.g. flair,t2")
         unknown = [s for s in asked if s not in self.config.sources]
         if unknown or not all(asked):
             raise UserError(

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 Job = tuple[str, dict[str, Path]]  # (subject, {sequence: file})
 
 
+def is_single_file(input: Path) -> bool:
+    """Whether `predict --input` names one volume (a NIfTI file) rather than a data folder or a CSV manifest."""
+    input = Path(input)
+    return input.suffix.lower() != ".csv" and (input.is_file() or is_nifti(input))
+
+
 def output_path(predictor: Predictor, out_root: Path, subject: str) -> Path:
     """The one naming rule for a folder of predictions: OUT/<subject>/<target>.nii.gz."""
     return Path(out_root) / subject / f"{canonical_modality(predictor.config.target)}.nii.gz"
@@ -59,7 +65,8 @@ def folder_jobs(predictor: Predictor, root: Path, split: str | None = None) -> l
             raise UserError(f"{predictor.origin}: the checkpoint records no subjects in split {split!r}; drop --split")
     read = predictor.sources or predictor.config.sources
     key = " or ".join(read)
-    chosen = {s: {m: f[m] for m in read if m in f} for s, f in subjects.items() if wanted is None or s in wanted}
+    first = predictor.config.sources[0]
+    chosen = {s: _sources_of(f, read, first) for s, f in subjects.items() if wanted is None or s in wanted}
     jobs = [(s, files) for s, files in chosen.items() if files]
     missing = [s for s, files in chosen.items() if not files]
     if missing:
@@ -72,6 +79,15 @@ def folder_jobs(predictor: Predictor, root: Path, split: str | None = None) -> l
             "so the data needs a file of that source modality per subject"
         )
     return jobs
+
+
+def _sources_of(files: dict[str, Path], read: tuple[str, ...], first: str) -> dict[str, Path]:
+    """A subject's files of the sequences read; a CSV manifest's generic `source` column stands for the model's first
+    source, as in training."""
+    chosen = {m: files[m] for m in read if m in files}
+    if first in read and first not in chosen and "source" in files:
+        chosen[first] = files["source"]
+    return {m: chosen[m] for m in read if m in chosen}
 
 
 def predict_folder(
@@ -88,7 +104,8 @@ def predict_folder(
     jobs = folder_jobs(predictor, root, split)
     outputs = [output_path(predictor, out_root, subject) for subject, _ in jobs]
     what = f"a synthetic {predictor.config.target}"
-    check_writes(files_under(root), [Output(out, what, "--output") for out in outputs])
+    reads = [*files_under(root), *(p for _, files in jobs for p in files.values())]
+    check_writes(reads, [Output(out, what, "--output") for out in outputs])
     todo = list(zip(jobs, outputs))
     if cohort is not None:
         share = cohort.share(todo)
@@ -134,8 +151,7 @@ def predict_path(
     multi-source model's inputs to read ('flair' or 'flair,t2'; None: all).
     """
     input = Path(input)
-    folder = not (input.is_file() or is_nifti(input))
-    chosen = rank_device(device) if folder else device
+    chosen = device if is_single_file(input) else rank_device(device)
     predictor = Predictor.from_checkpoint(checkpoint, chosen, check_input).with_inference(**(inference_changes or {}))
     predictor = dataclasses.replace(predictor, skull=skull or predictor.skull).with_sources(sources)
     return run_predictor(predictor, input, output, split, model_file=checkpoint)
@@ -147,7 +163,7 @@ def run_predictor(
     """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz (under torchrun: this rank's share; a
     rerun skips outputs already written with the same model and settings), logging the time per volume."""
     input, output = Path(input), Path(output)
-    if input.is_file() or is_nifti(input):
+    if is_single_file(input):
         start = time.perf_counter()
         written = predict_file(predictor, input, output)
         log.info(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")

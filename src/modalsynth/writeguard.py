@@ -33,14 +33,14 @@ def check_writes(reads: Iterable[Path | None], outputs: Iterable[Output]) -> Non
     mine: dict[tuple, Output] = {}
     for out in outputs:
         path = Path(out.path)
-        if out.endings and not str(path).lower().endswith(out.endings):
-            raise UserError(f"{out.option} {path}: {out.what} is written there; give a name ending in {out.endings[0]}")
         key = _identity(path)
         if key in taken:
             raise UserError(
                 f"{out.option} {path}: is an input ({taken[key]}); writing there would replace it, "
                 f"choose another {out.option}"
             )
+        if out.endings and not str(path).lower().endswith(out.endings):
+            raise UserError(f"{out.option} {path}: {out.what} is written there; give a name ending in {out.endings[0]}")
         if key in mine:
             raise UserError(
                 f"{out.option} {path}: is also {mine[key].option} ({mine[key].what}); give each output its own path"

@@ -384,8 +384,18 @@ def load_or_make_split(
     if path.exists():
         try:
             split = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: not valid JSON ({exc}); delete it to make a new split") from exc
+        if not (
+            isinstance(split, dict)
+            and set(split) <= {"train", "val", "test"}
+            and "train" in split
+            and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in split.values())
+        ):
+            raise UserError(
+                f"{path}: not a split (a mapping of train, val and test to lists of subject names); delete it to "
+                "make a new split"
+            )
         unknown = set(sum(split.values(), [])) - set(subjects)
         if unknown:
             raise UserError(
