@@ -295,6 +295,9 @@ def predict(
         help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
         "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
     ),
+    report: bool = typer.Option(
+        False, "--report", help="For a data folder, also write the HTML QC pages OUT/<subject>.html and OUT/index.html."
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
@@ -316,6 +319,8 @@ def predict(
         run_predictor(
             dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from
         )
+        if report:
+            _predict_report(input, output, onnx)
         return
     predict_path(
         builtin.resolve(checkpoint),
@@ -328,6 +333,101 @@ def predict(
         skull=SkullStrip(skull_strip, keep_head),
         sources=source,
     )
+    if report:
+        _predict_report(input, output, builtin.resolve(checkpoint), checkpoint or f"builtin:{builtin.DEFAULT}")
+
+
+def _predict_report(input: Path, output: Path, model_file: Path, name: str | None = None) -> None:
+    """`predict --report`: the QC pages of a folder of predictions (a single file has none)."""
+    from .io import file_sha256
+    from .qc_report import model_summary, report_predictions
+
+    if not output.is_dir():
+        raise UserError(f"{output}: --report needs a data folder as --input (pages per subject); drop --report")
+    summary = model_summary(name or str(model_file), file_sha256(model_file))
+    for page in report_predictions(output, input, model=summary):
+        typer.echo(f"wrote {page}")
+
+
+@app.command()
+def bids(
+    bids_dir: Path = typer.Argument(..., help="The BIDS dataset's root folder (read only)."),
+    output_dir: Path = typer.Argument(
+        ..., help="Where the derivatives go: outside the dataset or BIDS_DIR/derivatives/NAME."
+    ),
+    analysis_level: str = typer.Argument(
+        ..., help="participant (the images and each subject's page) or group (the index page)."
+    ),
+    participant_label: list[str] | None = typer.Option(
+        None,
+        "--participant-label",
+        help="Subjects to process, with or without 'sub-' (several: repeat or space-separated).",
+    ),
+    session_label: list[str] | None = typer.Option(None, "--session-label", help="Sessions to process (default all)."),
+    target: str = typer.Option("t1", "--target", help="The sequence to synthesise: t1 (T1w)."),
+    source: str | None = typer.Option(
+        None, "--source", help="Which of the model's sources to read (default all it takes)."
+    ),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="A checkpoint or builtin:NAME (default: builtin:flair-t1)."
+    ),
+    skull_strip: str = typer.Option(
+        "auto", "--skull-strip", help="auto | always | never, as for predict; a mask is written when it ran."
+    ),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
+    work_dir: Path | None = typer.Option(
+        None, "--work-dir", help="Folder for intermediate files (modalsynth writes its outputs in place, atomically)."
+    ),
+    skip_bids_validation: bool = typer.Option(
+        False, "--skip-bids-validation", help="Do not run bids-validator-deno on BIDS_DIR first."
+    ),
+    all_subjects: bool = typer.Option(
+        False, "--all-subjects", help="Also sessions that have the target (a real one to compare with)."
+    ),
+) -> None:
+    """BIDS App: fill the missing T1w of every subject/session as BIDS derivatives with sidecars and QC pages.
+
+    Example: modalsynth bids /data/ds /data/ds/derivatives/modalsynth participant --participant-label 01
+    """
+    from .bids_app import BidsOptions, parse_labels, run_bids
+
+    options = BidsOptions(
+        participant_labels=parse_labels(participant_label),
+        session_labels=parse_labels(session_label),
+        target=target,
+        source=source,
+        checkpoint=checkpoint,
+        skull_strip=skull_strip,
+        device=device,
+        work_dir=work_dir,
+        skip_bids_validation=skip_bids_validation,
+        all_subjects=all_subjects,
+    )
+    written = run_bids(bids_dir, output_dir, analysis_level, options)
+    typer.echo(f"{analysis_level} level: wrote {len(written)} file(s) under {output_dir}")
+
+
+@app.command()
+def report(
+    outputs: Path = typer.Argument(..., help="A folder `modalsynth bids` or `modalsynth predict` wrote."),
+    data: Path | None = typer.Option(
+        None, "--data", help="For a predict folder: the data folder it read (sources, real images)."
+    ),
+    target: str = typer.Option("t1", "--target", help="For a predict folder: the predicted sequence."),
+) -> None:
+    """Write the HTML QC pages (one per subject, self-contained, viewable offline) and the index page.
+
+    Example: modalsynth report /data/ds/derivatives/modalsynth
+    """
+    from .bids_app import report_derivatives
+    from .qc_report import report_predictions
+
+    if (outputs / "dataset_description.json").is_file():
+        pages = report_derivatives(outputs)
+    else:
+        pages = report_predictions(outputs, data, target)
+    for page in pages:
+        typer.echo(f"wrote {page}")
 
 
 @app.command()
