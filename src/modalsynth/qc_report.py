@@ -140,8 +140,11 @@ def measures(item: ReportItem) -> dict[str, float] | None:
     ref = {"t1": item.reference}
     if item.mask is not None:
         ref["brain_mask"] = item.mask
-    data = load_subject(item.title, {"t1": item.synthetic}, ref, "t1", None)
-    return score_subject(data)
+    try:
+        return score_subject(load_subject(item.title, {"t1": item.synthetic}, ref, "t1", None))
+    except UserError as exc:  # a volume too small for the measures: the page still shows the images
+        print(f"warning: no measures for {item.synthetic}: {exc}")
+        return None
 
 
 def _shown_volumes(item: ReportItem) -> tuple[list[_Shown], str | None]:

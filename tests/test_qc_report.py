@@ -1,0 +1,142 @@
+"""The HTML QC report: self-contained pages, their size, and the viewer in a real headless Chromium (offline)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from modalsynth import qc_report
+from modalsynth.bids_app import BidsOptions, report_derivatives, run_bids
+
+from .bids_tree import make_bids_tree
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: headless Chromium with WebGL on the CPU (SwiftShader through ANGLE), nothing fetched in the background
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def derivatives(tmp_path_factory) -> Path:
+    """sub-02 (FLAIR and a real T1w: synthetic, real, difference, measures) and sub-03 through the built-in model."""
+    raw = make_bids_tree(tmp_path_factory.mktemp("bids") / "raw")
+    out = raw / "derivatives" / "modalsynth"
+    options = BidsOptions(participant_labels=("02", "03"), all_subjects=True, skip_bids_validation=True)
+    run_bids(raw, out, "participant", options)
+    run_bids(raw, out, "group", options)
+    return out
+
+
+def _embedded(page: Path) -> list[dict]:
+    text = page.read_text()
+    start = text.index('<script id="volumes" type="application/json">') + len(
+        '<script id="volumes" type="application/json">'
+    )
+    return json.loads(text[start : text.index("</script>", start)])
+
+
+def test_pages_are_self_contained_and_small(derivatives):
+    page = derivatives / "sub-02.html"
+    text = page.read_text()
+    assert page.stat().st_size <= qc_report.MAX_PAGE_BYTES
+    assert "http://" not in text.split("<script>")[0] and "src='http" not in text and 'src="http' not in text
+    [item] = _embedded(page)
+    assert [v["label"] for v in item["volumes"]] == ["FLAIR", "synthetic", "real", "|synthetic - real| (0-1)"]
+    synthetic = nib.load(derivatives / "sub-02" / "anat" / "sub-02_desc-synthetic_T1w.nii.gz")
+    assert all(v["dims"] == list(synthetic.shape) for v in item["volumes"])
+    assert "measures against the real image" in text and "SSIM 3D, brain" in text
+    assert "What it does" in text and "builtin:flair-t1" in text  # the model card's summary
+    assert "data:image/png;base64," in text  # the static fallback
+    index = (derivatives / "index.html").read_text()
+    assert "sub-02.html" in index and "sub-03.html" in index
+
+
+def test_a_page_over_the_limit_is_rebuilt_at_half_resolution(derivatives, tmp_path, monkeypatch):
+    monkeypatch.setattr(qc_report, "MAX_PAGE_BYTES", (derivatives / "sub-03.html").stat().st_size - 1)
+    copy = tmp_path / "out"
+    shutil.copytree(derivatives, copy)
+    description = json.loads((copy / "dataset_description.json").read_text())
+    description["DatasetLinks"]["raw"] = (derivatives / "../..").resolve().as_uri()
+    (copy / "dataset_description.json").write_text(json.dumps(description))
+    report_derivatives(copy)
+    assert (copy / "sub-03.html").stat().st_size <= qc_report.MAX_PAGE_BYTES
+    assert "1/2 resolution" in (copy / "sub-03.html").read_text()
+    full = [v["dims"] for v in _embedded(derivatives / "sub-03.html")[0]["volumes"]]
+    half = [v["dims"] for v in _embedded(copy / "sub-03.html")[0]["volumes"]]
+    assert half == [[(n + 1) // 2 for n in dims] for dims in full]
+
+
+def test_predict_folder_pages(tmp_path):
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    for subject in ("a", "b"):
+        for name, seed in (("flair", 0), ("t1", 1)):
+            (data / subject).mkdir(parents=True, exist_ok=True)
+            volume = np.random.default_rng(seed).random((16, 18, 16)).astype(np.float32) + 1
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), str(data / subject / f"{name}.nii.gz"))
+        (pred / subject).mkdir(parents=True)
+        shutil.copy(data / subject / "t1.nii.gz", pred / subject / "t1.nii.gz")
+    pages = qc_report.report_predictions(pred, data)
+    assert [p.name for p in pages] == ["a.html", "b.html", "index.html"]
+    [item] = _embedded(pred / "a.html")
+    assert [v["label"] for v in item["volumes"]] == ["flair", "synthetic", "real", "|synthetic - real| (0-1)"]
+
+
+def _canvas_is_blank(png: bytes) -> bool:
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(io.BytesIO(png), format="png")[..., :3]
+    return float(pixels.std()) < 0.02
+
+
+def test_report_opens_in_headless_chromium_offline(derivatives, tmp_path):
+    if CHROMIUM is None and os.environ.get("MODALSYNTH_REQUIRE_TOOLS"):
+        pytest.fail("Chromium is not installed, and CI requires it: .ci/run installs it with apt-get")
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; CI installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    page_path = derivatives / "sub-02.html"
+    expected = {v["id"]: v["dims"] for item in _embedded(page_path) for v in item["volumes"]}
+    own, outside = page_path.resolve().as_uri(), []
+
+    def guard(route):
+        if route.request.url == own:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.route("**/*", guard)
+            requests = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(own)
+            page.wait_for_function("window.modalsynthStatus && window.modalsynthStatus.ready", timeout=120_000)
+            status = page.evaluate("window.modalsynthStatus")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(tmp_path / "sub-02.png"), full_page=True)
+            canvases = {vid: page.locator(f"#{vid}").screenshot() for vid in expected}
+        finally:
+            browser.close()
+    assert status["errors"] == []
+    assert {v["id"]: v["dims"] for v in status["loaded"]} == expected  # every volume loaded, dimensions as embedded
+    assert not [vid for vid, png in canvases.items() if _canvas_is_blank(png)]
+    assert outside == [] and all(url == own or url.startswith(("data:", "blob:")) for url in requests)
+    assert (tmp_path / "sub-02.png").stat().st_size > 10_000
