@@ -16,6 +16,7 @@ from modalsynth import qc_report
 from modalsynth.bids_app import BidsOptions, report_derivatives, run_bids
 
 from .bids_tree import make_bids_tree
+from .conftest import blob_volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: headless Chromium with WebGL on the CPU (SwiftShader through ANGLE), nothing fetched in the background
@@ -59,7 +60,7 @@ def test_pages_are_self_contained_and_small(derivatives):
     assert [v["label"] for v in item["volumes"]] == ["FLAIR", "synthetic", "real", "|synthetic - real| (0-1)"]
     synthetic = nib.load(derivatives / "sub-02" / "anat" / "sub-02_desc-synthetic_T1w.nii.gz")
     assert all(v["dims"] == list(synthetic.shape) for v in item["volumes"])
-    assert "measures against the real image" in text and "SSIM 3D, brain" in text
+    assert "against the real image: SSIM 3D, brain" in text and "PSNR (dB), whole volume" in text
     assert "What it does" in text and "builtin:flair-t1" in text  # the model card's summary
     assert "data:image/png;base64," in text  # the static fallback
     index = (derivatives / "index.html").read_text()
@@ -133,10 +134,35 @@ def test_report_opens_in_headless_chromium_offline(derivatives, tmp_path):
             page.wait_for_timeout(300)
             page.screenshot(path=str(tmp_path / "sub-02.png"), full_page=True)
             canvases = {vid: page.locator(f"#{vid}").screenshot() for vid in expected}
+            box = page.locator("#v0_0").bounding_box()  # a click on the first canvas's axial plane
+            page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.75)
+            page.wait_for_timeout(300)
+            cursors = page.evaluate("window.modalsynthViewers.map((nv) => Array.from(nv.scene.crosshairPos))")
         finally:
             browser.close()
     assert status["errors"] == []
     assert {v["id"]: v["dims"] for v in status["loaded"]} == expected  # every volume loaded, dimensions as embedded
     assert not [vid for vid, png in canvases.items() if _canvas_is_blank(png)]
+    assert cursors[0] != [0.5, 0.5, 0.5] and all(c == pytest.approx(cursors[0]) for c in cursors)  # linked
     assert outside == [] and all(url == own or url.startswith(("data:", "blob:")) for url in requests)
     assert (tmp_path / "sub-02.png").stat().st_size > 10_000
+
+
+def test_predict_report_writes_the_pages(tmp_path):
+    from typer.testing import CliRunner
+
+    from modalsynth.cli import app
+
+    data = tmp_path / "data"
+    for subject, seed in (("s1", 0), ("s2", 1)):
+        (data / subject).mkdir(parents=True)
+        for name in ("flair", "t1"):
+            volume = nib.Nifti1Image(blob_volume((24, 28, 24), seed=seed), np.diag([2.0, 2.0, 2.0, 1.0]))
+            nib.save(volume, str(data / subject / f"{name}.nii.gz"))
+    result = CliRunner().invoke(app, ["predict", "--input", str(data), "--output", str(tmp_path / "pred"), "--report"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "pred").glob("*.html")} == {"s1.html", "s2.html", "index.html"}
+    text = (tmp_path / "pred" / "s1.html").read_text()
+    assert "builtin:flair-t1" in text and "What it does" in text
+    [item] = _embedded(tmp_path / "pred" / "s1.html")
+    assert [v["label"] for v in item["volumes"]] == ["flair", "synthetic", "real", "|synthetic - real| (0-1)"]

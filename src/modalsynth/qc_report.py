@@ -31,6 +31,7 @@ VIEWER = Path(__file__).resolve().parent / "viewer" / "niivue.umd.js.gz"
 MAX_PAGE_BYTES = 25 * 1024 * 1024
 #: display range of the embedded uint8 volumes (each scaled so its 99.5th percentile in the foreground is 250)
 TOP = 250
+HEADLINE = ("ssim_brain", "psnr_brain", "mae_brain", "gw_contrast_ratio")  # the measures a page shows first
 CARD_SUMMARY = ("**What it does", "**How good it is")  # the card paragraphs a page shows
 SEQUENCES = ("flair", "t1", "t2", "pd", "t1ce")  # what a data folder's files may be shown as sources
 DIFF_SCALE = TOP  # an absolute difference of 1 on the [0, 1] scale is shown at full brightness
@@ -192,8 +193,10 @@ def _measures_html(values: dict[str, float] | None) -> str:
         for k, v in values.items()
         if isinstance(v, int | float) and np.isfinite(v)
     )
+    head = ", ".join(f"{REPORT_LABELS[k]} {values[k]:.3g}" for k in HEADLINE if isinstance(values.get(k), int | float))
     return (
-        f"<details class='measures'><summary>measures against the real image</summary><table>{rows}</table></details>"
+        f"<p class='headline'>against the real image: {html.escape(head)}</p><details class='measures'>"
+        f"<summary>every measure `evaluate` computes</summary><table>{rows}</table></details>"
     )
 
 
@@ -249,7 +252,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa;color:#222}
 .row{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0}figcaption{font-size:0.9em;font-weight:bold}
-.box{width:300px;height:300px;background:#000}canvas{width:100%;height:100%}
+.box{width:280px;height:280px;background:#000}canvas{width:100%;height:100%}
 .note{color:#955}.file{font-family:monospace;font-size:0.85em}
 table{border-collapse:collapse}td{border-bottom:1px solid #ddd;padding:2px 8px}
 img{max-width:100%}
