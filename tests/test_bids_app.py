@@ -134,3 +134,38 @@ def test_bad_input_is_one_line(raw, tmp_path):
 def test_the_validator_on_the_raw_tree_runs_unless_skipped(raw, tmp_path):
     errors = _validator_errors(raw)
     assert errors == [], errors  # the test tree is valid BIDS, so the default check lets it through
+    broken = tmp_path / "broken"
+    shutil.copytree(raw, broken, ignore=shutil.ignore_patterns("derivatives"))
+    shutil.copy(broken / "sub-02" / "anat" / "sub-02_T1w.nii.gz", broken / "sub-02" / "anat" / "sub-02_T1.nii.gz")
+    with pytest.raises(UserError, match="the BIDS validator reports .*--skip-bids-validation"):
+        run_bids(broken, tmp_path / "out", "participant", BidsOptions(report=False))
+
+
+def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
+    import nibabel as nib
+
+    from modalsynth.bids_app import predict_job
+
+    from .conftest import blob_volume
+
+    class Recorder:  # stands in for a FLAIR+T2 model: records which sources reach it
+        skull = None
+
+        def predict_sources(self, volumes):
+            self.seen = list(volumes)
+            return next(iter(volumes.values()))
+
+    raw = tmp_path / "raw"
+    make_bids_tree(raw)
+    anat = raw / "sub-04" / "anat"
+    anat.mkdir(parents=True)
+    for name, shape in (("FLAIR", (20, 24, 20)), ("T2w", (20, 24, 22))):
+        nib.save(nib.Nifti1Image(blob_volume(shape), np.eye(4)), str(anat / f"sub-04_{name}.nii.gz"))
+    sub03, sub04 = plan_jobs(raw, tmp_path / "out", ("flair", "t2"), "t1", BidsOptions(participant_labels=("03", "04")))
+    model = Recorder()
+    predict_job(model, sub03, raw, "t1", {}, {})
+    assert model.seen == ["flair", "t2"]
+    predict_job(model, sub04, raw, "t1", {}, {})
+    assert model.seen == ["flair"] and "not on the grid" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "out" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-04/anat/sub-04_FLAIR.nii.gz"]

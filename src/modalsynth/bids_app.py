@@ -19,15 +19,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from . import __version__, builtin
 from .cohort import Cohort
-from .data.pairs import canonical_modality, source_list
+from .data.pairs import canonical_modality, compare_grids
 from .data.skullstrip import SkullStrip, looks_skull_stripped, masked
 from .errors import UserError
-from .inference import NOT_REGISTERED, Predictor, check_same_grid, resolve_device
+from .inference import Predictor, resolve_device
 from .io import atomic_write, file_identity, file_sha256, is_nifti, load_volume, save_array, save_volume
 from .qc_report import ReportItem, ReportModel, model_summary, write_index, write_subject_report
 
@@ -349,7 +350,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         todo = [job for job in mine if not _finished(cohort, job, target)]
         if len(todo) < len(mine):
             print(f"skipped {len(mine) - len(todo)} image(s) already written by this model and settings")
-        if todo and not cohort.same:
+        if not cohort.same:
             cohort.begin()
         for job in todo:
             written += predict_job(predictor, job, bids_dir, target, model, settings)
@@ -359,7 +360,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
             for subject in sorted(subjects):
                 page = out_dir / f"sub-{subject}.html"
                 if subject in changed or not page.exists():
-                    items = [report_item(job, bids_dir, target) for job in mine if job.subject == subject]
+                    items = [report_item(job, target) for job in mine if job.subject == subject]
                     written.append(write_subject_report(f"sub-{subject}", items, page, report_model(model, settings)))
                     print(f"wrote {page}")
     return written
@@ -376,14 +377,13 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     """Predict one job's synthetic image (skull-stripped first as the predictor says, keeping the mask) and write it
     with its sidecar, and the mask with its own when stripping ran."""
     volumes = {name: load_volume(f.path) for name, f in job.sources.items()}
-    first, *others = volumes.values()
-    for other in others:
-        try:
-            check_same_grid(first, other)
-        except UserError:
-            raise UserError(
-                f"{other.path}: not on the grid of {first.path}; {NOT_REGISTERED} (--source {next(iter(volumes))})"
-            ) from None
+    first = next(iter(volumes.values()))
+    for name, other in list(volumes.items())[1:]:
+        if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
+            # a raw dataset's sequences often lie on their own grids; the model predicts from any subset it takes
+            print(f"warning: {other.path}: not on the grid of {first.path}, so not used (modalsynth does not register)")
+            del volumes[name]
+            del job.sources[name]
     skull = predictor.skull or SkullStrip("never")
     region = skull.region_of(first)
     if region is None:
@@ -423,12 +423,10 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     return written
 
 
-def report_item(job: Job, bids_dir: Path, target: str) -> ReportItem:
+def report_item(job: Job, target: str) -> ReportItem:
     """What the QC page shows for one synthetic image: sources, the image, the real target and the mask if any."""
-    session = f"ses-{job.session}" if job.session else ""
-    title = job.stem.replace(f"sub-{job.subject}", "").strip("_") or f"sub-{job.subject}"
     return ReportItem(
-        title=title if session or title != f"sub-{job.subject}" else f"sub-{job.subject}",
+        title=_title(job.stem, f"sub-{job.subject}"),
         synthetic=job.output(SUFFIXES[target]),
         sources={SUFFIXES[name]: f.path for name, f in job.sources.items()},
         reference=job.reference.path if job.reference is not None else None,
@@ -436,8 +434,13 @@ def report_item(job: Job, bids_dir: Path, target: str) -> ReportItem:
     )
 
 
+def _title(stem: str, subject: str) -> str:
+    """A page section's title: the entities after the subject's (ses-1, acq-ax_run-1), or the subject alone."""
+    return stem.removeprefix(subject).strip("_") or subject
+
+
 def report_model(model: dict, settings: dict) -> ReportModel:
-    """The model summary a QC page shows: the card's first paragraph for a built-in model, else what it maps."""
+    """The model summary a QC page shows (a built-in model's brings its card)."""
     return model_summary(model["Name"], model["Sha256"], settings)
 
 
@@ -458,7 +461,7 @@ def read_derivatives(out_dir: Path) -> dict[str, list[ReportItem]]:
         raise UserError(
             f"{description}: no DatasetLinks raw entry; is {out_dir} written by `modalsynth bids`?"
         ) from None
-    raw = Path(link[len("file://") :]) if link.startswith("file://") else (out_dir / link)
+    raw = Path(unquote(urlparse(link).path)) if link.startswith("file:") else (out_dir / link)
     items: dict[str, list[ReportItem]] = {}
     for sidecar in sorted(out_dir.glob(f"sub-*/**/anat/*_desc-{SYNTHETIC_DESC}_*.json")):
         record = json.loads(sidecar.read_text())
@@ -474,9 +477,10 @@ def read_derivatives(out_dir: Path) -> dict[str, list[ReportItem]]:
         real = [p for p in sorted(raw.glob(f"{image.parent.relative_to(out_dir)}/{stem}_{parsed.suffix}.nii*"))]
         mask = image.with_name(f"{stem}_desc-brain_mask.nii.gz")
         subject = f"sub-{parsed.entities['sub']}"
-        title = stem.replace(subject, "").strip("_") or subject
         items.setdefault(subject, []).append(
-            ReportItem(title, image, sources, real[0] if real else None, mask if mask.exists() else None)
+            ReportItem(
+                _title(stem, subject), image, sources, real[0] if real else None, mask if mask.exists() else None
+            )
         )
         items[subject][-1].model = report_model(record["Model"], record.get("Settings", {}))
     return items
@@ -506,6 +510,3 @@ def _readme(model: dict) -> str:
 def parse_labels(values: list[str] | None) -> tuple[str, ...]:
     """Labels given once each or several in one value ('01 02' or '01,02')."""
     return tuple(label for value in values or [] for label in re.split(r"[\s,]+", value) if label)
-
-
-__all__ = ["BidsOptions", "run_bids", "report_derivatives", "parse_labels", "source_list"]
