@@ -169,3 +169,29 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
     assert model.seen == ["flair"] and "not on the grid" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "out" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
     assert sidecar["Sources"] == ["bids:raw:sub-04/anat/sub-04_FLAIR.nii.gz"]
+
+
+def test_labels_follow_the_option_as_in_other_bids_apps():
+    from modalsynth.cli import _join_labels
+
+    argv = ["bids", "ds", "out", "participant", "--participant-label", "01", "sub-02", "--all-subjects"]
+    assert _join_labels(argv) == [
+        "bids",
+        "ds",
+        "out",
+        "participant",
+        "--participant-label",
+        "01 sub-02",
+        "--all-subjects",
+    ]
+    argv = ["--debug", "bids", "ds", "out", "participant", "--checkpoint", "x", "--session-label", "1", "2"]
+    assert _join_labels(argv)[-2:] == ["--session-label", "1 2"]
+    assert _join_labels(["predict", "--input", "a", "b"]) == ["predict", "--input", "a", "b"]
+
+
+def test_a_subject_page_keeps_the_sessions_of_earlier_runs(raw, tmp_path):
+    out = tmp_path / "out"
+    for session in ("1", "2"):
+        run_bids(raw, out, "participant", BidsOptions(participant_labels=("01",), session_labels=(session,)))
+    page = (out / "sub-01.html").read_text()
+    assert "<h2>ses-1</h2>" in page and "<h2>ses-2</h2>" in page

@@ -355,14 +355,15 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         for job in todo:
             written += predict_job(predictor, job, bids_dir, target, model, settings)
             print(f"wrote {job.output(SUFFIXES[target])}")
-        if options.report:
+        if options.report:  # each subject's page shows every synthetic image of it in OUT_DIR, this run's or not
             changed = {job.subject for job in todo}
-            for subject in sorted(subjects):
+            wanted = [s for s in sorted(subjects) if s in changed or not (out_dir / f"sub-{s}.html").exists()]
+            found = read_derivatives(out_dir) if wanted else {}
+            for subject in wanted:
+                items = found.get(f"sub-{subject}", [])
                 page = out_dir / f"sub-{subject}.html"
-                if subject in changed or not page.exists():
-                    items = [report_item(job, target) for job in mine if job.subject == subject]
-                    written.append(write_subject_report(f"sub-{subject}", items, page, report_model(model, settings)))
-                    print(f"wrote {page}")
+                written.append(write_subject_report(f"sub-{subject}", items, page, items[0].model if items else None))
+                print(f"wrote {page}")
     return written
 
 
@@ -423,17 +424,6 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     return written
 
 
-def report_item(job: Job, target: str) -> ReportItem:
-    """What the QC page shows for one synthetic image: sources, the image, the real target and the mask if any."""
-    return ReportItem(
-        title=_title(job.stem, f"sub-{job.subject}"),
-        synthetic=job.output(SUFFIXES[target]),
-        sources={SUFFIXES[name]: f.path for name, f in job.sources.items()},
-        reference=job.reference.path if job.reference is not None else None,
-        mask=job.mask if job.mask.exists() else None,
-    )
-
-
 def _title(stem: str, subject: str) -> str:
     """A page section's title: the entities after the subject's (ses-1, acq-ax_run-1), or the subject alone."""
     return stem.removeprefix(subject).strip("_") or subject
@@ -474,12 +464,17 @@ def read_derivatives(out_dir: Path) -> dict[str, list[ReportItem]]:
             path = raw / uri.removeprefix("bids:raw:")
             sources[parse_anat_name(path).suffix if parse_anat_name(path) else path.name] = path
         stem = image.name.split(f"_desc-{SYNTHETIC_DESC}")[0]
-        real = [p for p in sorted(raw.glob(f"{image.parent.relative_to(out_dir)}/{stem}_{parsed.suffix}.nii*"))]
+        folder = raw / image.parent.relative_to(out_dir)
+        real = sorted(folder.glob(f"{stem}_{parsed.suffix}.nii*")) or sorted(folder.glob(f"*_{parsed.suffix}.nii*"))
         mask = image.with_name(f"{stem}_desc-brain_mask.nii.gz")
         subject = f"sub-{parsed.entities['sub']}"
         items.setdefault(subject, []).append(
             ReportItem(
-                _title(stem, subject), image, sources, real[0] if real else None, mask if mask.exists() else None
+                _title(stem, subject),
+                image,
+                sources,
+                real[0] if len(real) == 1 else None,
+                mask if mask.exists() else None,
             )
         )
         items[subject][-1].model = report_model(record["Model"], record.get("Settings", {}))

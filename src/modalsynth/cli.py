@@ -64,6 +64,35 @@ def _join_triplets(argv: list[str]) -> list[str]:
     return out
 
 
+_LABEL_OPTIONS = ("--participant-label", "--session-label")
+_FLAGS = ("--skip-bids-validation", "--all-subjects", "--help")
+
+
+def _join_labels(argv: list[str]) -> list[str]:
+    """Let `bids DS OUT participant --participant-label 01 02` work as in other BIDS Apps: the labels after the
+    option (once BIDS_DIR, OUT_DIR and the level have come) become one space-separated value."""
+    start = next((k for k, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    if start == len(argv) or argv[start] != "bids":
+        return argv
+    out, positional, i = argv[: start + 1], 0, start + 1
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg in _LABEL_OPTIONS and positional >= 3:
+            values = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            out.append(" ".join(values))
+        elif arg.startswith("-") and "=" not in arg and arg not in _FLAGS and i < len(argv):
+            out.append(argv[i])  # the option's value
+            i += 1
+        elif not arg.startswith("-"):
+            positional += 1
+    return out
+
+
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write ROOT/<subject>/{flair,t1,labels,lesion}.nii.gz"),
@@ -361,9 +390,11 @@ def bids(
     participant_label: list[str] | None = typer.Option(
         None,
         "--participant-label",
-        help="Subjects to process, with or without 'sub-' (several: repeat or space-separated).",
+        help="Subjects to process, with or without 'sub-' (several: --participant-label 01 02).",
     ),
-    session_label: list[str] | None = typer.Option(None, "--session-label", help="Sessions to process (default all)."),
+    session_label: list[str] | None = typer.Option(
+        None, "--session-label", help="Sessions to process, with or without 'ses-' (default all)."
+    ),
     target: str = typer.Option("t1", "--target", help="The sequence to synthesise: t1 (T1w)."),
     source: str | None = typer.Option(
         None, "--source", help="Which of the model's sources to read (default all it takes)."
@@ -570,7 +601,7 @@ def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder
 def main() -> None:
     """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
     try:
-        app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth")
+        app(args=_join_labels(_join_triplets(sys.argv[1:])), prog_name="modalsynth")
     except UserError as exc:
         if _DEBUG["on"]:
             raise
