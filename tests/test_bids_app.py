@@ -195,3 +195,40 @@ def test_a_subject_page_keeps_the_sessions_of_earlier_runs(raw, tmp_path):
         run_bids(raw, out, "participant", BidsOptions(participant_labels=("01",), session_labels=(session,)))
     page = (out / "sub-01.html").read_text()
     assert "<h2>ses-1</h2>" in page and "<h2>ses-2</h2>" in page
+
+
+def _bids_worker(rank: int, world: int, port: int, raw: str, out: str, tag: str) -> None:
+    """One rank of a torchrun-style `bids` run; records the files it wrote."""
+    import os
+
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    options = BidsOptions(all_subjects=True, skip_bids_validation=True, report=False, device="cpu")
+    written = run_bids(Path(raw), Path(out), "participant", options)
+    Path(out, f".{tag}{rank}.json").write_text(json.dumps([str(p) for p in written]))
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_subjects_and_a_rerun_skips_them(raw, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out"
+    for tag in ("first", "again"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_bids_worker, args=(2, port, str(raw), str(out), tag), nprocs=2, join=True)
+    first = [{Path(p).name for p in json.loads((out / f".first{r}.json").read_text())} for r in range(2)]
+    images = [{name for name in files if name.endswith("_T1w.nii.gz")} for files in first]
+    assert images[0] == {"sub-01_ses-1_desc-synthetic_T1w.nii.gz", "sub-01_ses-2_desc-synthetic_T1w.nii.gz"} | {
+        "sub-03_acq-ax_run-1_desc-synthetic_T1w.nii.gz"
+    }
+    assert images[1] == {"sub-02_desc-synthetic_T1w.nii.gz"}  # whole subjects per rank: sub-01, sub-03 | sub-02
+    assert "dataset_description.json" in first[0] and "dataset_description.json" not in first[1]
+    assert [json.loads((out / f".again{r}.json").read_text()) for r in range(2)] == [[], []]
