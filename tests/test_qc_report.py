@@ -166,3 +166,22 @@ def test_predict_report_writes_the_pages(tmp_path):
     assert "builtin:flair-t1" in text and "What it does" in text
     [item] = _embedded(tmp_path / "pred" / "s1.html")
     assert [v["label"] for v in item["volumes"]] == ["flair", "synthetic", "real", "|synthetic - real| (0-1)"]
+
+
+def test_without_webgl_the_page_opens_its_static_images(derivatives):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; CI installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    no_webgl = [arg for arg in CHROMIUM_ARGS if "swiftshader" not in arg and "gpu" not in arg] + ["--disable-webgl"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=no_webgl)
+        try:
+            page = browser.new_page()
+            page.goto((derivatives / "sub-03.html").resolve().as_uri())
+            page.wait_for_function("window.modalsynthStatus && window.modalsynthStatus.ready", timeout=60_000)
+            status = page.evaluate("window.modalsynthStatus")
+            opened = page.evaluate("Array.from(document.querySelectorAll('details.static')).every((d) => d.open)")
+            shown = page.evaluate("document.querySelector('details.static img').naturalWidth")
+        finally:
+            browser.close()
+    assert status["errors"] == ["no WebGL2"] and opened and shown > 100
