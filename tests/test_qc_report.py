@@ -185,3 +185,13 @@ def test_without_webgl_the_page_opens_its_static_images(derivatives):
         finally:
             browser.close()
     assert status["errors"] == ["no WebGL2"] and opened and shown > 100
+
+
+def test_report_command_rewrites_a_derivatives_folders_pages(derivatives):
+    from typer.testing import CliRunner
+
+    from modalsynth.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(derivatives)])
+    assert result.exit_code == 0, result.output
+    assert [line.split("/")[-1] for line in result.output.splitlines()] == ["sub-02.html", "sub-03.html", "index.html"]

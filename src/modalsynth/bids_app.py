@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -33,6 +34,7 @@ from .io import atomic_write, file_identity, file_sha256, is_nifti, load_volume,
 from .qc_report import ReportItem, ReportModel, model_summary, write_index, write_subject_report
 
 BIDS_VERSION = "1.10.0"
+#: GeneratedBy's CodeURL when the installed package names no source URL (`[project.urls]` Source or Repository)
 CODE_URL = "https://pypi.org/project/modalsynth/"
 #: modalsynth's sequence names -> BIDS anatomical suffixes
 SUFFIXES = {"t1": "T1w", "t2": "T2w", "flair": "FLAIR", "pd": "PDw"}
@@ -219,12 +221,22 @@ def dataset_description(bids_dir: Path, out_dir: Path) -> dict:
             {
                 "Name": "modalsynth",
                 "Version": __version__,
-                "CodeURL": CODE_URL,
+                "CodeURL": code_url(),
                 "Description": "3D conditional GAN synthesis of a missing MRI sequence",
             }
         ],
         "DatasetLinks": {"raw": link},
     }
+
+
+def code_url() -> str:
+    """The project's source URL from the installed package's metadata, else CODE_URL."""
+    try:
+        urls = metadata("modalsynth").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    named = dict(tuple(part.strip() for part in url.split(",", 1)) for url in urls if "," in url)
+    return named.get("Source") or named.get("Repository") or CODE_URL
 
 
 def model_record(predictor: Predictor, spec: str | None, model_file: Path) -> dict:
