@@ -14,6 +14,7 @@ import pytest
 
 from modalsynth import qc_report
 from modalsynth.bids_app import BidsOptions, report_derivatives, run_bids
+from modalsynth.errors import UserError
 
 from .bids_tree import make_bids_tree
 from .conftest import blob_volume
@@ -159,6 +160,9 @@ def test_predict_report_writes_the_pages(tmp_path):
         for name in ("flair", "t1"):
             volume = nib.Nifti1Image(blob_volume((24, 28, 24), seed=seed), np.diag([2.0, 2.0, 2.0, 1.0]))
             nib.save(volume, str(data / subject / f"{name}.nii.gz"))
+    one = ["predict", "--input", str(data / "s1" / "flair.nii.gz"), "--output", str(tmp_path / "t1.nii.gz")]
+    refused = CliRunner().invoke(app, [*one, "--report"])
+    assert isinstance(refused.exception, UserError) and not (tmp_path / "t1.nii.gz").exists()
     result = CliRunner().invoke(app, ["predict", "--input", str(data), "--output", str(tmp_path / "pred"), "--report"])
     assert result.exit_code == 0, result.output
     assert {p.name for p in (tmp_path / "pred").glob("*.html")} == {"s1.html", "s2.html", "index.html"}

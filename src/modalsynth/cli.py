@@ -336,6 +336,8 @@ def predict(
     from .data.skullstrip import SkullStrip
     from .inference import predict_path, run_predictor
 
+    if report and not input.is_dir():
+        raise UserError(f"{input}: --report needs a data folder as --input (a page per subject); drop --report")
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
         if checkpoint is not None or device not in ("auto", "cpu"):
@@ -371,8 +373,6 @@ def _predict_report(input: Path, output: Path, model_file: Path, name: str | Non
     from .io import file_sha256
     from .qc_report import model_summary, report_predictions
 
-    if not output.is_dir():
-        raise UserError(f"{output}: --report needs a data folder as --input (pages per subject); drop --report")
     summary = model_summary(name or str(model_file), file_sha256(model_file))
     for page in report_predictions(output, input, model=summary):
         typer.echo(f"wrote {page}")
