@@ -68,6 +68,7 @@ class _Shown:
 
 
 def _as_uint8(volume: Volume) -> np.ndarray:
+    """The volume scaled so its foreground's 99.5th percentile is TOP, as uint8 (what the viewer needs to look)."""
     data = np.nan_to_num(np.asarray(volume.data, dtype=np.float32))
     foreground = foreground_mask(data)
     low = float(min(0.0, data.min()))
@@ -85,6 +86,7 @@ def _difference(synthetic: Volume, real: Volume, mask: np.ndarray) -> np.ndarray
 
 
 def _nifti_b64(shown: _Shown, step: int) -> tuple[str, list[int]]:
+    """The volume as a gzipped NIfTI in base64 (every `step`-th voxel, the affine kept true), and its dimensions."""
     data, affine = shown.data, shown.affine.copy()
     if step > 1:
         data = data[::step, ::step, ::step]
@@ -149,10 +151,11 @@ def measures(item: ReportItem) -> dict[str, float] | None:
 
 
 def _shown_volumes(item: ReportItem) -> tuple[list[_Shown], str | None]:
+    """The volumes a page section shows, as uint8 on their own grids, and a note when the real image cannot be
+    compared (another grid)."""
     synthetic = load_volume(item.synthetic, allow_constant=True)
-    shown = [
-        _Shown(label, _as_uint8(load_volume(path)), load_volume(path).affine) for label, path in item.sources.items()
-    ]
+    sources = {label: load_volume(path) for label, path in item.sources.items()}
+    shown = [_Shown(label, _as_uint8(volume), volume.affine) for label, volume in sources.items()]
     shown.append(_Shown("synthetic", _as_uint8(synthetic), synthetic.affine))
     note = None
     if item.reference is not None:
