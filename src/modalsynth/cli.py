@@ -65,6 +65,35 @@ def _join_triplets(argv: list[str]) -> list[str]:
     return out
 
 
+_LABEL_OPTIONS = ("--participant-label", "--session-label")
+_FLAGS = ("--skip-bids-validation", "--all-subjects", "--help")
+
+
+def _join_labels(argv: list[str]) -> list[str]:
+    """Let `bids DS OUT participant --participant-label 01 02` work as in other BIDS Apps: the labels after the
+    option (once BIDS_DIR, OUT_DIR and the level have come) become one space-separated value."""
+    start = next((k for k, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    if start == len(argv) or argv[start] != "bids":
+        return argv
+    out, positional, i = argv[: start + 1], 0, start + 1
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg in _LABEL_OPTIONS and positional >= 3:
+            values = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            out.append(" ".join(values))
+        elif arg.startswith("-") and "=" not in arg and arg not in _FLAGS and i < len(argv):
+            out.append(argv[i])  # the option's value
+            i += 1
+        elif not arg.startswith("-"):
+            positional += 1
+    return out
+
+
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="Folder to write ROOT/<subject>/{flair,t1,labels,lesion}.nii.gz"),
@@ -298,6 +327,9 @@ def predict(
         help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
         "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth\\[onnx]').",
     ),
+    report: bool = typer.Option(
+        False, "--report", help="For a data folder, also write the HTML QC pages OUT/<subject>.html and OUT/index.html."
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1
     model).
@@ -308,6 +340,8 @@ def predict(
     from .data.skullstrip import SkullStrip
     from .predict_jobs import predict_path, run_predictor
 
+    if report and not input.is_dir():
+        raise UserError(f"{input}: --report needs a data folder as --input (a page per subject); drop --report")
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
         if checkpoint is not None or device not in ("auto", "cpu"):
@@ -320,6 +354,8 @@ def predict(
         run_predictor(
             dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from
         )
+        if report:
+            _predict_report(input, output, onnx)
         return
     predict_path(
         builtin.resolve(checkpoint),
@@ -332,6 +368,101 @@ def predict(
         skull=SkullStrip(skull_strip, keep_head),
         sources=source,
     )
+    if report:
+        _predict_report(input, output, builtin.resolve(checkpoint), checkpoint or f"builtin:{builtin.DEFAULT}")
+
+
+def _predict_report(input: Path, output: Path, model_file: Path, name: str | None = None) -> None:
+    """`predict --report`: the QC pages of a folder of predictions (a single file has none)."""
+    from .io import file_digest
+    from .qc_report import model_summary, report_predictions
+
+    summary = model_summary(name or str(model_file), file_digest(model_file))
+    for page in report_predictions(output, input, model=summary):
+        typer.echo(f"wrote {page}")
+
+
+@app.command()
+def bids(
+    bids_dir: Path = typer.Argument(..., help="The BIDS dataset's root folder (read only)."),
+    output_dir: Path = typer.Argument(
+        ..., help="Where the derivatives go: outside the dataset or BIDS_DIR/derivatives/NAME."
+    ),
+    analysis_level: str = typer.Argument(
+        ..., help="participant (the images and each subject's page) or group (the index page)."
+    ),
+    participant_label: list[str] | None = typer.Option(
+        None,
+        "--participant-label",
+        help="Subjects to process, with or without 'sub-' (several: --participant-label 01 02).",
+    ),
+    session_label: list[str] | None = typer.Option(
+        None, "--session-label", help="Sessions to process, with or without 'ses-' (default all)."
+    ),
+    target: str = typer.Option("t1", "--target", help="The sequence to synthesise: t1 (T1w)."),
+    source: str | None = typer.Option(
+        None, "--source", help="Which of the model's sources to read (default all it takes)."
+    ),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="A checkpoint or builtin:NAME (default: builtin:flair-t1)."
+    ),
+    skull_strip: str = typer.Option(
+        "auto", "--skull-strip", help="auto | always | never, as for predict; a mask is written when it ran."
+    ),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto"),
+    work_dir: Path | None = typer.Option(
+        None, "--work-dir", help="Folder for intermediate files (modalsynth writes its outputs in place, atomically)."
+    ),
+    skip_bids_validation: bool = typer.Option(
+        False, "--skip-bids-validation", help="Do not run bids-validator-deno on BIDS_DIR first."
+    ),
+    all_subjects: bool = typer.Option(
+        False, "--all-subjects", help="Also sessions that have the target (a real one to compare with)."
+    ),
+) -> None:
+    """BIDS App: fill the missing T1w of every subject/session as BIDS derivatives with sidecars and QC pages.
+
+    Example: modalsynth bids /data/ds /data/ds/derivatives/modalsynth participant --participant-label 01
+    """
+    from .bids_app import BidsOptions, parse_labels, run_bids
+
+    options = BidsOptions(
+        participant_labels=parse_labels(participant_label),
+        session_labels=parse_labels(session_label),
+        target=target,
+        source=source,
+        checkpoint=checkpoint,
+        skull_strip=skull_strip,
+        device=device,
+        work_dir=work_dir,
+        skip_bids_validation=skip_bids_validation,
+        all_subjects=all_subjects,
+    )
+    written = run_bids(bids_dir, output_dir, analysis_level, options)
+    typer.echo(f"{analysis_level} level: wrote {len(written)} file(s) under {output_dir}")
+
+
+@app.command()
+def report(
+    outputs: Path = typer.Argument(..., help="A folder `modalsynth bids` or `modalsynth predict` wrote."),
+    data: Path | None = typer.Option(
+        None, "--data", help="For a predict folder: the data folder it read (sources, real images)."
+    ),
+    target: str = typer.Option("t1", "--target", help="For a predict folder: the predicted sequence."),
+) -> None:
+    """Write the HTML QC pages (one per subject, self-contained, viewable offline) and the index page.
+
+    Example: modalsynth report /data/ds/derivatives/modalsynth
+    """
+    from .bids_app import report_derivatives
+    from .qc_report import report_predictions
+
+    if (outputs / "dataset_description.json").is_file():
+        pages = report_derivatives(outputs)
+    else:
+        pages = report_predictions(outputs, data, target)
+    for page in pages:
+        typer.echo(f"wrote {page}")
 
 
 @app.command()
@@ -496,7 +627,7 @@ def main() -> None:
     """Entry point: run the app; a `UserError` becomes one line on stderr and exit status 2."""
     log_to_console()
     try:
-        app(args=_join_triplets(sys.argv[1:]), prog_name="modalsynth")
+        app(args=_join_labels(_join_triplets(sys.argv[1:])), prog_name="modalsynth")
     except UserError as exc:
         if _DEBUG["on"]:
             raise
