@@ -295,15 +295,30 @@ def predict(
         help="Run a model exported by `modalsynth export --onnx` through ONNX Runtime instead of a "
         "checkpoint (same windows, pre- and postprocessing; needs pip install 'modalsynth[onnx]').",
     ),
+    register: bool = typer.Option(
+        False,
+        "--register",
+        help="Several sources of one session on their own grids: register each rigidly (mutual information) onto "
+        "the first source's grid before skull stripping (needs pip install 'modalsynth[register]').",
+    ),
+    save_transform: Path | None = typer.Option(
+        None,
+        "--save-transform",
+        help="With --register: write each transform to FOLDER/<subject>/<moving>_to_<first>.tfm.",
+    ),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
     Example: modalsynth predict --input flair.nii.gz --output t1.nii.gz
     """
     from . import builtin
+    from .data.register import Aligner
     from .data.skullstrip import SkullStrip
     from .inference import predict_path, run_predictor
 
+    if save_transform is not None and not register:
+        raise UserError("--save-transform writes the transforms of --register; add --register")
+    align = Aligner(save_transform) if register else None
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
         if checkpoint is not None or device not in ("auto", "cpu"):
@@ -314,7 +329,10 @@ def predict(
 
         predictor = onnx_predictor(onnx).with_inference(**changes).with_sources(source)
         run_predictor(
-            dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from
+            dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head), align=align),
+            input,
+            output,
+            subjects_from,
         )
         return
     predict_path(
@@ -327,6 +345,7 @@ def predict(
         inference_changes=changes,
         skull=SkullStrip(skull_strip, keep_head),
         sources=source,
+        align=align,
     )
 
 

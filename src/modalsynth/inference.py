@@ -29,6 +29,7 @@ from .cohort import Cohort
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import canonical_modality, check_volumes, compare_grids, discover_subjects, grid_mismatch, source_list
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
+from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .input_checks import input_warnings
@@ -167,6 +168,7 @@ class Predictor:
     sources: tuple[str, ...] | None = (
         None  # which of the model's sources to read (None: all); a single file is the first
     )
+    align: Aligner | None = None  # --register: the other sources registered onto the first (None: same grid only)
 
     def with_sources(self, text: str | None) -> Predictor:
         """This predictor reading only the sources named in `text` ('flair' or 'flair,t2'; None: all the model's);
@@ -251,6 +253,8 @@ class Predictor:
                 f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}"
             )
         first, others = volumes[order[0]], [volumes[name] for name in order[1:]]
+        if self.align is not None:
+            others = self.align.onto(first, others)
         for other in others:
             check_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
@@ -338,7 +342,7 @@ class Predictor:
         for (_, files), _ in todo:
             first, *others = files.values()
             problem = next(filter(None, (grid_mismatch(first, other) for other in others)), None)
-            if problem:
+            if problem and self.align is None:
                 raise UserError(f"{problem}; {NOT_REGISTERED}")
         if cohort is not None:
             cohort.begin()
@@ -439,6 +443,7 @@ def predict_path(
     inference_changes: Mapping[str, object] | None = None,
     skull: SkullStrip | None = None,
     sources: str | None = None,
+    align: Aligner | None = None,
 ) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
@@ -446,13 +451,14 @@ def predict_path(
     `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
     `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
     `sources`: which of a multi-source model's inputs to read ('flair' or 'flair,t2'; None: all).
+    `align`: register the other sources onto the first (`--register`).
     """
     input = Path(input)
     folder = not (input.is_file() or is_nifti(input))
     if folder and int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolve_device(device).type == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank of a torchrun job
     predictor = Predictor.from_checkpoint(checkpoint, device, check_input).with_inference(**(inference_changes or {}))
-    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull).with_sources(sources)
+    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull, align=align).with_sources(sources)
     return run_predictor(predictor, input, output, split, model_file=checkpoint)
 
 
@@ -473,6 +479,7 @@ def run_predictor(
         "inference": predictor.inference.to_dict(),
         "skull": skull,
         "sources": list(predictor.sources or predictor.config.sources),
+        "register": predictor.align is not None,
     }
     cohort = Cohort(output, record)
     with cohort:
