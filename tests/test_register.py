@@ -229,3 +229,124 @@ def test_a_missing_simpleitk_is_one_line_naming_the_extra(monkeypatch):
     volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4), None)
     with pytest.raises(UserError, match=r"pip install 'modalsynth\[register\]'"):
         register.register_rigid(volume, volume)
+
+
+def _rigid_ras(angle_deg: float, shift_mm: tuple[float, float, float], centre: np.ndarray) -> np.ndarray:
+    """A 4x4 rigid motion in RAS mm: a turn about the z axis through `centre`, then a shift."""
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    motion = np.eye(4)
+    motion[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    motion[:3, 3] = centre - motion[:3, :3] @ centre + np.asarray(shift_mm)
+    return motion
+
+
+def test_prepare_with_register_moves_target_and_its_mask_and_records_it(tmp_path, monkeypatch, capsys):
+    import json
+
+    from modalsynth.data.datasets import prepare_pair
+    from modalsynth.data.pairs import Pair
+    from modalsynth.data.preprocess import PreprocessConfig
+    from modalsynth.data.simulate import SMALL_GRID, simulate_subject, write_subject
+
+    subject = simulate_subject(5, SMALL_GRID)
+    plain = write_subject(subject, tmp_path / "plain" / "s")
+    (plain / "labels.nii.gz").rename(plain / "mask.nii.gz")  # the brain's labels as its mask
+    folder = tmp_path / "data" / "s"
+    folder.mkdir(parents=True)
+    for name in ("flair", "t1", "mask"):
+        shutil.copy(plain / f"{name}.nii.gz", folder / f"{name}.nii.gz")
+    t1 = load_volume(plain / "t1.nii.gz")
+    # the T1 (and the mask drawn on it) acquired after the head turned 4 degrees and moved 5 mm
+    centre = (t1.affine @ np.append(np.array(t1.shape) / 2, 1.0))[:3]
+    motion = _rigid_ras(4.0, (3.0, -4.0, 0.0), centre)
+    for name in ("t1", "mask"):
+        image = load_volume(plain / f"{name}.nii.gz", allow_constant=True)
+        save_volume(Volume(image.data, motion @ image.affine, image.header), folder / f"{name}.nii.gz")
+    config = PreprocessConfig(grid=SMALL_GRID, register=True)
+    pair = Pair("s", folder / "flair.nii.gz", folder / "t1.nii.gz", mask=folder / "mask.nii.gz")
+    moved = prepare_pair(pair, config)
+    reference = prepare_pair(
+        Pair("s", plain / "flair.nii.gz", plain / "t1.nii.gz", mask=plain / "mask.nii.gz"),
+        PreprocessConfig(grid=SMALL_GRID),
+    )
+    (record,) = moved.registrations
+    assert record["moving"].endswith("t1.nii.gz") and abs(record["rotation_deg"] - 4.0) < 0.5
+    assert record["mattes_mi_after"] < record["mattes_mi_before"]
+    # the target and its mask (nearest neighbour: still a mask) land where the unmoved ones are
+    inside = reference.mask
+    assert np.corrcoef(moved.target[inside], reference.target[inside])[0, 1] > 0.95
+    assert (moved.mask != reference.mask).mean() < 0.01
+    # the command line: without --register the grids are a problem; with it, the manifest records the transform
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "prepare",
+        "--data",
+        str(tmp_path / "data"),
+        "--cache",
+        str(tmp_path / "c0"),
+        "--grid",
+        "x".join(map(str, SMALL_GRID)),
+    )
+    assert code == 2 and "register" in err
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "prepare",
+        "--data",
+        str(tmp_path / "data"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--grid",
+        "x".join(map(str, SMALL_GRID)),
+        "--register",
+        "--workers",
+        "1",
+    )
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["settings"]["preprocess"]["register"] is True
+    (entry,) = manifest["subjects"]["s"]["registration"]
+    assert abs(entry["rotation_deg"] - 4.0) < 0.5 and entry["moving"].endswith("t1.nii.gz")
+
+
+def test_train_with_register_writes_what_it_did_beside_the_run(tmp_path, monkeypatch, capsys):
+    import json
+
+    from modalsynth.data.simulate import SMALL_GRID, simulate_subject, write_subject
+
+    for index in range(2):
+        folder = write_subject(simulate_subject(index, SMALL_GRID), tmp_path / "data" / f"s{index}")
+        t1 = load_volume(folder / "t1.nii.gz")
+        centre = (t1.affine @ np.append(np.array(t1.shape) / 2, 1.0))[:3]
+        save_volume(
+            Volume(t1.data, _rigid_ras(3.0, (2.0, 1.0, 0.0), centre) @ t1.affine, t1.header), folder / "t1.nii.gz"
+        )
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--grid",
+        "x".join(map(str, SMALL_GRID)),
+        "--holdout",
+        "none",
+        "--device",
+        "cpu",
+        "--register",
+        "--workers",
+        "0",
+        "--init",
+        "none",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
+    assert code == 0, err
+    assert "registered 2 image(s) of 2 subject(s)" in out
+    records = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert all(abs(r[0]["rotation_deg"] - 3.0) < 0.5 for r in records.values()) and len(records) == 2

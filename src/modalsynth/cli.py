@@ -182,6 +182,12 @@ def train(
         min=0,
         help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8).",
     ),
+    register: bool = typer.Option(
+        False,
+        "--register",
+        help="Sources and target of one session on their own grids: register each rigidly onto the first source "
+        "before skull stripping (a mask on the target's grid follows it); recorded in the cache manifest.",
+    ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
 
@@ -204,7 +210,12 @@ def train(
         "init": init,
         "preset": preset,
         "resample_target": True if resample_target else None,
-        "preprocess": {k: v for k, v in (("grid", grid_value), ("skull_strip", skull_strip)) if v is not None} or None,
+        "preprocess": {
+            k: v
+            for k, v in (("grid", grid_value), ("skull_strip", skull_strip), ("register", register or None))
+            if v is not None
+        }
+        or None,
         "cache": None if cache is None else str(cache),
         "workers": workers,
     }
@@ -225,6 +236,7 @@ def prepare(
     config: Path | None = typer.Option(None, "--config", help="YAML config file, as for train."),
     resample_target: bool = typer.Option(False, "--resample-target", help="As for train."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: every CPU)."),
+    register: bool = typer.Option(False, "--register", help="As for train."),
 ) -> None:
     """Preprocess every subject once into a cache that `train --cache` reads by memory map (run it before a large
     or multi-node training run; train also brings the cache up to date itself).
@@ -240,7 +252,8 @@ def prepare(
         "preset": preset,
         "init": "none",
         "resample_target": True if resample_target else None,
-        "preprocess": None if (g := _grid_option(grid)) is None else {"grid": g},
+        "preprocess": {k: v for k, v in (("grid", _grid_option(grid)), ("register", register or None)) if v is not None}
+        or None,
     }
     prepare_from_cli(data=data, cache=cache, options=options, config=config, workers=workers)
 

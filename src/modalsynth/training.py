@@ -228,7 +228,14 @@ def train(
         per_epoch = steps_per_epoch(len(saved.split.get("train", [])), ctx.world, config.batch_size)
         check_schedule_extension(saved_config, config, per_epoch, saved, out)
     # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
-    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target, check_data=False)
+    pairs = require_pairs(
+        data,
+        config.source,
+        config.target,
+        resample_target=config.resample_target,
+        check_data=False,
+        register=config.preprocess.register,
+    )
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -498,6 +505,10 @@ def _update_cache(
             build_cache(pairs, settings, cache, progress=False)
         dist.barrier()
         manifest = read_manifest(cache)
+    if config.preprocess.register and ctx.is_main:  # what --register did, beside the run's other logs
+        from .data.register import record_registrations
+
+        record_registrations({p.subject: manifest["subjects"][p.subject] for p in pairs}, out)
     return cache, manifest
 
 
@@ -654,7 +665,14 @@ def prepare_from_cli(
     layers: list[Layer] = [(str(config), read_settings_file(config))] if config else []
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)
-    pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
+    pairs = require_pairs(
+        data,
+        cfg.source,
+        cfg.target,
+        resample_target=cfg.resample_target,
+        check_data=False,
+        register=cfg.preprocess.register,
+    )
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
     print(f"{cache}: {len(manifest['subjects'])} subject(s) cached, {cache_size_bytes(cache) / 1e9:.2f} GB")

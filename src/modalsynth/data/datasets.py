@@ -6,7 +6,7 @@ stopped and resumed draws exactly the same batches as one that never stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import nibabel.processing
@@ -32,6 +32,7 @@ class PreparedSubject:
     mask: np.ndarray
     grid: GridRecord
     target_intensity: IntensityRecord | None
+    registrations: list[dict] = field(default_factory=list)  # `register`: what moved onto the first source, and how
 
 
 def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
@@ -50,6 +51,12 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     source = load_volume(pair.source)
     more = [load_volume(path) for path in pair.more_sources]
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
+    registered, registrations = None, []
+    if config.register:  # before skull stripping: the brain is found on the first source and applies to all
+        from .register import register_subject
+
+        target_volume = load_volume(pair.target) if pair.target is not None else None
+        more, registered, (mask,), registrations = register_subject(source, more, target_volume, [mask])
     # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed outside it
     brain = None
     if config.skull_strip != "never":
@@ -61,8 +68,8 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     arrays = [pre_src.array] + [preprocess(v, config, grid=pre_src.grid, mask=mask).array for v in more]
     target = pre_tgt = None
     if pair.target is not None:
-        target = load_volume(pair.target)
-        if pair.resample_target:
+        target = registered or load_volume(pair.target)
+        if pair.resample_target and registered is None:
             target = resample_like(target, source)
         if brain is not None:
             target = masked(target, brain)
@@ -75,6 +82,7 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         mask=pre_src.mask,
         grid=pre_src.grid,
         target_intensity=pre_tgt.intensity if pre_tgt else None,
+        registrations=registrations,
     )
 
 

@@ -227,12 +227,14 @@ def find_pairs(
     resample_target: bool = False,
     check_grids: bool = True,
     check_data: bool = False,
+    register: bool = False,
 ) -> PairReport:
     """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
 
     `source` names one sequence or several, comma-separated (every subject needs each; they share the first one's
     grid). A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data`
-    also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
+    also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training.
+    `register`: sources and target on other grids are usable (they are registered onto the first source)."""
     report = PairReport()
     sources = source_list(source)
     subjects = discover_subjects(root, (*sources, target))
@@ -276,15 +278,15 @@ def find_pairs(
             except UserError as exc:
                 report.problems[subject] = str(exc)
                 continue
-            if unregistered:
+            if unregistered and not register:
                 report.problems[subject] = (
                     f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
                 )
                 continue
-            if problem and not resample_target:
+            if problem and not (resample_target or register):
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
                 continue
-            pair.resample_target = problem is not None
+            pair.resample_target = problem is not None and not register
         if check_data:
             try:
                 for path in (*pair.sources, tgt):

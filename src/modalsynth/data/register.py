@@ -259,3 +259,57 @@ def transform_path(folder: Path, fixed: Volume, moving: Volume) -> Path:
 
 def _stem(volume: Volume) -> str:
     return Path(volume.path).name.split(".")[0] if volume.path is not None else "image"
+
+
+def register_subject(
+    source: Volume, others: list[Volume], target: Volume | None, masks: list[Volume | None]
+) -> tuple[list[Volume], Volume | None, list[Volume | None], list[dict[str, object]]]:
+    """A training pair on its first source's grid (`train --register`): the other sources and the target registered
+    onto `source` (even on its grid: the head may have moved between sequences) and resampled; a mask (brain, lesion)
+    on the source's grid stays, one on the target's grid moves with the target's transform by nearest neighbour.
+    Returns the moved images and each registration's record (printed too); a failed one is a `UserError`."""
+    from .pairs import compare_grids
+
+    def same_grid(a: Volume, b: Volume) -> bool:
+        return compare_grids(a.shape, a.affine, b.shape, b.affine) is None
+
+    records: list[dict[str, object]] = []
+
+    def onto_source(moving: Volume) -> tuple[Volume, Registration]:
+        registration = register_rigid(source, moving)
+        print(registration.describe())
+        records.append(registration.to_dict())
+        return resample_onto(moving, source, registration), registration
+
+    moved_others = [onto_source(v)[0] for v in others]
+    moved_target, target_registration = (None, None) if target is None else onto_source(target)
+    moved_masks: list[Volume | None] = []
+    for mask in masks:
+        if mask is not None and target is not None and target_registration is not None and not same_grid(source, mask):
+            if not same_grid(target, mask):
+                raise UserError(
+                    f"{_name(mask)}: on neither the grid of {_name(source)} nor of {_name(target)}; save the mask on "
+                    "the grid of the image it was drawn on"
+                )
+            mask = resample_onto(mask, source, target_registration, nearest=True)
+        moved_masks.append(mask)
+    return moved_others, moved_target, moved_masks, records
+
+
+def record_registrations(subjects: dict[str, dict], out: Path) -> Path:
+    """Write the registrations of a training run's subjects (their cache manifest entries) to OUT/registration.json
+    and print one line summing them up."""
+    import json
+
+    records = {name: entry.get("registration", []) for name, entry in sorted(subjects.items())}
+    done = [r for rs in records.values() for r in rs]
+    path = Path(out) / "registration.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    if done:
+        print(
+            f"registered {len(done)} image(s) of {len(records)} subject(s) onto their first source: rotation up to "
+            f"{max(float(r['rotation_deg']) for r in done):.1f} deg, centre moved up to "
+            f"{max(float(r['center_shift_mm']) for r in done):.1f} mm ({path})"
+        )
+    return path
