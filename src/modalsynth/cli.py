@@ -17,6 +17,12 @@ app = typer.Typer(
     help="Synthesise a missing 3D MRI modality (e.g. T1 from FLAIR) with the paper's 3D conditional GAN.",
 )
 
+#: the help of --series (predict, inspect, strip)
+SERIES_HELP = (
+    "A DICOM folder's series to read (its number or description; one per source, comma-separated), when the "
+    "descriptions and acquisition parameters do not make it clear."
+)
+
 _DEBUG = {"on": False}
 
 
@@ -101,9 +107,13 @@ def simulate(
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="A NIfTI file, a data folder, or a checkpoint (RUN/best.pt, builtin:NAME)."),
+    ctx: typer.Context,
+    path: str = typer.Argument(
+        ..., help="A NIfTI file, a data folder, a DICOM folder, or a checkpoint (RUN/best.pt, builtin:NAME)."
+    ),
     source: str = typer.Option("flair", "--source", help="Source modality name (for folders)."),
     target: str = typer.Option("t1", "--target", help="Target modality name (for folders)."),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Describe a NIfTI file or a data folder (grids, orientation, intensities, pairs, problems), or print the resolved
     settings a checkpoint's run used.
@@ -119,7 +129,7 @@ def inspect(
         raise typer.Exit(0)
     from .inspection import inspect_path
 
-    code = inspect_path(Path(path), source=source, target=target)
+    code = inspect_path(_dicom_input(ctx, Path(path), None, series, lambda: [None])[0], source=source, target=target)
     raise typer.Exit(code)
 
 
@@ -260,12 +270,13 @@ def prepare(
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
         help="A checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1).",
     ),
-    input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
+    input: Path = typer.Option(..., "--input", help="A source NIfTI file, a data folder or a DICOM folder."),
     output: Path = typer.Option(
         ..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."
     ),
@@ -319,6 +330,7 @@ def predict(
         "--save-transform",
         help="With --register: write each transform to FOLDER/<subject>/<moving>_to_<first>.tfm.",
     ),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1 model).
 
@@ -331,6 +343,7 @@ def predict(
 
     if save_transform is not None and not register:
         raise UserError("--save-transform writes the transforms of --register; add --register")
+    input, output = _dicom_input(ctx, input, output, series, lambda: _sequences_read(source, checkpoint, onnx))
     align = Aligner(save_transform) if register else None
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
     if onnx is not None:
@@ -364,13 +377,17 @@ def predict(
 
 @app.command()
 def strip(
-    input: Path = typer.Option(..., "--input", help="A NIfTI file of a whole head (any MRI contrast)."),
+    ctx: typer.Context,
+    input: Path = typer.Option(
+        ..., "--input", help="A NIfTI file of a whole head (any MRI contrast), or a DICOM folder."
+    ),
     output: Path | None = typer.Option(
         None,
         "--output",
         help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by a 1 mm margin.",
     ),
     mask: Path | None = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Skull-strip one volume offline with deepbet (pip install 'modalsynth[strip]'): the brain mask and/or the brain.
 
@@ -379,6 +396,7 @@ def strip(
     from .data.skullstrip import strip_file
     from .inference import refuse_overwriting_inputs
 
+    input = _dicom_input(ctx, input, None, series, lambda: [None])[0]
     refuse_overwriting_inputs([input], [p for p in (output, mask) if p is not None])
     for path in strip_file(input, output, mask):
         typer.echo(f"wrote {path}")
@@ -497,6 +515,32 @@ def demo(out: Path = typer.Option(Path("modalsynth-demo"), "--out", help="Folder
     from .demo import run_demo
 
     run_demo(out)
+
+
+def _sequences_read(source: str | None, checkpoint: str | None, onnx: Path | None) -> list[str | None]:
+    """The sequences a prediction reads from a DICOM folder: --source's, else the model's first."""
+    from .data.pairs import source_list
+
+    if source:
+        return list(source_list(source))
+    if onnx is not None:
+        return [None]
+    from . import builtin
+    from .checkpoints import Checkpoint
+
+    return [source_list(Checkpoint.load(builtin.resolve(checkpoint)).config["source"])[0]]
+
+
+def _dicom_input(ctx: typer.Context, input: Path, output: Path | None, series: str | None, sequences) -> tuple:
+    """`input` (and `output`) as the command reads them; a DICOM folder is converted for the command's duration
+    (`sequences()`: the sequences to pick from it)."""
+    from .data.dicom import is_dicom_folder, nifti_inputs
+
+    if not is_dicom_folder(input):
+        if series is not None:
+            raise UserError(f"--series picks a series of a DICOM folder; {input} is not one")
+        return input, output
+    return nifti_inputs(input, output, sequences(), series, ctx.call_on_close)
 
 
 def main() -> None:

@@ -360,7 +360,7 @@ class Predictor:
     def folder_jobs(self, root: Path, split: str | None = None) -> list[tuple[str, dict[str, Path]]]:
         """(subject, {sequence: file}) for every subject under `root` that has at least one of the sources read (the
         model's, or those chosen by `with_sources`), restricted to a split if asked."""
-        subjects = discover_subjects(root)
+        subjects = discover_subjects(root, one_subject=True)
         wanted = None
         if split:
             if split not in ("train", "val", "test"):

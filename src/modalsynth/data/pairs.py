@@ -50,8 +50,11 @@ def _strip_nifti(name: str) -> str:
     return name
 
 
-def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | None = None) -> dict[str, dict[str, Path]]:
-    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found).
+def discover_subjects(
+    root: Path | str, modalities: tuple[str | None, ...] | None = None, one_subject: bool = False
+) -> dict[str, dict[str, Path]]:
+    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found);
+    with `one_subject` (prediction), a folder holding NIfTI files directly is one subject named after it.
 
     Two files for one modality of one subject (two BIDS runs, or flair.nii next to flair.nii.gz) are a `UserError`
     naming both, for the `modalities` asked for (every modality when None). An Analyze .hdr is listed like a NIfTI
@@ -82,6 +85,12 @@ def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | Non
                 f"{files[0].parent}: subject {subject} has {len(files)} {modality} files ({names}); keep one (move the "
                 "others out of the folder) or list the pairs to use in a CSV manifest (subject,source,target)"
             )
+    if not subjects and one_subject and any(is_nifti(f) for f in root.iterdir()):
+        for f in sorted(root.iterdir()):
+            if _is_image(f):
+                _add(subjects, duplicates, root.resolve().name, canonical_modality(_strip_nifti(f.name)), f)
+        for (_, modality), files in duplicates.items():
+            raise UserError(f"{root}: {len(files)} {modality} files ({', '.join(f.name for f in files)}); keep one")
     if not subjects and any(is_nifti(f) for f in root.iterdir()):
         raise UserError(f"{root}: holds NIfTI files directly, so it looks like one subject; pass its parent folder")
     if not subjects:
