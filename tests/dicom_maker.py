@@ -74,9 +74,12 @@ def write_series(
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND"),
     skip: tuple[int, ...] = (),
     uid_root: str = "1.2.826.0.1.3680043.8.498.41",
+    jpeg2000: bool = False,
 ) -> list[Path]:
-    """One classic MR series (one file per slice) of `volume`, leaving out the slice indices in `skip`."""
-    from pydicom.uid import MRImageStorage, generate_uid
+    """One classic MR series (one file per slice) of `volume`, leaving out the slice indices in `skip`; `jpeg2000`:
+    each slice compressed losslessly (JPEG 2000, by Pillow), as PACS often store them."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     row_dir, col_dir, positions, spacing = _lps_geometry(volume)
@@ -103,11 +106,26 @@ def write_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = plane.shape
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(plane).tobytes()
+        if jpeg2000:
+            ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+            ds.PixelData = encapsulate([_j2k(plane)])
+        else:
+            ds.PixelData = np.ascontiguousarray(plane).tobytes()
         path = folder / f"IM{series:02d}{k:04d}"
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+def _j2k(plane: np.ndarray) -> bytes:
+    """A uint16 slice as a lossless JPEG 2000 codestream."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(plane)).save(buffer, format="JPEG2000", no_jp2=True)
+    return buffer.getvalue()
 
 
 def write_enhanced(

@@ -149,12 +149,14 @@ def test_bad_folders_are_one_line_errors_with_exit_2(volumes, tmp_path, monkeypa
     write_series(volumes["flair"], gap, 4, "FLAIR", **FLAIR, skip=(30,))
     report_only = tmp_path / "report"
     write_report(report_only)
+    before = _leftovers()
     for folder, expected in ((gap, "missing or unevenly spaced slices"), (report_only, "no image series")):
         code, out, err = run_cli(
             monkeypatch, capsys, "predict", "--input", str(folder), "--output", str(tmp_path / "t1.nii.gz")
         )
         assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
-        assert not (tmp_path / "t1.nii.gz").exists()
+        assert not (tmp_path / "t1.nii.gz").exists() and _leftovers() == before  # the conversion is removed
+        _assert_anonymous(out, err)
     code, _, err = run_cli(monkeypatch, capsys, "inspect", str(gap), "--series", "4")
     assert code == 2 and "missing or unevenly spaced slices" in err
 
@@ -259,3 +261,20 @@ def _multi_model(tmp_path: Path) -> Path:
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--config", str(settings), "--workers", "0"])
     assert result.exit_code == 0, result.output
     return tmp_path / "run" / "best.pt"
+
+
+def test_a_jpeg_2000_series_reads_as_the_uncompressed_one(volumes, tmp_path):
+    from modalsynth.data import dicom
+
+    write_series(volumes["flair"], tmp_path / "plain", 3, "FLAIR", **FLAIR)
+    write_series(volumes["flair"], tmp_path / "j2k", 3, "FLAIR", **FLAIR, jpeg2000=True)
+    import pydicom
+
+    stored = pydicom.dcmread(sorted((tmp_path / "j2k").iterdir())[0])
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless  # compressed indeed
+    plain, j2k = (dicom.convert(tmp_path / name, tmp_path / f"work-{name}") for name in ("plain", "j2k"))
+    assert len(plain) == len(j2k) == 1 and not j2k[0].skipped and j2k[0].kind == "flair"
+    import nibabel as nib
+
+    a, b = (nib.load(s[0].nifti) for s in (plain, j2k))
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
