@@ -273,3 +273,42 @@ def test_auto_leaves_every_real_brain_untouched_in_half_a_second(real_dev, monke
         assert out is volume and min(seconds) <= 0.5, (path, seconds)
         cues = head_cues(volume)
         assert cues.rim_contrast < MIN_RIM_CONTRAST / 1.15 and cues.outline_ml < 0.7 * MAX_BRAIN_ML, (path, cues)
+
+
+@pytest.mark.slow
+def test_a_prediction_from_a_small_head_or_a_slab_matches_the_one_from_its_brain(real_dev):
+    """deepbet and the built-in model for real: the T1 predicted from a head (auto strips it) is within 0.01 brain
+    SSIM of the one predicted from its stripped brain (auto uses it as it is), on 2 mm volumes."""
+    import dataclasses
+
+    pytest.importorskip("deepbet")
+    from modalsynth import builtin
+    from modalsynth.data.preprocess import foreground_mask, to_zyx
+    from modalsynth.inference import Predictor
+    from modalsynth.metrics import scale_to_unit, ssim3d
+
+    def brain_ssim(pred: Volume, ref: Volume) -> float:
+        pred_zyx, ref_zyx = to_zyx(pred)[0], to_zyx(ref)[0]
+        brain = foreground_mask(ref_zyx)
+        return ssim3d(scale_to_unit(pred_zyx, brain), scale_to_unit(ref_zyx, brain), brain)
+
+    def scaled(volume: Volume, scale: float) -> Volume:
+        affine = volume.affine @ np.diag([2 * scale] * 3 + [1.0])
+        return Volume(np.ascontiguousarray(volume.data[::2, ::2, ::2]), affine, volume.header)
+
+    predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    flair = load_volume(real_dev / "ms-patient07" / "flair.nii.gz")
+    t1 = load_volume(real_dev / "ms-patient07" / "t1.nii.gz")
+    cases = []
+    for scale in (0.8, 0.931):  # about 1.8 and 2.5 litres
+        brain = scaled(flair, scale)
+        cases.append((with_head(brain, "flair", seed=1)[0], brain, scaled(t1, scale)))
+    head, brain, reference = cases[-1]
+    cut = slice(head.shape[2] // 2 - 8, head.shape[2] // 2 + 7)  # a 30 mm slab across the middle of the head
+    cases.append(tuple(Volume(np.ascontiguousarray(v.data[:, :, cut]), v.affine, v.header) for v in cases[-1]))
+    for head, brain, reference in cases:
+        assert not looks_skull_stripped(head) and looks_skull_stripped(brain)
+        difference = brain_ssim(predictor.predict_volume(head), reference) - brain_ssim(
+            predictor.predict_volume(brain), reference
+        )
+        assert abs(difference) <= 0.01, (head.shape, difference)
