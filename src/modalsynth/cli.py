@@ -384,7 +384,8 @@ def strip(
     output: Path | None = typer.Option(
         None,
         "--output",
-        help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by a 1 mm margin.",
+        help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by 1 mm "
+        "(at least a voxel).",
     ),
     mask: Path | None = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
     series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
