@@ -385,13 +385,11 @@ class Predictor:
         return jobs
 
 
-NOT_REGISTERED = (
-    "register the sequences to one grid first (modalsynth does not register), or predict from one (--source)"
-)
+NOT_REGISTERED = "register the sequences to one grid first (add --register), or predict from one (--source)"
 
 
 def check_same_grid(first: Volume, other: Volume) -> None:
-    """Several sources must share one voxel grid (modalsynth does not register): a one-line `UserError` otherwise."""
+    """Several sources must share one voxel grid (unless `--register` moved them there): a one-line `UserError`."""
     if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
         raise UserError(f"{other.path}: not on the grid of {first.path} (shape or affine differ); {NOT_REGISTERED}")
 

@@ -289,7 +289,7 @@ def find_pairs(
                 continue
             if unregistered and not register:
                 report.problems[subject] = (
-                    f"{unregistered}; the sources must be registered to one grid (modalsynth does not register)"
+                    f"{unregistered}; the sources must be on one grid (add --register to register them)"
                 )
                 continue
             if problem and not (resample_target or register):
