@@ -156,6 +156,7 @@ def test_predict_with_register_gives_what_the_unmoved_pair_gives(
     )
     assert code == 0, err
     assert "registered" in out and "t2.nii.gz onto" in out and "Mattes MI" in out  # the log line says what was done
+    assert f"wrote {tmp_path / 'transforms' / SUBJECT / 't2_to_flair.tfm'}" in out
     saved = sitk.ReadTransform(str(tmp_path / "transforms" / SUBJECT / "t2_to_flair.tfm"))
     displacement, rotation = transform_errors(saved, motion, flair)
     assert displacement <= 1.0 and rotation <= 1.0

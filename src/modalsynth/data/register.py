@@ -245,7 +245,7 @@ class Aligner:
         for other, registration in results:
             print(registration.describe())
             if self.transforms is not None:
-                registration.save(transform_path(self.transforms, first, other))
+                print(f"wrote {registration.save(transform_path(self.transforms, first, other))}")
             moved.append(resample_onto(other, first, registration))
         return moved
 
