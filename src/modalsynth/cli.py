@@ -18,6 +18,12 @@ app = typer.Typer(
     help="Synthesise a missing 3D MRI modality (e.g. T1 from FLAIR) with the paper's 3D conditional GAN.",
 )
 
+#: the help of --series (predict, inspect, strip)
+SERIES_HELP = (
+    "A DICOM folder's series to read (its number or description; one per source, comma-separated), when the "
+    "descriptions and acquisition parameters do not make it clear."
+)
+
 _DEBUG = {"on": False}
 
 
@@ -133,9 +139,13 @@ def simulate(
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="A NIfTI file, a data folder, or a checkpoint (RUN/best.pt, builtin:NAME)."),
+    ctx: typer.Context,
+    path: str = typer.Argument(
+        ..., help="A NIfTI file, a data folder, a DICOM folder, or a checkpoint (RUN/best.pt, builtin:NAME)."
+    ),
     source: str = typer.Option("flair", "--source", help="Source modality name (for folders)."),
     target: str = typer.Option("t1", "--target", help="Target modality name (for folders)."),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Describe a NIfTI file or a data folder (grids, orientation, intensities, pairs, problems), or print the resolved
     settings a checkpoint's run used.
@@ -152,7 +162,7 @@ def inspect(
         raise typer.Exit(0)
     from .inspection import inspect_path
 
-    code = inspect_path(Path(path), source=source, target=target)
+    code = inspect_path(_dicom_input(ctx, Path(path), None, series, lambda: [None])[0], source=source, target=target)
     raise typer.Exit(code)
 
 
@@ -214,6 +224,12 @@ def train(
         "--workers",
         help="Data-loading processes per rank (default: the CPUs per rank less one, at most 8).",
     ),
+    register: bool = typer.Option(
+        False,
+        "--register",
+        help="Sources and target of one session on their own grids: register each rigidly onto the first source "
+        "before skull stripping (a mask on the target's grid follows it); recorded in the cache manifest.",
+    ),
 ) -> None:
     """Train a method on paired volumes and write OUT/best.pt and OUT/last.pt.
 
@@ -236,7 +252,12 @@ def train(
         "init": init,
         "preset": preset,
         "resample_target": True if resample_target else None,
-        "preprocess": {k: v for k, v in (("grid", grid_value), ("skull_strip", skull_strip)) if v is not None} or None,
+        "preprocess": {
+            k: v
+            for k, v in (("grid", grid_value), ("skull_strip", skull_strip), ("register", register or None))
+            if v is not None
+        }
+        or None,
         "cache": None if cache is None else str(cache),
         "workers": workers,
     }
@@ -257,6 +278,7 @@ def prepare(
     config: Path | None = typer.Option(None, "--config", help="YAML config file, as for train."),
     resample_target: bool = typer.Option(False, "--resample-target", help="As for train."),
     workers: int | None = typer.Option(None, "--workers", help="Processes (default: every CPU)."),
+    register: bool = typer.Option(False, "--register", help="As for train."),
 ) -> None:
     """Preprocess every subject once into a cache that `train --cache` reads by memory map (run it before a large
     or multi-node training run; train also brings the cache up to date itself).
@@ -272,19 +294,21 @@ def prepare(
         "preset": preset,
         "init": "none",
         "resample_target": True if resample_target else None,
-        "preprocess": None if (g := _grid_option(grid)) is None else {"grid": g},
+        "preprocess": {k: v for k, v in (("grid", _grid_option(grid)), ("register", register or None)) if v is not None}
+        or None,
     }
     prepare_from_cli(data=data, cache=cache, options=options, config=config, workers=workers)
 
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
         help="A checkpoint written by `modalsynth train`, or builtin:NAME (default: builtin:flair-t1).",
     ),
-    input: Path = typer.Option(..., "--input", help="A source NIfTI file or a data folder."),
+    input: Path = typer.Option(..., "--input", help="A source NIfTI file, a data folder or a DICOM folder."),
     output: Path = typer.Option(
         ..., "--output", help="Output file (for a file) or folder OUT/<subject>/<target>.nii.gz."
     ),
@@ -330,6 +354,18 @@ def predict(
     report: bool = typer.Option(
         False, "--report", help="For a data folder, also write the HTML QC pages OUT/<subject>.html and OUT/index.html."
     ),
+    register: bool = typer.Option(
+        False,
+        "--register",
+        help="Several sources of one session on their own grids: register each rigidly (mutual information) onto "
+        "the first source's grid before skull stripping (needs pip install 'modalsynth[register]').",
+    ),
+    save_transform: Path | None = typer.Option(
+        None,
+        "--save-transform",
+        help="With --register: write each transform to FOLDER/<subject>/<moving>_to_<first>.tfm.",
+    ),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Synthesise the target modality for one volume or a folder of subjects (no --checkpoint: the built-in FLAIR->T1
     model).
@@ -337,9 +373,14 @@ def predict(
     Example: modalsynth predict --input flair.nii.gz --output t1.nii.gz
     """
     from . import builtin
+    from .data.register import Aligner
     from .data.skullstrip import SkullStrip
     from .predict_jobs import predict_path, run_predictor
 
+    if save_transform is not None and not register:
+        raise UserError("--save-transform writes the transforms of --register; add --register")
+    input, output = _dicom_input(ctx, input, output, series, lambda: _sequences_read(source, checkpoint, onnx))
+    align = Aligner(save_transform) if register else None
     if report and not input.is_dir():
         raise UserError(f"{input}: --report needs a data folder as --input (a page per subject); drop --report")
     changes = {"overlap": overlap, "flip_average": True if flip_average else None}
@@ -352,7 +393,10 @@ def predict(
 
         predictor = onnx_predictor(onnx).with_inference(**changes).with_sources(source)
         run_predictor(
-            dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head)), input, output, subjects_from
+            dataclasses.replace(predictor, skull=SkullStrip(skull_strip, keep_head), align=align),
+            input,
+            output,
+            subjects_from,
         )
         if report:
             _predict_report(input, output, onnx)
@@ -367,6 +411,7 @@ def predict(
         inference_changes=changes,
         skull=SkullStrip(skull_strip, keep_head),
         sources=source,
+        align=align,
     )
     if report:
         _predict_report(input, output, builtin.resolve(checkpoint), checkpoint or f"builtin:{builtin.DEFAULT}")
@@ -467,13 +512,18 @@ def report(
 
 @app.command()
 def strip(
-    input: Path = typer.Option(..., "--input", help="A NIfTI file of a whole head (any MRI contrast)."),
+    ctx: typer.Context,
+    input: Path = typer.Option(
+        ..., "--input", help="A NIfTI file of a whole head (any MRI contrast), or a DICOM folder."
+    ),
     output: Path | None = typer.Option(
         None,
         "--output",
-        help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by a 1 mm margin.",
+        help="The skull-stripped volume as `predict` strips it: zero outside the brain mask grown by 1 mm "
+        "(at least a voxel).",
     ),
     mask: Path | None = typer.Option(None, "--mask", help="The brain mask (uint8, 1 in the brain)."),
+    series: str | None = typer.Option(None, "--series", help=SERIES_HELP),
 ) -> None:
     """Skull-strip one volume offline with deepbet (pip install 'modalsynth\\[strip]'): the brain mask and/or the brain.
 
@@ -481,6 +531,7 @@ def strip(
     """
     from .data.skullstrip import strip_file
 
+    input = _dicom_input(ctx, input, None, series, lambda: [None])[0]
     for path in strip_file(input, output, mask):
         typer.echo(f"wrote {path}")
 
@@ -621,6 +672,32 @@ def log_to_console() -> None:
         package.addHandler(ConsoleHandler())
     package.setLevel(logging.INFO)
     package.propagate = False
+
+
+def _sequences_read(source: str | None, checkpoint: str | None, onnx: Path | None) -> list[str | None]:
+    """The sequences a prediction reads from a DICOM folder: --source's, else the model's first."""
+    from .data.pairs import source_list
+
+    if source:
+        return list(source_list(source))
+    if onnx is not None:
+        return [None]
+    from . import builtin
+    from .checkpoints import Checkpoint
+
+    return [source_list(Checkpoint.load(builtin.resolve(checkpoint)).config["source"])[0]]
+
+
+def _dicom_input(ctx: typer.Context, input: Path, output: Path | None, series: str | None, sequences) -> tuple:
+    """`input` (and `output`) as the command reads them; a DICOM folder is converted for the command's duration
+    (`sequences()`: the sequences to pick from it)."""
+    from .data.dicom import is_dicom_folder, nifti_inputs
+
+    if not is_dicom_folder(input):
+        if series is not None:
+            raise UserError(f"--series picks a series of a DICOM folder; {input} is not one")
+        return input, output
+    return nifti_inputs(input, output, sequences(), series, ctx.call_on_close)
 
 
 def main() -> None:

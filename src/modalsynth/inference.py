@@ -20,6 +20,7 @@ from .checkpoints import Checkpoint
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import require_same_grid, source_list
 from .data.preprocess import IntensityRecord, foreground_mask, postprocess, preprocess
+from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .inferers import SlidingWindowInferer
@@ -81,6 +82,7 @@ class Predictor:
     sources: tuple[str, ...] | None = (
         None  # which of the model's sources to read (None: all); a single file is the first
     )
+    align: Aligner | None = None  # --register: the other sources registered onto the first (None: same grid only)
 
     def with_sources(self, text: str | None) -> Predictor:
         """This predictor reading only the sources named in `text` ('flair' or 'flair,t2'; None: all the model's);
@@ -167,6 +169,8 @@ class Predictor:
                 f"{self.origin or 'the model'} takes {self.config.source}; got {', '.join(volumes) or 'nothing'}"
             )
         first, others = volumes[order[0]], [volumes[name] for name in order[1:]]
+        if self.align is not None:
+            others = self.align.onto(first, others)
         for other in others:
             require_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)

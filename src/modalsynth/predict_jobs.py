@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .cohort import Cohort
 from .data.pairs import NOT_REGISTERED, canonical_modality, check_volumes, discover_subjects, grid_mismatch
+from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .inference import Predictor
@@ -55,7 +56,7 @@ def predict_file(predictor: Predictor, source: Path, output: Path) -> Path:
 def folder_jobs(predictor: Predictor, root: Path, split: str | None = None) -> list[Job]:
     """(subject, {sequence: file}) for every subject under `root` that has at least one of the sources read (the
     model's, or those chosen by `with_sources`), restricted to a split if asked."""
-    subjects = discover_subjects(root)
+    subjects = discover_subjects(root, one_subject=True)
     wanted = None
     if split:
         if split not in ("train", "val", "test"):
@@ -116,7 +117,7 @@ def predict_folder(
     for (_, files), _ in todo:
         first, *others = files.values()
         problem = next(filter(None, (grid_mismatch(first, other) for other in others)), None)
-        if problem:
+        if problem and predictor.align is None:
             raise UserError(f"{problem}; {NOT_REGISTERED}")
     if cohort is not None:
         cohort.begin()
@@ -142,18 +143,20 @@ def predict_path(
     inference_changes: Mapping[str, object] | None = None,
     skull: SkullStrip | None = None,
     sources: str | None = None,
+    align: Aligner | None = None,
 ) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
     `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model
     expects. `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
     `skull`: skull stripping of raw inputs instead of the checkpoint's training setting. `sources`: which of a
-    multi-source model's inputs to read ('flair' or 'flair,t2'; None: all).
+    multi-source model's inputs to read ('flair' or 'flair,t2'; None: all). `align`: register the other sources onto
+    the first (`--register`).
     """
     input = Path(input)
     chosen = device if is_single_file(input) else rank_device(device)
     predictor = Predictor.from_checkpoint(checkpoint, chosen, check_input).with_inference(**(inference_changes or {}))
-    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull).with_sources(sources)
+    predictor = dataclasses.replace(predictor, skull=skull or predictor.skull, align=align).with_sources(sources)
     return run_predictor(predictor, input, output, split, model_file=checkpoint)
 
 
@@ -175,6 +178,7 @@ def run_predictor(
         "inference": predictor.inference.to_dict(),
         "skull": skull,
         "sources": list(predictor.sources or predictor.config.sources),
+        "register": predictor.align is not None,
     }
     cohort = Cohort(output, record)
     with cohort:

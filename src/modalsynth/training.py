@@ -210,7 +210,14 @@ def train(
         per_epoch = steps_per_epoch(len(saved.split.get("train", [])), ctx.world, config.batch_size)
         check_schedule_extension(saved_config, config, per_epoch, saved, out)
     # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
-    pairs = require_pairs(data, config.source, config.target, resample_target=config.resample_target, check_data=False)
+    pairs = require_pairs(
+        data,
+        config.source,
+        config.target,
+        resample_target=config.resample_target,
+        check_data=False,
+        register=config.preprocess.register,
+    )
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -481,6 +488,10 @@ def _update_cache(
         dist.barrier()
         manifest = read_manifest(cache)
     assert manifest is not None  # every rank has read it
+    if config.preprocess.register and ctx.is_main:  # what --register did, beside the run's other logs
+        from .data.register import record_registrations
+
+        record_registrations({p.subject: manifest["subjects"][p.subject] for p in pairs}, out)
     return cache, manifest
 
 
@@ -640,7 +651,14 @@ def prepare_from_cli(
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)
     check_run_folders(data, [(cache, "--cache")])
-    pairs = require_pairs(data, cfg.source, cfg.target, resample_target=cfg.resample_target, check_data=False)
+    pairs = require_pairs(
+        data,
+        cfg.source,
+        cfg.target,
+        resample_target=cfg.resample_target,
+        check_data=False,
+        register=cfg.preprocess.register,
+    )
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
     for subject in open_subjects(cache, manifest, sorted(manifest["subjects"])):  # what train would reject

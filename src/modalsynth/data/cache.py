@@ -111,6 +111,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
         "has_target": prepared.target is not None,
         "grid": plain(prepared.grid),
         "target_intensity": asdict(prepared.target_intensity) if prepared.target_intensity else None,
+        "registration": prepared.registrations,
     }
     return pair.subject, entry
 

@@ -7,8 +7,8 @@ stopped and resumed draws exactly the same batches as one that never stopped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import nibabel as nib
 import nibabel.processing
@@ -47,6 +47,7 @@ class PreparedSubject:
     mask: np.ndarray
     grid: GridRecord
     target_intensity: IntensityRecord | None
+    registrations: list[dict] = field(default_factory=list)  # `register`: what moved onto the first source, and how
 
 
 def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
@@ -64,6 +65,12 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     the target and the mask; each image is scaled by its own intensities."""
     source, *more = (load_volume(path) for path in pair.sources)
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
+    registered, registrations = None, list[dict[str, Any]]()
+    if config.register:  # before skull stripping: the brain is found on the first source and applies to all
+        from .register import register_subject
+
+        target_volume = load_volume(pair.target) if pair.target is not None else None
+        more, registered, (mask,), registrations = register_subject(source, more, target_volume, [mask])
     # skull stripping (raw pairs): a given brain mask, else deepbet's on the first source; every image is zeroed
     # outside it
     brain = None
@@ -76,8 +83,8 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     arrays = [pre_src.array] + [preprocess(v, config, grid=pre_src.grid, mask=mask).array for v in more]
     target = pre_tgt = None
     if pair.target is not None:
-        target = load_volume(pair.target)
-        if pair.resample_target:
+        target = registered or load_volume(pair.target)
+        if pair.resample_target and registered is None:
             target = resample_like(target, source)
         if brain is not None:
             target = masked(target, brain)
@@ -90,6 +97,7 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         mask=pre_src.mask,
         grid=pre_src.grid,
         target_intensity=pre_tgt.intensity if pre_tgt else None,
+        registrations=registrations,
     )
 
 

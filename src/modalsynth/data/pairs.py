@@ -52,8 +52,11 @@ def _strip_nifti(name: str) -> str:
     return name
 
 
-def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | None = None) -> dict[str, dict[str, Path]]:
-    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found).
+def discover_subjects(
+    root: Path | str, modalities: tuple[str | None, ...] | None = None, one_subject: bool = False
+) -> dict[str, dict[str, Path]]:
+    """Map subject -> {modality: file} for a folder layout, a BIDS tree or a CSV manifest (UserError if none found);
+    with `one_subject` (prediction), a folder holding NIfTI files directly is one subject named after it.
 
     Two files for one modality of one subject (two BIDS runs, or flair.nii next to flair.nii.gz) are a `UserError`
     naming both, for the `modalities` asked for (every modality when None). An Analyze .hdr is listed like a NIfTI
@@ -84,6 +87,12 @@ def discover_subjects(root: Path | str, modalities: tuple[str | None, ...] | Non
                 f"{files[0].parent}: subject {subject} has {len(files)} {modality} files ({names}); keep one (move the "
                 "others out of the folder) or list the pairs to use in a CSV manifest (subject,source,target)"
             )
+    if not subjects and one_subject and any(is_nifti(f) for f in root.iterdir()):
+        for f in sorted(root.iterdir()):
+            if _is_image(f):
+                _add(subjects, duplicates, root.resolve().name, canonical_modality(_strip_nifti(f.name)), f)
+        for (_, modality), files in duplicates.items():
+            raise UserError(f"{root}: {len(files)} {modality} files ({', '.join(f.name for f in files)}); keep one")
     if not subjects and any(is_nifti(f) for f in root.iterdir()):
         raise UserError(f"{root}: holds NIfTI files directly, so it looks like one subject; pass its parent folder")
     if not subjects:
@@ -233,7 +242,7 @@ def grid_mismatch(a: Path, b: Path) -> str | None:
 
 
 #: what to do when several sources of one subject are on different grids
-NOT_REGISTERED = "register the sequences to one grid first, or predict from one (--source)"
+NOT_REGISTERED = "register the sequences to one grid first (add --register), or use one of them (--source)"
 
 
 def require_same_grid(first: Volume, other: Volume) -> None:
@@ -253,12 +262,14 @@ def find_pairs(
     resample_target: bool = False,
     check_grids: bool = True,
     check_data: bool = False,
+    register: bool = False,
 ) -> PairReport:
     """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
 
     `source` names one sequence or several, comma-separated (every subject needs each; they share the first one's
     grid). A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data`
-    also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training."""
+    also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training.
+    `register`: sources and target on other grids are usable (they are registered onto the first source)."""
     report = PairReport()
     sources = source_list(source)
     subjects = discover_subjects(root, (*sources, target))
@@ -296,13 +307,13 @@ def find_pairs(
             except UserError as exc:
                 report.problems[subject] = str(exc)
                 continue
-            if unregistered:
+            if unregistered and not register:
                 report.problems[subject] = f"{unregistered}; {NOT_REGISTERED}"
                 continue
-            if problem and not resample_target:
+            if problem and not (resample_target or register):
                 report.problems[subject] = f"{problem}; register them, or pass --resample-target"
                 continue
-            pair.resample_target = problem is not None
+            pair.resample_target = problem is not None and not register
         if check_data:
             try:
                 for path in (*pair.sources, tgt):

@@ -46,6 +46,7 @@ class PreprocessConfig:
     upper_percentile: float = 99.5
     clip: bool = True  # clip scaled intensities to [-1, 1] (the generator's tanh range)
     skull_strip: Literal[STRIP_MODES] = "never"  # type: ignore[valid-type]  # brain extraction of each source first (raw scans)
+    register: bool = False  # the other sources and the target registered onto the first source first (data/register.py)
 
     def target_spacing(self, native: tuple[float, float, float]) -> tuple[float, float, float]:
         """The spacing the volume is resampled to."""

@@ -4,8 +4,9 @@ deepbet (MIT, Fisch et al. 2024) ships its two TorchScript networks inside its w
 time; it works on the voxel grid it is given (a 128^3 pass to find the brain's box, a 256^3 pass inside it) and its
 mask comes back on the input's grid. That mask is the brain mask (`strip --mask`); a prediction keeps it grown by
 BRAIN_MARGIN_MM (`kept_region`), so no brain edge the mask misses is lost. `auto` skips it for an input that already
-looks skull-stripped: a foreground of at most MAX_BRAIN_ML inside its outline (a brain, not a head), which costs a
-threshold and a hole filling instead of a network pass.
+looks skull-stripped, judged by what a head looks like (`head_cues`, a fraction of a second instead of a network pass):
+a head shows a bright scalp rim (skin, fat) outside a dark band (the skull) in every slice across it, whatever its
+size or coverage; a stripped brain's outer shells are cortex and sulci. An outline bigger than any brain is a head too.
 """
 
 from __future__ import annotations
@@ -56,9 +57,71 @@ def outline_ml(volume: Volume) -> float:
     return float(filled.sum()) * float(np.prod(volume.spacing)) * volume.data.size / coarse.size / 1000.0
 
 
+#: a head's scalp rim is at least this many times as bright (above the air) as the darkest shell inside it (the skull
+#: band); a stripped brain's outer shells hold cortex and sulci and stay within a third of each other (RESULTS.md)
+MIN_RIM_CONTRAST = 1.6
+#: the outer shells searched for the scalp rim, the shells inside it searched for the skull band, and a shell's width
+RIM_MM, BAND_MM, SHELL_MM = 10.0, 12.0, 2.0
+
+
+@dataclass(frozen=True)
+class HeadCues:
+    """What tells a head from a brain: the scalp rim's contrast over the darkest shell inside it (shells of equal
+    in-plane depth below the outline, each by its median above the air) and the outline's size."""
+
+    rim_contrast: float
+    outline_ml: float
+
+    def reasons(self) -> list[str]:
+        """Why the volume looks like a head; empty for a skull-stripped brain."""
+        found = []
+        if self.rim_contrast >= MIN_RIM_CONTRAST:
+            found.append(f"a bright rim over a dark band ({self.rim_contrast:.1f}x)")
+        if self.outline_ml > MAX_BRAIN_ML:
+            found.append(f"an outline of {self.outline_ml / 1000:.1f} litres")
+        return found
+
+
+def head_cues(volume: Volume) -> HeadCues:
+    """The cues of a head in `volume`, measured in the slices across its thinnest extent (so a slab that covers part
+    of a head shows its scalp ring in every slice), one slice every 3 mm, about 2 mm per in-plane voxel."""
+    spacing = np.asarray(volume.spacing, dtype=float)
+    axis = int(np.argmin(np.asarray(volume.shape) * spacing))
+    steps = [2 if s < 1.3 else 1 for s in spacing]
+    steps[axis] = max(1, int(round(3.0 / spacing[axis])))
+    sampled = np.asarray(volume.data[tuple(slice(None, None, s) for s in steps)], dtype=np.float32)
+    sampled = np.moveaxis(sampled, axis, 0)
+    in_plane = np.delete(spacing * steps, axis)
+    low, high = (float(v) for v in np.percentile(sampled, [1.0, 99.5]))
+    above = sampled > low + 0.1 * (high - low)
+    inside = np.zeros_like(above)
+    for k in range(len(above)):  # a skull is dark in every MR contrast: the outline's holes are filled per slice
+        inside[k] = ndimage.binary_fill_holes(above[k])
+    millilitres = float(inside.sum()) * float(np.prod(spacing * steps)) / 1000.0
+    # the median of each shell of in-plane depth below the outline (a huge spacing across keeps slices apart)
+    depth = ndimage.distance_transform_edt(inside, sampling=(1e6, *in_plane))
+    near = inside & (depth < RIM_MM + BAND_MM)
+    shell = (depth[near] // SHELL_MM).astype(np.int64)
+    values = sampled[near]
+    ordered = values[np.lexsort((values, shell))]
+    ends = np.cumsum(np.bincount(shell, minlength=int((RIM_MM + BAND_MM) / SHELL_MM)))
+    starts = np.concatenate([[0], ends[:-1]])
+    medians = np.array([ordered[(a + b) // 2] - low if b - a > 20 else np.nan for a, b in zip(starts, ends)])
+    rim = medians[: int(RIM_MM / SHELL_MM)]
+    contrast = 1.0
+    if not np.all(np.isnan(rim)):
+        peak = int(np.nanargmax(rim))
+        band = medians[peak + 1 : peak + 1 + int(BAND_MM / SHELL_MM)]
+        band = band[~np.isnan(band)]
+        if band.size:
+            contrast = float(medians[peak] / max(float(band.min()), 1e-3 * (high - low), 1e-12))
+    return HeadCues(contrast, millilitres)
+
+
 def looks_skull_stripped(volume: Volume) -> bool:
-    """True when what the volume shows is no bigger than a brain (a head with skull and scalp is about twice as big)."""
-    return outline_ml(volume) <= MAX_BRAIN_ML
+    """True when the volume shows none of a head's cues (`head_cues`): no scalp rim over a skull band, an outline no
+    bigger than a brain."""
+    return not head_cues(volume).reasons()
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,22 +136,40 @@ def _extractor() -> Any:
     return BrainExtraction(no_gpu=not torch.cuda.is_available())
 
 
+#: an axis whose field of view is shorter than SLAB_MM is a slab of a head; deepbet (which looks at the whole field of
+#: view squeezed into 128^3 first) finds its brain far better when that axis is padded with air to about PAD_TO_MM
+#: (a 30 mm slab: Dice 0.92 as it is, 0.99 padded; benchmarks/RESULTS.md section 17)
+SLAB_MM, PAD_TO_MM = 100.0, 150.0
+
+
 def brain_mask(volume: Volume) -> np.ndarray:
-    """The brain of a whole-head volume as a boolean array on its own grid: deepbet's mask (threshold 0.5)."""
-    image = nib.Nifti1Image(np.asarray(volume.data, dtype=np.float32), volume.affine, volume.header)
+    """The brain of a whole-head volume as a boolean array on its own grid: deepbet's mask (threshold 0.5); a slab is
+    padded with air to PAD_TO_MM across for deepbet and its mask cropped back."""
+    data = np.asarray(volume.data, dtype=np.float32)
+    affine = np.asarray(volume.affine, dtype=float).copy()
+    pads = []
+    for axis, (n, mm) in enumerate(zip(volume.shape, volume.spacing)):
+        before = int(round((PAD_TO_MM - n * mm) / (2 * mm))) if n * mm < SLAB_MM else 0
+        pads.append((before, before))
+        affine[:3, 3] -= affine[:3, axis] * before
+    padded = np.pad(data, pads, constant_values=float(data.min())) if any(b for b, _ in pads) else data
+    image = nib.Nifti1Image(padded, affine, volume.header)
     try:
         _, mask, _ = _extractor().run(image)
     except AssertionError as exc:  # deepbet asserts when its first pass finds no brain
         raise UserError(
             f"{volume.path or 'input'}: the skull stripper found no brain ({exc}); is it a head MRI?"
         ) from None
-    return np.asarray(mask.dataobj) > 0
+    crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, volume.shape))
+    return np.asarray(mask.dataobj)[crop] > 0
 
 
 def kept_region(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """The voxels a prediction keeps around a brain mask (`spacing` in mm per array axis): the mask grown by
-    BRAIN_MARGIN_MM, so a brain edge the mask misses is synthesised rather than blanked."""
-    return mask | (ndimage.distance_transform_edt(~mask, sampling=spacing) <= BRAIN_MARGIN_MM)
+    BRAIN_MARGIN_MM, and by at least one voxel along the finest axis (on a coarse grid a millimetre grows nothing), so
+    a brain edge the mask misses is synthesised rather than blanked."""
+    reach = max(BRAIN_MARGIN_MM, min(spacing))
+    return mask | (ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach)
 
 
 def masked(volume: Volume, mask: np.ndarray) -> Volume:
