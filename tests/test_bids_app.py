@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import pytest
 from modalsynth import builtin
 from modalsynth.bids_app import BidsOptions, bare_label, parse_anat_name, plan_jobs, run_bids, validate_dataset
 from modalsynth.errors import UserError
+from modalsynth.io import Volume
 
 from .bids_tree import make_bids_tree
 
@@ -148,11 +150,15 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
 
     from .conftest import blob_volume
 
+    seen: list[list[str]] = []
+
+    @dataclasses.dataclass
     class Recorder:  # stands in for a FLAIR+T2 model: records which sources reach it
-        skull = None
+        skull: object = None
+        align: object = None
 
         def predict_sources(self, volumes):
-            self.seen = list(volumes)
+            seen.append(list(volumes))
             return next(iter(volumes.values()))
 
     raw = tmp_path / "raw"
@@ -164,11 +170,23 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
     sub03, sub04 = plan_jobs(raw, tmp_path / "out", ("flair", "t2"), "t1", BidsOptions(participant_labels=("03", "04")))
     model = Recorder()
     predict_job(model, sub03, raw, "t1", {}, {})
-    assert model.seen == ["flair", "t2"]
+    assert seen[-1] == ["flair", "t2"]
     predict_job(model, sub04, raw, "t1", {}, {})
-    assert model.seen == ["flair"] and "not on the grid" in capsys.readouterr().err
+    assert seen[-1] == ["flair"] and "not on the grid" in capsys.readouterr().err
     sidecar = json.loads((tmp_path / "out" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
     assert sidecar["Sources"] == ["bids:raw:sub-04/anat/sub-04_FLAIR.nii.gz"]
+
+    class OntoFirst:  # stands in for --register's Aligner: each other source resampled onto the first's grid
+        def onto(self, first, others):
+            self.moved = [o.path.name for o in others]
+            return [Volume(np.zeros(first.shape, np.float32), first.affine, first.header, o.path) for o in others]
+
+    model.align = aligner = OntoFirst()
+    (sub04,) = plan_jobs(raw, tmp_path / "out2", ("flair", "t2"), "t1", BidsOptions(participant_labels=("04",)))
+    predict_job(model, sub04, raw, "t1", {}, {})
+    assert aligner.moved == ["sub-04_T2w.nii.gz"] and seen[-1] == ["flair", "t2"]
+    sidecar = json.loads((tmp_path / "out2" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
+    assert sidecar["Sources"][1] == "bids:raw:sub-04/anat/sub-04_T2w.nii.gz"
 
 
 def test_labels_follow_the_option_as_in_other_bids_apps():

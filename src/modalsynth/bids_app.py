@@ -29,6 +29,7 @@ import numpy as np
 from . import __version__, builtin
 from .cohort import Cohort
 from .data.pairs import canonical_modality, compare_grids
+from .data.register import Aligner
 from .data.skullstrip import SkullStrip, looks_skull_stripped, masked
 from .errors import UserError
 from .inference import Predictor
@@ -66,6 +67,7 @@ class BidsOptions:
     skip_bids_validation: bool = False
     all_subjects: bool = False
     report: bool = True
+    register: bool = False  # sources of a session on their own grids: registered onto the first (`--register`)
 
 
 @dataclass(frozen=True)
@@ -312,8 +314,9 @@ def make_predictor(options: BidsOptions) -> tuple[Predictor, Path]:
     device = rank_device(options.device)
     model_file = builtin.resolve(options.checkpoint)
     predictor = Predictor.from_checkpoint(model_file, device, builtin.is_builtin(options.checkpoint))
-    predictor = dataclasses.replace(predictor, skull=SkullStrip(options.skull_strip)).with_sources(options.source)
-    return predictor, model_file
+    align = Aligner() if options.register else None
+    predictor = dataclasses.replace(predictor, skull=SkullStrip(options.skull_strip), align=align)
+    return predictor.with_sources(options.source), model_file
 
 
 def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = BidsOptions()) -> list[Path]:
@@ -360,6 +363,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
     settings = {
         "inference": predictor.inference.to_dict(),
         "skull_strip": options.skull_strip,
+        "register": options.register,
         "sources": list(read),
         "target": target,
     }
@@ -412,10 +416,15 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     with its sidecar, and the mask with its own when stripping ran."""
     volumes = {name: load_volume(f.path) for name, f in job.sources.items()}
     first = next(iter(volumes.values()))
+    if predictor.align is not None and len(volumes) > 1:  # --register: the others onto the first's grid, first
+        names = list(volumes)
+        moved = predictor.align.onto(first, [volumes[n] for n in names[1:]])
+        volumes = {names[0]: first, **dict(zip(names[1:], moved))}
+        predictor = dataclasses.replace(predictor, align=None)
     for name, other in list(volumes.items())[1:]:
         if compare_grids(first.shape, first.affine, other.shape, other.affine) is not None:
             # a raw dataset's sequences often lie on their own grids; the model predicts from any subset it takes
-            log.warning(f"{other.path}: not on the grid of {first.path}, so not used (register the sequences first)")
+            log.warning(f"{other.path}: not on the grid of {first.path}, so not used (add --register to register it)")
             del volumes[name]
             del job.sources[name]
     skull = predictor.skull or SkullStrip("never")

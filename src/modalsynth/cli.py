@@ -464,6 +464,9 @@ def bids(
     all_subjects: bool = typer.Option(
         False, "--all-subjects", help="Also sessions that have the target (a real one to compare with)."
     ),
+    register: bool = typer.Option(
+        False, "--register", help="Register a session's other sources onto the first (rigid, mutual information)."
+    ),
 ) -> None:
     """BIDS App: fill the missing T1w of every subject/session as BIDS derivatives with sidecars and QC pages.
 
@@ -482,6 +485,7 @@ def bids(
         work_dir=work_dir,
         skip_bids_validation=skip_bids_validation,
         all_subjects=all_subjects,
+        register=register,
     )
     written = run_bids(bids_dir, output_dir, analysis_level, options)
     typer.echo(f"{analysis_level} level: wrote {len(written)} file(s) under {output_dir}")
