@@ -14,8 +14,6 @@ def sample_axial_slices(
     Slices are drawn without replacement while there are enough foreground slices, then repeated; a volume with no
     foreground slice (a background patch) contributes any of its slices. The same slices are taken from every key.
     """
-    if per_volume < 1:
-        raise ValueError(f"slices_per_step must be at least 1, got {per_volume}")
     mask = batch["mask"]
     volumes, slices = [], []
     for n in range(mask.shape[0]):
