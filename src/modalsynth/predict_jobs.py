@@ -34,16 +34,21 @@ def is_single_file(input: Path) -> bool:
     return input.suffix.lower() != ".csv" and (input.is_file() or is_nifti(input))
 
 
+def target_file(predictor: Predictor) -> str:
+    """The one name a prediction takes inside a folder: <target>.nii.gz."""
+    return f"{canonical_modality(predictor.config.target)}.nii.gz"
+
+
 def output_path(predictor: Predictor, out_root: Path, subject: str) -> Path:
     """The one naming rule for a folder of predictions: OUT/<subject>/<target>.nii.gz."""
-    return Path(out_root) / subject / f"{canonical_modality(predictor.config.target)}.nii.gz"
+    return Path(out_root) / subject / target_file(predictor)
 
 
 def predict_file(predictor: Predictor, source: Path, output: Path) -> Path:
     """One source file -> one output file (an existing folder as `output` gets OUT/<target>.nii.gz)."""
     source, output = Path(source), Path(output)
     if output.is_dir():
-        output = output / f"{canonical_modality(predictor.config.target)}.nii.gz"
+        output = output / target_file(predictor)
     check_writes([source], [Output(output, f"the synthetic {predictor.config.target}", "--output", NIFTI_SUFFIXES)])
     if len(predictor.config.sources) > 1:
         log.info(
