@@ -75,17 +75,23 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step", type=int, default=1, help="take every STEP-th voxel (2: 2 mm volumes)")
+    parser.add_argument(
+        "--only",
+        choices=("heads", "slabs"),
+        help="run only the whole heads, or only the slabs (cut from the x1.0 head)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
     flair = load_volume(args.data / args.subject / "flair.nii.gz")
     t1 = load_volume(args.data / args.subject / "t1.nii.gz")
     rows = []
-    for scale in SCALES:
+    for scale in SCALES if args.only != "slabs" else (1.0,):
         brain, reference = scaled(flair, scale, args.step), scaled(t1, scale, args.step)
         head = with_head(brain, "flair", seed=1)[0]
-        rows.append(row(predictor, f"head x{scale}", head, brain, reference))
-        if scale == 1.0:
+        if args.only != "slabs":
+            rows.append(row(predictor, f"head x{scale}", head, brain, reference))
+        if scale == 1.0 and args.only != "heads":
             middle = head.shape[2] // 2
             for mm in SLABS_MM:
                 n = int(round(mm / head.spacing[2]))

@@ -3,11 +3,11 @@ same brains given skull-stripped, side by side in one process.
 
 Per subject: the stripped FLAIR gets a head (modalsynth.data.simulate.with_head: scalp, skull, CSF rim, eyes, neck;
 brain voxels unchanged); deepbet's brain mask of the head (what `modalsynth strip --mask` writes) and the region a
-prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM) are scored by Dice against the stripped brain; the
-built-in
-model predicts the T1 with the default `--skull-strip auto` from the whole head and from the stripped FLAIR, and
-both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain, as `modalsynth evaluate`). Seconds: the
-mask alone, and each prediction (the head's minus the stripped one's is what skull handling adds).
+prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM and into brain-like tissue, `kept_region`) are scored
+by Dice against the stripped brain; the built-in model predicts the T1 with the default `--skull-strip auto` from the
+whole head and from the stripped FLAIR, and both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain,
+as `modalsynth evaluate`). Seconds: the mask alone, and each prediction (the head's minus the stripped one's is what
+skull handling adds).
 
     python benchmarks/bench_skull_strip.py --data DATA --json /tmp/bench_skull_strip.json [--threads 2] [--subjects A,B]
 """
@@ -81,7 +81,7 @@ def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: i
         "auto_skips_stripped": auto_skips,
         "auto_check_s": check_s,
         "dice": dice(mask, brain),
-        "dice_kept": dice(kept_region(mask, head.spacing), brain),
+        "dice_kept": dice(kept_region(mask, head.spacing, head.data), brain),
         "strip_s": strip_s,
         "predict_head_s": head_s,
         "predict_stripped_s": brain_s,

@@ -3,8 +3,9 @@
 deepbet (MIT, Fisch et al. 2024) ships its two TorchScript networks inside its wheel, so nothing is downloaded at run
 time; it works on the voxel grid it is given (a 128^3 pass to find the brain's box, a 256^3 pass inside it) and its
 mask comes back on the input's grid. That mask is the brain mask (`strip --mask`); a prediction keeps it grown by
-BRAIN_MARGIN_MM (`kept_region`), so no brain edge the mask misses is lost. `auto` skips it for an input that already
-looks skull-stripped, judged by what a head looks like (`head_cues`, a fraction of a second instead of a network pass):
+BRAIN_MARGIN_MM, and on a slab also into the brain-like tissue connected to it up to TISSUE_GROW_MM away
+(`kept_region_of`), so no brain edge the mask misses is lost. `auto` skips it for an input that already looks
+skull-stripped, judged by what a head looks like (`head_cues`, a fraction of a second instead of a network pass):
 a head shows a bright scalp rim (skin, fat) outside a dark band (the skull) in every slice across it, whatever its
 size or coverage; a stripped brain's outer shells are cortex and sulci. An outline bigger than any brain is a head too.
 """
@@ -33,6 +34,12 @@ INSTALL_HINT = "pip install 'modalsynth[strip]'"
 #: image (and drags its percentile scaling), an extra CSF voxel at the edge costs little; the brain mask itself stays
 #: deepbet's, the closest to the brain (benchmarks/RESULTS.md, "Raw scans")
 BRAIN_MARGIN_MM = 1.0
+#: on a slab (`is_slab`), grown further through voxels in the brain's own intensity range (above TISSUE_LOW of the
+#: median inside the mask, at most its TISSUE_HIGH_PERCENTILE), up to this far from the mask: deepbet's mask of a slab
+#: cuts off cortex, which this keeps, while the dark band of CSF and skull around the brain stops the grow before the
+#: marrow and the scalp; a whole head's mask misses little cortex, and there the grow would spread deepbet's own
+#: false positives (marrow, fat) further (benchmarks/RESULTS.md section 18)
+TISSUE_GROW_MM, TISSUE_LOW, TISSUE_HIGH_PERCENTILE = 3.0, 0.5, 99.0
 
 
 def check_mode(mode: str) -> str:
@@ -142,6 +149,11 @@ def _extractor() -> Any:
 SLAB_MM, PAD_TO_MM = 100.0, 150.0
 
 
+def is_slab(volume: Volume) -> bool:
+    """True for a volume that covers part of a head: one of its axes spans less than SLAB_MM."""
+    return any(n * mm < SLAB_MM for n, mm in zip(volume.shape, volume.spacing))
+
+
 def brain_mask(volume: Volume) -> np.ndarray:
     """The brain of a whole-head volume as a boolean array on its own grid: deepbet's mask (threshold 0.5); a slab is
     padded with air to PAD_TO_MM across for deepbet and its mask cropped back."""
@@ -164,12 +176,26 @@ def brain_mask(volume: Volume) -> np.ndarray:
     return np.asarray(mask.dataobj)[crop] > 0
 
 
-def kept_region(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+def kept_region(mask: np.ndarray, spacing: tuple[float, ...], data: np.ndarray | None = None) -> np.ndarray:
     """The voxels a prediction keeps around a brain mask (`spacing` in mm per array axis): the mask grown by
     BRAIN_MARGIN_MM, and by at least one voxel along the finest axis (on a coarse grid a millimetre grows nothing), so
-    a brain edge the mask misses is synthesised rather than blanked."""
-    reach = max(BRAIN_MARGIN_MM, min(spacing))
-    return mask | (ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach)
+    a brain edge the mask misses is synthesised rather than blanked; with the image `data`, also the voxels of
+    brain-like intensity connected to that through such voxels, up to TISSUE_GROW_MM from the mask."""
+    distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    region = mask | (distance <= max(BRAIN_MARGIN_MM, min(spacing)))
+    if data is None or not mask.any():
+        return region
+    inside = np.asarray(data[mask], dtype=np.float32)
+    low = TISSUE_LOW * float(np.median(inside))
+    high = float(np.percentile(inside, TISSUE_HIGH_PERCENTILE))
+    tissue = (data > low) & (data <= high) & (distance <= max(TISSUE_GROW_MM, min(spacing)))
+    return ndimage.binary_dilation(region, iterations=0, mask=region | tissue)
+
+
+def kept_region_of(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """The region a prediction keeps of `volume` around its brain `mask` (`kept_region`), grown into brain-like tissue
+    on a slab, whose mask misses cortex, and by the margin alone on a whole head."""
+    return kept_region(mask, volume.spacing, volume.data if is_slab(volume) else None)
 
 
 def masked(volume: Volume, mask: np.ndarray) -> Volume:
@@ -189,11 +215,11 @@ class SkullStrip:
         check_mode(self.mode)
 
     def region_of(self, volume: Volume) -> np.ndarray | None:
-        """The region to strip `volume` with (the brain mask grown by the margin, `kept_region`), or None when it is
-        used as it is."""
+        """The region to strip `volume` with (the brain mask grown, `kept_region_of`), or None when it is used as it
+        is."""
         if self.mode == "never" or (self.mode == "auto" and looks_skull_stripped(volume)):
             return None
-        return kept_region(brain_mask(volume), volume.spacing)
+        return kept_region_of(volume, brain_mask(volume))
 
     def around(
         self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume], companions: Sequence[Volume] = ()
@@ -243,5 +269,5 @@ def strip_file(source: Path, output: Path | None = None, mask_path: Path | None 
             save_array(mask.astype(np.uint8), volume.affine, mask_path, header=volume.header, dtype=np.uint8)
         )
     if output is not None:
-        written.append(save_volume(masked(volume, kept_region(mask, volume.spacing)), output))
+        written.append(save_volume(masked(volume, kept_region_of(volume, mask)), output))
     return written
