@@ -14,7 +14,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .cohort import Cohort
-from .data.pairs import NOT_REGISTERED, canonical_modality, check_volumes, discover_subjects, grid_mismatch
+from .data.pairs import (
+    NOT_REGISTERED,
+    canonical_modality,
+    check_volumes,
+    discover_subjects,
+    grid_mismatch,
+    modality_file,
+)
 from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
@@ -90,10 +97,8 @@ def folder_jobs(predictor: Predictor, root: Path, split: str | None = None) -> l
 def _sources_of(files: dict[str, Path], read: tuple[str, ...], first: str) -> dict[str, Path]:
     """A subject's files of the sequences read; a CSV manifest's generic `source` column stands for the model's first
     source, as in training."""
-    chosen = {m: files[m] for m in read if m in files}
-    if first in read and first not in chosen and "source" in files:
-        chosen[first] = files["source"]
-    return {m: chosen[m] for m in read if m in chosen}
+    found = {m: modality_file(files, m, "source" if m == first else None) for m in read}
+    return {m: f for m, f in found.items() if f is not None}
 
 
 def predict_folder(

@@ -187,7 +187,7 @@ class PairReport:
     problems: dict[str, str] = field(default_factory=dict)
 
 
-def _modality_file(files: dict[str, Path], name: str, csv_role: str | None) -> Path | None:
+def modality_file(files: dict[str, Path], name: str, csv_role: str | None) -> Path | None:
     """The subject's file of sequence `name`, else its manifest's `csv_role` column (`source`, `target`)."""
     return files.get(canonical_modality(name)) or (files.get(csv_role) if csv_role else None)
 
@@ -276,7 +276,7 @@ def find_pairs(
     # a manifest's generic `source` column stands for the first source only; more sources need their own columns
     roles = [(name, "source" if i == 0 else None) for i, name in enumerate(sources)] + [(target, "target")]
     for name, role in roles:
-        if name and not any(_modality_file(files, name, role) for files in subjects.values()):
+        if name and not any(modality_file(files, name, role) for files in subjects.values()):
             found = sorted({m for files in subjects.values() for m in files})
             option = "--target" if role == "target" else "--source"
             raise UserError(
@@ -284,8 +284,8 @@ def find_pairs(
                 f"choose {option} from those names"
             )
     for subject, files in subjects.items():
-        srcs = [_modality_file(files, name, role) for name, role in roles[:-1] if name]
-        tgt = _modality_file(files, target, "target") if target else None
+        srcs = [modality_file(files, name, role) for name, role in roles[:-1] if name]
+        tgt = modality_file(files, target, "target") if target else None
         missing = [name for name, f in (*zip(sources, srcs), (target, tgt)) if name and f is None]
         if missing:
             have = ", ".join(sorted(files)) or "nothing"
