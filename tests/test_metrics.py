@@ -363,3 +363,19 @@ def test_brasyn_scale_uses_whole_volume_percentiles():
     assert np.allclose(scaled[volume < high], volume[volume < high] / high)
     assert not np.allclose(scaled, M.scale_to_unit(volume, volume > 0))
     assert np.all(M.brasyn_scale(np.full((4, 4, 4), 3.0)) == 0.0)
+
+
+def test_a_brain_region_left_as_background_does_not_rescale_the_rest():
+    rng = np.random.default_rng(4)
+    volume = rng.normal(100, 10, (20, 20, 20))
+    brain = np.zeros(volume.shape, bool)
+    brain[2:18, 2:18, 2:18] = True
+    holed = volume.copy()
+    holed[2:4, 2:18, 2:18] = 0.0  # 12 % of the brain left as background, as by a tighter skull-strip mask
+    filled = brain.copy()
+    filled[2:4] = False
+    low, high = np.percentile(volume[filled], [0.5, 99.5])
+    scaled = M.scale_to_unit(holed, brain)
+    np.testing.assert_allclose(scaled[filled], np.clip((volume[filled] - low) / (high - low), 0, 1))
+    assert np.all(scaled[2:4, 2:18, 2:18] == 0.0)  # the empty part is scored as dark where it lies
+    assert np.all(M.scale_to_unit(np.zeros(volume.shape), brain) == 0.0)  # an empty prediction stays defined

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = (
     "Prediction and reference are compared on the stored voxel grid (reoriented to RAS, axes z, y, x). Each is "
-    "clipped to its own 0.5-99.5 percentile inside the brain mask and scaled to [0, 1]; all metrics except the "
+    "clipped to its own 0.5-99.5 percentile of the brain-mask voxels it fills (non-zero: a part of the brain a "
+    "prediction leaves as background is scored as 0 without rescaling the rest) and scaled to [0, 1]; all metrics "
+    "except the "
     "BraSyn columns use data range 1. SSIM is 3D SSIM (Gaussian window sigma 1.5, 11 voxels, K1 0.01, K2 0.03, sample "
     "covariance; identical to scikit-image's structural_similarity): the whole-volume figure is skimage's mean "
     "(5-voxel border cropped), the brain / lesion / healthy-brain figures are the mean of the SSIM map over those "

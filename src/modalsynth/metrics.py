@@ -86,13 +86,20 @@ TISSUES = ("csf", "gm", "wm")
 def scale_to_unit(
     volume: np.ndarray, brain_mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
 ) -> np.ndarray:
-    """Clip a volume to its own 0.5-99.5 percentile inside the brain and scale that range to [0, 1] (float64)."""
+    """Clip a volume to its own 0.5-99.5 percentile inside the brain and scale that range to [0, 1] (float64).
+
+    The percentiles are those of the brain voxels the volume fills (non-zero): a part of the brain that a prediction
+    leaves as background (a tighter skull-strip mask, a slab's edge) is scored as 0 where it lies, but does not pull
+    the lower percentile to 0 and so rescale the whole prediction.
+    """
     mask = np.asarray(brain_mask, dtype=bool)
     if mask.shape != volume.shape:
         raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.shape}")
     if not mask.any():
         raise ValueError("the brain mask is empty")
-    low, high = np.percentile(volume[mask], percentiles)
+    inside = np.asarray(volume)[mask]
+    filled = inside[inside != 0]
+    low, high = np.percentile(filled if filled.size else inside, percentiles)
     data = np.asarray(volume, dtype=np.float64)
     if high <= low:
         return np.zeros(data.shape)
