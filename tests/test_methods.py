@@ -396,34 +396,3 @@ def test_cpu_bf16_training_needs_amx_tiles_and_prediction_avx512_bf16(monkeypatc
         monkeypatch.undo()
         base.cpu_has_native_bf16.cache_clear()
         base.cpu_bf16_predicts_natively.cache_clear()
-
-
-# ---------------------------------------------------------------- gan3d's objective
-
-
-def test_distribution_loss_is_the_wasserstein_distance_of_the_masked_intensities():
-    from scipy.stats import wasserstein_distance
-
-    from modalsynth.losses import distribution_loss
-
-    gen = torch.Generator().manual_seed(0)
-    fake, real = torch.rand(2, 1, 6, 6, 6, generator=gen), torch.rand(2, 1, 6, 6, 6, generator=gen) ** 3
-    mask = (torch.rand(2, 1, 6, 6, 6, generator=gen) > 0.3).float()
-    expected = np.mean(
-        [wasserstein_distance(fake[n][mask[n] > 0].numpy(), real[n][mask[n] > 0].numpy()) for n in range(2)]
-    )
-    np.testing.assert_allclose(float(distribution_loss(fake, real, mask)), expected, rtol=1e-5)
-    # the same values in another order cost nothing: the term asks for the spread, not the place
-    shuffled = real.flatten(1)[:, torch.randperm(216, generator=gen)].view_as(real)
-    assert float(distribution_loss(shuffled, real, torch.ones_like(mask))) < 1e-6
-
-
-def test_gan3d_step_with_a_distribution_weight_logs_and_trains_the_term():
-    config = tiny_config(distribution_weight=50.0)
-    method = _built(config)
-    gen = torch.Generator().manual_seed(0)
-    source = torch.rand(1, 1, *TINY_GRID, generator=gen) * 2 - 1
-    batch = {"source": source, "target": source.flip(-1), "mask": (source > -0.5).float()}
-    losses = method.training_step(batch, step_generator(0, 0))
-    assert losses["g_dist"] > 0
-    assert "g_dist" not in _built(tiny_config()).training_step(batch, step_generator(0, 0))

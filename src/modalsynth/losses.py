@@ -20,35 +20,17 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None 
     return (error * weight).sum() / weight.sum().clamp_min(torch.finfo(error.dtype).tiny)
 
 
-def distribution_loss(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1-D Wasserstein distance between the intensities of `fake` and `real` inside `mask`, per item (N, 1, ...):
-    the mean |difference| of their sorted values, so it asks for the real spread of intensities (its bright tail
-    included) wherever the generator puts them; the mean over items with any voxel in the mask."""
-    distances = []
-    for f, r, m in zip(fake, real, mask > 0.5):
-        if m.any():
-            distances.append((torch.sort(f[m]).values - torch.sort(r[m]).values).abs().mean())
-    return torch.stack(distances).mean() if distances else fake.sum() * 0.0
-
-
 def generator_loss(
     d_fake_logits: torch.Tensor,
     fake: torch.Tensor,
     real: torch.Tensor,
     l1_weight: float,
     mask: torch.Tensor | None = None,
-    distribution: tuple[float, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y), plus weight * `distribution_loss`
-    inside the brain mask when `distribution` = (weight, brain mask) is given; parts detached for logging."""
+    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y); parts detached for logging."""
     adv_part = adversarial_loss(d_fake_logits, True)
     l1_part = l1_loss(fake, real, mask)
-    loss, parts = adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
-    if distribution is not None:
-        weight, brain = distribution
-        spread = distribution_loss(fake, real, brain)
-        loss, parts["dist"] = loss + weight * spread, spread.detach()
-    return loss, parts
+    return adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
 
 
 def discriminator_loss(

@@ -141,9 +141,7 @@ class ConditionalGAN(Method):
         opt_d.step()
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
-            weight = self.config.distribution_weight
-            spread = (weight, b["mask"]) if weight > 0 else None
-            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight, distribution=spread)
+            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -152,7 +150,6 @@ class ConditionalGAN(Method):
             "g_loss": float(g_loss.detach()),
             "g_adv": float(g_parts["adv"]),
             "g_l1": float(g_parts["l1"]),
-            **({"g_dist": float(g_parts["dist"])} if "dist" in g_parts else {}),
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),
