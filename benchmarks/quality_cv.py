@@ -254,9 +254,23 @@ class Protocol:
         done_file.write_text(json.dumps(done, indent=1))
         return done
 
-    def evaluate(self, recipe: Recipe, tested: list[str]) -> dict[str, Any]:
+    def report(self, recipe: Recipe, folds: list[int]) -> Path:
+        """Where the evaluation of a recipe's predictions on `folds` goes (one per set of folds)."""
+        return self.out / "evaluation" / recipe.name / ("folds-" + "-".join(str(k) for k in sorted(folds)))
+
+    def view(self, recipe: Recipe, folds: list[int], tested: list[str]) -> Path:
+        """A folder of links to the recipe's predictions of `tested` only: other folds' predictions stay out."""
+        view = self.out / "views" / recipe.name / ("folds-" + "-".join(str(k) for k in sorted(folds)))
+        view.mkdir(parents=True, exist_ok=True)
+        for subject in tested:
+            link = view / subject
+            if not link.is_symlink():
+                link.symlink_to(self.predictions(recipe) / subject, target_is_directory=True)
+        return view
+
+    def evaluate(self, recipe: Recipe, folds: list[int], tested: list[str]) -> dict[str, Any]:
         """Score the recipe's predictions of `tested` (re-using an evaluation newer than every prediction)."""
-        report = self.out / "evaluation" / recipe.name
+        report = self.report(recipe, folds)
         summary_file = report / "summary.json"
         newest = max((self.predictions(recipe) / s / "t1.nii.gz").stat().st_mtime for s in tested)
         if summary_file.exists() and summary_file.stat().st_mtime > newest:
@@ -269,7 +283,7 @@ class Protocol:
             [
                 "evaluate",
                 "--pred",
-                str(self.predictions(recipe)),
+                str(self.view(recipe, folds, tested)),
                 "--ref",
                 str(self.data),
                 "--target",
@@ -377,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     tested = sorted(s for split in splits for s in split["test"])
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         finished = list(pool.map(lambda job: protocol.fold(*job), jobs))
-        summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, tested), recipes))
+        folds = [split["fold"] for split in splits]
+        summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, folds, tested), recipes))
     rows = []
     for recipe, summary in zip(recipes, summaries):
         folds = [f for (r, _), f in zip(jobs, finished) if r is recipe]
@@ -389,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                 "folds": [{k: f[k] for k in ("split", "steps", "train_s")} for f in folds],
                 "mean_train_minutes": statistics.mean(f["train_s"] for f in folds) / 60,
                 "metrics": {key: summary["metrics"].get(key) for key, _, _ in COLUMNS},
-                "per_subject": per_subject(protocol.out / "evaluation" / recipe.name),
+                "per_subject": per_subject(protocol.report(recipe, folds)),
             }
         )
     text = table(rows, splits, only is not None)

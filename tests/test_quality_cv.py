@@ -94,3 +94,14 @@ def test_table_has_the_protocols_columns_and_the_folds_by_origin(qcv):
     line = next(line for line in text.splitlines() if line.startswith("| v1"))
     assert "| 1.75 [1.50–2.00] |" in line and "| n/a |" in line and "0.5000 ± 0.1000" in line
     assert "fold 0: BraTS 2018 case 0" in text and "fold 1: BraTS 2018 case 2" in text
+
+
+def test_each_set_of_folds_is_scored_on_its_own_test_subjects_only(qcv, tmp_path):
+    protocol = qcv.Protocol(tmp_path / "data", tmp_path / "out", "cpu")
+    recipe = qcv.resolve_recipe("v1")
+    for subject in ("a", "b", "c"):  # predictions of three folds' subjects
+        (protocol.predictions(recipe) / subject).mkdir(parents=True)
+    two = protocol.view(recipe, [1, 0], ["a", "b"])
+    assert sorted(p.name for p in two.iterdir()) == ["a", "b"] and (two / "a").resolve().name == "a"
+    assert protocol.report(recipe, [0, 1]) != protocol.report(recipe, [0, 1, 2])
+    assert protocol.view(recipe, [0, 1], ["a", "b"]) == two  # a rerun re-uses the links
