@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     tested = sorted(s for split in splits for s in split["test"])
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         finished = list(pool.map(lambda job: protocol.fold(*job), jobs))
-        folds = [split["fold"] for split in splits]
-        summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, folds, tested), recipes))
+        fold_ids = [split["fold"] for split in splits]
+        summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, fold_ids, tested), recipes))
     rows = []
     for recipe, summary in zip(recipes, summaries):
         folds = [f for (r, _), f in zip(jobs, finished) if r is recipe]
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                 "folds": [{k: f[k] for k in ("split", "steps", "train_s")} for f in folds],
                 "mean_train_minutes": statistics.mean(f["train_s"] for f in folds) / 60,
                 "metrics": {key: summary["metrics"].get(key) for key, _, _ in COLUMNS},
-                "per_subject": per_subject(protocol.report(recipe, folds)),
+                "per_subject": per_subject(protocol.report(recipe, fold_ids)),
             }
         )
     text = table(rows, splits, only is not None)
