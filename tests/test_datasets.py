@@ -100,31 +100,5 @@ def test_old_configs_with_a_yes_no_augment_still_load_and_unknown_levels_are_ref
 
     assert resolve_config([("old.yaml", {"augment": True})], method_class).augment == "light"
     assert resolve_config([("old.yaml", {"augment": False})], method_class).augment == "none"
-    with pytest.raises(UserError, match="setting augment should be one of none, light, mri, scanner, got 'strong'"):
+    with pytest.raises(UserError, match="setting augment should be one of none, light, mri, got 'strong'"):
         resolve_config([("run.yaml", {"augment": "strong"})], method_class)
-
-
-def test_thick_slices_average_each_slab_along_one_axis_only():
-    from modalsynth.data.augment import thick_slices
-
-    ramp = np.arange(12, dtype=np.float32)
-    src = np.broadcast_to(ramp[None, :, None, None], (1, 12, 6, 6)).copy()  # varies along axis 0 only
-    thick = thick_slices(src, axis=0, thickness=4)
-    # slabs 0-3, 4-7, 8-11 average to 1.5, 5.5, 9.5; linear interpolation puts those values at the slab centres
-    np.testing.assert_allclose(thick[0, 0, 0, 0], 1.5, atol=1e-5)
-    np.testing.assert_allclose(thick[0, 11, 0, 0], 9.5, atol=1e-5)
-    np.testing.assert_allclose(0.5 * (thick[0, 5, 0, 0] + thick[0, 6, 0, 0]), 5.5, atol=1e-5)
-    assert np.ptp(thick[0, 3]) == 0  # nothing changes within a plane across the axis
-    # along an axis the image does not vary, nothing changes
-    np.testing.assert_allclose(thick_slices(src, axis=2, thickness=5), src, atol=1e-5)
-
-
-def test_scanner_augmentation_is_reproducible_and_sometimes_thickens_slices():
-    rng = np.random.default_rng(2)
-    src = rng.uniform(-1, 1, (1, 24, 24, 24)).astype(np.float32)
-    tgt, mask = np.zeros(src.shape[1:], np.float32), np.ones(src.shape[1:], np.float32)
-    runs = [[augment_item(src, tgt, mask, "scanner", step_generator(5, s))[0] for s in range(16)] for _ in range(2)]
-    assert all(np.array_equal(a, b) for a, b in zip(*runs))
-    # averaging 3-6 voxels of white noise cuts the neighbour-to-neighbour differences along one axis at least 3-fold
-    smooth = [min(float(np.abs(np.diff(a[0], axis=k)).mean()) for k in range(3)) for a in runs[0]]
-    assert min(smooth) < 0.35 * float(np.abs(np.diff(src[0], axis=0)).mean())

@@ -133,8 +133,7 @@ class TrainConfig:
     # data
     batch_size: int = 1  # the paper's (one whole volume per step)
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
-    # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine;
-    # 'scanner': mri + simulated thick slices (data/augment.py)
+    # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
     augment: Augmentation = "light"
     holdout: Holdout = (
         "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)

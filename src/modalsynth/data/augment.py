@@ -2,10 +2,8 @@
 
 Levels: 'none'; 'light' (a left-right flip and a small intensity scale/shift of the source: the project's first
 recipe); 'mri' (light, then MONAI's scanner-like changes of the source: a smooth bias field, a gamma curve and
-Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask); 'scanner' (mri, and
-with chance one half the source re-sampled as if acquired in thick slices of 3-6 voxels along a random axis, as a 2D
-FLAIR of 3-6 mm slices is on the 1 mm grid it is predicted on). The MONAI transforms are seeded from the step's
-generator, so a resumed run draws the same augmentations as one that never stopped.
+Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask). The MONAI transforms
+are seeded from the step's generator, so a resumed run draws the same augmentations as one that never stopped.
 """
 
 from __future__ import annotations
@@ -14,12 +12,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: augmentation levels of `TrainConfig.augment`, from none to the most
-AUGMENTATIONS = ("none", "light", "mri", "scanner")
-#: slice thicknesses (voxels) that the 'scanner' level simulates
-THICK_SLICES = (3, 6)
+AUGMENTATIONS = ("none", "light", "mri")
 
 
 @lru_cache(maxsize=1)
@@ -61,26 +56,6 @@ def _mri(
     return src, tgt, mask
 
 
-def thick_slices(src: np.ndarray, axis: int, thickness: int) -> np.ndarray:
-    """Sources (S, D, H, W) as if acquired in slices `thickness` voxels thick along spatial `axis` (0-2): each slab
-    of that many voxels averaged (a box slice profile), then interpolated back linearly onto the original grid."""
-    volume = torch.from_numpy(np.ascontiguousarray(src))[None]  # (1, S, D, H, W)
-    kernel = [1, 1, 1]
-    kernel[axis] = thickness
-    thick = F.avg_pool3d(volume, kernel_size=kernel, stride=kernel, ceil_mode=True, count_include_pad=False)
-    back = F.interpolate(thick, size=volume.shape[2:], mode="trilinear", align_corners=False)
-    return back[0].numpy().astype(np.float32)
-
-
-def _thick(src: np.ndarray, gen: torch.Generator) -> np.ndarray:
-    """With chance one half, `thick_slices` along a random axis at a random thickness of THICK_SLICES."""
-    if bool(torch.rand((), generator=gen) < 0.5):
-        return src
-    axis = int(torch.randint(0, 3, (1,), generator=gen))
-    thickness = int(torch.randint(THICK_SLICES[0], THICK_SLICES[1] + 1, (1,), generator=gen))
-    return thick_slices(src, axis, thickness)
-
-
 def augment_item(
     src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, level: str, gen: torch.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,8 +70,6 @@ def augment_item(
     scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
-    if level in ("mri", "scanner"):
+    if level == "mri":
         src, tgt, mask = _mri(src, tgt, mask, gen)
-    if level == "scanner":
-        src = _thick(src, gen)
     return src, tgt, mask
