@@ -256,11 +256,11 @@ class Protocol:
 
     def report(self, recipe: Recipe, folds: list[int]) -> Path:
         """Where the evaluation of a recipe's predictions on `folds` goes (one per set of folds)."""
-        return self.out / "evaluation" / recipe.name / ("folds-" + "-".join(str(k) for k in sorted(folds)))
+        return self.out / "evaluation" / recipe.name / folds_name(folds)
 
     def view(self, recipe: Recipe, folds: list[int], tested: list[str]) -> Path:
         """A folder of links to the recipe's predictions of `tested` only: other folds' predictions stay out."""
-        view = self.out / "views" / recipe.name / ("folds-" + "-".join(str(k) for k in sorted(folds)))
+        view = self.out / "views" / recipe.name / folds_name(folds)
         view.mkdir(parents=True, exist_ok=True)
         for subject in tested:
             link = view / subject
@@ -295,6 +295,11 @@ class Protocol:
             self.out / "logs" / f"evaluate-{recipe.name}.txt",
         )
         return json.loads(summary_file.read_text())
+
+
+def folds_name(folds: list[int]) -> str:
+    """A set of folds as a folder name: folds-0-1."""
+    return "folds-" + "-".join(str(k) for k in sorted(folds))
 
 
 def _run_record(run: Path) -> dict[str, Any]:

@@ -299,28 +299,37 @@ def test_auto_leaves_every_real_brain_untouched_in_half_a_second(real_dev, monke
         assert cues.rim_contrast < MIN_RIM_CONTRAST / 1.15 and cues.outline_ml < 0.7 * MAX_BRAIN_ML, (path, cues)
 
 
+def _auto_predictor():
+    """The built-in model as `predict` runs it by default (`--skull-strip auto`)."""
+    import dataclasses
+
+    from modalsynth import builtin
+    from modalsynth.inference import Predictor
+
+    return dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+
+
+def _brain_ssim(pred: Volume, ref: Volume) -> float:
+    """Brain SSIM as `modalsynth evaluate` scores it: both volumes scaled inside the reference's brain."""
+    from modalsynth.data.preprocess import foreground_mask, to_zyx
+    from modalsynth.metrics import scale_to_unit, ssim3d
+
+    pred_zyx, ref_zyx = to_zyx(pred)[0], to_zyx(ref)[0]
+    brain = foreground_mask(ref_zyx)
+    return ssim3d(scale_to_unit(pred_zyx, brain), scale_to_unit(ref_zyx, brain), brain)
+
+
 @pytest.mark.slow
 def test_a_prediction_from_a_small_head_or_a_slab_matches_the_one_from_its_brain(real_dev):
     """deepbet and the built-in model for real: the T1 predicted from a head (auto strips it) is within 0.01 brain
     SSIM of the one predicted from its stripped brain (auto uses it as it is), on 2 mm volumes."""
-    import dataclasses
-
     pytest.importorskip("deepbet")
-    from modalsynth import builtin
-    from modalsynth.data.preprocess import foreground_mask, to_zyx
-    from modalsynth.inference import Predictor
-    from modalsynth.metrics import scale_to_unit, ssim3d
-
-    def brain_ssim(pred: Volume, ref: Volume) -> float:
-        pred_zyx, ref_zyx = to_zyx(pred)[0], to_zyx(ref)[0]
-        brain = foreground_mask(ref_zyx)
-        return ssim3d(scale_to_unit(pred_zyx, brain), scale_to_unit(ref_zyx, brain), brain)
 
     def scaled(volume: Volume, scale: float) -> Volume:
         affine = volume.affine @ np.diag([2 * scale] * 3 + [1.0])
         return Volume(np.ascontiguousarray(volume.data[::2, ::2, ::2]), affine, volume.header)
 
-    predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    predictor = _auto_predictor()
     flair = load_volume(real_dev / "ms-patient07" / "flair.nii.gz")
     t1 = load_volume(real_dev / "ms-patient07" / "t1.nii.gz")
     cases = []
@@ -332,7 +341,7 @@ def test_a_prediction_from_a_small_head_or_a_slab_matches_the_one_from_its_brain
     cases.append(tuple(Volume(np.ascontiguousarray(v.data[:, :, cut]), v.affine, v.header) for v in cases[-1]))
     for head, brain, reference in cases:
         assert not looks_skull_stripped(head) and looks_skull_stripped(brain)
-        difference = brain_ssim(predictor.predict_volume(head), reference) - brain_ssim(
+        difference = _brain_ssim(predictor.predict_volume(head), reference) - _brain_ssim(
             predictor.predict_volume(brain), reference
         )
         assert abs(difference) <= 0.01, (head.shape, difference)
@@ -345,20 +354,8 @@ def test_a_prediction_from_a_40_mm_slab_at_1_mm_matches_the_one_from_its_brain(r
     cortex along the slab's faces (the kept region's grow into brain-like tissue finds it) and, lower down, the dark
     rim that the reference brain holds (0.65 % of it; scored as dark, it no longer rescales the whole prediction): the
     prediction is within 0.01 brain SSIM of the one from its brain."""
-    import dataclasses
-
     pytest.importorskip("deepbet")
-    from modalsynth import builtin
-    from modalsynth.data.preprocess import foreground_mask, to_zyx
-    from modalsynth.inference import Predictor
-    from modalsynth.metrics import scale_to_unit, ssim3d
-
-    def brain_ssim(pred: Volume, ref: Volume) -> float:
-        pred_zyx, ref_zyx = to_zyx(pred)[0], to_zyx(ref)[0]
-        brain = foreground_mask(ref_zyx)
-        return ssim3d(scale_to_unit(pred_zyx, brain), scale_to_unit(ref_zyx, brain), brain)
-
-    predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    predictor = _auto_predictor()
     flair = load_volume(real_dev / "ms-patient07" / "flair.nii.gz")
     t1 = load_volume(real_dev / "ms-patient07" / "t1.nii.gz")
     assert flair.spacing == pytest.approx((1.0, 1.0, 1.0))
@@ -369,7 +366,7 @@ def test_a_prediction_from_a_40_mm_slab_at_1_mm_matches_the_one_from_its_brain(r
         Volume(np.ascontiguousarray(v.data[:, :, cut]), v.affine, v.header) for v in (head, flair, t1)
     )
     assert not looks_skull_stripped(head) and looks_skull_stripped(brain)
-    difference = brain_ssim(predictor.predict_volume(head), reference) - brain_ssim(
+    difference = _brain_ssim(predictor.predict_volume(head), reference) - _brain_ssim(
         predictor.predict_volume(brain), reference
     )
     assert abs(difference) <= 0.01, difference
