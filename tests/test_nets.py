@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from modalsynth.flops import count_flops, count_parameters
-from modalsynth.losses import adversarial_loss, discriminator_loss, generator_loss, l1_loss
+from modalsynth.losses import adversarial_loss, discriminator_loss, generator_loss, gradient_loss, l1_loss
 from modalsynth.nets import PatchDiscriminator, ResUNet
 from modalsynth.nets.resunet import FullResHead, UpBlock
 
@@ -253,6 +253,22 @@ def test_generator_loss_is_adv_plus_weighted_l1() -> None:
     torch.testing.assert_close(parts["adv"], expected_adv)
     torch.testing.assert_close(parts["l1"], expected_l1)
     torch.testing.assert_close(total, expected_adv + 100.0 * expected_l1)
+
+
+def test_gradient_loss_against_a_hand_computed_step() -> None:
+    flat, step = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    step[..., 2:] = 1.0  # one unit edge across W: 16 of the 48 W-differences differ by 1, the D and H ones not at all
+    torch.testing.assert_close(gradient_loss(flat, step), torch.tensor((16 / 48) / 3))
+    torch.testing.assert_close(gradient_loss(step + 0.3, step), torch.tensor(0.0))  # an offset has no edges
+
+
+def test_generator_loss_adds_the_weighted_gradient_term() -> None:
+    torch.manual_seed(0)
+    logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4)
+    plain, _ = generator_loss(logits, fake, real, l1_weight=100.0)
+    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, gradient_weight=50.0)
+    torch.testing.assert_close(parts["grad"], gradient_loss(fake, real))
+    torch.testing.assert_close(total, plain + 50.0 * gradient_loss(fake, real))
 
 
 def test_masked_l1_is_mean_inside_mask() -> None:

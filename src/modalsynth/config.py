@@ -128,6 +128,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)  # the paper does not state them; pix2pix's choice
     lr_schedule: Schedule = "constant"  # 'linear-decay': constant for the first half of the budget, then linearly to 0
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1
+    gradient_weight: float = 0.0  # weight of the gradient-difference term (losses.gradient_loss); 0: off
     amp: bool = True  # bfloat16 autocast for training steps where the device runs it natively (CUDA, CPUs with AMX)
     checkpointing: bool = False  # gradient checkpointing in the generator
     # data
@@ -170,6 +171,11 @@ class TrainConfig:
         Rule(("lr",), lambda c: not _positive(c.lr), "give a positive learning rate, e.g. 1e-4"),
         Rule(("betas",), lambda c: not all(0.0 <= b < 1.0 for b in c.betas), "give two numbers in [0, 1)"),
         Rule(("l1_weight",), lambda c: not (math.isfinite(c.l1_weight) and c.l1_weight >= 0), "give 0 or more"),
+        Rule(
+            ("gradient_weight",),
+            lambda c: not (math.isfinite(c.gradient_weight) and c.gradient_weight >= 0),
+            "give 0 (off) or more",
+        ),
         Rule(("batch_size",), lambda c: c.batch_size < 1, "give at least 1"),
         Rule(
             ("batch_size", "patch", "preprocess.grid"),

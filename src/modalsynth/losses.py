@@ -20,17 +20,29 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None 
     return (error * weight).sum() / weight.sum().clamp_min(torch.finfo(error.dtype).tiny)
 
 
+def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Gradient difference: the mean |difference| of the forward differences of `fake` and `real` along each spatial
+    axis of (N, C, D, H, W), averaged over the axes; it asks for edges (the cortex, sulci) where L1 accepts a blur."""
+    axes = range(2, fake.ndim)
+    return torch.stack([(fake.diff(dim=a) - real.diff(dim=a)).abs().mean() for a in axes]).mean()
+
+
 def generator_loss(
     d_fake_logits: torch.Tensor,
     fake: torch.Tensor,
     real: torch.Tensor,
     l1_weight: float,
-    mask: torch.Tensor | None = None,
+    gradient_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y); parts detached for logging."""
+    """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y), plus gradient_weight * the gradient
+    difference when it is above 0; parts detached for logging."""
     adv_part = adversarial_loss(d_fake_logits, True)
-    l1_part = l1_loss(fake, real, mask)
-    return adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
+    l1_part = l1_loss(fake, real)
+    loss, parts = adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
+    if gradient_weight > 0:
+        edges = gradient_loss(fake, real)
+        loss, parts["grad"] = loss + gradient_weight * edges, edges.detach()
+    return loss, parts
 
 
 def discriminator_loss(

@@ -141,7 +141,9 @@ class ConditionalGAN(Method):
         opt_d.step()
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
-            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.config.l1_weight)
+            g_loss, g_parts = generator_loss(
+                g_logits, fake.float(), y, self.config.l1_weight, self.config.gradient_weight
+            )
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -150,6 +152,7 @@ class ConditionalGAN(Method):
             "g_loss": float(g_loss.detach()),
             "g_adv": float(g_parts["adv"]),
             "g_l1": float(g_parts["l1"]),
+            **({"g_grad": float(g_parts["grad"])} if "grad" in g_parts else {}),
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),
