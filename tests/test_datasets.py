@@ -78,6 +78,27 @@ def test_mri_augmentation_is_reproducible_and_changes_the_source_not_the_target_
         augment_item(src, tgt, mask, "strong", step_generator(0, 0))
 
 
+def test_bias_augmentation_shades_source_and_target_with_one_smooth_field():
+    rng = np.random.default_rng(2)
+    src = rng.uniform(-0.6, 0.2, (1, 20, 20, 20)).astype(np.float32)
+    tgt = rng.uniform(-0.6, 0.2, (20, 20, 20)).astype(np.float32)
+    src[..., :3], tgt[..., :3] = -1.0, -1.0  # air
+    mask = np.ones_like(tgt)
+    shaded = 0
+    for step in range(10):
+        light = augment_item(src, tgt, mask, "light", step_generator(0, step))
+        bias = augment_item(src, tgt, mask, "bias", step_generator(0, step))
+        np.testing.assert_array_equal(bias[2], light[2])  # no geometric change
+        # in [0, 1] terms each voxel of source and target is multiplied by the same factor, air stays air
+        source_factor, target_factor = ((b + 1.0) / (a + 1.0 + 1e-12) for a, b in zip(light[:2], bias[:2]))
+        tissue = (light[1] > -1.0) & (light[0][0] > -1.0) & (bias[1] < 1.0) & (bias[0][0] < 1.0)  # unclipped
+        np.testing.assert_allclose(source_factor[0][tissue], target_factor[tissue], rtol=1e-4)
+        assert np.all(bias[0][light[0] == -1.0] == -1.0) and np.all(bias[1][light[1] == -1.0] == -1.0)
+        if np.ptp(target_factor[tissue]) > 0.02:
+            shaded += 1  # a field was drawn: it varies across the patch
+    assert 5 <= shaded <= 10  # drawn with probability 0.8
+
+
 def test_mri_augmentation_moves_source_target_and_mask_together():
     src = np.zeros((24, 24, 24), np.float32) - 1.0
     src[8:16, 8:16, 8:16] = 1.0  # a bright cube in source, target and mask alike
@@ -100,5 +121,5 @@ def test_old_configs_with_a_yes_no_augment_still_load_and_unknown_levels_are_ref
 
     assert resolve_config([("old.yaml", {"augment": True})], method_class).augment == "light"
     assert resolve_config([("old.yaml", {"augment": False})], method_class).augment == "none"
-    with pytest.raises(UserError, match="setting augment should be one of none, light, mri, got 'strong'"):
+    with pytest.raises(UserError, match="setting augment should be one of none, light, bias, mri, got 'strong'"):
         resolve_config([("run.yaml", {"augment": "strong"})], method_class)

@@ -134,7 +134,8 @@ class TrainConfig:
     # data
     batch_size: int = 1  # the paper's (one whole volume per step)
     patch: tuple[int, int, int] | None = None  # random training patch (D, H, W); None = whole grid
-    # 'light': x flips, small intensity scale/shift; 'mri': light + MONAI bias field, gamma, noise, small affine
+    # 'light': x flips, small intensity scale/shift; 'bias': light + one smooth field shading source and target alike;
+    # 'mri': light + MONAI bias field, gamma, noise (source only), small affine
     augment: Augmentation = "light"
     holdout: Holdout = (
         "val+test"  # subjects kept out of training: 'val+test', 'val' (no test) or 'none' (a final model)

@@ -1,7 +1,9 @@
 """Training augmentations of one (source, target, mask) example, drawn from the step's seeded generator.
 
 Levels: 'none'; 'light' (a left-right flip and a small intensity scale/shift of the source: the project's first
-recipe); 'mri' (light, then MONAI's scanner-like changes of the source: a smooth bias field, a gamma curve and
+recipe); 'bias' (light, then one smooth multiplicative field applied alike to source and target, as a receive coil's
+shading falls on every sequence of a session: the network learns to carry shading over rather than read it as a
+lesion); 'mri' (light, then MONAI's scanner-like changes of the source: a smooth bias field, a gamma curve and
 Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask). The MONAI transforms
 are seeded from the step's generator, so a resumed run draws the same augmentations as one that never stopped.
 """
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 #: augmentation levels of `TrainConfig.augment`, from none to the most
-AUGMENTATIONS = ("none", "light", "mri")
+AUGMENTATIONS = ("none", "light", "bias", "mri")
 
 
 @lru_cache(maxsize=1)
@@ -31,6 +33,15 @@ def _mri_transforms():
         prob=0.3, rotate_range=(0.15, 0.15, 0.15), scale_range=(0.1, 0.1, 0.1), mode="bilinear", padding_mode="border"
     )
     return source_only, geometric
+
+
+@lru_cache(maxsize=1)
+def _shared_field():
+    """The 'bias' level's field: MONAI draws one set of coefficients per call, so every channel gets the same field;
+    coefficients up to 0.04 shade a 64^3 patch by about 4 % (sd), the low-frequency spread of real T1 white matter."""
+    from monai.transforms import RandBiasField
+
+    return RandBiasField(prob=0.8, coeff_range=(0.0, 0.04), degree=3)
 
 
 def _seed(gen: torch.Generator) -> int:
@@ -72,4 +83,15 @@ def augment_item(
     src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
     if level == "mri":
         src, tgt, mask = _mri(src, tgt, mask, gen)
+    if level == "bias":
+        src, tgt = _shaded(src, tgt, gen)
     return src, tgt, mask
+
+
+def _shaded(src: np.ndarray, tgt: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sources (S, D, H, W) and target (D, H, W) in [-1, 1] times one smooth field (on [0, 1], so air stays dark)."""
+    field = _shared_field()
+    field.set_random_state(seed=_seed(gen))
+    unit = np.asarray(field((np.concatenate([src, tgt[None]]) + 1.0) / 2.0))
+    shaded = np.clip(unit * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    return shaded[:-1], shaded[-1]
