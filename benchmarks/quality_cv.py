@@ -10,9 +10,9 @@ training run continues from its last.pt (`train --resume`).
 
     python benchmarks/quality_cv.py --data ../shared/data/real-dev --out runs/quality --recipes v1,v2 --jobs 2
 
-A recipe is `v1` (the built-in model's, `RECIPES`), a name of benchmarks/recipes/NAME.yaml or a path to a training
-YAML; a YAML's budget is its own `steps:` or `minutes:`. `--steps`/`--minutes` replace every recipe's budget (e.g.
-`--steps 2 --only brats2018-case0,brats2018-case2` checks the plumbing in a few minutes).
+A recipe is `v1` or `v2` (the built-in model's, `RECIPES`), a name of benchmarks/recipes/NAME.yaml or a path to a
+training YAML; a YAML's budget is its own `steps:` or `minutes:`. `--steps`/`--minutes` replace every recipe's budget
+(e.g. `--steps 2 --only brats2018-case0,brats2018-case2` checks the plumbing in a few minutes).
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ class Recipe:
         }
 
 
-#: named recipes; v1 is what builtin:flair-t1 was trained with, at its card's step count
+#: named recipes: what builtin:flair-t1 v1 and v2 were trained with, each at its card's step count
 RECIPES: dict[str, Recipe] = {
-    "v1": Recipe("v1", ROOT / "scripts" / "builtin" / "flair-t1-recipe.yaml", {"steps": 1565}),
+    "v1": Recipe("v1", ROOT / "scripts" / "builtin" / "flair-t1-v1-recipe.yaml", {"steps": 1565}),
+    "v2": Recipe("v2", ROOT / "scripts" / "builtin" / "flair-t1-recipe.yaml", {"steps": 1565}),
 }
 BUDGET_KEYS = ("steps", "minutes")
 

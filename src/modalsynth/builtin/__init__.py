@@ -38,11 +38,11 @@ class BuiltinModel:
 MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
-        sha256="2bd35013419e2e69f26eebf22a9b944b5f64f3dba5142574be48ddc56d478dfd",
+        sha256="04390582396a119a5734219e7078c7c2188a82073bf42344372a5c3c2de6f61b",
         source="flair",
         target="t1",
-        description="3D GAN generator, skull-stripped FLAIR -> T1: the simulator prior trained on 7 real "
-        "subjects (BraTS 2018, Ljubljana MS)",
+        description="3D GAN generator, skull-stripped FLAIR -> T1 (v2): the simulator prior trained on 11 real "
+        "subjects (BraTS 2018, BraTS 2023, a BrainLesion case, Ljubljana MS) with an edge term",
     ),
     "sim-flair-t1": BuiltinModel(
         name="sim-flair-t1",
