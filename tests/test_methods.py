@@ -129,19 +129,6 @@ def test_pix2pix2d_trains_and_predicts_whole_volumes(tiny_sim, tmp_path):
     assert load_volume(out).shape == load_volume(tiny_sim / "sim-000" / "flair.nii.gz").shape
 
 
-def test_gan3d_feature_matching_adds_its_weighted_term_to_the_generator_step():
-    source = torch.rand(1, 1, *TINY_GRID) * 2 - 1
-    batch = {"source": source, "target": source.flip(-1), "mask": torch.ones_like(source)}
-    logs = {}
-    for weight in (0.0, 10.0):
-        torch.manual_seed(0)  # the same initial nets
-        method = _built(tiny_config(feature_weight=weight, amp=False))
-        logs[weight] = method.training_step(batch, step_generator(0, 1))
-    assert "g_features" not in logs[0.0] and logs[10.0]["g_features"] > 0
-    # the same seeded nets and draws: the generator's loss differs by exactly the weighted term
-    assert logs[10.0]["g_loss"] == pytest.approx(logs[0.0]["g_loss"] + 10.0 * logs[10.0]["g_features"], rel=1e-4)
-
-
 # ---------------------------------------------------------------- ddpm
 
 

@@ -7,14 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from modalsynth.flops import count_flops, count_parameters
-from modalsynth.losses import (
-    adversarial_loss,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_loss,
-    gradient_loss,
-    l1_loss,
-)
+from modalsynth.losses import adversarial_loss, discriminator_loss, generator_loss, gradient_loss, l1_loss
 from modalsynth.nets import PatchDiscriminator, ResUNet
 from modalsynth.nets.resunet import FullResHead, UpBlock
 
@@ -276,19 +269,6 @@ def test_generator_loss_adds_the_weighted_gradient_term() -> None:
     total, parts = generator_loss(logits, fake, real, l1_weight=100.0, gradient_weight=50.0)
     torch.testing.assert_close(parts["grad"], gradient_loss(fake, real))
     torch.testing.assert_close(total, plain + 50.0 * gradient_loss(fake, real))
-
-
-def test_feature_matching_is_the_mean_l1_over_hidden_layers_without_the_logits() -> None:
-    fake = [torch.zeros(1, 2, 4), torch.zeros(1, 3, 2), torch.full((1, 1, 1), 9.0)]
-    real = [torch.ones(1, 2, 4), torch.full((1, 3, 2), 3.0), torch.zeros(1, 1, 1)]
-    torch.testing.assert_close(feature_matching_loss(fake, real), torch.tensor((1.0 + 3.0) / 2))
-
-
-def test_discriminator_features_end_with_its_logit_map() -> None:
-    D = PatchDiscriminator(spatial_dims=3, in_channels=2, base_channels=4, n_layers=2)
-    x = torch.randn(1, 2, 32, 32, 32)
-    features = D(x, features=True)
-    assert len(features) >= 3 and torch.equal(features[-1], D(x))
 
 
 def test_masked_l1_is_mean_inside_mask() -> None:

@@ -27,13 +27,6 @@ def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.stack([(fake.diff(dim=a) - real.diff(dim=a)).abs().mean() for a in axes]).mean()
 
 
-def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:
-    """pix2pixHD's feature matching: the mean over the discriminator's hidden layers of the L1 distance between its
-    features of the generated and of the real pair (the logit maps, last in each list, are left out)."""
-    pairs = list(zip(fake_features[:-1], real_features[:-1]))
-    return torch.stack([(fake - real.detach()).abs().mean() for fake, real in pairs]).mean()
-
-
 def generator_loss(
     d_fake_logits: torch.Tensor,
     fake: torch.Tensor,

@@ -11,7 +11,7 @@ import torch
 from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
 from ..errors import UserError
 from ..inferers import Inferer, SlidingWindowInferer, VolumeInferer
-from ..losses import discriminator_loss, feature_matching_loss, generator_loss
+from ..losses import discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from ..nets.cpu_bf16 import cpu_bf16_copy
 from .base import Method, register
@@ -140,17 +140,10 @@ class ConditionalGAN(Method):
         d_loss.backward()
         opt_d.step()
         with self.autocast():
-            matching = self.config.feature_weight > 0
-            g_out = D(torch.cat([x, fake], 1), features=matching)
-            g_logits = (g_out[-1] if matching else g_out).float()
+            g_logits = D(torch.cat([x, fake], 1)).float()
             g_loss, g_parts = generator_loss(
                 g_logits, fake.float(), y, self.config.l1_weight, self.config.gradient_weight
             )
-            if matching:
-                with torch.no_grad():
-                    real_features = D(torch.cat([x, y], 1), features=True)
-                matched = feature_matching_loss([f.float() for f in g_out], [f.float() for f in real_features])
-                g_loss, g_parts["features"] = g_loss + self.config.feature_weight * matched, matched.detach()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -160,7 +153,6 @@ class ConditionalGAN(Method):
             "g_adv": float(g_parts["adv"]),
             "g_l1": float(g_parts["l1"]),
             **({"g_grad": float(g_parts["grad"])} if "grad" in g_parts else {}),
-            **({"g_features": float(g_parts["features"])} if "features" in g_parts else {}),
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),

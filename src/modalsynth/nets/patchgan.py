@@ -83,11 +83,8 @@ class PatchDiscriminator(nn.Module):
             shape = [(size + 2 * pad - kernel) // stride + 1 for size in shape]
         return tuple(shape)
 
-    def forward(
-        self, x: torch.Tensor, target: torch.Tensor | None = None, features: bool = False
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """Logit map for x = source and target concatenated on channels, or for (source, target) given apart; with
-        `features`, every layer's output in order, the logit map last (for feature matching)."""
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit map for x = source and target concatenated on channels, or for (source, target) given apart."""
         if target is not None:
             x = torch.cat([x, target], dim=1)
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
@@ -101,5 +98,4 @@ class PatchDiscriminator(nn.Module):
                 f"input spatial shape {tuple(x.shape[2:])} is too small for this PatchDiscriminator"
                 f" (logit map would be {out_shape}): use larger patches or fewer n_layers"
             )
-        outputs = self.net(x)
-        return list(outputs) if features else outputs[-1]
+        return self.net(x)[-1]
