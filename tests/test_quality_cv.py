@@ -61,9 +61,10 @@ def test_user_text_names_subjects_by_origin(qcv):
 def test_recipes_v1_at_its_card_budget_a_yaml_with_its_own_and_overrides(qcv, tmp_path):
     v1 = qcv.resolve_recipe("v1")
     assert v1.config.name == "flair-t1-v1-recipe.yaml" and v1.config.is_file() and v1.budget == {"steps": 1565}
-    v2 = qcv.resolve_recipe("v2")  # the shipped model's recipe: v1's plus the gradient term
-    assert v2.config.name == "flair-t1-recipe.yaml" and v2.budget == {"steps": 1565}
-    assert yaml.safe_load(v2.config.read_text()) == {**yaml.safe_load(v1.config.read_text()), "gradient_weight": 100}
+    shipped = qcv.resolve_recipe("v2")  # the shipped model's recipe: v1's plus the gradient term
+    assert shipped.config.name == "flair-t1-recipe.yaml" and shipped.budget == {"steps": 1565}
+    v1_settings = yaml.safe_load(v1.config.read_text())
+    assert yaml.safe_load(shipped.config.read_text()) == {**v1_settings, "gradient_weight": 100}
     assert "1565 steps" in (Path(qcv.ROOT) / "src/modalsynth/builtin/flair-t1.md").read_text().replace(",", "")
     assert qcv.resolve_recipe("v1", steps=2).budget == {"steps": 2}
     v2 = tmp_path / "v2.yaml"

@@ -83,7 +83,7 @@ def augment_item(
     src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
     if level == "mri":
         src, tgt, mask = _mri(src, tgt, mask, gen)
-    if level == "bias":
+    elif level == "bias":
         src, tgt = _shaded(src, tgt, gen)
     return src, tgt, mask
 
