@@ -76,10 +76,11 @@ class Recipe:
         }
 
 
-#: named recipes: what builtin:flair-t1 v1 and v2 were trained with, each at its card's step count
+#: named recipes: what builtin:flair-t1 v1 and v2 and builtin:flair-t2-t1 were trained with, at their cards' steps
 RECIPES: dict[str, Recipe] = {
     "v1": Recipe("v1", ROOT / "scripts" / "builtin" / "flair-t1-v1-recipe.yaml", {"steps": 1565}),
     "v2": Recipe("v2", ROOT / "scripts" / "builtin" / "flair-t1-recipe.yaml", {"steps": 1565}),
+    "flair-t2": Recipe("flair-t2", ROOT / "scripts" / "builtin" / "flair-t2-t1-recipe.yaml", {"steps": 1565}),
 }
 BUDGET_KEYS = ("steps", "minutes")
 

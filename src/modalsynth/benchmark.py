@@ -129,7 +129,7 @@ def run_benchmark(data: Path, out: Path, plan: BenchmarkPlan = BenchmarkPlan()) 
     out.mkdir(parents=True, exist_ok=True)
     splits = _splits(out, [p.subject for p in pairs], plan.folds)
     tested = sorted(sum((s["test"] for s in splits), []))
-    timing_source = {p.subject: p.sources[0] for p in pairs}[tested[0]]
+    timing_source = {p.subject: p.first_source for p in pairs}[tested[0]]
     rows = []
     for name in plan.methods:
         done_file = out / "runs" / name / "done.json"

@@ -60,7 +60,7 @@ def inspect_folder(root: Path, source: str, target: str) -> int:
         grid = problem = ""
         if subject in usable:
             try:
-                vol = load_volume(usable[subject].sources[0])
+                vol = load_volume(usable[subject].first_source)
                 grid = (
                     "x".join(map(str, vol.shape))
                     + " @ "

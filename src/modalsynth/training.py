@@ -40,7 +40,7 @@ from .data.cache import (
     read_manifest,
 )
 from .data.datasets import PreparedSubject, step_generator, typical_intensity
-from .data.pairs import load_or_make_split, require_pairs, source_list
+from .data.pairs import Pair, load_or_make_split, require_pairs, source_list
 from .data.preprocess import IntensityRecord
 from .data.stream import BatchPlan, StepBatches, default_workers, steps_per_epoch, stream_batches
 from .errors import TrainingStopped, UserError
@@ -109,10 +109,19 @@ def validate(predictor: Predictor, subjects: Sequence[PreparedSubject] | LoadedS
         if limit:
             chosen = _foreground_slices(mask, limit)
             source, target, mask = source[:, chosen], target[chosen], mask[chosen]
-        pred01, ref01 = (predictor.predict_array(source) + 1) / 2, (target + 1) / 2
+        present = s.present or None
+        pred01, ref01 = (predictor.predict_array(source, present=present) + 1) / 2, (target + 1) / 2
         maes.append(mae(pred01, ref01, mask))
         ssims.append(ssim2d_masked(pred01, ref01, mask, "axial") if limit else ssim3d(pred01, ref01, mask))
     return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims))}
+
+
+def log_absent_sources(pairs: list[Pair], sources: tuple[str, ...]) -> None:
+    """Say which subjects train without one of several sources (they learn from the ones they have)."""
+    for i, name in enumerate(sources):
+        lacking = [p.subject for p in pairs if p.sources[i] is None]
+        if lacking:
+            log.info(f"{len(lacking)} of {len(pairs)} subject(s) have no {name}; they train with it absent")
 
 
 def _foreground_slices(mask: np.ndarray, count: int) -> np.ndarray:
@@ -217,7 +226,9 @@ def train(
         resample_target=config.resample_target,
         check_data=False,
         register=config.preprocess.register,
+        optional_sources=len(config.sources) > 1,
     )
+    log_absent_sources(pairs, config.sources)
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -658,7 +669,9 @@ def prepare_from_cli(
         resample_target=cfg.resample_target,
         check_data=False,
         register=cfg.preprocess.register,
+        optional_sources=len(cfg.sources) > 1,
     )
+    log_absent_sources(pairs, cfg.sources)
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
     for subject in open_subjects(cache, manifest, sorted(manifest["subjects"])):  # what train would reject

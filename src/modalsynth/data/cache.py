@@ -112,6 +112,7 @@ def _write_entry(pair: Pair, preprocess: PreprocessConfig, cache: Path) -> tuple
         "grid": plain(prepared.grid),
         "target_intensity": asdict(prepared.target_intensity) if prepared.target_intensity else None,
         "registration": prepared.registrations,
+        "present": list(prepared.present),
     }
     return pair.subject, entry
 
@@ -313,6 +314,7 @@ class CachedSubject:
     has_target: bool
     grid: GridRecord
     target_intensity: IntensityRecord | None
+    present: tuple[bool, ...] = ()  # which sources the subject has (empty: all)
 
     def array(self, name: str) -> np.ndarray:
         """The memory-mapped array `name` (source, target or mask); a damaged file is a one-line `UserError`."""
@@ -362,6 +364,7 @@ class CachedSubject:
             np.asarray(self.mask),
             self.grid,
             self.target_intensity,
+            present=self.present,
         )
 
 
@@ -399,7 +402,14 @@ def open_subjects(cache: Path, manifest: dict[str, Any], names: list[str]) -> li
             ) from exc
         out.append(
             CachedSubject(
-                name, _entry_dir(cache, name), tuple(entry["shape"]), sources, entry["has_target"], grid, intensity
+                name,
+                _entry_dir(cache, name),
+                tuple(entry["shape"]),
+                sources,
+                entry["has_target"],
+                grid,
+                intensity,
+                tuple(entry.get("present", ())),
             )
         )
     return out

@@ -34,6 +34,8 @@ class Subject(Protocol):
     def mask(self) -> np.ndarray: ...
     @property
     def target_intensity(self) -> IntensityRecord | None: ...
+    @property
+    def present(self) -> tuple[bool, ...]: ...
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PreparedSubject:
     grid: GridRecord
     target_intensity: IntensityRecord | None
     registrations: list[dict] = field(default_factory=list)  # `register`: what moved onto the first source, and how
+    present: tuple[bool, ...] = ()  # which sources the subject has (empty: all); an absent one is a channel of -1
 
 
 def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
@@ -63,7 +66,7 @@ def resample_like(moving: Volume, reference: Volume, order: int = 1) -> Volume:
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
     """Load and preprocess one pair: the geometry is planned on the first source and applied to the other sources,
     the target and the mask; each image is scaled by its own intensities."""
-    source, *more = (load_volume(path) for path in pair.sources)
+    source, *more = (load_volume(path) for path in pair.sources if path is not None)
     mask = load_volume(pair.mask, allow_constant=True) if pair.mask else None
     registered, registrations = None, list[dict[str, Any]]()
     if config.register:  # before skull stripping: the brain is found on the first source and applies to all
@@ -80,7 +83,9 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         source, more = masked(source, brain), [masked(v, brain) for v in more]
         mask = mask if mask is not None else Volume(brain.astype(np.uint8), source.affine, source.header)
     pre_src = preprocess(source, config, mask=mask)
-    arrays = [pre_src.array] + [preprocess(v, config, grid=pre_src.grid, mask=mask).array for v in more]
+    arrays = iter([pre_src.array] + [preprocess(v, config, grid=pre_src.grid, mask=mask).array for v in more])
+    present = tuple(path is not None for path in pair.sources)
+    channels = [next(arrays) if there else np.full_like(pre_src.array, -1.0) for there in present]
     target = pre_tgt = None
     if pair.target is not None:
         target = registered or load_volume(pair.target)
@@ -92,12 +97,13 @@ def prepare_pair(pair: Pair, config: PreprocessConfig) -> PreparedSubject:
         pre_tgt.intensity.background = float(np.percentile(target.data, 1))  # the value of the empty background
     return PreparedSubject(
         name=pair.subject,
-        source=np.stack(arrays),
+        source=np.stack(channels),
         target=pre_tgt.array if pre_tgt else None,
         mask=pre_src.mask,
         grid=pre_src.grid,
         target_intensity=pre_tgt.intensity if pre_tgt else None,
         registrations=registrations,
+        present=() if all(present) else present,
     )
 
 
@@ -152,8 +158,13 @@ def make_batch(
     augment: str,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """Stack sampled items into tensors: source (N, S, D, H, W), target and mask (N, 1, D, H, W)."""
+    """Stack sampled items into tensors: source (N, S, D, H, W), target and mask (N, 1, D, H, W), and with several
+    sources `present` (N, S): which sources each subject has."""
     # one grid per batch: a patch, or a fixed grid, whenever batch_size > 1 (a rule checked when settings resolve)
     items = [sample_item(subjects[i], patch, augment, gen) for i in indices]
     sources, targets, masks = (torch.from_numpy(np.stack(parts)) for parts in zip(*items))
-    return {"source": sources, "target": targets[:, None], "mask": masks[:, None]}
+    batch = {"source": sources, "target": targets[:, None], "mask": masks[:, None]}
+    if sources.shape[1] > 1:
+        count = sources.shape[1]
+        batch["present"] = torch.tensor([list(subjects[i].present or (True,) * count) for i in indices])
+    return batch

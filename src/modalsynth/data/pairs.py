@@ -172,11 +172,18 @@ class Pair:
     """One usable subject: source(s) and target files on one grid, plus optional brain and lesion masks."""
 
     subject: str
-    sources: tuple[Path, ...]  # in the config's order; the first sets the geometry
+    sources: tuple[Path | None, ...]  # in the config's order; the first sets the geometry; None: an absent later one
     target: Path | None
     mask: Path | None = None
     lesion: Path | None = None
     resample_target: bool = False
+
+    @property
+    def first_source(self) -> Path:
+        """The first source, which every pair has: it sets the geometry."""
+        first = self.sources[0]
+        assert first is not None, f"{self.subject}: a pair without its first source"
+        return first
 
 
 @dataclass
@@ -263,13 +270,15 @@ def find_pairs(
     check_grids: bool = True,
     check_data: bool = False,
     register: bool = False,
+    optional_sources: bool = False,
 ) -> PairReport:
     """Collect source/target pairs under `root`, listing every subject that is missing a file or has mismatched grids.
 
     `source` names one sequence or several, comma-separated (every subject needs each; they share the first one's
     grid). A modality that no subject has at all (a misspelt --source or --target) is a `UserError`. `check_data`
     also reads every voxel (NaN, Inf, a blank image, a truncated file), so nothing unusable reaches training.
-    `register`: sources and target on other grids are usable (they are registered onto the first source)."""
+    `register`: sources and target on other grids are usable (they are registered onto the first source).
+    `optional_sources`: a subject without a source other than the first is usable with that source absent (None)."""
     report = PairReport()
     sources = source_list(source)
     subjects = discover_subjects(root, (*sources, target))
@@ -286,7 +295,8 @@ def find_pairs(
     for subject, files in subjects.items():
         srcs = [modality_file(files, name, role) for name, role in roles[:-1] if name]
         tgt = modality_file(files, target, "target") if target else None
-        missing = [name for name, f in (*zip(sources, srcs), (target, tgt)) if name and f is None]
+        required = [(name, f) for i, (name, f) in enumerate(zip(sources, srcs)) if i == 0 or not optional_sources]
+        missing = [name for name, f in (*required, (target, tgt)) if name and f is None]
         if missing:
             have = ", ".join(sorted(files)) or "nothing"
             where = next(iter(files.values())).parent if files else Path(root) / subject
@@ -295,13 +305,13 @@ def find_pairs(
                 "the subject out of the data folder, or list the usable pairs in a CSV manifest"
             )
             continue
-        present = tuple(p for p in srcs if p is not None)  # every source is there: `missing` is empty
-        src = present[0]
-        pair = Pair(subject, present, tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES))
+        pair = Pair(subject, tuple(srcs), tgt, first_present(files, MASK_NAMES), first_present(files, LESION_NAMES))
+        src = pair.first_source
         if check_grids:
             try:
                 problem = grid_mismatch(src, tgt) if tgt is not None else None
-                unregistered = next(filter(None, (grid_mismatch(src, other) for other in pair.sources[1:])), None)
+                others = (grid_mismatch(src, other) for other in pair.sources[1:] if other is not None)
+                unregistered = next(filter(None, others), None)
                 if problem is None:
                     grid_of(src)
             except UserError as exc:

@@ -117,17 +117,26 @@ class ConditionalGAN(Method):
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
         return batch
 
-    def training_input(self, sources: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The network input of a training batch: with several sources, each left out with chance `source_dropout`."""
+    def training_input(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        """The network input of a training batch: with several sources, each one an example has is left out with
+        chance `source_dropout`."""
+        sources = batch["source"]
         if sources.shape[1] == 1:
             return sources
-        present = draw_presence(sources.shape[0], sources.shape[1], self.config.source_dropout, gen)
-        return network_input(sources, present.to(sources.device))
+        available = batch.get("present")
+        drawn = draw_presence(
+            sources.shape[0],
+            sources.shape[1],
+            self.config.source_dropout,
+            gen,
+            None if available is None else available.cpu(),
+        )
+        return network_input(sources, drawn.to(sources.device))
 
     def training_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """One discriminator step on (x, y) vs (x, G(x)), then one generator step on adversarial + lambda * L1."""
         b = self.model_batch(batch, gen)
-        x, y = self.training_input(b["source"], gen), b["target"]
+        x, y = self.training_input(b, gen), b["target"]
         G, D = self.train_nets["generator"], self.train_nets["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         with self.autocast():

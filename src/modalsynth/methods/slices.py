@@ -12,7 +12,8 @@ def sample_axial_slices(
     foreground.
 
     Slices are drawn without replacement while there are enough foreground slices, then repeated; a volume with no
-    foreground slice (a background patch) contributes any of its slices. The same slices are taken from every key.
+    foreground slice (a background patch) contributes any of its slices. The same slices are taken from every key;
+    a per-volume key of two axes (`present`) is repeated for each of its slices.
     """
     mask = batch["mask"]
     volumes, slices = [], []
@@ -28,4 +29,4 @@ def sample_axial_slices(
     vol_idx = torch.cat(volumes).to(mask.device)
     slice_idx = torch.cat(slices).to(mask.device)
     # advanced indices on axes 0 and 2 around a plain slice: the indexed axis comes first -> (M, C, H, W)
-    return {key: value[vol_idx, :, slice_idx] for key, value in batch.items()}
+    return {key: value[vol_idx, :, slice_idx] if value.dim() > 2 else value[vol_idx] for key, value in batch.items()}

@@ -26,11 +26,16 @@ def network_input(sources: torch.Tensor, present: torch.Tensor | None = None) ->
     return torch.cat([sources * flags, flags.expand_as(sources)], dim=1)
 
 
-def draw_presence(batch: int, sources: int, dropout: float, gen: torch.Generator) -> torch.Tensor:
-    """An (N, S) presence mask for training: each source left out with chance `dropout`, at least one kept per
-    example (a draw that leaves none keeps one source chosen at random)."""
-    present = torch.rand(batch, sources, generator=gen) >= dropout
-    keep = torch.randint(0, sources, (batch,), generator=gen)
+def draw_presence(
+    batch: int, sources: int, dropout: float, gen: torch.Generator, available: torch.Tensor | None = None
+) -> torch.Tensor:
+    """An (N, S) presence mask for training: each source the example has (`available`, (N, S) bool; None: all) kept
+    with chance 1 - `dropout`, at least one kept per example (a draw that leaves none keeps one of the available
+    sources chosen at random)."""
+    if available is None:
+        available = torch.ones(batch, sources, dtype=torch.bool)
+    present = (torch.rand(batch, sources, generator=gen) >= dropout) & available
+    keep = (torch.rand(batch, sources, generator=gen) * available).argmax(dim=1)
     empty = ~present.any(dim=1)
     present[empty, keep[empty]] = True
     return present
