@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Reproduce the built-in FLAIR->T1 model: train gan3d's default recipe on every real subject given, then export it.
+"""Reproduce a built-in model: train a recipe on every real subject given, then export it as `--name`.
 
 The export keeps what prediction needs (generator weights in half precision, the resolved settings, the target
 intensities) and drops the discriminator and optimiser states, then prints the sha256 for the model card.
 
     OMP_NUM_THREADS=1 python scripts/build_builtin_model.py --data DATA --run runs/builtin --steps 1000
     python scripts/build_builtin_model.py --export-only --run runs/builtin      # export an existing run
+    python scripts/build_builtin_model.py --name flair-t2-t1 ...                # another built-in model
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (the shipped model's count is in its card)")
     ap.add_argument("--minutes", type=float, help="or a time budget instead")
     ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--name", default=builtin.DEFAULT, choices=sorted(builtin.MODELS), help="the built-in model")
     ap.add_argument(
         "--config",
         type=Path,
@@ -87,7 +89,7 @@ def main() -> None:
             ],
             check=True,
         )
-    export_builtin(args.run, builtin.DEFAULT)
+    export_builtin(args.run, args.name)
 
 
 def export_builtin(run: Path, name: str) -> None:

@@ -91,6 +91,15 @@ def test_source_dropout_keeps_at_least_one_and_drops_at_the_asked_rate():
     assert draw_presence(50, 3, 0.0, torch.Generator()).all()
 
 
+def test_source_dropout_never_turns_on_a_source_an_example_lacks():
+    available = torch.tensor([[True, False], [False, True], [True, True]]).repeat(2000, 1)
+    present = draw_presence(6000, 2, 0.3, torch.Generator().manual_seed(1), available)
+    assert not (present & ~available).any() and present.any(dim=1).all()
+    assert present[0::3, 0].all() and present[1::3, 1].all()  # a lone source is always kept
+    both = present[2::3]
+    assert abs(float((~both).float().mean()) - 0.255) < 0.02  # the usual rate where both are there
+
+
 def test_simulator_t2_and_pd_come_from_the_same_tissues_and_leave_flair_t1_unchanged():
     plain = simulate_subject(5, TINY_GRID)
     more = simulate_subject(5, TINY_GRID, sequences=("flair", "t1", "t2", "pd"))
@@ -122,6 +131,51 @@ def test_pairs_and_cache_hold_one_channel_per_source(tiny_multi, tmp_path):
         "source1",
         "target",
     }
+
+
+@pytest.fixture(scope="module")
+def partly_t2(tiny_multi, tmp_path_factory):
+    """tiny_multi with the T2 of two of its four subjects removed."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("partly-t2")
+    for k, subject in enumerate(sorted(p for p in tiny_multi.iterdir() if p.is_dir())):
+        shutil.copytree(subject, root / subject.name)
+        if k < 2:
+            (root / subject.name / "t2.nii.gz").unlink()
+    return root
+
+
+def test_subjects_without_a_later_source_train_with_it_absent(partly_t2, tmp_path, monkeypatch, capsys, caplog):
+    from modalsynth.data.datasets import make_batch
+
+    assert len(find_pairs(partly_t2, "flair,t2", "t1").problems) == 2  # prediction-style pairing still asks for both
+    pairs = find_pairs(partly_t2, "flair,t2", "t1", optional_sources=True).pairs
+    assert [p.sources[1] is None for p in pairs] == [True, True, False, False]
+    assert len(find_pairs(partly_t2, "t2,flair", "t1", optional_sources=True).problems) == 2  # the first is required
+    settings = CacheSettings("flair,t2", "t1", False, PreprocessConfig(grid=TINY_GRID))
+    manifest = build_cache(pairs, settings, tmp_path / "cache", workers=1, progress=False)
+    subjects = open_subjects(tmp_path / "cache", manifest, [p.subject for p in pairs])
+    assert [s.present for s in subjects] == [(True, False), (True, False), (), ()]
+    assert np.all(np.asarray(subjects[0].source[1]) == -1.0) and subjects[0].load().present == (True, False)
+    batch = make_batch(subjects, [0, 2], None, "none", torch.Generator().manual_seed(0))
+    assert batch["present"].tolist() == [[True, False], [True, True]]
+
+    import yaml
+
+    out, settings = tmp_path / "run", tmp_path / "tiny.yaml"
+    settings.write_text(yaml.safe_dump({"model": TINY_MODEL, "patch": None, "log_every": 1000}))
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        *("--data", str(partly_t2), "--source", "flair,t2", "--target", "t1", "--out", str(out)),
+        *("--steps", "2", "--grid", "x".join(map(str, TINY_GRID)), "--holdout", "none", "--device", "cpu"),
+        *("--workers", "0", "--config", str(settings)),
+    )
+    assert code == 0, err
+    assert "2 of 4 subject(s) have no t2" in caplog.text
+    assert (out / "last.pt").is_file()
 
 
 def test_a_source_on_another_grid_is_a_problem_naming_both_files(tiny_multi, tmp_path):
@@ -336,3 +390,14 @@ def test_a_multi_source_run_starts_from_the_prior_of_one_of_its_sources():
         UserError, match=r"--init builtin:sim-flair-t1: that model maps flair -> t1, but --source t2,pd"
     ):
         resolve_config([("t", {"source": "t2,pd", "target": "t1", "init": "builtin:sim-flair-t1"})], method_class)
+
+
+def test_2d_slices_repeat_each_volumes_presence_flags():
+    from modalsynth.methods.slices import sample_axial_slices
+
+    mask = torch.zeros(2, 1, 6, 4, 4)
+    mask[:, :, 2:5] = 1
+    batch = {"source": torch.rand(2, 2, 6, 4, 4), "mask": mask, "present": torch.tensor([[True, False], [True, True]])}
+    sliced = sample_axial_slices(batch, 3, torch.Generator().manual_seed(0))
+    assert sliced["source"].shape == (6, 2, 4, 4) and sliced["mask"].all()
+    assert sliced["present"].tolist() == [[True, False]] * 3 + [[True, True]] * 3
