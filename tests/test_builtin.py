@@ -45,7 +45,8 @@ def test_builtin_weights_match_the_card_and_fit_the_size_limit(name):
     ckpt = Checkpoint.load(builtin.resolve(f"builtin:{model.name}"))
     assert set(ckpt.state["nets"]) == {"generator"} and not ckpt.state.get("optimizers")
     assert all(t.dtype == torch.float16 for t in ckpt.state["nets"]["generator"].values() if t.is_floating_point())
-    assert ckpt.config["source"] == model.source == "flair" and ckpt.config["target"] == model.target == "t1"
+    assert ckpt.config["source"] == model.source and model.source.split(",")[0] == "flair"
+    assert ckpt.config["target"] == model.target == "t1"
 
 
 def test_builtin_predicts_a_small_volume_onto_its_grid(tmp_path):
@@ -56,6 +57,34 @@ def test_builtin_predicts_a_small_volume_onto_its_grid(tmp_path):
     assert out.shape == source.shape and np.allclose(out.affine, source.affine) and np.isfinite(out.data).all()
     inside = source.data > 0
     assert out.data[inside].std() > 0  # not a constant
+
+
+def test_the_flair_t2_model_predicts_a_subject_folder_from_every_source_it_has(tmp_path, monkeypatch, capsys):
+    subject = tmp_path / "patient-1"
+    subject.mkdir()
+    flair = _small_flair(subject / "flair.nii.gz")
+    image = nib.load(flair)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    t2 = np.where(data > 0, 1.2 * data.max() - data, 0).astype(np.float32)  # bright where the FLAIR is dark
+    nib.save(nib.Nifti1Image(t2, image.affine), str(subject / "t2.nii.gz"))
+    outputs = {}
+    for sources in ("flair,t2", "flair", "t2"):
+        out = tmp_path / f"out-{sources.replace(',', '-')}"
+        code, _, err = run_cli(
+            monkeypatch,
+            capsys,
+            *("predict", "--checkpoint", "builtin:flair-t2-t1", "--input", str(subject), "--output", str(out)),
+            *("--source", sources, "--device", "cpu"),
+        )
+        assert code == 0, err
+        (written,) = out.rglob("t1.nii.gz")
+        outputs[sources] = load_volume(written)
+        assert outputs[sources].shape == data.shape and np.allclose(outputs[sources].affine, image.affine)
+        assert np.isfinite(outputs[sources].data).all() and outputs[sources].data[data > 0].std() > 0
+    both, alone = outputs["flair,t2"].data, outputs["flair"].data
+    assert np.abs(both - alone)[data > 0].mean() > 1e-3  # the T2 is read, not ignored
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert code == 0 and "builtin:flair-t2-t1" in out and "flair,t2 -> t1" in out
 
 
 def test_predict_with_no_checkpoint_uses_the_builtin_model_and_says_how_long(tmp_path, monkeypatch, capsys):

@@ -44,6 +44,14 @@ MODELS: dict[str, BuiltinModel] = {
         description="3D GAN generator, skull-stripped FLAIR -> T1 (v2): the simulator prior trained on 11 real "
         "subjects (BraTS 2018, BraTS 2023, a BrainLesion case, Ljubljana MS) with an edge term",
     ),
+    "flair-t2-t1": BuiltinModel(
+        name="flair-t2-t1",
+        sha256="fd8774ab72b88054c49d5a11dbe9142daf78f2be81495e212dfc7502bace24bf",
+        source="flair,t2",
+        target="t1",
+        description="the same 3D GAN generator from skull-stripped FLAIR + T2 (or either alone) -> T1: trained "
+        "on the 11 real subjects, 5 of them with T2, with source dropout",
+    ),
     "sim-flair-t1": BuiltinModel(
         name="sim-flair-t1",
         sha256="ad4173074b38e060ab61f3d59f7f14a40601300cbaea5b29e8b2aed89bae588e",
