@@ -110,3 +110,21 @@ def test_each_set_of_folds_is_scored_on_its_own_test_subjects_only(qcv, tmp_path
     assert sorted(p.name for p in two.iterdir()) == ["a", "b"] and (two / "a").resolve().name == "a"
     assert protocol.report(recipe, [0, 1]) != protocol.report(recipe, [0, 1, 2])
     assert protocol.view(recipe, [0, 1], ["a", "b"]) == two  # a rerun re-uses the links
+
+
+def test_scored_with_picks_the_subjects_that_have_the_sequence_and_the_table_compares_each(qcv, tmp_path):
+    for subject, files in {"a": ("flair", "t1", "t2"), "b": ("flair", "t1"), "c": ("flair", "t1", "t2")}.items():
+        (tmp_path / subject).mkdir()
+        for name in files:
+            (tmp_path / subject / f"{name}.nii.gz").write_bytes(b"")
+    assert qcv.subjects_with(tmp_path, "t2") == {"a", "c"}
+    rows = [
+        {"recipe": "v2", "per_subject": [{"subject": "a", "ssim_brain": 0.5}, {"subject": "c", "ssim_brain": 0.6}]},
+        {
+            "recipe": "flair-t2",
+            "per_subject": [{"subject": "a", "ssim_brain": 0.55}, {"subject": "c", "ssim_brain": 0.58}],
+        },
+    ]
+    text = qcv.by_subject(rows)
+    assert "| a | 0.5000 | 0.5500 (+0.0500) |" in text and "| c | 0.6000 | 0.5800 (-0.0200) |" in text
+    assert "flair-t2 is ahead of v2 on 1 of 2 subjects." in text
