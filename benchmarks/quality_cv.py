@@ -63,6 +63,12 @@ class Recipe:
     name: str
     config: Path
     budget: dict[str, float]  # {"steps": N} or {"minutes": M}
+    reads: str | None = None  # NAME@SOURCES: NAME's fold models predicting from these sources only
+
+    @property
+    def trained_as(self) -> str:
+        """The recipe whose runs this one uses (itself, unless it is a reading NAME@SOURCES)."""
+        return self.name.split("@")[0]
 
     @property
     def budget_text(self) -> str:
@@ -104,7 +110,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def resolve_recipe(name: str, steps: int | None = None, minutes: float | None = None) -> Recipe:
-    """`v1`, benchmarks/recipes/NAME.yaml or a YAML path; `steps`/`minutes` replace the recipe's own budget."""
+    """`v1`, benchmarks/recipes/NAME.yaml or a YAML path; `steps`/`minutes` replace the recipe's own budget.
+    NAME@SOURCES (e.g. flair-t2@flair) is NAME's fold models predicting from those sources alone."""
+    if "@" in name:
+        base, reads = name.split("@", 1)
+        recipe = resolve_recipe(base, steps, minutes)
+        return Recipe(f"{recipe.name}@{reads}", recipe.config, recipe.budget, reads)
     override = {k: v for k, v in (("steps", steps), ("minutes", minutes)) if v is not None}
     if name in RECIPES:
         recipe = RECIPES[name]
@@ -165,7 +176,7 @@ class Protocol:
             raise RuntimeError(f"{' '.join(args[:1])} failed (exit {done.returncode}); see {log}")
 
     def cache(self, recipe: Recipe) -> Path:
-        return self.out / "cache" / recipe.name
+        return self.out / "cache" / recipe.trained_as
 
     def prepare(self, recipe: Recipe) -> None:
         """Build the recipe's preprocessed cache once, before runs that share it start side by side."""
@@ -185,7 +196,7 @@ class Protocol:
         )
 
     def run_dir(self, recipe: Recipe, fold: int) -> Path:
-        return self.out / "runs" / recipe.name / f"fold-{fold}"
+        return self.out / "runs" / recipe.trained_as / f"fold-{fold}"
 
     def predictions(self, recipe: Recipe) -> Path:
         return self.out / "predictions" / recipe.name
@@ -195,12 +206,18 @@ class Protocol:
         run = self.run_dir(recipe, split["fold"])
         done_file = run / "done.json"
         wanted = {"budget": recipe.budget, "split": split, "recipe_sha256": recipe.record()["sha256"]}
+        predicted = all((self.predictions(recipe) / s / "t1.nii.gz").exists() for s in split["test"])
         if done_file.exists():
             done = json.loads(done_file.read_text())
-            predicted = all((self.predictions(recipe) / s / "t1.nii.gz").exists() for s in split["test"])
             if predicted and all(done.get(k) == v for k, v in wanted.items()):
                 print(f"[{recipe.name} fold {split['fold']}] finished earlier; re-using {done_file}", flush=True)
                 return done
+        if recipe.reads:  # a reading of fold models trained by its own recipe's runs
+            if not done_file.exists():
+                raise SystemExit(f"{recipe.name}: no finished {recipe.trained_as} run in {run}; add it to --recipes")
+            if not predicted:
+                self.predict(recipe, run, split)
+            return json.loads(done_file.read_text())
         split_file = run / "split.json"
         saved_split = {k: split[k] for k in ("train", "val", "test")}
         if split_file.exists() and json.loads(split_file.read_text()) != saved_split:
@@ -235,28 +252,24 @@ class Protocol:
             ],
             log,
         )
-        print(f"[{recipe.name} fold {split['fold']}] predicting {len(split['test'])} test subject(s)", flush=True)
-        self.modalsynth(
-            [
-                "predict",
-                "--checkpoint",
-                str(run / "last.pt"),
-                "--input",
-                str(self.data),
-                "--output",
-                str(self.predictions(recipe)),
-                "--split",
-                "test",
-                "--device",
-                self.device,
-                "--skull-strip",
-                "never",
-            ],
-            log,
-        )
+        self.predict(recipe, run, split)
         done = {**wanted, **_run_record(run)}
         done_file.write_text(json.dumps(done, indent=1))
         return done
+
+    def predict(self, recipe: Recipe, run: Path, split: dict[str, Any]) -> None:
+        """The fold model's predictions of its test subjects (from `recipe.reads` only, for a reading)."""
+        print(f"[{recipe.name} fold {split['fold']}] predicting {len(split['test'])} test subject(s)", flush=True)
+        sources = ["--source", recipe.reads] if recipe.reads else []
+        self.modalsynth(
+            [
+                "predict",
+                *("--checkpoint", str(run / "last.pt"), "--input", str(self.data)),
+                *("--output", str(self.predictions(recipe)), "--split", "test", "--device", self.device),
+                *("--skull-strip", "never", *sources),
+            ],
+            run / "log.txt",
+        )
 
     def report(self, recipe: Recipe, folds: list[int]) -> Path:
         """Where the evaluation of a recipe's predictions on `folds` goes (one per set of folds)."""
@@ -266,6 +279,9 @@ class Protocol:
         """A folder of links to the recipe's predictions of `tested` only: other folds' predictions stay out."""
         view = self.out / "views" / recipe.name / folds_name(folds)
         view.mkdir(parents=True, exist_ok=True)
+        for stale in view.iterdir():  # an earlier call may have scored other subjects
+            if stale.is_symlink() and stale.name not in tested:
+                stale.unlink()
         for subject in tested:
             link = view / subject
             if not link.is_symlink():
@@ -417,15 +433,25 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     protocol = Protocol(args.data.resolve(), args.out.resolve(), args.device)
     for recipe in recipes:
-        protocol.prepare(recipe)
-    jobs = [(recipe, split) for split in splits for recipe in recipes]  # recipes alternate: side by side per fold
+        if not recipe.reads:
+            protocol.prepare(recipe)
+    # recipes alternate, side by side per fold; the readings (NAME@SOURCES) after every training
+    jobs = [
+        (recipe, split)
+        for reads in (False, True)
+        for split in splits
+        for recipe in recipes
+        if bool(recipe.reads) == reads
+    ]
     tested = sorted(s for split in splits for s in split["test"])
     if args.scored_with:
         tested = sorted(set(tested) & subjects_with(args.data, args.scored_with))
         if not tested:
             raise SystemExit(f"--scored-with {args.scored_with}: no test subject has that sequence")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        finished = list(pool.map(lambda job: protocol.fold(*job), jobs))
+        trained = [job for job in jobs if not job[0].reads]  # every training first: the readings use its runs
+        finished = list(pool.map(lambda job: protocol.fold(*job), trained))
+        finished += list(pool.map(lambda job: protocol.fold(*job), jobs[len(trained) :]))
         fold_ids = [split["fold"] for split in splits]
         summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, fold_ids, tested), recipes))
     rows = []

@@ -128,3 +128,15 @@ def test_scored_with_picks_the_subjects_that_have_the_sequence_and_the_table_com
     text = qcv.by_subject(rows)
     assert "| a | 0.5000 | 0.5500 (+0.0500) |" in text and "| c | 0.6000 | 0.5800 (-0.0200) |" in text
     assert "flair-t2 is ahead of v2 on 1 of 2 subjects." in text
+
+
+def test_a_reading_uses_its_recipes_runs_and_predicts_from_the_sources_named(qcv, tmp_path):
+    reading = qcv.resolve_recipe("flair-t2@flair")
+    assert reading.name == "flair-t2@flair" and reading.reads == "flair" and reading.trained_as == "flair-t2"
+    assert reading.config == qcv.resolve_recipe("flair-t2").config and reading.budget == {"steps": 1565}
+    protocol = qcv.Protocol(tmp_path, tmp_path / "out", "cpu")
+    assert protocol.run_dir(reading, 2) == protocol.run_dir(qcv.resolve_recipe("flair-t2"), 2)
+    assert protocol.predictions(reading) != protocol.predictions(qcv.resolve_recipe("flair-t2"))
+    split = {"fold": 0, "train": ["b"], "val": [], "test": ["a"]}
+    with pytest.raises(SystemExit, match="no finished flair-t2 run"):
+        protocol.fold(reading, split)
