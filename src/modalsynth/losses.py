@@ -11,13 +11,9 @@ def adversarial_loss(logits: torch.Tensor, is_real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if is_real else 0.0))
 
 
-def l1_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean absolute error; with a weight (e.g. a foreground mask, broadcastable) the weighted mean."""
-    error = (fake - real).abs()
-    if weight is None:
-        return error.mean()
-    weight = weight.to(error.dtype).expand_as(error)
-    return (error * weight).sum() / weight.sum().clamp_min(torch.finfo(error.dtype).tiny)
+def l1_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over every voxel: the paper's L1 term."""
+    return (fake - real).abs().mean()
 
 
 def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
