@@ -116,12 +116,24 @@ def validate(predictor: Predictor, subjects: Sequence[PreparedSubject] | LoadedS
     return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims))}
 
 
-def log_absent_sources(pairs: list[Pair], sources: tuple[str, ...]) -> None:
-    """Say which subjects train without one of several sources (they learn from the ones they have)."""
-    for i, name in enumerate(sources):
+def training_pairs(data: Path, config: TrainConfig) -> list[Pair]:
+    """The pairs `train` and `prepare` use, from headers only (voxels are checked when a subject is cached, so a warm
+    start stays fast at scale); with several sources a subject may lack any but the first, and the log says how many
+    lack which."""
+    pairs = require_pairs(
+        data,
+        config.source,
+        config.target,
+        resample_target=config.resample_target,
+        check_data=False,
+        register=config.preprocess.register,
+        optional_sources=len(config.sources) > 1,
+    )
+    for i, name in enumerate(config.sources[1:], start=1):
         lacking = [p.subject for p in pairs if p.sources[i] is None]
         if lacking:
             log.info(f"{len(lacking)} of {len(pairs)} subject(s) have no {name}; they train with it absent")
+    return pairs
 
 
 def _foreground_slices(mask: np.ndarray, count: int) -> np.ndarray:
@@ -218,17 +230,7 @@ def train(
         resume_config(saved_config, [("the resumed settings", config.to_dict())], out / "last.pt", method_class)
         per_epoch = steps_per_epoch(len(saved.split.get("train", [])), ctx.world, config.batch_size)
         check_schedule_extension(saved_config, config, per_epoch, saved, out)
-    # voxels are checked when a subject is cached (a warm start reads headers only, so it stays fast at scale)
-    pairs = require_pairs(
-        data,
-        config.source,
-        config.target,
-        resample_target=config.resample_target,
-        check_data=False,
-        register=config.preprocess.register,
-        optional_sources=len(config.sources) > 1,
-    )
-    log_absent_sources(pairs, config.sources)
+    pairs = training_pairs(data, config)
     with ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(out))  # one run per folder (a killed run's stale lock is taken over)
@@ -662,16 +664,7 @@ def prepare_from_cli(
     layers.append(("the command line", {k: v for k, v in options.items() if v is not None}))
     cfg = resolve_config(layers, method_class)
     check_run_folders(data, [(cache, "--cache")])
-    pairs = require_pairs(
-        data,
-        cfg.source,
-        cfg.target,
-        resample_target=cfg.resample_target,
-        check_data=False,
-        register=cfg.preprocess.register,
-        optional_sources=len(cfg.sources) > 1,
-    )
-    log_absent_sources(pairs, cfg.sources)
+    pairs = training_pairs(data, cfg)
     settings = CacheSettings(cfg.source, cfg.target, cfg.resample_target, cfg.preprocess)
     manifest = build_cache(pairs, settings, cache, workers=workers)
     for subject in open_subjects(cache, manifest, sorted(manifest["subjects"])):  # what train would reject
