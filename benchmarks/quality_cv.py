@@ -206,16 +206,15 @@ class Protocol:
         run = self.run_dir(recipe, split["fold"])
         done_file = run / "done.json"
         wanted = {"budget": recipe.budget, "split": split, "recipe_sha256": recipe.record()["sha256"]}
-        predicted = all((self.predictions(recipe) / s / "t1.nii.gz").exists() for s in split["test"])
         if done_file.exists():
             done = json.loads(done_file.read_text())
-            if predicted and all(done.get(k) == v for k, v in wanted.items()):
+            if self.predicted(recipe, split) and all(done.get(k) == v for k, v in wanted.items()):
                 print(f"[{recipe.name} fold {split['fold']}] finished earlier; re-using {done_file}", flush=True)
                 return done
         if recipe.reads:  # a reading of fold models trained by its own recipe's runs
             if not done_file.exists():
                 raise SystemExit(f"{recipe.name}: no finished {recipe.trained_as} run in {run}; add it to --recipes")
-            if not predicted:
+            if not self.predicted(recipe, split):
                 self.predict(recipe, run, split)
             return json.loads(done_file.read_text())
         split_file = run / "split.json"
@@ -256,6 +255,12 @@ class Protocol:
         done = {**wanted, **_run_record(run)}
         done_file.write_text(json.dumps(done, indent=1))
         return done
+
+    def predicted(self, recipe: Recipe, split: dict[str, Any]) -> bool:
+        """Whether every test subject of the fold has the recipe's prediction (for a reading: every one that has
+        one of the sources it reads)."""
+        readable = subjects_with(self.data, recipe.reads) if recipe.reads else set(split["test"])
+        return all((self.predictions(recipe) / s / "t1.nii.gz").exists() for s in split["test"] if s in readable)
 
     def predict(self, recipe: Recipe, run: Path, split: dict[str, Any]) -> None:
         """The fold model's predictions of its test subjects (from `recipe.reads` only, for a reading)."""
@@ -395,9 +400,12 @@ def by_subject(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def subjects_with(data: Path, modality: str) -> set[str]:
-    """The subjects of the data folder that have a file of `modality` (e.g. t2.nii.gz)."""
-    return {p.name for p in Path(data).iterdir() if p.is_dir() and any(p.glob(f"{modality}.nii*"))}
+def subjects_with(data: Path, sources: str) -> set[str]:
+    """The subjects of the data folder that have a file of at least one of `sources` ('t2', or 'flair,t2')."""
+    from modalsynth.data.pairs import discover_subjects, source_list
+
+    wanted = set(source_list(sources))
+    return {subject for subject, files in discover_subjects(data).items() if wanted & set(files)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,23 +443,18 @@ def main(argv: list[str] | None = None) -> None:
     for recipe in recipes:
         if not recipe.reads:
             protocol.prepare(recipe)
-    # recipes alternate, side by side per fold; the readings (NAME@SOURCES) after every training
-    jobs = [
-        (recipe, split)
-        for reads in (False, True)
-        for split in splits
-        for recipe in recipes
-        if bool(recipe.reads) == reads
-    ]
+    # recipes alternate, side by side per fold; the readings (NAME@SOURCES) after every training, whose runs they use
+    trained = [(recipe, split) for split in splits for recipe in recipes if not recipe.reads]
+    readings = [(recipe, split) for split in splits for recipe in recipes if recipe.reads]
+    jobs = trained + readings
     tested = sorted(s for split in splits for s in split["test"])
     if args.scored_with:
         tested = sorted(set(tested) & subjects_with(args.data, args.scored_with))
         if not tested:
             raise SystemExit(f"--scored-with {args.scored_with}: no test subject has that sequence")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        trained = [job for job in jobs if not job[0].reads]  # every training first: the readings use its runs
         finished = list(pool.map(lambda job: protocol.fold(*job), trained))
-        finished += list(pool.map(lambda job: protocol.fold(*job), jobs[len(trained) :]))
+        finished += list(pool.map(lambda job: protocol.fold(*job), readings))
         fold_ids = [split["fold"] for split in splits]
         summaries = list(pool.map(lambda recipe: protocol.evaluate(recipe, fold_ids, tested), recipes))
     rows = []
