@@ -14,7 +14,9 @@ A recipe is `v1` or `v2` (the built-in model's, `RECIPES`), a name of benchmarks
 training YAML; a YAML's budget is its own `steps:` or `minutes:`. `--steps`/`--minutes` replace every recipe's budget
 (e.g. `--steps 2 --only brats2018-case0,brats2018-case2` checks the plumbing in a few minutes). `--scored-with t2`
 trains on the whole folds but scores only the test subjects that have a T2 (the FLAIR + T2 comparison: each of the five
-is tested once). Under the table, each subject's brain SSIM per recipe, against the first recipe.
+is tested once). NAME+simN trains NAME's recipe with N simulated subjects (the simulator's, with the recipe's sources
+and T1) added to every fold's training set. Under the table, each subject's brain SSIM per recipe, against the first
+recipe.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "benchmarks" / "recipes"
+#: simulated subjects (NAME+simN): another seed than the simulation prior's 24, on its grid of about 1 mm
+SIM_SEED, SIM_GRID = 40, ("144", "230", "192")
 
 #: the protocol's folds: test subjects per fold (folder names of the real-data folder), each subject tested once;
 #: BraTS 2018 ×6 as 2/2/1/1, BraTS 2023 ×3 one per fold, the BrainLesion case and the Ljubljana MS patient apart
@@ -64,6 +68,7 @@ class Recipe:
     config: Path
     budget: dict[str, float]  # {"steps": N} or {"minutes": M}
     reads: str | None = None  # NAME@SOURCES: NAME's fold models predicting from these sources only
+    simulated: int = 0  # NAME+simN: N simulated subjects join every fold's training set
 
     @property
     def trained_as(self) -> str:
@@ -115,7 +120,13 @@ def resolve_recipe(name: str, steps: int | None = None, minutes: float | None = 
     if "@" in name:
         base, reads = name.split("@", 1)
         recipe = resolve_recipe(base, steps, minutes)
-        return Recipe(f"{recipe.name}@{reads}", recipe.config, recipe.budget, reads)
+        return Recipe(f"{recipe.name}@{reads}", recipe.config, recipe.budget, reads, recipe.simulated)
+    if "+sim" in name:
+        base, count = name.rsplit("+sim", 1)
+        if not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"{name}: write NAME+simN with N ≥ 1 simulated subjects, e.g. flair-t2+sim8")
+        recipe = resolve_recipe(base, steps, minutes)
+        return Recipe(name, recipe.config, recipe.budget, simulated=int(count))
     override = {k: v for k, v in (("steps", steps), ("minutes", minutes)) if v is not None}
     if name in RECIPES:
         recipe = RECIPES[name]
@@ -178,13 +189,42 @@ class Protocol:
     def cache(self, recipe: Recipe) -> Path:
         return self.out / "cache" / recipe.trained_as
 
+    def training_data(self, recipe: Recipe) -> Path:
+        """The folder the recipe trains from: the real subjects, plus its simulated ones (NAME+simN) in a folder of
+        links beside them."""
+        if not recipe.simulated:
+            return self.data
+        folder = self.out / "data" / recipe.trained_as
+        for subject in [*_subject_dirs(self.data), *_subject_dirs(self.simulated(recipe))]:
+            link = folder / subject.name
+            if not link.is_symlink():
+                folder.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(subject, target_is_directory=True)
+        return folder
+
+    def simulated(self, recipe: Recipe) -> Path:
+        """The recipe's simulated subjects (sim-000, ...) with its sources and T1, made once and shared by the
+        recipes that ask for as many with the same sequences."""
+        sources = str(yaml.safe_load(recipe.config.read_text()).get("source", "flair"))
+        sequences = ",".join(dict.fromkeys([*sources.split(","), "t1"]))
+        folder = self.out / "sim" / f"{sequences.replace(',', '-')}-{recipe.simulated}"
+        if not (folder / f"sim-{recipe.simulated - 1:03d}" / "t1.nii.gz").exists():
+            self.modalsynth(
+                [
+                    *("simulate", "--out", str(folder), "--subjects", str(recipe.simulated)),
+                    *("--seed", str(SIM_SEED), "--grid", *SIM_GRID, "--sequences", sequences),
+                ],
+                self.out / "logs" / f"simulate-{folder.name}.txt",
+            )
+        return folder
+
     def prepare(self, recipe: Recipe) -> None:
         """Build the recipe's preprocessed cache once, before runs that share it start side by side."""
         self.modalsynth(
             [
                 "prepare",
                 "--data",
-                str(self.data),
+                str(self.training_data(recipe)),
                 "--cache",
                 str(self.cache(recipe)),
                 "--config",
@@ -219,6 +259,8 @@ class Protocol:
             return json.loads(done_file.read_text())
         split_file = run / "split.json"
         saved_split = {k: split[k] for k in ("train", "val", "test")}
+        if recipe.simulated:
+            saved_split["train"] = [*split["train"], *(p.name for p in _subject_dirs(self.simulated(recipe)))]
         if split_file.exists() and json.loads(split_file.read_text()) != saved_split:
             raise SystemExit(f"{split_file}: another split than this fold's; use another --out")
         run.mkdir(parents=True, exist_ok=True)
@@ -226,7 +268,8 @@ class Protocol:
         budget = [x for key, value in recipe.budget.items() for x in (f"--{key}", str(value))]
         resume = ["--resume"] if (run / "last.pt").exists() else []
         print(
-            f"[{recipe.name} fold {split['fold']}] training {recipe.budget_text} on {len(split['train'])} subjects"
+            f"[{recipe.name} fold {split['fold']}] training {recipe.budget_text} on "
+            + f"{len(saved_split['train'])} subjects"
             + (" (resuming)" if resume else ""),
             flush=True,
         )
@@ -235,7 +278,7 @@ class Protocol:
             [
                 "train",
                 "--data",
-                str(self.data),
+                str(self.training_data(recipe)),
                 "--out",
                 str(run),
                 "--config",
@@ -489,6 +532,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json(record, args.out / "quality_cv.json")
     print(text)
+
+
+def _subject_dirs(data: Path) -> list[Path]:
+    return sorted(p for p in Path(data).iterdir() if p.is_dir())
 
 
 def _subjects(data: Path) -> set[str]:

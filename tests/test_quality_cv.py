@@ -140,3 +140,25 @@ def test_a_reading_uses_its_recipes_runs_and_predicts_from_the_sources_named(qcv
     split = {"fold": 0, "train": ["b"], "val": [], "test": ["a"]}
     with pytest.raises(SystemExit, match="no finished flair-t2 run"):
         protocol.fold(reading, split)
+
+
+def test_a_recipe_plus_simulated_subjects_trains_from_the_real_ones_and_its_own_simulated_ones(qcv, tmp_path):
+    recipe = qcv.resolve_recipe("flair-t2+sim3")
+    assert recipe.simulated == 3 and recipe.config == qcv.resolve_recipe("flair-t2").config
+    assert recipe.trained_as == "flair-t2+sim3" and qcv.resolve_recipe("flair-t2+sim3@t2").simulated == 3
+    with pytest.raises(SystemExit, match="NAME\\+simN"):
+        qcv.resolve_recipe("flair-t2+simx")
+    data = tmp_path / "data"
+    for subject in ("a", "b"):
+        (data / subject).mkdir(parents=True)
+    protocol = qcv.Protocol(data, tmp_path / "out", "cpu")
+    assert protocol.training_data(qcv.resolve_recipe("flair-t2")) == data  # no simulated subjects: the real folder
+    simulated = protocol.out / "sim" / "flair-t2-t1-3"  # flair,t2 sources and the T1 target
+    for k in range(3):  # as the simulator leaves them, so none is made again
+        (simulated / f"sim-{k:03d}").mkdir(parents=True)
+        (simulated / f"sim-{k:03d}" / "t1.nii.gz").write_bytes(b"")
+    assert protocol.simulated(recipe) == simulated
+    folder = protocol.training_data(recipe)
+    assert sorted(p.name for p in folder.iterdir()) == ["a", "b", "sim-000", "sim-001", "sim-002"]
+    assert (folder / "a").resolve() == (data / "a").resolve()
+    assert protocol.training_data(recipe) == folder  # a rerun re-uses the links
