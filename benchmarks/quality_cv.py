@@ -539,7 +539,7 @@ def _subject_dirs(data: Path) -> list[Path]:
 
 
 def _subjects(data: Path) -> set[str]:
-    return {p.name for p in Path(data).iterdir() if p.is_dir()}
+    return {p.name for p in _subject_dirs(data)}
 
 
 def _shown(path: Path) -> str:
