@@ -35,7 +35,6 @@ LAST_RELEASE_WITH_DELETED = "0.1.0"
 #: settings deleted after their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
 #: an older checkpoint that holds one of those still loads; any other value is refused with one line
 DELETED_SETTINGS: dict[str, tuple[Any, ...]] = {
-    "ssim_weight": (0, 0.0),
     "adversarial": ("bce",),
     "model.ema": (None, 0, 0.0),
     "model.consistency": (None, 0, 0.0),
