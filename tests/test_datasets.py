@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from modalsynth.data.augment import augment_item
 from modalsynth.data.datasets import make_batch, prepare_pair, sample_item, step_generator
@@ -99,6 +100,31 @@ def test_bias_augmentation_shades_source_and_target_with_one_smooth_field():
     assert 5 <= shaded <= 10  # drawn with probability 0.8
 
 
+def test_rim_augmentation_draws_a_dark_shell_around_the_brain_in_the_sources_only():
+    src = np.full((2, 24, 24, 24), -1.0, np.float32)
+    src[:, 6:18, 6:18, 6:18] = np.linspace(-0.8, 0.8, 12, dtype=np.float32)  # a brain in two sources, air around
+    tgt, mask = src[0].copy(), np.ones((24, 24, 24), np.float32)
+    brain = src[0] > -1.0
+    grown = 0
+    for step in range(20):
+        light = augment_item(src, tgt, mask, "light", step_generator(0, step))
+        rim = augment_item(src, tgt, mask, "rim", step_generator(0, step))
+        np.testing.assert_array_equal(rim[1], light[1])  # the target keeps its background
+        inside = np.broadcast_to(brain, src.shape)
+        np.testing.assert_array_equal(rim[0][inside], light[0][inside])  # the brain is untouched
+        shell = (rim[0][0] != light[0][0]) & ~brain
+        if shell.any():
+            grown += 1
+            depth = ndimage.distance_transform_edt(~brain)[shell]
+            assert depth.max() <= 4.0  # at most 4 voxels out
+            for channel, light_channel in zip(rim[0], light[0]):
+                low, high = np.percentile(light_channel[brain], (1.0, 10.0))
+                assert low - 0.1 <= float(np.median(channel[shell])) <= high + 0.1  # dark: the brain's low decile
+        else:
+            np.testing.assert_array_equal(rim[0], light[0])
+    assert 5 <= grown <= 15  # drawn half the time
+
+
 def test_mri_augmentation_moves_source_target_and_mask_together():
     src = np.zeros((24, 24, 24), np.float32) - 1.0
     src[8:16, 8:16, 8:16] = 1.0  # a bright cube in source, target and mask alike
@@ -121,5 +147,5 @@ def test_old_configs_with_a_yes_no_augment_still_load_and_unknown_levels_are_ref
 
     assert resolve_config([("old.yaml", {"augment": True})], method_class).augment == "light"
     assert resolve_config([("old.yaml", {"augment": False})], method_class).augment == "none"
-    with pytest.raises(UserError, match="setting augment should be one of none, light, bias, mri, got 'strong'"):
+    with pytest.raises(UserError, match="setting augment should be one of none, light, bias, mri, rim, got 'strong'"):
         resolve_config([("run.yaml", {"augment": "strong"})], method_class)

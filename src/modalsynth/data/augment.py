@@ -4,7 +4,10 @@ Levels: 'none'; 'light' (a left-right flip and a small intensity scale/shift of 
 recipe); 'bias' (light, then one smooth multiplicative field applied alike to source and target, as a receive coil's
 shading falls on every sequence of a session: the network learns to carry shading over rather than read it as a
 lesion); 'mri' (light, then MONAI's scanner-like changes of the source: a smooth bias field, a gamma curve and
-Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask). The MONAI transforms
+Gaussian noise, and a small random rotation/scaling applied alike to source, target and mask); 'rim' (light, then
+half the time a dark shell of 1-4 voxels around a skull-stripped brain in the sources, the extra-axial CSF that one
+skull stripper keeps and another removes, with the target's background left there: the network learns to read a
+looser mask as background rather than as brain). The MONAI transforms
 are seeded from the step's generator, so a resumed run draws the same augmentations as one that never stopped.
 """
 
@@ -14,9 +17,13 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 #: augmentation levels of `TrainConfig.augment`, from none to the most
-AUGMENTATIONS = ("none", "light", "bias", "mri")
+AUGMENTATIONS = ("none", "light", "bias", "mri", "rim")
+#: the 'rim' level's shell: chance per example, thickness range in voxels, and where its signal sits between the
+#: percentiles of each source's brain (the dark CSF of a FLAIR or T1; a T2's bright CSF is not modelled)
+RIM_CHANCE, RIM_VOXELS, RIM_PERCENTILES = 0.5, (1.0, 4.0), (1.0, 10.0)
 
 
 @lru_cache(maxsize=1)
@@ -78,6 +85,8 @@ def augment_item(
         return src, tgt, mask
     if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)
         src, tgt, mask = (np.ascontiguousarray(a[..., ::-1]) for a in (src, tgt, mask))
+    # the brain as the data marks it (background -1), before the intensity shift moves the background
+    brain = ndimage.binary_fill_holes(src[0] > -1.0 + 1e-3) if level == "rim" else None
     scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
@@ -85,7 +94,26 @@ def augment_item(
         src, tgt, mask = _mri(src, tgt, mask, gen)
     elif level == "bias":
         src, tgt = _shaded(src, tgt, gen)
+    elif brain is not None and bool(torch.rand((), generator=gen) < RIM_CHANCE):
+        src = _with_rim(src, brain, gen)
     return src, tgt, mask
+
+
+def _with_rim(src: np.ndarray, brain: np.ndarray, gen: torch.Generator) -> np.ndarray:
+    """Sources (S, D, H, W) in [-1, 1] with a dark shell drawn around `brain` (D, H, W): RIM_VOXELS thick, each
+    source at a level between RIM_PERCENTILES of its own brain, with a little noise."""
+    if not brain.any() or brain.all():
+        return src
+    low, high = RIM_VOXELS
+    thickness = low + (high - low) * float(torch.rand((), generator=gen))
+    shell = (ndimage.distance_transform_edt(~brain) <= thickness) & ~brain
+    out = src.copy()
+    noise = torch.randn((int(shell.sum()),), generator=gen).numpy()
+    for channel in out:
+        p_low, p_high = np.percentile(channel[brain], RIM_PERCENTILES)
+        level = p_low + (p_high - p_low) * float(torch.rand((), generator=gen))
+        channel[shell] = np.clip(level + 0.02 * noise, -1.0, 1.0)
+    return out
 
 
 def _shaded(src: np.ndarray, tgt: np.ndarray, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
