@@ -7,9 +7,11 @@ prediction keeps (that mask grown by skullstrip.BRAIN_MARGIN_MM and into brain-l
 by Dice against the stripped brain; the built-in model predicts the T1 with the default `--skull-strip auto` from the
 whole head and from the stripped FLAIR, and both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain,
 as `modalsynth evaluate`). Seconds: the mask alone, and each prediction (the head's minus the stripped one's is what
-skull handling adds).
+skull handling adds). `--seeds N` draws N heads per subject (one head's draw moves a subject's difference by more than
+0.01); `--models` sets recipes' fold models (from `quality_cv.py`) beside each other on the same heads.
 
     python benchmarks/bench_skull_strip.py --data DATA --json /tmp/bench_skull_strip.json [--threads 2] [--subjects A,B]
+        [--seeds 3] [--models builtin,runs/quality/runs/v2,runs/quality/runs/rim]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,31 +68,67 @@ def timed(function, *args):
     return result, time.perf_counter() - start
 
 
-def run_subject(predictor: Predictor, name: str, files: dict[str, Path], seed: int) -> dict:
-    """One subject's row: auto's decisions, the mask's and the kept region's Dice, the mask's seconds, both predictions'
-    brain SSIM and seconds."""
+@dataclass(frozen=True)
+class Model:
+    """A model under test: the built-in one, or a quality_cv recipe's fold models (each subject predicted by the fold
+    that held it out)."""
+
+    name: str
+    run: Path | None = None  # runs/quality/runs/RECIPE; None: the built-in model
+
+    def predictor_for(self, subject: str) -> Predictor:
+        """The predictor of `subject` (`--skull-strip auto`, as `predict` runs it)."""
+        if self.run is None:
+            checkpoint = builtin.resolve(None)
+        else:
+            folds = [
+                f
+                for f in sorted(self.run.glob("fold-*"))
+                if subject in json.loads((f / "split.json").read_text())["test"]
+            ]
+            if not folds:
+                raise SystemExit(f"{self.run}: no fold tests {subject}")
+            checkpoint = folds[0] / "last.pt"
+        return dataclasses.replace(Predictor.from_checkpoint(checkpoint, "cpu"), skull=SkullStrip("auto"))
+
+
+def parse_models(spec: str) -> list[Model]:
+    """`builtin` or quality_cv recipe run folders, comma-separated."""
+    return [Model("builtin") if part == "builtin" else Model(Path(part).name, Path(part)) for part in spec.split(",")]
+
+
+def run_subject(models: list[Model], name: str, files: dict[str, Path], seeds: list[int]) -> list[dict]:
+    """One subject's rows, one per head (seed) and model: auto's decisions, the mask's and the kept region's Dice, the
+    mask's seconds, the predictions' brain SSIM from the head and from the stripped brain, and their seconds."""
     flair, t1 = load_volume(files["flair"]), load_volume(files["t1"])
-    head, brain = with_head(flair, "flair", seed)
+    predictors = [m.predictor_for(name) for m in models]
+    stripped = [timed(p.predict_volume, flair) for p in predictors]
     auto_skips, check_s = timed(looks_skull_stripped, flair)
-    mask, strip_s = timed(brain_mask, head)
-    from_head, head_s = timed(predictor.predict_volume, head)
-    from_brain, brain_s = timed(predictor.predict_volume, flair)
-    row = {
-        "subject": name,
-        "shape": list(flair.shape),
-        "auto_strips_head": not looks_skull_stripped(head),
-        "auto_skips_stripped": auto_skips,
-        "auto_check_s": check_s,
-        "dice": dice(mask, brain),
-        "dice_kept": dice(kept_region(mask, head.spacing, head.data), brain),
-        "strip_s": strip_s,
-        "predict_head_s": head_s,
-        "predict_stripped_s": brain_s,
-        "ssim_head": brain_ssim(from_head, t1),
-        "ssim_stripped": brain_ssim(from_brain, t1),
-    }
-    print(json.dumps(row), file=sys.stderr, flush=True)
-    return row
+    rows = []
+    for seed in seeds:
+        head, brain = with_head(flair, "flair", seed)
+        mask, strip_s = timed(brain_mask, head)
+        for model, predictor, (from_brain, brain_s) in zip(models, predictors, stripped):
+            from_head, head_s = timed(predictor.predict_volume, head)
+            row = {
+                "subject": name,
+                "seed": seed,
+                "model": model.name,
+                "shape": list(flair.shape),
+                "auto_strips_head": not looks_skull_stripped(head),
+                "auto_skips_stripped": auto_skips,
+                "auto_check_s": check_s,
+                "dice": dice(mask, brain),
+                "dice_kept": dice(kept_region(mask, head.spacing, head.data), brain),
+                "strip_s": strip_s,
+                "predict_head_s": head_s,
+                "predict_stripped_s": brain_s,
+                "ssim_head": brain_ssim(from_head, t1),
+                "ssim_stripped": brain_ssim(from_brain, t1),
+            }
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -98,15 +137,29 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subjects", default="", help="comma-separated subject names (default: all)")
+    parser.add_argument("--seeds", type=int, default=1, help="simulated heads per subject (each its own random draw)")
+    parser.add_argument(
+        "--models",
+        default="builtin",
+        help="comma-separated: builtin, or quality_cv run folders (runs/quality/runs/RECIPE) whose fold models predict "
+        "the subjects they held out; all predict from the same heads",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    predictor = dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    models = parse_models(args.models)
     subjects = discover_subjects(args.data)
     if args.subjects:
         subjects = {name: subjects[name] for name in args.subjects.split(",")}
-    rows = [run_subject(predictor, name, files, seed) for seed, (name, files) in enumerate(sorted(subjects.items()))]
+    n = len(subjects)
+    rows = [
+        row
+        for index, (name, files) in enumerate(sorted(subjects.items()))
+        for row in run_subject(models, name, files, [index + k * n for k in range(args.seeds)])
+    ]
     header = (
         "subject",
+        "head seed",
+        "model",
         "auto strips head",
         "auto skips stripped",
         "auto check s",
@@ -123,7 +176,8 @@ def main() -> None:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(
-            f"| {r['subject']} | {r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | "
+            f"| {r['subject']} | {r['seed']} | {r['model']} | "
+            f"{r['auto_strips_head']} | {r['auto_skips_stripped']} | {r['auto_check_s']:.2f} | "
             f"{r['dice']:.4f} | {r['dice_kept']:.4f} | "
             f"{r['strip_s']:.1f} | {r['predict_head_s']:.1f} | {r['predict_stripped_s']:.1f} | "
             f"{r['predict_head_s'] - r['predict_stripped_s']:.1f} | {r['ssim_head']:.4f} | "
@@ -139,11 +193,19 @@ def main() -> None:
         "ssim_diff": max(abs(r["ssim_head"] - r["ssim_stripped"]) for r in rows),
     }
     lines.append(
-        f"| median / worst | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | "
+        f"| median / worst | | | | | {median['auto_check_s']:.2f} | {median['dice']:.4f} / {worst['dice']:.4f} | "
         f"{median['dice_kept']:.4f} / {worst['dice_kept']:.4f} | {median['strip_s']:.1f} | "
         f"{median['predict_head_s']:.1f} | {median['predict_stripped_s']:.1f} | "
         f"{median['predict_head_s'] - median['predict_stripped_s']:.1f} | | | max abs {worst['ssim_diff']:.4f} |"
     )
+    lines += ["", "| model | heads | mean diff | worst diff | within 0.01 |", "|---|---|---|---|---|"]
+    for model in models:
+        diffs = [r["ssim_head"] - r["ssim_stripped"] for r in rows if r["model"] == model.name]
+        worst_diff = max(diffs, key=abs)
+        within = sum(abs(d) <= 0.01 for d in diffs)
+        lines.append(
+            f"| {model.name} | {len(diffs)} | {np.mean(diffs):+.4f} | {worst_diff:+.4f} | {within} of {len(diffs)} |"
+        )
     print("\n".join(lines))
     print(f"{cpu_name()}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} at the end")
     machine = {"cpu": cpu_name(), "threads": args.threads, "load": os.getloadavg(), "torch": torch.__version__}
