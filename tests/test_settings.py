@@ -337,6 +337,7 @@ def test_settings_are_frozen_and_other_inference_settings_make_another_predictor
 @pytest.mark.parametrize(
     "setting, value",
     [
+        ("ssim_weight", 30.0),
         ("adversarial", "lsgan"),
         ("model.ema", 0.999),
         ("model.consistency", 10.0),
@@ -359,6 +360,7 @@ def test_a_deleted_setting_is_one_line_naming_it_and_the_last_release(
     ckpt = Checkpoint.load(tiny_run / "last.pt")
     old = {
         **ckpt.config,
+        "ssim_weight": 0.0,
         "adversarial": "bce",
         "model": {**ckpt.config["model"], "ema": None, "consistency": 0.0, "overlap": 0.5},
         "preprocess": {**ckpt.config["preprocess"], "scaling": "percentile"},

@@ -35,6 +35,7 @@ LAST_RELEASE_WITH_DELETED = "0.1.0"
 #: settings deleted after their ablations (benchmarks/RESULTS.md §8, §9), with the values that meant "off":
 #: an older checkpoint that holds one of those still loads; any other value is refused with one line
 DELETED_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "ssim_weight": (0, 0.0),
     "adversarial": ("bce",),
     "model.ema": (None, 0, 0.0),
     "model.consistency": (None, 0, 0.0),
@@ -128,7 +129,6 @@ class TrainConfig:
     lr_schedule: Schedule = "constant"  # 'linear-decay': constant for the first half of the budget, then linearly to 0
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1
     gradient_weight: float = 0.0  # weight of the gradient-difference term (losses.gradient_loss); 0: off
-    ssim_weight: float = 0.0  # weight of the 1 - SSIM term (losses.ssim_loss); 0: off
     amp: bool = True  # bfloat16 autocast for training steps where the device runs it natively (CUDA, CPUs with AMX)
     checkpointing: bool = False  # gradient checkpointing in the generator
     # data
@@ -175,11 +175,6 @@ class TrainConfig:
         Rule(
             ("gradient_weight",),
             lambda c: not (math.isfinite(c.gradient_weight) and c.gradient_weight >= 0),
-            "give 0 (off) or more",
-        ),
-        Rule(
-            ("ssim_weight",),
-            lambda c: not (math.isfinite(c.ssim_weight) and c.ssim_weight >= 0),
             "give 0 (off) or more",
         ),
         Rule(("batch_size",), lambda c: c.batch_size < 1, "give at least 1"),

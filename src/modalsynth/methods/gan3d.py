@@ -11,7 +11,7 @@ import torch
 from ..config import InferenceConfig, NetworkSettings, Rule, TrainConfig
 from ..errors import UserError
 from ..inferers import Inferer, SlidingWindowInferer, VolumeInferer
-from ..losses import LossWeights, discriminator_loss, generator_loss
+from ..losses import discriminator_loss, generator_loss
 from ..nets import PatchDiscriminator, ResUNet
 from ..nets.cpu_bf16 import cpu_bf16_copy
 from .base import Method, register
@@ -113,12 +113,6 @@ class ConditionalGAN(Method):
         fast = cpu_bf16_copy(generator)
         return lambda x: fast(x.contiguous(memory_format=torch.channels_last_3d))
 
-    @property
-    def loss_weights(self) -> LossWeights:
-        """The generator's reconstruction terms as the settings weigh them."""
-        c = self.config
-        return LossWeights(l1=c.l1_weight, gradient=c.gradient_weight, ssim=c.ssim_weight)
-
     def model_batch(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The tensors the networks see (volumes here; slices for the 2D subclass)."""
         return batch
@@ -156,7 +150,9 @@ class ConditionalGAN(Method):
         opt_d.step()
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
-            g_loss, g_parts = generator_loss(g_logits, fake.float(), y, self.loss_weights)
+            g_loss, g_parts = generator_loss(
+                g_logits, fake.float(), y, self.config.l1_weight, self.config.gradient_weight
+            )
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -165,7 +161,7 @@ class ConditionalGAN(Method):
             "g_loss": float(g_loss.detach()),
             "g_adv": float(g_parts["adv"]),
             "g_l1": float(g_parts["l1"]),
-            **{f"g_{name}": float(g_parts[name]) for name in ("grad", "ssim") if name in g_parts},
+            **({"g_grad": float(g_parts["grad"])} if "grad" in g_parts else {}),
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),
