@@ -70,16 +70,18 @@ def timed(function, *args):
 
 @dataclass(frozen=True)
 class Model:
-    """A model under test: the built-in one, or a quality_cv recipe's fold models (each subject predicted by the fold
-    that held it out)."""
+    """A model under test: the built-in one, a checkpoint file, or a quality_cv recipe's fold models (each subject
+    predicted by the fold that held it out)."""
 
     name: str
-    run: Path | None = None  # runs/quality/runs/RECIPE; None: the built-in model
+    run: Path | None = None  # runs/quality/runs/RECIPE or a .pt file; None: the built-in model
 
     def predictor_for(self, subject: str) -> Predictor:
         """The predictor of `subject` (`--skull-strip auto`, as `predict` runs it)."""
         if self.run is None:
             checkpoint = builtin.resolve(None)
+        elif self.run.suffix == ".pt":
+            checkpoint = self.run
         else:
             folds = [
                 f
@@ -93,8 +95,13 @@ class Model:
 
 
 def parse_models(spec: str) -> list[Model]:
-    """`builtin` or quality_cv recipe run folders, comma-separated."""
-    return [Model("builtin") if part == "builtin" else Model(Path(part).name, Path(part)) for part in spec.split(",")]
+    """`builtin`, checkpoint files or quality_cv recipe run folders, comma-separated; a file is named by its folder."""
+    models = []
+    for part in spec.split(","):
+        path = Path(part)
+        name = "builtin" if part == "builtin" else path.parent.name if path.suffix == ".pt" else path.name
+        models.append(Model(name, None if part == "builtin" else path))
+    return models
 
 
 def run_subject(models: list[Model], name: str, files: dict[str, Path], seeds: list[int]) -> list[dict]:
@@ -141,8 +148,8 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="builtin",
-        help="comma-separated: builtin, or quality_cv run folders (runs/quality/runs/RECIPE) whose fold models predict "
-        "the subjects they held out; all predict from the same heads",
+        help="comma-separated: builtin, checkpoint files (.pt), or quality_cv run folders (runs/quality/runs/RECIPE) "
+        "whose fold models predict the subjects they held out; all predict from the same heads",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
