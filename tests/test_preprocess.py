@@ -9,7 +9,6 @@ from modalsynth.data.pairs import require_pairs
 from modalsynth.data.preprocess import (
     PAPER_FOV_MM,
     PreprocessConfig,
-    core_of,
     foreground_mask,
     postprocess,
     preprocess,
@@ -65,34 +64,6 @@ def test_intensity_scaling_to_minus_one_one():
     assert pre.array.min() >= -1 and pre.array.max() <= 1
     assert np.mean(inside <= -1 + 1e-6) == pytest.approx(0.005, abs=0.01)
     assert np.mean(inside >= 1 - 1e-6) == pytest.approx(0.005, abs=0.01)
-
-
-def test_core_of_erodes_each_axis_by_its_own_millimetres_and_keeps_a_thin_mask_whole():
-    mask = np.zeros((20, 20, 20), bool)
-    mask[4:16, 4:16, 4:16] = True
-    core = core_of(mask, (1.0, 1.0, 2.0), 2.0)  # 2 voxels off axes 0 and 1, one voxel off axis 2
-    expected = np.zeros_like(mask)
-    expected[6:14, 6:14, 5:15] = True
-    np.testing.assert_array_equal(core, expected)
-    assert core_of(mask, (1.0, 1.0, 1.0), 0.0) is mask
-    slab = np.zeros((20, 20, 20), bool)
-    slab[:, :, 9:11] = True  # two voxels thick: a 2 mm inset would leave nothing
-    np.testing.assert_array_equal(core_of(slab, (1.0, 1.0, 1.0), 2.0), slab)
-    field_of_view = np.ones((20, 20, 20), bool)  # brain up to the array's faces: the faces are no edge of it
-    np.testing.assert_array_equal(core_of(field_of_view, (1.0, 1.0, 1.0), 3.0), field_of_view)
-
-
-def test_an_inset_scaling_ignores_a_dark_shell_around_the_brain():
-    rng = np.random.default_rng(0)
-    brain = np.zeros((40, 40, 40), np.float32)
-    brain[8:32, 8:32, 8:32] = rng.uniform(50.0, 150.0, (24, 24, 24))
-    shelled = brain.copy()
-    shelled[5:35, 5:35, 5:35] = np.where(brain[5:35, 5:35, 5:35] > 0, brain[5:35, 5:35, 5:35], 10.0)  # 3 voxels of CSF
-    for inset, same in ((0.0, False), (4.0, True)):
-        config = PreprocessConfig(grid="auto", spacing=(1.0, 1.0, 1.0), margin=2, scale_inset_mm=inset)
-        plain, loose = (preprocess(_vol(a, np.eye(4)), config).intensity for a in (brain, shelled))
-        assert (loose.low == pytest.approx(plain.low, rel=0.05)) is same  # the shell moves the low percentile
-        assert loose.high == pytest.approx(plain.high, rel=0.01)
 
 
 def test_fixed_grid_covers_paper_field_of_view():

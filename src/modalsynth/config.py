@@ -196,11 +196,6 @@ class TrainConfig:
             "give 0 <= lower < upper <= 100",
         ),
         Rule(("preprocess.margin",), lambda c: c.preprocess.margin < 0, "give 0 or more voxels"),
-        Rule(
-            ("preprocess.scale_inset_mm",),
-            lambda c: not (math.isfinite(c.preprocess.scale_inset_mm) and c.preprocess.scale_inset_mm >= 0),
-            "give 0 (the whole foreground) or more mm",
-        ),
         Rule(("preprocess.depth",), lambda c: c.preprocess.depth < 0, "give 0 or more"),
     )
 

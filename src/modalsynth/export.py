@@ -61,9 +61,6 @@ def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
         "intensity_in": {
             "foreground": "voxels unlike the dominant background value (skull-stripped input)",
             "percentiles": [pre.lower_percentile, pre.upper_percentile],
-            "percentiles_inset_mm": pre.scale_inset_mm,
-            "inset": "percentiles over the foreground less its outer inset (a box erosion per axis); over the whole "
-            "foreground when that would keep under a tenth of it",
             "maps_to": [-1.0, 1.0],
             "clip": pre.clip,
         },

@@ -44,9 +44,6 @@ class PreprocessConfig:
     margin: int = 4  # auto grid: voxels kept around the foreground box
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
-    # percentiles over the foreground less its outer N mm (its core), so that the extra-axial CSF a looser skull-strip
-    # mask keeps does not move the scaling; 0: over the whole foreground
-    scale_inset_mm: float = 0.0
     clip: bool = True  # clip scaled intensities to [-1, 1] (the generator's tanh range)
     skull_strip: Literal[STRIP_MODES] = "never"  # type: ignore[valid-type]  # brain extraction of each source first (raw scans)
     register: bool = False  # the other sources and the target registered onto the first source first (data/register.py)
@@ -271,27 +268,8 @@ def preprocess(
         fg = to_grid(mask, record, order=0, fill=0.0) > 0
     else:
         fg = foreground_mask(array)
-    scaled, intensity = scale_intensity(array, core_of(fg, record.spacing, config.scale_inset_mm), config)
+    scaled, intensity = scale_intensity(array, fg, config)
     return Preprocessed(scaled, fg, record, intensity)
-
-
-#: the core is used only while it keeps at least this share of the foreground (a thin slab keeps its whole mask)
-MIN_CORE_SHARE = 0.1
-
-
-def core_of(mask: np.ndarray, spacing: tuple[float, ...], inset_mm: float) -> np.ndarray:
-    """`mask` less its outer `inset_mm` along each axis (a box erosion, one axis at a time); the whole mask when the
-    inset is 0 or would leave less than MIN_CORE_SHARE of it."""
-    if inset_mm <= 0 or not mask.any():
-        return mask
-    core = mask
-    for axis, mm in enumerate(spacing):
-        reach = int(round(inset_mm / mm))
-        if reach > 0:
-            shape = [1] * mask.ndim
-            shape[axis] = 2 * reach + 1
-            core = ndimage.binary_erosion(core, structure=np.ones(shape, bool), border_value=1)
-    return core if core.sum() >= MIN_CORE_SHARE * mask.sum() else mask
 
 
 def postprocess(
