@@ -110,28 +110,32 @@ def run_subject(models: list[Model], name: str, files: dict[str, Path], seeds: l
     flair, t1 = load_volume(files["flair"]), load_volume(files["t1"])
     predictors = [m.predictor_for(name) for m in models]
     stripped = [timed(p.predict_volume, flair) for p in predictors]
+    stripped_ssim = [brain_ssim(from_brain, t1) for from_brain, _ in stripped]
     auto_skips, check_s = timed(looks_skull_stripped, flair)
     rows = []
     for seed in seeds:
         head, brain = with_head(flair, "flair", seed)
         mask, strip_s = timed(brain_mask, head)
-        for model, predictor, (from_brain, brain_s) in zip(models, predictors, stripped):
+        per_head = {
+            "subject": name,
+            "seed": seed,
+            "shape": list(flair.shape),
+            "auto_strips_head": not looks_skull_stripped(head),
+            "auto_skips_stripped": auto_skips,
+            "auto_check_s": check_s,
+            "dice": dice(mask, brain),
+            "dice_kept": dice(kept_region(mask, head.spacing, head.data), brain),
+            "strip_s": strip_s,
+        }
+        for model, predictor, (_, brain_s), ssim_stripped in zip(models, predictors, stripped, stripped_ssim):
             from_head, head_s = timed(predictor.predict_volume, head)
             row = {
-                "subject": name,
-                "seed": seed,
+                **per_head,
                 "model": model.name,
-                "shape": list(flair.shape),
-                "auto_strips_head": not looks_skull_stripped(head),
-                "auto_skips_stripped": auto_skips,
-                "auto_check_s": check_s,
-                "dice": dice(mask, brain),
-                "dice_kept": dice(kept_region(mask, head.spacing, head.data), brain),
-                "strip_s": strip_s,
                 "predict_head_s": head_s,
                 "predict_stripped_s": brain_s,
                 "ssim_head": brain_ssim(from_head, t1),
-                "ssim_stripped": brain_ssim(from_brain, t1),
+                "ssim_stripped": ssim_stripped,
             }
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)

@@ -85,8 +85,7 @@ def augment_item(
         return src, tgt, mask
     if bool(torch.rand((), generator=gen) < 0.5):  # left-right flip (x axis)
         src, tgt, mask = (np.ascontiguousarray(a[..., ::-1]) for a in (src, tgt, mask))
-    # the brain as the data marks it (background -1), before the intensity shift moves the background
-    brain = ndimage.binary_fill_holes(src[0] > -1.0 + 1e-3) if level == "rim" else None
+    unshifted = src  # the brain as the data marks it (background -1), before the intensity shift moves the background
     scale = 1.0 + 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     shift = 0.1 * (float(torch.rand((), generator=gen)) - 0.5)
     src = np.clip((src + 1.0) * scale - 1.0 + shift, -1.0, 1.0).astype(np.float32)
@@ -94,8 +93,8 @@ def augment_item(
         src, tgt, mask = _mri(src, tgt, mask, gen)
     elif level == "bias":
         src, tgt = _shaded(src, tgt, gen)
-    elif brain is not None and bool(torch.rand((), generator=gen) < RIM_CHANCE):
-        src = _with_rim(src, brain, gen)
+    elif level == "rim" and bool(torch.rand((), generator=gen) < RIM_CHANCE):
+        src = _with_rim(src, ndimage.binary_fill_holes(unshifted[0] > -1.0 + 1e-3), gen)
     return src, tgt, mask
 
 
