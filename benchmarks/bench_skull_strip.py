@@ -8,7 +8,9 @@ by Dice against the stripped brain; the built-in model predicts the T1 with the 
 whole head and from the stripped FLAIR, and both are scored by brain SSIM (metrics.ssim3d on the reference T1's brain,
 as `modalsynth evaluate`). Seconds: the mask alone, and each prediction (the head's minus the stripped one's is what
 skull handling adds). `--seeds N` draws N heads per subject (one head's draw moves a subject's difference by more than
-0.01); `--models` sets recipes' fold models (from `quality_cv.py`) beside each other on the same heads.
+0.01); `--models` sets recipes' fold models (from `quality_cv.py`) or checkpoint files beside each other on the same
+heads. `builtin` is what `predict` does: the default built-in predicts the stripped brain, and its twin for raw scans
+(builtin:flair-t1-raw) the brain it strips from the head; any other model predicts both.
 
     python benchmarks/bench_skull_strip.py --data DATA --json /tmp/bench_skull_strip.json [--threads 2] [--subjects A,B]
         [--seeds 3] [--models builtin,runs/quality/runs/v2,runs/quality/runs/rim]
@@ -29,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modalsynth import builtin
 from modalsynth.data.pairs import discover_subjects
 from modalsynth.data.preprocess import foreground_mask, to_zyx
 from modalsynth.data.simulate import with_head
@@ -74,13 +75,13 @@ class Model:
     predicted by the fold that held it out)."""
 
     name: str
-    run: Path | None = None  # runs/quality/runs/RECIPE or a .pt file; None: the built-in model
+    run: Path | None = None  # runs/quality/runs/RECIPE or a .pt file; None: the built-in models as predict runs them
 
     def predictor_for(self, subject: str) -> Predictor:
         """The predictor of `subject` (`--skull-strip auto`, as `predict` runs it)."""
-        if self.run is None:
-            checkpoint = builtin.resolve(None)
-        elif self.run.suffix == ".pt":
+        if self.run is None:  # as `predict` runs it: the built-in for the stripped brain, its twin for the head
+            return dataclasses.replace(Predictor.load(None, "cpu"), skull=SkullStrip("auto"))
+        if self.run.suffix == ".pt":
             checkpoint = self.run
         else:
             folds = [

@@ -107,7 +107,11 @@ def test_skull_stripping_writes_a_brain_mask_with_its_sidecar(raw, tmp_path, mon
     assert mask.is_file() and (anat / "sub-03_acq-ax_run-1_desc-brain_mask.json").is_file()
     sidecar = json.loads((anat / "sub-03_acq-ax_run-1_desc-brain_mask.json").read_text())
     assert sidecar["Type"] == "Brain" and sidecar["Sources"][0].startswith("bids:raw:sub-03/anat/")
-    assert json.loads((anat / "sub-03_acq-ax_run-1_desc-synthetic_T1w.json").read_text())["SkullStripped"] is True
+    synthetic = json.loads((anat / "sub-03_acq-ax_run-1_desc-synthetic_T1w.json").read_text())
+    assert synthetic["SkullStripped"] is True
+    # the default built-in gives a brain it stripped itself to its twin for raw scans, and the sidecar says so
+    twin = builtin.MODELS["flair-t1-raw"]
+    assert synthetic["Model"]["Name"] == "builtin:flair-t1-raw" and synthetic["Model"]["Sha256"] == twin.sha256
     assert json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]["raw"].startswith("file://")
     errors = _validator_errors(out)
     assert errors == [], errors

@@ -327,3 +327,25 @@ def test_predicting_noise_warns_whatever_the_skull_strip_mode(strip, tmp_path, m
         strip,
     )
     assert code == 0 and "warning:" in err and "does not look like a head scan" in err
+
+
+def test_the_default_model_gives_the_brains_it_strips_itself_to_its_raw_twin(tmp_path, monkeypatch, caplog):
+    """A raw scan that `predict` skull-strips is predicted by builtin:flair-t1-raw (trained for deepbet's looser
+    mask); a skull-stripped brain stays with builtin:flair-t1."""
+    from modalsynth.data import skullstrip
+    from modalsynth.data.skullstrip import SkullStrip
+
+    brain = load_volume(_small_flair(tmp_path / "flair.nii.gz"))
+    mask = brain.data > 0
+    monkeypatch.setattr(skullstrip, "brain_mask", lambda volume: mask)  # deepbet stand-in: the blob is the brain
+    predictor = Predictor.load(None, "cpu")
+    assert predictor.check_input and predictor.raw is not None
+    assert builtin.spec_of(predictor.raw.origin) == "builtin:flair-t1-raw"
+    assert builtin.spec_of(predictor.origin) == "builtin:flair-t1"
+    with caplog.at_level("INFO"):
+        stripped_here = dataclasses.replace(predictor, skull=SkullStrip("always")).predict_volume(brain)
+    assert "predicted by builtin:flair-t1-raw" in caplog.text
+    as_given = dataclasses.replace(predictor, skull=SkullStrip("never"))
+    by_twin = as_given.for_stripped_brains().predict_volume(brain)  # the blob's outside is 0: stripping keeps it all
+    np.testing.assert_array_equal(stripped_here.data, by_twin.data)
+    assert np.abs(as_given.predict_volume(brain).data - by_twin.data)[mask].mean() > 1e-3  # two models, not one

@@ -74,10 +74,11 @@ def test_prediction_sees_only_the_brain_with_its_margin_and_writes_zero_or_the_h
     mask = whole.labels.transpose(2, 1, 0) > 0
     calls = _fake_mask(monkeypatch, mask)
     region = skullstrip.kept_region_of(volume, mask)
-    seen = []
+    seen, flags = [], []
 
-    def predict(brain: Volume, others: list[Volume]) -> Volume:  # a stand-in model: 2 x input, its background 0
+    def predict(brain: Volume, others: list[Volume], stripped: bool) -> Volume:  # a stand-in: 2 x input, background 0
         seen.append(brain)
+        flags.append(stripped)
         return Volume(2.0 * brain.data, brain.affine, brain.header)
 
     out = SkullStrip("auto").around(volume, predict)
@@ -97,6 +98,7 @@ def test_prediction_sees_only_the_brain_with_its_margin_and_writes_zero_or_the_h
     assert len(calls) == 2
     SkullStrip("always").around(stripped, predict)
     assert len(calls) == 3
+    assert flags == [True, True, False, False, True]  # `predict` is told whether the brain was stripped here
 
 
 def test_training_strips_raw_pairs_with_the_source_mask(heads, tmp_path, monkeypatch):
@@ -132,7 +134,7 @@ def test_strip_writes_the_brain_mask_and_the_volume_as_predict_strips_it(heads, 
     stripped = load_volume(tmp_path / "brain.nii.gz").data
     assert np.all(stripped[~region] == 0) and np.allclose(stripped[region], source.data[region])
     seen = []
-    SkullStrip("always").around(source, lambda brain, _: seen.append(brain) or brain)
+    SkullStrip("always").around(source, lambda brain, _, stripped: seen.append(brain) or brain)
     np.testing.assert_allclose(seen[0].data, stripped)  # what predict gives the model
 
 
@@ -167,7 +169,7 @@ def test_bad_mode_and_missing_deepbet_are_one_line_errors(heads, monkeypatch):
     skullstrip._extractor.cache_clear()
     try:
         with pytest.raises(UserError, match=r"pip install 'modalsynth\[strip\]'"):
-            SkullStrip("auto").around(_volume(heads[1], "flair"), lambda v, _: v)
+            SkullStrip("auto").around(_volume(heads[1], "flair"), lambda v, *_: v)
     finally:
         skullstrip._extractor.cache_clear()
 
@@ -292,21 +294,23 @@ def test_auto_leaves_every_real_brain_untouched_in_half_a_second(real_dev, monke
         seconds = []
         for _ in range(2):  # the best of two: the machine is shared
             start = time.perf_counter()
-            out = SkullStrip("auto").around(volume, lambda brain, _: brain)
+            out = SkullStrip("auto").around(volume, lambda brain, *_: brain)
             seconds.append(time.perf_counter() - start)
         assert out is volume and min(seconds) <= 0.5, (path, seconds)
         cues = head_cues(volume)
         assert cues.rim_contrast < MIN_RIM_CONTRAST / 1.15 and cues.outline_ml < 0.7 * MAX_BRAIN_ML, (path, cues)
 
 
-def _auto_predictor():
-    """The built-in model as `predict` runs it by default (`--skull-strip auto`)."""
+def _raw_scan_predictor():
+    """The model `predict` gives the brain of a raw scan by default (`--skull-strip auto`): the built-in twin for brains
+    stripped here, used on the stripped brain too, so that a difference is the skull handling's alone."""
     import dataclasses
 
-    from modalsynth import builtin
     from modalsynth.inference import Predictor
 
-    return dataclasses.replace(Predictor.from_checkpoint(builtin.resolve(None), "cpu"), skull=SkullStrip("auto"))
+    twin = Predictor.load(None, "cpu").for_stripped_brains()
+    assert twin.raw is None and twin.origin is not None and twin.origin.name == "flair-t1-raw.pt"
+    return dataclasses.replace(twin, skull=SkullStrip("auto"))
 
 
 def _brain_ssim(pred: Volume, ref: Volume) -> float:
@@ -321,15 +325,15 @@ def _brain_ssim(pred: Volume, ref: Volume) -> float:
 
 @pytest.mark.slow
 def test_a_prediction_from_a_small_head_or_a_slab_matches_the_one_from_its_brain(real_dev):
-    """deepbet and the built-in model for real: the T1 predicted from a head (auto strips it) is within 0.01 brain
-    SSIM of the one predicted from its stripped brain (auto uses it as it is), on 2 mm volumes."""
+    """deepbet and the built-in model for raw scans for real: the T1 predicted from a head (auto strips it) is within
+    0.01 brain SSIM of the one predicted from its stripped brain (auto uses it as it is), on 2 mm volumes."""
     pytest.importorskip("deepbet")
 
     def scaled(volume: Volume, scale: float) -> Volume:
         affine = volume.affine @ np.diag([2 * scale] * 3 + [1.0])
         return Volume(np.ascontiguousarray(volume.data[::2, ::2, ::2]), affine, volume.header)
 
-    predictor = _auto_predictor()
+    predictor = _raw_scan_predictor()
     flair = load_volume(real_dev / "ms-patient07" / "flair.nii.gz")
     t1 = load_volume(real_dev / "ms-patient07" / "t1.nii.gz")
     cases = []
@@ -355,7 +359,7 @@ def test_a_prediction_from_a_40_mm_slab_at_1_mm_matches_the_one_from_its_brain(r
     rim that the reference brain holds (0.65 % of it; scored as dark, it no longer rescales the whole prediction): the
     prediction is within 0.01 brain SSIM of the one from its brain."""
     pytest.importorskip("deepbet")
-    predictor = _auto_predictor()
+    predictor = _raw_scan_predictor()
     flair = load_volume(real_dev / "ms-patient07" / "flair.nii.gz")
     t1 = load_volume(real_dev / "ms-patient07" / "t1.nii.gz")
     assert flair.spacing == pytest.approx((1.0, 1.0, 1.0))
@@ -369,4 +373,29 @@ def test_a_prediction_from_a_40_mm_slab_at_1_mm_matches_the_one_from_its_brain(r
     difference = _brain_ssim(predictor.predict_volume(head), reference) - _brain_ssim(
         predictor.predict_volume(brain), reference
     )
+    assert abs(difference) <= 0.01, difference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "subject, seed",
+    [
+        ("brats-brainles-case", 0),
+        ("brats2018-case1", 1),
+        ("brats2018-case5", 2),
+        ("brats2023-gli-00028", 3),
+        ("ms-patient07", 4),
+    ],
+)
+def test_a_prediction_from_a_whole_head_around_each_source_matches_the_one_from_its_brain(real_dev, subject, seed):
+    """Whole heads at 1 mm around a brain of each source (the first head of each subject in benchmarks/RESULTS.md
+    section 18), where deepbet's mask keeps a 1-4 mm shell of CSF or, under the BrainLesion case, a block below the
+    brain: the prediction from the head is within 0.01 brain SSIM of the one from its brain."""
+    pytest.importorskip("deepbet")
+    predictor = _raw_scan_predictor()
+    flair = load_volume(real_dev / subject / "flair.nii.gz")
+    t1 = load_volume(real_dev / subject / "t1.nii.gz")
+    head = with_head(flair, "flair", seed=seed)[0]
+    assert not looks_skull_stripped(head) and looks_skull_stripped(flair)
+    difference = _brain_ssim(predictor.predict_volume(head), t1) - _brain_ssim(predictor.predict_volume(flair), t1)
     assert abs(difference) <= 0.01, difference

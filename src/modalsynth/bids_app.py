@@ -246,12 +246,11 @@ def code_url() -> str:
     return named.get("Source") or named.get("Repository") or CODE_URL
 
 
-def model_record(predictor: Predictor, spec: str | None, model_file: Path) -> dict:
+def model_record(predictor: Predictor) -> dict:
     """The model as a sidecar names it: name, sha256, method, what it maps, and the modalsynth version."""
-    name = f"{builtin.PREFIX}{builtin.DEFAULT}" if spec is None else str(spec)
     return {
-        "Name": name,
-        "Sha256": file_digest(model_file),
+        "Name": builtin.spec_of(predictor.origin),
+        "Sha256": file_digest(predictor.origin) if predictor.origin else None,
         "Method": predictor.config.method,
         "Sources": list(predictor.config.sources),
         "Target": predictor.config.target,
@@ -313,7 +312,7 @@ def make_predictor(options: BidsOptions) -> tuple[Predictor, Path]:
     under torchrun."""
     device = rank_device(options.device)
     model_file = builtin.resolve(options.checkpoint)
-    predictor = Predictor.from_checkpoint(model_file, device, builtin.is_builtin(options.checkpoint))
+    predictor = Predictor.load(options.checkpoint, device)
     align = Aligner() if options.register else None
     predictor = dataclasses.replace(predictor, skull=SkullStrip(options.skull_strip), align=align)
     return predictor.with_sources(options.source), model_file
@@ -367,8 +366,10 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         "sources": list(read),
         "target": target,
     }
-    model = model_record(predictor, options.checkpoint, model_file)
-    cohort = Cohort(out_dir, {"checkpoint": file_identity(model_file), "settings": settings, "bids": True})
+    model = model_record(predictor)
+    twin = file_identity(predictor.raw.origin) if predictor.raw and predictor.raw.origin else None
+    record = {"checkpoint": file_identity(model_file), "raw_twin": twin, "settings": settings, "bids": True}
+    cohort = Cohort(out_dir, record)
     written: list[Path] = []
     with cohort:
         subjects = cohort.share(sorted({job.subject for job in jobs}))
@@ -413,7 +414,8 @@ def _finished(cohort: Cohort, job: Job, target: str) -> bool:
 
 def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, model: dict, settings: dict) -> list[Path]:
     """Predict one job's synthetic image (skull-stripped first as the predictor says, keeping the mask) and write it
-    with its sidecar, and the mask with its own when stripping ran."""
+    with its sidecar, which names the model that predicted it (`model`, or a built-in's twin for a brain stripped
+    here), and the mask with its own when stripping ran."""
     volumes = {name: load_volume(f.path) for name, f in job.sources.items()}
     first = next(iter(volumes.values()))
     if predictor.align is not None and len(volumes) > 1:  # --register: the others onto the first's grid, first
@@ -432,7 +434,10 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     if region is None:
         result = predictor.predict_sources(volumes)
     else:
-        plain = dataclasses.replace(predictor, skull=SkullStrip("never"))
+        stripped_here = predictor.for_stripped_brains()
+        if stripped_here is not predictor:
+            model = model_record(stripped_here)
+        plain = dataclasses.replace(stripped_here, skull=SkullStrip("never"))
         result = plain.predict_sources({name: masked(v, region) for name, v in volumes.items()})
     suffix = SUFFIXES[target]
     sources = [bids_uri(bids_dir, f.path) for f in job.sources.values()]
@@ -541,7 +546,9 @@ def _readme(model: dict) -> str:
         "# modalsynth derivatives\n\n"
         f"Synthetic images predicted by modalsynth {__version__} with the model {model['Name']} "
         f"(sha256 {model['Sha256']}). They are not acquired images: each sidecar's `Sources` names the images it was "
-        "predicted from. Open `index.html` or `sub-<label>.html` in a browser to check them before use.\n"
+        "predicted from and its `Model` the model that predicted it (a built-in model gives the raw scans it "
+        "skull-strips to its twin trained for them). Open `index.html` or `sub-<label>.html` in a browser to check "
+        "them before use.\n"
     )
 
 

@@ -402,12 +402,11 @@ def predict(
             _predict_report(input, output, onnx)
         return
     predict_path(
-        builtin.resolve(checkpoint),
+        checkpoint,
         input,
         output,
         device=device,
         split=subjects_from,
-        check_input=builtin.is_builtin(checkpoint),
         inference_changes=changes,
         skull=SkullStrip(skull_strip, keep_head),
         sources=source,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import builtin
 from .checkpoints import Checkpoint
 from .config import InferenceConfig, TrainConfig, config_from_checkpoint
 from .data.pairs import require_same_grid, source_list
@@ -83,6 +84,7 @@ class Predictor:
         None  # which of the model's sources to read (None: all); a single file is the first
     )
     align: Aligner | None = None  # --register: the other sources registered onto the first (None: same grid only)
+    raw: Predictor | None = None  # the built-in twin for brains stripped here from raw scans (None: this one)
 
     def with_sources(self, text: str | None) -> Predictor:
         """This predictor reading only the sources named in `text` ('flair' or 'flair,t2'; None: all the model's);
@@ -119,6 +121,26 @@ class Predictor:
             ckpt.split,
             Path(checkpoint),
             check_input,
+        )
+
+    @classmethod
+    def load(cls, spec: str | Path | None, device: str | torch.device = "auto") -> Predictor:
+        """A checkpoint file or `builtin:NAME` (None: the default built-in) ready to predict: a built-in checks its
+        inputs and brings its twin for raw scans (`raw`), if it has one."""
+        predictor = cls.from_checkpoint(builtin.resolve(spec), device, check_input=builtin.is_builtin(spec))
+        twin = builtin.raw_twin(spec)
+        if twin is None:
+            return predictor
+        return dataclasses.replace(predictor, raw=cls.from_checkpoint(twin, predictor.device))
+
+    def for_stripped_brains(self) -> Predictor:
+        """The predictor for brains skull-stripped here from raw scans: the twin's network and intensities (deepbet's
+        mask keeps a rim the stripped training brains lack) with this one's settings; this one when it has no twin."""
+        if self.raw is None:
+            return self
+        twin = self.raw
+        return dataclasses.replace(
+            self, method=twin.method, config=twin.config, intensity=twin.intensity, origin=twin.origin, raw=None
         )
 
     def with_inference(self, **changes: object) -> Predictor:
@@ -161,8 +183,8 @@ class Predictor:
 
     def predict_sources(self, volumes: Mapping[str, Volume], seed: int = 0) -> Volume:
         """Predict the target from the sources given (sequence -> volume: any non-empty subset of the model's),
-        skull-stripped first as `self.skull` says (the brain found on the first); the result is on the first
-        source's grid, affine and header."""
+        skull-stripped first as `self.skull` says (the brain found on the first, then predicted by
+        `for_stripped_brains`); the result is on the first source's grid, affine and header."""
         order = [name for name in self.config.sources if name in volumes]
         if not order or len(order) < len(volumes):
             raise UserError(
@@ -176,8 +198,11 @@ class Predictor:
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
 
-        def predict(brain: Volume, other_brains: list[Volume]) -> Volume:
-            return self._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
+        def predict(brain: Volume, other_brains: list[Volume], stripped: bool) -> Volume:
+            model = self.for_stripped_brains() if stripped else self
+            if stripped:
+                log.info(f"{first.path or 'the input'}: skull-stripped, predicted by {builtin.spec_of(model.origin)}")
+            return model._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
 
         return skull.around(first, predict, others)
 

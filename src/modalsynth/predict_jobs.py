@@ -144,12 +144,11 @@ def predict_folder(
 
 
 def predict_path(
-    checkpoint: Path,
+    checkpoint: str | Path | None,
     input: Path,
     output: Path,
     device: str = "auto",
     split: str | None = None,
-    check_input: bool = False,
     inference_changes: Mapping[str, object] | None = None,
     skull: SkullStrip | None = None,
     sources: str | None = None,
@@ -157,17 +156,17 @@ def predict_path(
 ) -> list[Path]:
     """`modalsynth predict`: one file to one file, or a data folder to OUT/<subject>/<target>.nii.gz.
 
-    `check_input` (the built-in models): warn, without stopping, when an input does not look like what the model
-    expects. `inference_changes`: inference settings instead of the checkpoint's (e.g. overlap, flip_average).
-    `skull`: skull stripping of raw inputs instead of the checkpoint's training setting. `sources`: which of a
-    multi-source model's inputs to read ('flair' or 'flair,t2'; None: all). `align`: register the other sources onto
-    the first (`--register`).
+    `checkpoint`: a file or `builtin:NAME` (None: the default built-in, which warns, without stopping, when an input
+    does not look like what it expects). `inference_changes`: inference settings instead of the checkpoint's (e.g.
+    overlap, flip_average). `skull`: skull stripping of raw inputs instead of the checkpoint's training setting.
+    `sources`: which of a multi-source model's inputs to read ('flair' or 'flair,t2'; None: all). `align`: register
+    the other sources onto the first (`--register`).
     """
     input = Path(input)
     chosen = device if is_single_file(input) else rank_device(device)
-    predictor = Predictor.from_checkpoint(checkpoint, chosen, check_input).with_inference(**(inference_changes or {}))
+    predictor = Predictor.load(checkpoint, chosen).with_inference(**(inference_changes or {}))
     predictor = dataclasses.replace(predictor, skull=skull or predictor.skull, align=align).with_sources(sources)
-    return run_predictor(predictor, input, output, split, model_file=checkpoint)
+    return run_predictor(predictor, input, output, split)
 
 
 def run_predictor(
@@ -185,6 +184,7 @@ def run_predictor(
     model = model_file or predictor.origin
     record = {
         "checkpoint": file_identity(Path(model)) if model is not None else None,
+        "raw_twin": file_identity(predictor.raw.origin) if predictor.raw and predictor.raw.origin else None,
         "inference": predictor.inference.to_dict(),
         "skull": skull,
         "sources": list(predictor.sources or predictor.config.sources),

@@ -25,6 +25,7 @@ class BuiltinModel:
     source: str
     target: str
     description: str
+    raw_twin: str | None = None  # the built-in that predicts the brains `predict` strips from raw scans itself
 
     @property
     def path(self) -> Path:
@@ -42,7 +43,17 @@ MODELS: dict[str, BuiltinModel] = {
         source="flair",
         target="t1",
         description="3D GAN generator, skull-stripped FLAIR -> T1 (v2): the simulator prior trained on 11 real "
-        "subjects (BraTS 2018, BraTS 2023, a BrainLesion case, Ljubljana MS) with an edge term",
+        "subjects (BraTS 2018, BraTS 2023, a BrainLesion case, Ljubljana MS) with an edge term; raw scans that predict "
+        "strips itself go to builtin:flair-t1-raw",
+        raw_twin="flair-t1-raw",
+    ),
+    "flair-t1-raw": BuiltinModel(
+        name="flair-t1-raw",
+        sha256="dd19d7b6938a2f50822aab679ab081457728e21767317640ab31ef070c81e2ab",
+        source="flair",
+        target="t1",
+        description="builtin:flair-t1 trained on with a dark rim around half the brains, so deepbet's looser mask of a "
+        "raw head changes little: what predict uses for the FLAIRs it skull-strips itself",
     ),
     "flair-t2-t1": BuiltinModel(
         name="flair-t2-t1",
@@ -66,6 +77,22 @@ DEFAULT = "flair-t1"
 
 def is_builtin(spec: str | Path | None) -> bool:
     return spec is None or str(spec).startswith(PREFIX)
+
+
+def spec_of(path: Path | None) -> str | None:
+    """`builtin:NAME` when `path` is a shipped model's weights file, else the path as text (None stays None)."""
+    if path is None:
+        return None
+    found = next((m.name for m in MODELS.values() if Path(path).resolve() == m.path), None)
+    return str(path) if found is None else f"{PREFIX}{found}"
+
+
+def raw_twin(spec: str | Path | None) -> Path | None:
+    """The verified weights of the built-in that predicts brains stripped from raw scans for `spec`, if it has one."""
+    if not is_builtin(spec):
+        return None
+    model = MODELS.get(DEFAULT if spec is None else str(spec)[len(PREFIX) :])
+    return None if model is None or model.raw_twin is None else resolve(f"{PREFIX}{model.raw_twin}")
 
 
 def resolve(spec: str | Path | None) -> Path:

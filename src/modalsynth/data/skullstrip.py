@@ -222,15 +222,18 @@ class SkullStrip:
         return kept_region_of(volume, brain_mask(volume))
 
     def around(
-        self, volume: Volume, predict: Callable[[Volume, list[Volume]], Volume], companions: Sequence[Volume] = ()
+        self,
+        volume: Volume,
+        predict: Callable[[Volume, list[Volume], bool], Volume],
+        companions: Sequence[Volume] = (),
     ) -> Volume:
-        """`predict(brain, companions' brains)`: the brain of `volume` (with its margin) and of images on its grid
-        (other sequences), found on `volume`; the result is on the input's grid, the rest as `predict` left it (its
-        background) or, with `keep_head`, the input's head."""
+        """`predict(brain, companions' brains, stripped)`: the brain of `volume` (with its margin) and of images on its
+        grid (other sequences), found on `volume`, and whether it was stripped here; the result is on the input's grid,
+        the rest as `predict` left it (its background) or, with `keep_head`, the input's head."""
         region = self.region_of(volume)
         if region is None:
-            return predict(volume, list(companions))
-        out = predict(masked(volume, region), [masked(v, region) for v in companions])
+            return predict(volume, list(companions), False)
+        out = predict(masked(volume, region), [masked(v, region) for v in companions], True)
         if self.keep_head:
             out.data[~region] = head_in_range_of(volume, out, region)
         return out
