@@ -52,8 +52,8 @@ MODELS: dict[str, BuiltinModel] = {
         sha256="dd19d7b6938a2f50822aab679ab081457728e21767317640ab31ef070c81e2ab",
         source="flair",
         target="t1",
-        description="builtin:flair-t1 trained on with a dark rim around half the brains, so deepbet's looser mask of a "
-        "raw head changes little: what predict uses for the FLAIRs it skull-strips itself",
+        description="builtin:flair-t1's recipe with a dark shell around half the training brains, so deepbet's looser "
+        "mask of a raw head changes little: what predict uses for the FLAIRs it skull-strips itself",
     ),
     "flair-t2-t1": BuiltinModel(
         name="flair-t2-t1",
