@@ -164,9 +164,7 @@ class ConditionalGAN(Method):
         opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G step produced
         return {
             "g_loss": float(g_loss.detach()),
-            "g_adv": float(g_parts["adv"]),
-            "g_l1": float(g_parts["l1"]),
-            **({"g_grad": float(g_parts["grad"])} if "grad" in g_parts else {}),
+            **{f"g_{name}": float(part) for name, part in g_parts.items()},  # adv, l1 and each extra term on
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),
