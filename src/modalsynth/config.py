@@ -129,7 +129,6 @@ class TrainConfig:
     lr_schedule: Schedule = "constant"  # 'linear-decay': constant for the first half of the budget, then linearly to 0
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1
     gradient_weight: float = 0.0  # weight of the gradient-difference term (losses.gradient_loss); 0: off
-    frequency_weight: float = 0.0  # weight of the Fourier-amplitude term (losses.frequency_loss); 0: off
     amp: bool = True  # bfloat16 autocast for training steps where the device runs it natively (CUDA, CPUs with AMX)
     checkpointing: bool = False  # gradient checkpointing in the generator
     # data
@@ -176,11 +175,6 @@ class TrainConfig:
         Rule(
             ("gradient_weight",),
             lambda c: not (math.isfinite(c.gradient_weight) and c.gradient_weight >= 0),
-            "give 0 (off) or more",
-        ),
-        Rule(
-            ("frequency_weight",),
-            lambda c: not (math.isfinite(c.frequency_weight) and c.frequency_weight >= 0),
             "give 0 (off) or more",
         ),
         Rule(("batch_size",), lambda c: c.batch_size < 1, "give at least 1"),

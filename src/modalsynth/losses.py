@@ -23,33 +23,21 @@ def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.stack([(fake.diff(dim=a) - real.diff(dim=a)).abs().mean() for a in axes]).mean()
 
 
-def frequency_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean |difference| of the Fourier amplitudes of `fake` and `real` over the spatial axes of (N, C, D, H, W),
-    orthonormal (on the voxels' scale); most coefficients are fine detail, which a blur loses and L1 lets go."""
-    axes = tuple(range(2, fake.ndim))
-    amplitude = [torch.fft.rfftn(v.float(), dim=axes, norm="ortho").abs() for v in (fake, real)]
-    return (amplitude[0] - amplitude[1]).abs().mean()
-
-
 def generator_loss(
     d_fake_logits: torch.Tensor,
     fake: torch.Tensor,
     real: torch.Tensor,
     l1_weight: float,
     gradient_weight: float = 0.0,
-    frequency_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Generator objective: adv(D(x, G(x)) -> real) + l1_weight * L1(G(x), y), plus gradient_weight * the gradient
-    difference and frequency_weight * the Fourier-amplitude difference when above 0; parts detached for logging."""
+    difference when it is above 0; parts detached for logging."""
     adv_part = adversarial_loss(d_fake_logits, True)
     l1_part = l1_loss(fake, real)
     loss, parts = adv_part + l1_weight * l1_part, {"adv": adv_part.detach(), "l1": l1_part.detach()}
     if gradient_weight > 0:
         edges = gradient_loss(fake, real)
         loss, parts["grad"] = loss + gradient_weight * edges, edges.detach()
-    if frequency_weight > 0:
-        spectrum = frequency_loss(fake, real)
-        loss, parts["freq"] = loss + frequency_weight * spectrum, spectrum.detach()
     return loss, parts
 
 
