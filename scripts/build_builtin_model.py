@@ -43,7 +43,7 @@ def export(run: Path, destination: Path) -> str:
         best_val_mae=ckpt.best_val_mae,
         target_intensity=ckpt.target_intensity,
         split=ckpt.split,
-        elapsed_s=ckpt.elapsed_s,
+        elapsed_s=0.0,  # the training time is the card's, not the file's: a rebuild writes the same bytes
     )
     slim.save(destination)
     return file_digest(destination)

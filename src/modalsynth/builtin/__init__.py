@@ -39,7 +39,7 @@ class BuiltinModel:
 MODELS: dict[str, BuiltinModel] = {
     "flair-t1": BuiltinModel(
         name="flair-t1",
-        sha256="04390582396a119a5734219e7078c7c2188a82073bf42344372a5c3c2de6f61b",
+        sha256="0886e5fdf48655371018be1067db4cea84a2f51a51c5d8da952954b46159e250",
         source="flair",
         target="t1",
         description="3D GAN generator, skull-stripped FLAIR -> T1 (v2): the simulator prior trained on 11 real "
@@ -49,7 +49,7 @@ MODELS: dict[str, BuiltinModel] = {
     ),
     "flair-t1-raw": BuiltinModel(
         name="flair-t1-raw",
-        sha256="dd19d7b6938a2f50822aab679ab081457728e21767317640ab31ef070c81e2ab",
+        sha256="ec60cb3bce8335d15d22f4684f3d8877e365b8b82a5eafde7a52002abc920e4b",
         source="flair",
         target="t1",
         description="builtin:flair-t1's recipe with a dark shell around half the training brains, so deepbet's looser "
@@ -57,7 +57,7 @@ MODELS: dict[str, BuiltinModel] = {
     ),
     "flair-t2-t1": BuiltinModel(
         name="flair-t2-t1",
-        sha256="fd8774ab72b88054c49d5a11dbe9142daf78f2be81495e212dfc7502bace24bf",
+        sha256="ab244706882683ab389c429ea64b46abdf3239f32ec1a7a975f764c7aef14141",
         source="flair,t2",
         target="t1",
         description="the same 3D GAN generator from skull-stripped FLAIR + T2 (or either alone) -> T1: trained "
@@ -65,7 +65,7 @@ MODELS: dict[str, BuiltinModel] = {
     ),
     "sim-flair-t1": BuiltinModel(
         name="sim-flair-t1",
-        sha256="ad4173074b38e060ab61f3d59f7f14a40601300cbaea5b29e8b2aed89bae588e",
+        sha256="24e13df33f9e18b5938ad1993121445307fc56f3d1a39d4a7f830b250b169c09",
         source="flair",
         target="t1",
         description="the same 3D GAN generator trained on simulated pairs only: the default start of gan3d "
