@@ -33,7 +33,7 @@ from .data.register import Aligner
 from .data.skullstrip import SkullStrip, looks_skull_stripped, masked
 from .errors import UserError
 from .inference import Predictor
-from .io import atomic_write, file_digest, file_identity, is_nifti, load_volume, save_array, save_volume
+from .io import atomic_write, file_digest, is_nifti, load_volume, save_array, save_volume
 from .qc_report import ReportItem, ReportModel, model_summary, write_index, write_subject_report
 from .runtime import rank_device
 
@@ -307,15 +307,14 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return record
 
 
-def make_predictor(options: BidsOptions) -> tuple[Predictor, Path]:
+def make_predictor(options: BidsOptions) -> Predictor:
     """The model `options` name (default the built-in one), with its skull stripping and sources; one GPU per rank
     under torchrun."""
     device = rank_device(options.device)
-    model_file = builtin.resolve(options.checkpoint)
     predictor = Predictor.load(options.checkpoint, device)
     align = Aligner() if options.register else None
     predictor = dataclasses.replace(predictor, skull=SkullStrip(options.skull_strip), align=align)
-    return predictor.with_sources(options.source), model_file
+    return predictor.with_sources(options.source)
 
 
 def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = BidsOptions()) -> list[Path]:
@@ -342,7 +341,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
                 f"{bids_dir}: the BIDS validator reports {len(errors)} error(s) ({errors[0]}); fix them or give "
                 "--skip-bids-validation"
             )
-    predictor, model_file = make_predictor(options)
+    predictor = make_predictor(options)
     if canonical_modality(predictor.config.target) != target:
         raise UserError(
             f"--target {options.target}: {predictor.origin} predicts {predictor.config.target}; choose --target "
@@ -367,9 +366,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         "target": target,
     }
     model = model_record(predictor)
-    twin = file_identity(predictor.raw.origin) if predictor.raw and predictor.raw.origin else None
-    record = {"checkpoint": file_identity(model_file), "raw_twin": twin, "settings": settings, "bids": True}
-    cohort = Cohort(out_dir, record)
+    cohort = Cohort(out_dir, {**predictor.model_files(), "settings": settings, "bids": True})
     written: list[Path] = []
     with cohort:
         subjects = cohort.share(sorted({job.subject for job in jobs}))

@@ -26,7 +26,7 @@ from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .inferers import SlidingWindowInferer
 from .input_checks import input_warnings
-from .io import Volume
+from .io import Volume, file_identity
 from .methods import Method, build_method, method_class
 from .methods.sources import network_input
 from .runtime import resolve_device
@@ -143,6 +143,15 @@ class Predictor:
             self, method=twin.method, config=twin.config, intensity=twin.intensity, origin=twin.origin, raw=None
         )
 
+    def model_files(self) -> dict[str, object]:
+        """The model files this predictor reads, as a rerun compares them (`io.file_identity`): its checkpoint and its
+        twin for raw scans (None where there is none)."""
+        twin = self.raw.origin if self.raw is not None else None
+        return {
+            name: file_identity(path) if path else None
+            for name, path in (("checkpoint", self.origin), ("raw_twin", twin))
+        }
+
     def with_inference(self, **changes: object) -> Predictor:
         """This predictor with some inference settings changed (None: unchanged), checked as the command line is."""
         inference = with_inference_changes(self.inference, self.method, self.origin, changes)
@@ -199,8 +208,9 @@ class Predictor:
         checked = skull.mode != "never"
 
         def predict(brain: Volume, other_brains: list[Volume], stripped: bool) -> Volume:
-            model = self.for_stripped_brains() if stripped else self
+            model = self
             if stripped:
+                model = self.for_stripped_brains()
                 log.info(f"{first.path or 'the input'}: skull-stripped, predicted by {builtin.spec_of(model.origin)}")
             return model._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
 

@@ -26,7 +26,7 @@ from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .inference import Predictor
-from .io import NIFTI_SUFFIXES, file_identity, is_nifti, load_volume, save_volume
+from .io import NIFTI_SUFFIXES, is_nifti, load_volume, save_volume
 from .runtime import launch, rank_device
 from .writeguard import Output, check_outside, check_writes, files_under
 
@@ -169,9 +169,7 @@ def predict_path(
     return run_predictor(predictor, input, output, split)
 
 
-def run_predictor(
-    predictor: Predictor, input: Path, output: Path, split: str | None = None, model_file: Path | None = None
-) -> list[Path]:
+def run_predictor(predictor: Predictor, input: Path, output: Path, split: str | None = None) -> list[Path]:
     """One file to one file, or a data folder to OUT/<subject>/<target>.nii.gz (under torchrun: this rank's share; a
     rerun skips outputs already written with the same model and settings), logging the time per volume."""
     input, output = Path(input), Path(output)
@@ -181,10 +179,8 @@ def run_predictor(
         log.info(f"wrote {written} ({time.perf_counter() - start:.1f} s on {predictor.device})")
         return [written]
     skull = None if predictor.skull is None else dataclasses.asdict(predictor.skull)
-    model = model_file or predictor.origin
     record = {
-        "checkpoint": file_identity(Path(model)) if model is not None else None,
-        "raw_twin": file_identity(predictor.raw.origin) if predictor.raw and predictor.raw.origin else None,
+        **predictor.model_files(),
         "inference": predictor.inference.to_dict(),
         "skull": skull,
         "sources": list(predictor.sources or predictor.config.sources),

@@ -75,6 +75,11 @@ MODELS: dict[str, BuiltinModel] = {
 DEFAULT = "flair-t1"
 
 
+def _name(spec: str | Path | None) -> str:
+    """The model name of a `builtin:NAME` spec (None: the default model's)."""
+    return DEFAULT if spec is None else str(spec)[len(PREFIX) :]
+
+
 def is_builtin(spec: str | Path | None) -> bool:
     return spec is None or str(spec).startswith(PREFIX)
 
@@ -89,9 +94,7 @@ def spec_of(path: Path | None) -> str | None:
 
 def raw_twin(spec: str | Path | None) -> Path | None:
     """The verified weights of the built-in that predicts brains stripped from raw scans for `spec`, if it has one."""
-    if not is_builtin(spec):
-        return None
-    model = MODELS.get(DEFAULT if spec is None else str(spec)[len(PREFIX) :])
+    model = MODELS.get(_name(spec)) if is_builtin(spec) else None
     return None if model is None or model.raw_twin is None else resolve(f"{PREFIX}{model.raw_twin}")
 
 
@@ -99,7 +102,7 @@ def resolve(spec: str | Path | None) -> Path:
     """`builtin:NAME` (or nothing: the default model) -> its verified weights file; any other value is a path."""
     if not is_builtin(spec):
         return Path(spec)  # type: ignore[arg-type]
-    name = DEFAULT if spec is None else str(spec)[len(PREFIX) :]
+    name = _name(spec)
     if name not in MODELS:
         raise UserError(f"{spec}: no such built-in model; `modalsynth models` lists them ({', '.join(MODELS)})")
     model = MODELS[name]
