@@ -159,7 +159,7 @@ class ConditionalGAN(Method):
         opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G step produced
         return {
             "g_loss": float(g_loss.detach()),
-            **{f"g_{name}": float(part) for name, part in g_parts.items()},  # adv, l1 and each extra term on
+            **{f"g_{name}": float(part) for name, part in g_parts.items()},  # adv, l1 and each extra term switched on
             "d_loss": float(d_loss.detach()),
             "d_real": float(d_parts["real"]),
             "d_fake": float(d_parts["fake"]),
