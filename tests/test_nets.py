@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from modalsynth.flops import count_flops, count_parameters
-from modalsynth.losses import adversarial_loss, discriminator_loss, generator_loss, gradient_loss, l1_loss
+from modalsynth.losses import (
+    adversarial_loss,
+    discriminator_loss,
+    generator_loss,
+    gradient_loss,
+    l1_loss,
+    tail_loss,
+)
 from modalsynth.nets import PatchDiscriminator, ResUNet
 from modalsynth.nets.resunet import FullResHead, UpBlock
 
@@ -269,6 +277,27 @@ def test_generator_loss_adds_the_weighted_gradient_term() -> None:
     total, parts = generator_loss(logits, fake, real, l1_weight=100.0, gradient_weight=50.0)
     torch.testing.assert_close(parts["grad"], gradient_loss(fake, real))
     torch.testing.assert_close(total, plain + 50.0 * gradient_loss(fake, real))
+
+
+def test_tail_loss_compares_only_the_brightest_voxels_against_numpy() -> None:
+    gen = np.random.default_rng(0)
+    fake, real = gen.random((2, 1, 6, 6, 5)), gen.random((2, 1, 6, 6, 5))
+    k = round(0.05 * 180)  # 9 of each item's 180 voxels
+    expected = np.mean([np.abs(np.sort(f.ravel())[-k:] - np.sort(r.ravel())[-k:]).mean() for f, r in zip(fake, real)])
+    got = tail_loss(torch.from_numpy(fake), torch.from_numpy(real))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+    dimmed = real.copy()
+    dimmed[real < np.quantile(real, 0.5)] -= 0.5  # the darker half moves; the tail does not
+    assert float(tail_loss(torch.from_numpy(dimmed), torch.from_numpy(real))) == 0.0
+
+
+def test_generator_loss_adds_the_weighted_tail_term() -> None:
+    torch.manual_seed(0)
+    logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    plain, _ = generator_loss(logits, fake, real, l1_weight=100.0)
+    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, tail_weight=30.0)
+    torch.testing.assert_close(parts["tail"], tail_loss(fake, real))
+    torch.testing.assert_close(total, plain + 30.0 * tail_loss(fake, real))
 
 
 def test_l1_is_the_mean_absolute_error_over_every_voxel() -> None:

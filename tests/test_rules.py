@@ -20,6 +20,7 @@ CASES = [
     ("gan3d", {"betas": [0.5, 1.5]}, ("betas",)),
     ("gan3d", {"l1_weight": -1.0}, ("l1_weight",)),
     ("gan3d", {"gradient_weight": float("nan")}, ("gradient_weight",)),
+    ("gan3d", {"tail_weight": -1.0}, ("tail_weight",)),
     ("gan3d", {"batch_size": 0}, ("batch_size",)),
     ("gan3d", {"patch": None, "batch_size": 2}, ("batch_size", "patch", "preprocess.grid")),
     ("gan3d", {"source_dropout": 1.0}, ("source_dropout",)),

@@ -129,6 +129,7 @@ class TrainConfig:
     lr_schedule: Schedule = "constant"  # 'linear-decay': constant for the first half of the budget, then linearly to 0
     l1_weight: float = 100.0  # lambda in L = adv + lambda * L1
     gradient_weight: float = 0.0  # weight of the gradient-difference term (losses.gradient_loss); 0: off
+    tail_weight: float = 0.0  # weight of the upper-tail term (losses.tail_loss); 0: off
     amp: bool = True  # bfloat16 autocast for training steps where the device runs it natively (CUDA, CPUs with AMX)
     checkpointing: bool = False  # gradient checkpointing in the generator
     # data
@@ -175,6 +176,11 @@ class TrainConfig:
         Rule(
             ("gradient_weight",),
             lambda c: not (math.isfinite(c.gradient_weight) and c.gradient_weight >= 0),
+            "give 0 (off) or more",
+        ),
+        Rule(
+            ("tail_weight",),
+            lambda c: not (math.isfinite(c.tail_weight) and c.tail_weight >= 0),
             "give 0 (off) or more",
         ),
         Rule(("batch_size",), lambda c: c.batch_size < 1, "give at least 1"),

@@ -151,7 +151,7 @@ class ConditionalGAN(Method):
         with self.autocast():
             g_logits = D(torch.cat([x, fake], 1)).float()
             g_loss, g_parts = generator_loss(
-                g_logits, fake.float(), y, self.config.l1_weight, self.config.gradient_weight
+                g_logits, fake.float(), y, self.config.l1_weight, self.config.gradient_weight, self.config.tail_weight
             )
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
