@@ -350,3 +350,29 @@ def test_the_default_model_gives_the_brains_it_strips_itself_to_its_raw_twin(tmp
     by_twin = as_given.for_stripped_brains().predict_volume(brain)  # the blob's outside is 0: stripping keeps it all
     np.testing.assert_array_equal(stripped_here.data, by_twin.data)
     assert np.abs(as_given.predict_volume(brain).data - by_twin.data)[mask].mean() > 1e-3  # two models, not one
+
+
+@pytest.mark.parametrize("strip", ["always", "never"])
+def test_a_folder_prediction_records_and_reports_the_model_that_made_it(tmp_path, monkeypatch, strip):
+    """Beside each folder prediction `predict` writes <target>.json naming the model that predicted it (the twin for
+    a brain stripped here), and the QC page shows that model, not the one the command was given."""
+    import json
+
+    from modalsynth.data import skullstrip
+    from modalsynth.data.skullstrip import SkullStrip
+    from modalsynth.predict_jobs import predict_path
+    from modalsynth.qc_report import model_summary, report_predictions
+
+    (tmp_path / "data" / "s1").mkdir(parents=True)
+    brain = load_volume(_small_flair(tmp_path / "data" / "s1" / "flair.nii.gz"))
+    monkeypatch.setattr(skullstrip, "brain_mask", lambda volume: brain.data > 0)  # deepbet stand-in
+    out = tmp_path / "pred"
+    predict_path(None, tmp_path / "data", out, device="cpu", skull=SkullStrip(strip))
+    record = json.loads((out / "s1" / "t1.json").read_text())
+    made_by = "builtin:flair-t1-raw" if strip == "always" else "builtin:flair-t1"
+    assert record["Model"]["Name"] == made_by and record["SkullStrippedHere"] == (strip == "always")
+    assert record["Model"]["Sha256"] == builtin.MODELS[made_by.removeprefix("builtin:")].sha256
+    assert record["Sources"] == {"flair": str(tmp_path / "data" / "s1" / "flair.nii.gz")}
+    report_predictions(out, tmp_path / "data", model=model_summary("builtin:flair-t1"))
+    page = (out / "s1.html").read_text()
+    assert ("builtin:flair-t1-raw" in page) == (strip == "always")

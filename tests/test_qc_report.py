@@ -94,6 +94,9 @@ def test_predict_folder_pages(tmp_path):
         shutil.copy(data / subject / "t1.nii.gz", pred / subject / "t1.nii.gz")
     pages = qc_report.report_predictions(pred, data)
     assert [p.name for p in pages] == ["a.html", "b.html", "index.html"]
+    (pred / "b" / "t1.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"b/t1\.json: not the record `predict` writes"):
+        qc_report.report_predictions(pred, data)
     [item] = _embedded(pred / "a.html")
     assert [v["label"] for v in item["volumes"]] == ["flair", "synthetic", "real", "|synthetic - real| (0-1)"]
 

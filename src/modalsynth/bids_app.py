@@ -26,14 +26,14 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from . import __version__, builtin
+from . import __version__
 from .cohort import Cohort
 from .data.pairs import canonical_modality, compare_grids
 from .data.register import Aligner
 from .data.skullstrip import SkullStrip, looks_skull_stripped, masked
 from .errors import UserError
 from .inference import Predictor
-from .io import atomic_write, file_digest, is_nifti, load_volume, save_array, save_volume
+from .io import atomic_write, is_nifti, load_volume, save_array, save_volume, sidecar_path
 from .qc_report import ReportItem, ReportModel, model_summary, write_index, write_subject_report
 from .runtime import rank_device
 
@@ -246,18 +246,6 @@ def code_url() -> str:
     return named.get("Source") or named.get("Repository") or CODE_URL
 
 
-def model_record(predictor: Predictor) -> dict:
-    """The model as a sidecar names it: name, sha256, method, what it maps, and the modalsynth version."""
-    return {
-        "Name": builtin.spec_of(predictor.origin),
-        "Sha256": file_digest(predictor.origin) if predictor.origin else None,
-        "Method": predictor.config.method,
-        "Sources": list(predictor.config.sources),
-        "Target": predictor.config.target,
-        "ModalsynthVersion": __version__,
-    }
-
-
 def validator_path() -> str | None:
     """The official validator's command (`pip install bids-validator-deno`): on PATH or beside this Python."""
     beside = Path(sys.executable).parent / "bids-validator-deno"
@@ -365,7 +353,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         "sources": list(read),
         "target": target,
     }
-    model = model_record(predictor)
+    model = predictor.model_record()
     cohort = Cohort(out_dir, {**predictor.model_files(), "settings": settings, "bids": True})
     written: list[Path] = []
     with cohort:
@@ -405,7 +393,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
 def _finished(cohort: Cohort, job: Job, target: str) -> bool:
     outputs = [job.output(SUFFIXES[target])]
     return all(cohort.finished([f.path for f in job.sources.values()], out) for out in outputs) and all(
-        out.with_name(out.name.replace(".nii.gz", ".json")).exists() for out in outputs
+        sidecar_path(out).exists() for out in outputs
     )
 
 
@@ -433,7 +421,7 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
     else:
         stripped_here = predictor.for_stripped_brains()
         if stripped_here is not predictor:
-            model = model_record(stripped_here)
+            model = stripped_here.model_record()
         plain = dataclasses.replace(stripped_here, skull=SkullStrip("never"))
         result = plain.predict_sources({name: masked(v, region) for name, v in volumes.items()})
     suffix = SUFFIXES[target]
@@ -448,7 +436,7 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
             "Sources": [first_uri],
             "SpatialReference": first_uri,
         }
-        written.append(job.mask.with_name(job.mask.name.replace(".nii.gz", ".json")))
+        written.append(sidecar_path(job.mask))
         _write_json(written[-1], mask_sidecar)
     output = job.output(suffix)
     sidecar = {
@@ -461,9 +449,8 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
         "Settings": settings,
     }
     # the sidecar first: a finished image (what a rerun skips) always has one
-    sidecar_path = output.with_name(output.name.replace(".nii.gz", ".json"))
-    _write_json(sidecar_path, sidecar)
-    written.append(sidecar_path)
+    _write_json(sidecar_path(output), sidecar)
+    written.append(sidecar_path(output))
     written.append(save_volume(result, output))
     return written
 

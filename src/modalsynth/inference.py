@@ -26,7 +26,7 @@ from .data.skullstrip import SkullStrip
 from .errors import UserError
 from .inferers import SlidingWindowInferer
 from .input_checks import input_warnings
-from .io import Volume, file_identity
+from .io import Volume, file_digest, file_identity
 from .methods import Method, build_method, method_class
 from .methods.sources import network_input
 from .runtime import resolve_device
@@ -65,6 +65,16 @@ def with_inference_changes(
         if not isinstance(method.application(inference), SlidingWindowInferer):
             raise UserError(f"--overlap: {origin} is not applied in sliding windows; leave --overlap out")
     return dataclasses.replace(inference, **changes)  # type: ignore[arg-type]  # typer typed each option
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """A synthetic image and what made it: the predictor whose network predicted it (a built-in's twin for a brain
+    stripped here) and whether the brain was skull-stripped here."""
+
+    image: Volume
+    model: Predictor
+    stripped_here: bool
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,19 @@ class Predictor:
             for name, path in (("checkpoint", self.origin), ("raw_twin", twin))
         }
 
+    def model_record(self) -> dict[str, object]:
+        """The model as a sidecar names it: name, sha256, method, what it maps, and the modalsynth version."""
+        from . import __version__
+
+        return {
+            "Name": builtin.spec_of(self.origin),
+            "Sha256": file_digest(self.origin) if self.origin else None,
+            "Method": self.config.method,
+            "Sources": list(self.config.sources),
+            "Target": self.config.target,
+            "ModalsynthVersion": __version__,
+        }
+
     def with_inference(self, **changes: object) -> Predictor:
         """This predictor with some inference settings changed (None: unchanged), checked as the command line is."""
         inference = with_inference_changes(self.inference, self.method, self.origin, changes)
@@ -191,9 +214,14 @@ class Predictor:
         return self.predict_sources({self.file_source: volume}, seed)
 
     def predict_sources(self, volumes: Mapping[str, Volume], seed: int = 0) -> Volume:
-        """Predict the target from the sources given (sequence -> volume: any non-empty subset of the model's),
-        skull-stripped first as `self.skull` says (the brain found on the first, then predicted by
-        `for_stripped_brains`); the result is on the first source's grid, affine and header."""
+        """Predict the target from the sources given (sequence -> volume: any non-empty subset of the model's); see
+        `synthesise`."""
+        return self.synthesise(volumes, seed).image
+
+    def synthesise(self, volumes: Mapping[str, Volume], seed: int = 0) -> Synthesis:
+        """Predict the target from the sources given, skull-stripped first as `self.skull` says (the brain found on
+        the first, then predicted by `for_stripped_brains`); the image is on the first source's grid, affine and
+        header, and comes with the predictor that made it."""
         order = [name for name in self.config.sources if name in volumes]
         if not order or len(order) < len(volumes):
             raise UserError(
@@ -206,15 +234,18 @@ class Predictor:
             require_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
+        made: dict[str, Predictor] = {}  # the predictor `skull.around` chose, by whether it stripped the brain
 
         def predict(brain: Volume, other_brains: list[Volume], stripped: bool) -> Volume:
-            model = self
+            model = self.for_stripped_brains() if stripped else self
+            made["stripped" if stripped else "given"] = model
             if stripped:
-                model = self.for_stripped_brains()
                 log.info(f"{first.path or 'the input'}: skull-stripped, predicted by {builtin.spec_of(model.origin)}")
             return model._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
 
-        return skull.around(first, predict, others)
+        image = skull.around(first, predict, others)
+        (how, model), *_ = made.items()
+        return Synthesis(image, model, stripped_here=how == "stripped")
 
     def _predict_brain(self, volumes: dict[str, Volume], seed: int, whole_head_checked: bool) -> Volume:
         """Predict the target from skull-stripped sources, the first setting the grid (`whole_head_checked`: skull

@@ -227,6 +227,11 @@ def load_volume(path: Path | str, *, allow_constant: bool = False) -> Volume:
     return Volume(data=data, affine=img.affine.copy(), header=header, path=path)
 
 
+def sidecar_path(volume_path: Path) -> Path:
+    """The JSON record beside a NIfTI file: NAME.json for NAME.nii.gz or NAME.nii."""
+    return volume_path.with_name(volume_path.name.removesuffix(".gz").removesuffix(".nii") + ".json")
+
+
 def save_volume(volume: Volume, path: Path | str, dtype: type = np.float32) -> Path:
     """Write a volume as NIfTI (float32 unless `dtype` says otherwise) keeping its affine and header, atomically."""
     path = Path(path)

@@ -4,6 +4,7 @@ and this rank's share under torchrun. The numbers come from the `Predictor` (`in
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections import Counter
@@ -25,8 +26,8 @@ from .data.pairs import (
 from .data.register import Aligner
 from .data.skullstrip import SkullStrip
 from .errors import UserError
-from .inference import Predictor
-from .io import NIFTI_SUFFIXES, is_nifti, load_volume, save_volume
+from .inference import Predictor, Synthesis
+from .io import NIFTI_SUFFIXES, is_nifti, load_volume, save_volume, sidecar_path
 from .runtime import launch, rank_device
 from .writeguard import Output, check_outside, check_writes, files_under
 
@@ -49,6 +50,20 @@ def target_file(predictor: Predictor) -> str:
 def output_path(predictor: Predictor, out_root: Path, subject: str) -> Path:
     """The one naming rule for a folder of predictions: OUT/<subject>/<target>.nii.gz."""
     return Path(out_root) / subject / target_file(predictor)
+
+
+def write_sidecar(synthesis: Synthesis, sources: Mapping[str, Path], output: Path) -> Path:
+    """Record beside a prediction what it was predicted from and by which model (a built-in's twin for a brain
+    stripped here), so a report or a reader names the right one."""
+    record = {
+        "Description": f"Synthetic {synthesis.model.config.target} predicted by modalsynth; not an acquired image",
+        "Sources": {name: str(path) for name, path in sources.items()},
+        "SkullStrippedHere": synthesis.stripped_here,
+        "Model": synthesis.model.model_record(),
+    }
+    path = sidecar_path(output)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def predict_file(predictor: Predictor, source: Path, output: Path) -> Path:
@@ -116,7 +131,8 @@ def predict_folder(
     outputs = [output_path(predictor, out_root, subject) for subject, _ in jobs]
     what = f"a synthetic {predictor.config.target}"
     reads = [*files_under(root), *(p for _, files in jobs for p in files.values())]
-    check_writes(reads, [Output(out, what, "--output") for out in outputs])
+    records = [Output(sidecar_path(out), f"the record of {what}", "--output") for out in outputs]
+    check_writes(reads, [*(Output(out, what, "--output") for out in outputs), *records])
     todo = list(zip(jobs, outputs))
     if cohort is not None:
         share = cohort.share(todo)
@@ -137,9 +153,10 @@ def predict_folder(
     written, times = [], []
     for (_, files), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
         start = time.perf_counter()
-        result = predictor.predict_sources({name: load_volume(path) for name, path in files.items()})
+        result = predictor.synthesise({name: load_volume(path) for name, path in files.items()})
         times.append(time.perf_counter() - start)
-        written.append(save_volume(result, output))
+        written.append(save_volume(result.image, output))
+        write_sidecar(result, files, output)
     return written, times
 
 

@@ -26,7 +26,7 @@ from . import __version__
 from .data.pairs import canonical_modality, compare_grids, discover_subjects
 from .data.preprocess import foreground_mask, to_zyx
 from .errors import UserError
-from .io import Volume, atomic_write, load_volume
+from .io import Volume, atomic_write, load_volume, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,18 @@ def write_index(path: Path, pages: list[Path], title: str = "modalsynth QC") -> 
     return atomic_write(path, ".html", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def recorded_model(prediction: Path) -> ReportModel | None:
+    """The model `predict` recorded beside a folder prediction (<target>.json), or None when there is no record."""
+    record = sidecar_path(prediction)
+    try:
+        model = json.loads(record.read_text())["Model"]
+        return model_summary(model["Name"], model.get("Sha256") or "")
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{record}: not the record `predict` writes ({exc}); delete it or predict again") from exc
+
+
 def report_predictions(
     pred_root: Path, data: Path | None, target: str = "t1", model: ReportModel | None = None
 ) -> list[Path]:
@@ -363,6 +375,7 @@ def report_predictions(
         subject = prediction.parent.name
         files = inputs.get(subject, {})
         sources = {name: path for name, path in files.items() if name in SEQUENCES and name != key}
-        item = ReportItem(subject, prediction, sources, files.get(key), None, model)
-        pages.append(write_subject_report(subject, [item], pred_root / f"{subject}.html", model))
+        made_by = recorded_model(prediction) or model
+        item = ReportItem(subject, prediction, sources, files.get(key), None, made_by)
+        pages.append(write_subject_report(subject, [item], pred_root / f"{subject}.html", made_by))
     return [*pages, write_index(pred_root / "index.html", pages)]
