@@ -234,18 +234,17 @@ class Predictor:
             require_same_grid(first, other)
         skull = self.skull or SkullStrip(self.config.preprocess.skull_strip)
         checked = skull.mode != "never"
-        made: dict[str, Predictor] = {}  # the predictor `skull.around` chose, by whether it stripped the brain
+        made_by, stripped_here = self, False  # what `skull.around` chose
 
         def predict(brain: Volume, other_brains: list[Volume], stripped: bool) -> Volume:
-            model = self.for_stripped_brains() if stripped else self
-            made["stripped" if stripped else "given"] = model
+            nonlocal made_by, stripped_here
             if stripped:
-                log.info(f"{first.path or 'the input'}: skull-stripped, predicted by {builtin.spec_of(model.origin)}")
-            return model._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
+                made_by, stripped_here = self.for_stripped_brains(), True
+                log.info(f"{first.path or 'the input'}: skull-stripped, predicted by {builtin.spec_of(made_by.origin)}")
+            return made_by._predict_brain(dict(zip(order, [brain, *other_brains])), seed, checked)
 
         image = skull.around(first, predict, others)
-        (how, model), *_ = made.items()
-        return Synthesis(image, model, stripped_here=how == "stripped")
+        return Synthesis(image, made_by, stripped_here)
 
     def _predict_brain(self, volumes: dict[str, Volume], seed: int, whole_head_checked: bool) -> Volume:
         """Predict the target from skull-stripped sources, the first setting the grid (`whole_head_checked`: skull
