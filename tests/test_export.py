@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -61,6 +62,41 @@ def test_onnx_export_predicts_what_pytorch_predicts_with_the_contract_in_its_met
     )
     assert result.exit_code == 0, result.output
     assert np.array_equal(load_volume(out).data, exported)
+
+
+@pytest.mark.slow
+def test_a_builtin_exports_with_its_twin_for_raw_scans_which_predict_onnx_uses(tmp_path, monkeypatch):
+    """`export` of builtin:flair-t1 writes its raw-scan twin beside it; `predict --onnx` gives the brains it strips
+    itself to the twin, as `predict` does, and names it in the folder's records; without its twin a file is refused."""
+    from modalsynth.data import skullstrip
+    from modalsynth.errors import UserError
+
+    from .conftest import blob_volume
+
+    (tmp_path / "data" / "s1").mkdir(parents=True)
+    flair = tmp_path / "data" / "s1" / "flair.nii.gz"
+    nib.save(nib.Nifti1Image(blob_volume((40, 48, 40)), np.eye(4)), str(flair))
+    monkeypatch.setattr(skullstrip, "brain_mask", lambda volume: volume.data > 0)  # deepbet stand-in
+    model = tmp_path / "flair-t1.onnx"
+    result = CliRunner().invoke(app, ["export", "--onnx", str(model)])
+    assert result.exit_code == 0, result.output
+    twin = tmp_path / "flair-t1-raw.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert twin.is_file() and meta["modalsynth.raw_twin"] == twin.name
+    loaded = onnx_predictor(model)
+    assert loaded.raw is not None and loaded.raw.origin == twin
+    for strip, made_by in (("always", twin), ("never", model)):
+        out = tmp_path / f"pred-{strip}"
+        args = ["predict", "--onnx", str(model), "--input", str(tmp_path / "data"), "--output", str(out)]
+        result = CliRunner().invoke(app, [*args, "--skull-strip", strip])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "s1" / "t1.json").read_text())
+        assert record["Model"]["Name"] == str(made_by)
+    by_twin = onnx_predictor(twin).predict_volume(load_volume(flair)).data
+    assert np.array_equal(load_volume(tmp_path / "pred-always" / "s1" / "t1.nii.gz").data, by_twin)
+    twin.unlink()
+    with pytest.raises(UserError, match="flair-t1-raw.onnx, is not beside it"):
+        onnx_predictor(model)
 
 
 def test_onnx_export_refuses_a_model_without_fixed_windows(tmp_path):

@@ -552,11 +552,13 @@ def export(
 
     Example: modalsynth export --checkpoint builtin:flair-t1 --onnx flair-t1.onnx
     """
-    from . import builtin
-    from .export import export_onnx
+    from .export import export_onnx, twin_path
     from .inference import Predictor
 
-    written = export_onnx(Predictor.from_checkpoint(builtin.resolve(checkpoint), "cpu"), onnx)
+    predictor = Predictor.load(checkpoint, "cpu")
+    written = export_onnx(predictor, onnx)
+    if predictor.raw is not None:
+        typer.echo(f"wrote {twin_path(written)} (for the brains predict strips from raw scans; keep it beside)")
     typer.echo(f"wrote {written} (run it with: modalsynth predict --onnx {written} --input IN --output OUT)")
 
 

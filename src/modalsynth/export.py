@@ -82,11 +82,27 @@ def preprocessing_contract(predictor: Predictor) -> dict[str, Any]:
     }
 
 
+def twin_path(path: Path) -> Path:
+    """Where a built-in's twin for raw scans goes beside its ONNX file: NAME-raw.onnx."""
+    return Path(path).with_name(Path(path).stem + "-raw.onnx")
+
+
 def export_onnx(predictor: Predictor, path: Path) -> Path:
-    """Write the predictor's generator as an ONNX file (dynamic window batch, fixed window size) with its contract."""
-    what = Output(Path(path), "the ONNX model", "--onnx", (".onnx",))
-    check_writes([predictor.origin], [what])
+    """Write the predictor's generator as an ONNX file (dynamic window batch, fixed window size) with its contract;
+    a built-in's twin for raw scans goes beside it (`twin_path`), named in the file's metadata."""
+    outputs = [Output(Path(path), "the ONNX model", "--onnx", (".onnx",))]
+    if predictor.raw is not None:
+        outputs.append(Output(twin_path(path), "the ONNX model for raw scans", "--onnx", (".onnx",)))
+    check_writes([m.origin for m in (predictor, predictor.raw) if m is not None and m.origin is not None], outputs)
     _require_onnx()
+    extra = {}
+    if predictor.raw is not None:
+        extra["modalsynth.raw_twin"] = _export_one(predictor.raw, twin_path(path), {}).name
+    return _export_one(predictor, Path(path), extra)
+
+
+def _export_one(predictor: Predictor, path: Path, extra: dict[str, str]) -> Path:
+    """One generator as an ONNX file with its contract and settings (and `extra`) in the metadata."""
     import onnx
 
     if predictor.config.method not in EXPORTABLE_METHODS:
@@ -123,6 +139,7 @@ def export_onnx(predictor: Predictor, path: Path) -> Path:
         "modalsynth.config": json.dumps(config.to_dict()),
         "modalsynth.format_version": str(FORMAT_VERSION),
         "modalsynth.intensity": json.dumps(dataclasses.asdict(predictor.intensity)),
+        **extra,
     }
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
@@ -165,12 +182,19 @@ def onnx_predictor(path: Path) -> Predictor:
     method = build_method(config, training=False)
     method.train_mode(False)
     runtime = OnnxRuntimeMethod(method, onnx_function(session))
+    twin = meta.get("modalsynth.raw_twin")
+    if twin is not None and not (Path(path).parent / twin).is_file():
+        raise UserError(
+            f"{path}: its model for raw scans, {twin}, is not beside it; keep the two files `modalsynth export` wrote "
+            "together"
+        )
     return Predictor(
         cast(Method, runtime),  # a Method in all but its generator
         config,
         intensity,
         config.inference,
         origin=Path(path),
+        raw=onnx_predictor(Path(path).parent / twin) if twin is not None else None,
     )
 
 
