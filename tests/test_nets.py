@@ -270,15 +270,6 @@ def test_gradient_loss_against_a_hand_computed_step() -> None:
     torch.testing.assert_close(gradient_loss(step + 0.3, step), torch.tensor(0.0))  # an offset has no edges
 
 
-def test_generator_loss_adds_the_weighted_gradient_term() -> None:
-    torch.manual_seed(0)
-    logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4)
-    plain, _ = generator_loss(logits, fake, real, l1_weight=100.0)
-    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, gradient_weight=50.0)
-    torch.testing.assert_close(parts["grad"], gradient_loss(fake, real))
-    torch.testing.assert_close(total, plain + 50.0 * gradient_loss(fake, real))
-
-
 def test_tail_loss_compares_only_the_brightest_voxels_against_numpy() -> None:
     gen = np.random.default_rng(0)
     fake, real = gen.random((2, 1, 6, 6, 5)), gen.random((2, 1, 6, 6, 5))
@@ -291,13 +282,16 @@ def test_tail_loss_compares_only_the_brightest_voxels_against_numpy() -> None:
     assert float(tail_loss(torch.from_numpy(dimmed), torch.from_numpy(real))) == 0.0
 
 
-def test_generator_loss_adds_the_weighted_tail_term() -> None:
+@pytest.mark.parametrize(
+    ("weight", "part", "term"), [("gradient_weight", "grad", gradient_loss), ("tail_weight", "tail", tail_loss)]
+)
+def test_generator_loss_adds_each_weighted_extra_term(weight, part, term) -> None:
     torch.manual_seed(0)
     logits, fake, real = torch.randn(1, 1, 3, 3, 3), torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
     plain, _ = generator_loss(logits, fake, real, l1_weight=100.0)
-    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, tail_weight=30.0)
-    torch.testing.assert_close(parts["tail"], tail_loss(fake, real))
-    torch.testing.assert_close(total, plain + 30.0 * tail_loss(fake, real))
+    total, parts = generator_loss(logits, fake, real, l1_weight=100.0, **{weight: 50.0})
+    torch.testing.assert_close(parts[part], term(fake, real))
+    torch.testing.assert_close(total, plain + 50.0 * term(fake, real))
 
 
 def test_l1_is_the_mean_absolute_error_over_every_voxel() -> None:
