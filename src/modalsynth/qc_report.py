@@ -351,8 +351,8 @@ def recorded_model(prediction: Path) -> ReportModel | None:
     """The model `predict` recorded beside a folder prediction (<target>.json), or None when there is no record."""
     record = sidecar_path(prediction)
     try:
-        model = json.loads(record.read_text())["Model"]
-        return model_summary(model["Name"], model.get("Sha256") or "")
+        made_by = json.loads(record.read_text())["Model"]
+        return model_summary(made_by["Name"], made_by["Sha256"] or "")
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
