@@ -160,6 +160,7 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
     class Recorder:  # stands in for a FLAIR+T2 model: records which sources reach it
         skull: object = None
         align: object = None
+        origin: object = None  # its model file, by which `predict_job` picks the record its sidecar names
 
         def predict_sources(self, volumes):
             seen.append(list(volumes))
@@ -173,9 +174,9 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
         nib.save(nib.Nifti1Image(blob_volume(shape), np.eye(4)), str(anat / f"sub-04_{name}.nii.gz"))
     sub03, sub04 = plan_jobs(raw, tmp_path / "out", ("flair", "t2"), "t1", BidsOptions(participant_labels=("03", "04")))
     model = Recorder()
-    predict_job(model, sub03, raw, "t1", {}, {})
+    predict_job(model, sub03, raw, "t1", {None: {}}, {})
     assert seen[-1] == ["flair", "t2"]
-    predict_job(model, sub04, raw, "t1", {}, {})
+    predict_job(model, sub04, raw, "t1", {None: {}}, {})
     assert seen[-1] == ["flair"] and "not on the grid" in capsys.readouterr().err
     sidecar = json.loads((tmp_path / "out" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
     assert sidecar["Sources"] == ["bids:raw:sub-04/anat/sub-04_FLAIR.nii.gz"]
@@ -187,7 +188,7 @@ def test_a_second_source_on_another_grid_is_left_out(tmp_path, capsys):
 
     model.align = aligner = OntoFirst()
     (sub04,) = plan_jobs(raw, tmp_path / "out2", ("flair", "t2"), "t1", BidsOptions(participant_labels=("04",)))
-    predict_job(model, sub04, raw, "t1", {}, {})
+    predict_job(model, sub04, raw, "t1", {None: {}}, {})
     assert aligner.moved == ["sub-04_T2w.nii.gz"] and seen[-1] == ["flair", "t2"]
     sidecar = json.loads((tmp_path / "out2" / "sub-04" / "anat" / "sub-04_desc-synthetic_T1w.json").read_text())
     assert sidecar["Sources"][1] == "bids:raw:sub-04/anat/sub-04_T2w.nii.gz"

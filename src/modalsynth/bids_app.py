@@ -353,7 +353,8 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         "sources": list(read),
         "target": target,
     }
-    model = predictor.model_record()
+    models = predictor.model_records()
+    model = models[predictor.origin]
     cohort = Cohort(out_dir, {**predictor.model_files(), "settings": settings, "bids": True})
     written: list[Path] = []
     with cohort:
@@ -376,7 +377,7 @@ def run_bids(bids_dir: Path, out_dir: Path, level: str, options: BidsOptions = B
         if not cohort.same:
             cohort.begin()
         for job in todo:
-            written += predict_job(predictor, job, bids_dir, target, model, settings)
+            written += predict_job(predictor, job, bids_dir, target, models, settings)
             log.info(f"wrote {job.output(SUFFIXES[target])}")
         if options.report:  # each subject's page shows every synthetic image of it in OUT_DIR, this run's or not
             changed = {job.subject for job in todo}
@@ -397,10 +398,13 @@ def _finished(cohort: Cohort, job: Job, target: str) -> bool:
     )
 
 
-def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, model: dict, settings: dict) -> list[Path]:
+def predict_job(
+    predictor: Predictor, job: Job, bids_dir: Path, target: str, models: dict[Path | None, dict], settings: dict
+) -> list[Path]:
     """Predict one job's synthetic image (skull-stripped first as the predictor says, keeping the mask) and write it
-    with its sidecar, which names the model that predicted it (`model`, or a built-in's twin for a brain stripped
-    here), and the mask with its own when stripping ran."""
+    with its sidecar, which names the model that predicted it (from `models`, `Predictor.model_records`: a built-in's
+    twin for a brain stripped here), and the mask with its own when stripping ran."""
+    model = models[predictor.origin]
     volumes = {name: load_volume(f.path) for name, f in job.sources.items()}
     first = next(iter(volumes.values()))
     if predictor.align is not None and len(volumes) > 1:  # --register: the others onto the first's grid, first
@@ -420,8 +424,7 @@ def predict_job(predictor: Predictor, job: Job, bids_dir: Path, target: str, mod
         result = predictor.predict_sources(volumes)
     else:
         stripped_here = predictor.for_stripped_brains()
-        if stripped_here is not predictor:
-            model = stripped_here.model_record()
+        model = models[stripped_here.origin]
         plain = dataclasses.replace(stripped_here, skull=SkullStrip("never"))
         result = plain.predict_sources({name: masked(v, region) for name, v in volumes.items()})
     suffix = SUFFIXES[target]

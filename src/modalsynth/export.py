@@ -183,7 +183,8 @@ def onnx_predictor(path: Path) -> Predictor:
     method.train_mode(False)
     runtime = OnnxRuntimeMethod(method, onnx_function(session))
     twin = meta.get("modalsynth.raw_twin")
-    if twin is not None and not (Path(path).parent / twin).is_file():
+    twin_file = Path(path).parent / twin if twin is not None else None
+    if twin_file is not None and not twin_file.is_file():
         raise UserError(
             f"{path}: its model for raw scans, {twin}, is not beside it; keep the two files `modalsynth export` wrote "
             "together"
@@ -194,7 +195,7 @@ def onnx_predictor(path: Path) -> Predictor:
         intensity,
         config.inference,
         origin=Path(path),
-        raw=onnx_predictor(Path(path).parent / twin) if twin is not None else None,
+        raw=onnx_predictor(twin_file) if twin_file is not None else None,
     )
 
 

@@ -175,6 +175,11 @@ class Predictor:
             "ModalsynthVersion": __version__,
         }
 
+    def model_records(self) -> dict[Path | None, dict[str, object]]:
+        """`model_record` of this predictor and of its twin for raw scans, by model file: made once per run, so that
+        each image's record does not hash its model file again."""
+        return {model.origin: model.model_record() for model in (self, self.for_stripped_brains())}
+
     def with_inference(self, **changes: object) -> Predictor:
         """This predictor with some inference settings changed (None: unchanged), checked as the command line is."""
         inference = with_inference_changes(self.inference, self.method, self.origin, changes)

@@ -52,14 +52,14 @@ def output_path(predictor: Predictor, out_root: Path, subject: str) -> Path:
     return Path(out_root) / subject / target_file(predictor)
 
 
-def write_sidecar(synthesis: Synthesis, sources: Mapping[str, Path], output: Path) -> Path:
-    """Record beside a prediction what it was predicted from and by which model (a built-in's twin for a brain
-    stripped here), so a report or a reader names the right one."""
+def write_sidecar(synthesis: Synthesis, sources: Mapping[str, Path], output: Path, model: dict[str, object]) -> Path:
+    """Record beside a prediction what it was predicted from and by which model (`model`, the `model_record` of
+    `synthesis.model`: a built-in's twin for a brain stripped here), so a report or a reader names the right one."""
     record = {
         "Description": f"Synthetic {synthesis.model.config.target} predicted by modalsynth; not an acquired image",
         "Sources": {name: str(path) for name, path in sources.items()},
         "SkullStrippedHere": synthesis.stripped_here,
-        "Model": synthesis.model.model_record(),
+        "Model": model,
     }
     path = sidecar_path(output)
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -150,13 +150,13 @@ def predict_folder(
     if len(predictor.config.sources) > 1:
         used = Counter("+".join(files) for (_, files), _ in todo)
         log.info("predicting from " + "; ".join(f"{k} ({n} subject(s))" for k, n in used.items()))
-    written, times = [], []
+    written, times, models = [], [], predictor.model_records()
     for (_, files), output in tqdm(todo, desc="predicting", unit="volume", disable=not progress):
         start = time.perf_counter()
         result = predictor.synthesise({name: load_volume(path) for name, path in files.items()})
         times.append(time.perf_counter() - start)
         written.append(save_volume(result.image, output))
-        write_sidecar(result, files, output)
+        write_sidecar(result, files, output, models[result.model.origin])
     return written, times
 
 
